@@ -1,0 +1,180 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * shunt's XDP steering program.
+ *
+ * A UDP datagram (over Ethernet, optionally one 802.1Q/802.1ad tag, then IPv4
+ * or IPv6) whose destination port is marked in `shunt_ports` is redirected to
+ * the AF_XDP socket registered for the receive queue it arrived on. Everything
+ * else -- ARP, ICMP, TCP, other ports, IPv4 fragments, IPv6 extension headers
+ * -- is passed to the kernel untouched, so the host stays reachable while the
+ * server runs. A queue with no socket in `shunt_xsks` also falls back to
+ * XDP_PASS (the flags argument of bpf_redirect_map), so packets are never
+ * steered into the void.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define MAX_QUEUES 256
+
+/* Counter slots; must match `XdpCounter` in src/xdp.rs. */
+enum shunt_counter {
+	SHUNT_REDIRECTED = 0,   /* handed to an AF_XDP socket */
+	SHUNT_PASSED = 1,       /* not ours: left to the kernel */
+	SHUNT_MALFORMED = 2,    /* claimed to be IP/UDP but headers were inconsistent */
+	SHUNT_NO_SOCKET = 3,    /* our port, but no socket on this queue: passed */
+	SHUNT_COUNTER_MAX = 4,
+};
+
+/* Flags in `shunt_settings`; must match src/xdp.rs. */
+#define SHUNT_STAMP_TIME (1u << 0)
+
+/* Written in front of the packet (XDP metadata) when stamping is on;
+ * must match `PacketMeta` in src/datapath. */
+struct shunt_meta {
+	__u64 xdp_ns;     /* bpf_ktime_get_ns() when the hook saw the packet */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, MAX_QUEUES);
+	__type(key, __u32);
+	__type(value, __u32);
+} shunt_xsks SEC(".maps");
+
+/* One byte per UDP port: non-zero means "steer to AF_XDP". */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u8);
+} shunt_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SHUNT_COUNTER_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} shunt_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} shunt_settings SEC(".maps");
+
+static __always_inline int count(__u32 slot, int verdict)
+{
+	__u64 *c = bpf_map_lookup_elem(&shunt_counters, &slot);
+	if (c)
+		*c += 1;
+	return verdict;
+}
+
+/* Returns the UDP header if the packet is IPv4/IPv6 + UDP with consistent
+ * headers, NULL if it is not ours, and sets *malformed when it claimed to be
+ * IP/UDP but its headers did not hold together. */
+static __always_inline struct udphdr *find_udp(void *data, void *data_end, int *malformed)
+{
+	struct ethhdr *eth = data;
+	__u64 off = sizeof(*eth);
+	__u16 proto;
+
+	if ((void *)(eth + 1) > data_end)
+		return NULL;
+	proto = eth->h_proto;
+	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
+		/* one tag: TCI then the inner EtherType */
+		__be16 *inner = data + off + 2;
+		if ((void *)(inner + 1) > data_end)
+			return NULL;
+		proto = *inner;
+		off += 4;
+	}
+
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = data + off;
+		__u32 ihl;
+
+		if ((void *)(ip + 1) > data_end) {
+			*malformed = 1;
+			return NULL;
+		}
+		if (ip->protocol != IPPROTO_UDP)
+			return NULL;
+		ihl = ip->ihl * 4;
+		if (ip->version != 4 || ihl < sizeof(*ip) || bpf_ntohs(ip->tot_len) < ihl + sizeof(struct udphdr)) {
+			*malformed = 1;
+			return NULL;
+		}
+		/* fragments are the kernel's to reassemble */
+		if (ip->frag_off & bpf_htons(0x3fff))
+			return NULL;
+		off += ihl;
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = data + off;
+
+		if ((void *)(ip6 + 1) > data_end) {
+			*malformed = 1;
+			return NULL;
+		}
+		/* extension headers (and fragments) are the kernel's business */
+		if (ip6->nexthdr != IPPROTO_UDP)
+			return NULL;
+		off += sizeof(*ip6);
+	} else {
+		return NULL;
+	}
+
+	/* off is bounded: 14 + 4 + 60 at most; tell the verifier so */
+	if (off > 14 + 4 + 60)
+		return NULL;
+	struct udphdr *udp = data + off;
+	if ((void *)(udp + 1) > data_end) {
+		*malformed = 1;
+		return NULL;
+	}
+	return udp;
+}
+
+SEC("xdp")
+int shunt_steer(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	int malformed = 0;
+	struct udphdr *udp = find_udp(data, data_end, &malformed);
+
+	if (!udp)
+		return count(malformed ? SHUNT_MALFORMED : SHUNT_PASSED, XDP_PASS);
+
+	__u32 port = bpf_ntohs(udp->dest);
+	__u8 *wanted = bpf_map_lookup_elem(&shunt_ports, &port);
+	if (!wanted || !*wanted)
+		return count(SHUNT_PASSED, XDP_PASS);
+
+	__u32 zero = 0;
+	__u32 *settings = bpf_map_lookup_elem(&shunt_settings, &zero);
+	if (settings && (*settings & SHUNT_STAMP_TIME)) {
+		/* Best effort: a driver without metadata support keeps the packet
+		 * unstamped and the worker sees no metadata. */
+		if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct shunt_meta)) == 0) {
+			struct shunt_meta *meta = (void *)(long)ctx->data_meta;
+			if ((void *)(meta + 1) <= (void *)(long)ctx->data)
+				meta->xdp_ns = bpf_ktime_get_ns();
+		}
+	}
+
+	int verdict = bpf_redirect_map(&shunt_xsks, ctx->rx_queue_index, XDP_PASS);
+	if (verdict == XDP_REDIRECT)
+		return count(SHUNT_REDIRECTED, verdict);
+	return count(SHUNT_NO_SOCKET, verdict);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,12 @@
+use super::{Handler, Request, Verdict};
+
+/// Replies with the request's payload, byte for byte.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Echo;
+
+impl Handler for Echo {
+    #[inline]
+    fn handle(&mut self, _request: &Request, _payload: &mut [u8], len: usize) -> Verdict {
+        Verdict::Reply { len }
+    }
+}
