@@ -8,3 +8,9 @@
 
 pub mod handler;
 pub mod packet;
+pub mod config;
+pub mod datapath;
+pub mod report;
+pub mod server;
+pub mod stats;
+pub mod xdp;

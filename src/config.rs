@@ -1,0 +1,336 @@
+//! The TOML run configuration: every key, its default, and the checks that can be made without touching the
+//! system. Checks against the machine (interface, queues, cores, privileges) happen in [`crate::server`].
+
+use std::{collections::BTreeSet, fmt, path::Path};
+
+use serde::{Deserialize, Serialize};
+
+use crate::handler::HandlerKind;
+
+/// A configuration problem, naming the key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown key, wrong type, ...). The message names the key.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The TOML parser's message, with line, column and key.
+        message: String,
+    },
+    /// A value is out of range or inconsistent with another.
+    #[error("config key `{key}`: {message}")]
+    Invalid {
+        /// Dotted path of the key.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl fmt::Display) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.to_string() }
+}
+
+/// How the XDP program is attached to the interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// In the driver (XDP_FLAGS_DRV_MODE): fails if the driver has no native XDP.
+    Native,
+    /// In the generic, skb-based hook (XDP_FLAGS_SKB_MODE): works everywhere, slower.
+    Generic,
+    /// Let the kernel choose: native where the driver supports it, generic otherwise.
+    Auto,
+}
+
+/// How AF_XDP sockets are bound to their queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BindMode {
+    /// Zero-copy (XDP_ZEROCOPY): the NIC DMAs into the UMEM. Fails where the driver lacks support.
+    Zerocopy,
+    /// Copy mode (XDP_COPY): the kernel copies between its buffers and the UMEM. Works on any XDP driver.
+    Copy,
+    /// Try zero-copy, fall back to copy (and say so in the log).
+    Auto,
+}
+
+/// How a worker waits for packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PollMode {
+    /// Busy-poll the rings without ever sleeping: lowest latency, one core at 100 %.
+    Spin,
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The network interface to serve.
+    pub interface: String,
+    /// UDP destination ports steered to the server.
+    pub ports: Vec<u16>,
+    /// The handler that answers requests.
+    #[serde(default = "default_handler")]
+    pub handler: HandlerKind,
+    /// XDP attach and AF_XDP bind settings.
+    #[serde(default)]
+    pub xdp: XdpConfig,
+    /// Worker queues, cores and loop settings.
+    #[serde(default)]
+    pub workers: WorkersConfig,
+    /// UMEM and ring sizes (per queue).
+    #[serde(default)]
+    pub umem: UmemConfig,
+    /// Reporting.
+    #[serde(default)]
+    pub report: ReportConfig,
+}
+
+fn default_handler() -> HandlerKind {
+    HandlerKind::Echo
+}
+
+/// `[xdp]`: how the program is attached and sockets are bound.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct XdpConfig {
+    /// `native`, `generic` or `auto`.
+    pub attach_mode: AttachMode,
+    /// `zerocopy`, `copy` or `auto`.
+    pub bind_mode: BindMode,
+}
+
+impl Default for XdpConfig {
+    fn default() -> Self {
+        XdpConfig { attach_mode: AttachMode::Native, bind_mode: BindMode::Auto }
+    }
+}
+
+/// `[workers]`: one worker per queue, pinned to the core at the same position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkersConfig {
+    /// NIC receive queues to serve, one AF_XDP socket and worker each.
+    pub queues: Vec<u32>,
+    /// CPU core for each worker, same length as `queues`.
+    pub cores: Vec<usize>,
+    /// How workers wait for packets.
+    pub poll_mode: PollMode,
+    /// Most descriptors taken from the RX ring per iteration.
+    pub batch_size: u32,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig { queues: vec![0], cores: vec![0], poll_mode: PollMode::Spin, batch_size: 64 }
+    }
+}
+
+/// `[umem]`: per-queue packet memory and ring sizes. Ring sizes must be powers of two.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UmemConfig {
+    /// Frames in each queue's UMEM.
+    pub frame_count: u32,
+    /// Bytes per frame: 2048 or 4096.
+    pub frame_size: u32,
+    /// Fill ring entries.
+    pub fill_ring: u32,
+    /// Completion ring entries.
+    pub completion_ring: u32,
+    /// RX ring entries.
+    pub rx_ring: u32,
+    /// TX ring entries.
+    pub tx_ring: u32,
+}
+
+impl Default for UmemConfig {
+    fn default() -> Self {
+        UmemConfig {
+            frame_count: 8192,
+            frame_size: 4096,
+            fill_ring: 4096,
+            completion_ring: 4096,
+            rx_ring: 4096,
+            tx_ring: 4096,
+        }
+    }
+}
+
+/// `[report]`: what is reported and where.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportConfig {
+    /// Write the final report as JSON to this file.
+    pub json: Option<String>,
+}
+
+/// Entries in the XSKMAP (MAX_QUEUES in bpf/shunt.bpf.c): queue ids must be below it.
+pub const MAX_QUEUES: u32 = 256;
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `origin` names it in messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: origin.to_string(), message: e.to_string().trim().to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value that can be checked without looking at the machine.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.interface.is_empty() || self.interface.len() > 15 {
+            return Err(invalid("interface", "must be an interface name of 1 to 15 bytes"));
+        }
+        if self.ports.is_empty() {
+            return Err(invalid("ports", "at least one UDP port is needed"));
+        }
+        if let Some(i) = self.ports.iter().position(|&p| p == 0) {
+            return Err(invalid(format!("ports[{i}]"), "port 0 cannot be served"));
+        }
+        if let Some((i, p)) = first_repeat(&self.ports) {
+            return Err(invalid(format!("ports[{i}]"), format!("port {p} is listed twice")));
+        }
+        let w = &self.workers;
+        if w.queues.is_empty() {
+            return Err(invalid("workers.queues", "at least one queue is needed"));
+        }
+        if let Some(i) = w.queues.iter().position(|&q| q >= MAX_QUEUES) {
+            return Err(invalid(format!("workers.queues[{i}]"), format!("queue ids must be below {MAX_QUEUES}")));
+        }
+        if let Some((i, q)) = first_repeat(&w.queues) {
+            return Err(invalid(format!("workers.queues[{i}]"), format!("queue {q} is listed twice")));
+        }
+        if w.cores.len() != w.queues.len() {
+            return Err(invalid(
+                "workers.cores",
+                format!("{} cores for {} queues: give one core per queue", w.cores.len(), w.queues.len()),
+            ));
+        }
+        if let Some((i, c)) = first_repeat(&w.cores) {
+            return Err(invalid(format!("workers.cores[{i}]"), format!("core {c} is used twice")));
+        }
+        if w.batch_size == 0 || w.batch_size > 1024 {
+            return Err(invalid("workers.batch_size", "must be between 1 and 1024"));
+        }
+        let u = &self.umem;
+        if u.frame_size != 2048 && u.frame_size != 4096 {
+            return Err(invalid("umem.frame_size", "must be 2048 or 4096"));
+        }
+        for (key, v) in [
+            ("umem.fill_ring", u.fill_ring),
+            ("umem.completion_ring", u.completion_ring),
+            ("umem.rx_ring", u.rx_ring),
+            ("umem.tx_ring", u.tx_ring),
+        ] {
+            if !v.is_power_of_two() || !(64..=32768).contains(&v) {
+                return Err(invalid(key, format!("{v} is not a power of two between 64 and 32768")));
+            }
+        }
+        if w.batch_size > u.rx_ring.min(u.tx_ring) {
+            return Err(invalid("workers.batch_size", "must not exceed umem.rx_ring or umem.tx_ring"));
+        }
+        // Every ring may hold frames at the same time only if there are enough of them; fewer would let the
+        // fill ring run dry while replies sit in TX.
+        let needed = u.fill_ring + u.tx_ring;
+        if u.frame_count < needed {
+            return Err(invalid(
+                "umem.frame_count",
+                format!("{} frames cannot keep the fill ring and TX ring full (need at least {needed})", u.frame_count),
+            ));
+        }
+        if u.frame_count > 1 << 20 {
+            return Err(invalid("umem.frame_count", "at most 1048576 frames per queue"));
+        }
+        Ok(())
+    }
+}
+
+fn first_repeat<T: Ord + Copy>(items: &[T]) -> Option<(usize, T)> {
+    let mut seen = BTreeSet::new();
+    items.iter().enumerate().find(|(_, v)| !seen.insert(**v)).map(|(i, v)| (i, *v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml")
+    }
+
+    const MINIMAL: &str = "interface = \"eth0\"\nports = [9000]\n";
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.handler, HandlerKind::Echo);
+        assert_eq!(c.workers, WorkersConfig::default());
+        assert_eq!(c.umem, UmemConfig::default());
+        assert_eq!(c.xdp.attach_mode, AttachMode::Native);
+    }
+
+    #[test]
+    fn example_and_lab_files_are_valid() {
+        for f in ["config/example.toml", "config/lab.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
+            Config::load(&path).unwrap_or_else(|e| panic!("{f}: {e}"));
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = parse(&format!("{MINIMAL}colour = 1\n")).unwrap_err().to_string();
+        assert!(e.contains("colour"), "{e}");
+        let e = parse(&format!("{MINIMAL}[umem]\nframes = 1\n")).unwrap_err().to_string();
+        assert!(e.contains("frames"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_are_named() {
+        let e = parse("interface = \"eth0\"\nports = [\"x\"]\n").unwrap_err().to_string();
+        assert!(e.contains("ports"), "{e}");
+        let e = parse(&format!("{MINIMAL}handler = \"nope\"\n")).unwrap_err().to_string();
+        assert!(e.contains("handler") && e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cases = [
+            ("interface = \"\"\nports = [1]\n", "interface"),
+            ("interface = \"eth0\"\nports = []\n", "ports"),
+            ("interface = \"eth0\"\nports = [0]\n", "ports[0]"),
+            ("interface = \"eth0\"\nports = [5, 5]\n", "ports[1]"),
+            (&format!("{MINIMAL}[workers]\nqueues = [0, 1]\ncores = [1]\n"), "workers.cores"),
+            (&format!("{MINIMAL}[workers]\nqueues = [0, 1]\ncores = [1, 1]\n"), "workers.cores[1]"),
+            (&format!("{MINIMAL}[workers]\nqueues = [3, 3]\ncores = [0, 1]\n"), "workers.queues[1]"),
+            (&format!("{MINIMAL}[workers]\nqueues = []\ncores = []\n"), "workers.queues"),
+            (&format!("{MINIMAL}[workers]\nbatch_size = 0\n"), "workers.batch_size"),
+            (&format!("{MINIMAL}[umem]\nframe_size = 3000\n"), "umem.frame_size"),
+            (&format!("{MINIMAL}[umem]\nrx_ring = 1000\n"), "umem.rx_ring"),
+            (&format!("{MINIMAL}[umem]\nframe_count = 100\n"), "umem.frame_count"),
+        ];
+        for (text, key) in cases {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{key}`")), "expected key {key} in: {e}");
+        }
+    }
+}

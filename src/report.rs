@@ -1,0 +1,122 @@
+//! The final report: totals, the XDP program's counters and one row per worker, as text and as JSON.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::{
+    config::{AttachMode, BindMode},
+    stats::{KernelSocketStats, WorkerStats},
+    xdp::XdpCounters,
+};
+
+/// One worker's part of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerReport {
+    /// The NIC queue it served.
+    pub queue: u32,
+    /// The core it was pinned to.
+    pub core: usize,
+    /// `zerocopy` or `copy`.
+    pub bind_mode: BindMode,
+    /// Its counters.
+    #[serde(flatten)]
+    pub stats: WorkerStats,
+    /// Times the kernel found the fill ring empty (from the socket's kernel statistics).
+    pub fill_ring_empty: u64,
+    /// The socket's kernel statistics.
+    pub kernel: KernelSocketStats,
+}
+
+/// The report printed when the server stops and written with `--report FILE`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The interface served.
+    pub interface: String,
+    /// The handler's name.
+    pub handler: &'static str,
+    /// Served UDP ports.
+    pub ports: Vec<u16>,
+    /// How the XDP program was attached.
+    pub attach_mode: AttachMode,
+    /// Seconds between the start of serving and the stop.
+    pub duration_secs: f64,
+    /// Frames received by all workers.
+    pub rx_packets: u64,
+    /// Replies transmitted by all workers.
+    pub tx_packets: u64,
+    /// The XDP program's counters.
+    pub xdp: XdpCounters,
+    /// Per worker.
+    pub workers: Vec<WorkerReport>,
+}
+
+impl Report {
+    /// Builds a report, computing the totals from the workers.
+    pub fn new(
+        interface: String,
+        handler: &'static str,
+        ports: Vec<u16>,
+        attach_mode: AttachMode,
+        duration_secs: f64,
+        xdp: XdpCounters,
+        workers: Vec<WorkerReport>,
+    ) -> Report {
+        let rx_packets = workers.iter().map(|w| w.stats.rx_packets).sum();
+        let tx_packets = workers.iter().map(|w| w.stats.tx_packets).sum();
+        Report { interface, handler, ports, attach_mode, duration_secs, rx_packets, tx_packets, xdp, workers }
+    }
+
+    /// The report as a human-readable table.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let secs = self.duration_secs.max(1e-9);
+        let _ = writeln!(
+            out,
+            "shunt report: {} handler on {} ports {:?}, {:.1} s",
+            self.handler, self.interface, self.ports, self.duration_secs
+        );
+        let _ = writeln!(
+            out,
+            "  total: rx {} tx {} ({:.0} rx pps average)",
+            self.rx_packets,
+            self.tx_packets,
+            self.rx_packets as f64 / secs
+        );
+        let x = &self.xdp;
+        let _ = writeln!(
+            out,
+            "  xdp:   redirected {} passed {} malformed {} no_socket {}",
+            x.redirected, x.passed, x.malformed, x.no_socket
+        );
+        let _ = writeln!(
+            out,
+            "  {:>5} {:>4} {:>8} {:>12} {:>12} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10}",
+            "queue", "core", "mode", "rx", "tx", "malformed", "handler", "tx_full", "fill_empty", "tx_kicks", "avg_batch"
+        );
+        for w in &self.workers {
+            let s = &w.stats;
+            let mode = match w.bind_mode {
+                BindMode::Zerocopy => "zerocopy",
+                BindMode::Copy => "copy",
+                BindMode::Auto => "auto",
+            };
+            let _ = writeln!(
+                out,
+                "  {:>5} {:>4} {:>8} {:>12} {:>12} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10.2}",
+                w.queue,
+                w.core,
+                mode,
+                s.rx_packets,
+                s.tx_packets,
+                s.dropped_malformed,
+                s.dropped_by_handler,
+                s.tx_ring_full,
+                w.fill_ring_empty,
+                s.tx_kicks,
+                s.rx_packets as f64 / s.rx_batches.max(1) as f64
+            );
+        }
+        out
+    }
+}

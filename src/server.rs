@@ -1,0 +1,303 @@
+//! Wiring a run together: check the machine against the config, load and fill the XDP program, open one
+//! socket per queue, attach, start pinned workers; and on stop, detach, join and report.
+//!
+//! Start-up is ordered so that a failure leaves nothing behind: everything that can be checked is checked
+//! before the program is attached, and the attachment is a bpf_link owned by [`RunningServer`] (and by the
+//! process), so an error after it, or a crash, detaches it.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    path::Path,
+    sync::{atomic::AtomicBool, Arc},
+    thread::JoinHandle,
+    time::Instant,
+};
+
+use crate::{
+    config::{Config, PollMode},
+    datapath::{sys, DatapathError, QueueSocket, SocketOptions, Worker, WorkerExit},
+    handler::{Echo, Handler, HandlerKind, Sockperf},
+    report::{Report, WorkerReport},
+    stats::WorkerShared,
+    xdp::{XdpCounters, XdpError, XdpLink, XdpProgram},
+};
+
+/// Why the server could not start. Every variant names the config key or capability at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The process lacks a capability it needs.
+    #[error("missing capability {capability}: {why} (run as root or grant it)")]
+    Privilege {
+        /// e.g. `CAP_NET_RAW`.
+        capability: &'static str,
+        /// What it is needed for.
+        why: &'static str,
+    },
+    /// The configured interface does not exist in this network namespace.
+    #[error("config key `interface`: no interface named {0:?} in this network namespace")]
+    NoInterface(String),
+    /// A configured queue does not exist on the interface.
+    #[error("config key `{key}`: {interface} has no receive queue {queue} (it has {available})")]
+    NoQueue {
+        /// e.g. `workers.queues[1]`.
+        key: String,
+        /// Interface name.
+        interface: String,
+        /// The queue asked for.
+        queue: u32,
+        /// How many the interface has.
+        available: usize,
+    },
+    /// A configured core does not exist or may not be used by this process.
+    #[error("config key `{key}`: core {core} is not available to this process (available: {available})")]
+    NoCore {
+        /// e.g. `workers.cores[0]`.
+        key: String,
+        /// The core asked for.
+        core: usize,
+        /// The cores that are.
+        available: String,
+    },
+    /// Pinning a worker failed.
+    #[error("config key `{key}`: could not pin the worker to core {core}")]
+    Pin {
+        /// e.g. `workers.cores[0]`.
+        key: String,
+        /// The core.
+        core: usize,
+    },
+    /// The XDP program could not be loaded or attached.
+    #[error(transparent)]
+    Xdp(#[from] XdpError),
+    /// A socket could not be opened.
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+}
+
+struct WorkerSlot {
+    queue: u32,
+    core: usize,
+    bind_mode: crate::config::BindMode,
+    shared: Arc<WorkerShared>,
+    thread: JoinHandle<WorkerExit>,
+}
+
+/// A server whose workers are running.
+pub struct RunningServer {
+    config: Config,
+    program: XdpProgram,
+    link: Option<XdpLink>,
+    workers: Vec<WorkerSlot>,
+    stop: Arc<AtomicBool>,
+    started: Instant,
+}
+
+/// Capabilities needed, by bit number in CapEff.
+const CAPABILITIES: [(u32, &str, &str); 3] = [
+    (12, "CAP_NET_ADMIN", "needed to attach the XDP program"),
+    (13, "CAP_NET_RAW", "needed to open AF_XDP sockets"),
+    (39, "CAP_BPF", "needed to load the XDP program and its maps"),
+];
+const CAP_SYS_ADMIN: u32 = 21;
+
+fn check_privileges() -> Result<(), StartError> {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let Some(eff) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+    else {
+        return Ok(()); // cannot tell; the kernel will say EPERM
+    };
+    let has = |bit: u32| eff & (1u64 << bit) != 0;
+    for (bit, capability, why) in CAPABILITIES {
+        // CAP_SYS_ADMIN covers CAP_BPF on kernels that predate it.
+        if !has(bit) && !(bit == 39 && has(CAP_SYS_ADMIN)) {
+            return Err(StartError::Privilege { capability, why });
+        }
+    }
+    Ok(())
+}
+
+/// Reads the interface index from sysfs (namespace-aware under `ip netns exec`).
+fn interface_index(name: &str) -> Result<u32, StartError> {
+    if name.contains('/') || name == "." || name == ".." {
+        return Err(StartError::NoInterface(name.into()));
+    }
+    fs::read_to_string(Path::new("/sys/class/net").join(name).join("ifindex"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| StartError::NoInterface(name.into()))
+}
+
+fn rx_queue_count(name: &str) -> Option<usize> {
+    let dir = fs::read_dir(Path::new("/sys/class/net").join(name).join("queues")).ok()?;
+    Some(dir.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with("rx-")).count())
+}
+
+fn check_machine(config: &Config) -> Result<u32, StartError> {
+    let ifindex = interface_index(&config.interface)?;
+    if let Some(available) = rx_queue_count(&config.interface) {
+        for (i, &queue) in config.workers.queues.iter().enumerate() {
+            if queue as usize >= available {
+                return Err(StartError::NoQueue {
+                    key: format!("workers.queues[{i}]"),
+                    interface: config.interface.clone(),
+                    queue,
+                    available,
+                });
+            }
+        }
+    }
+    let cores: BTreeSet<usize> = core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
+    for (i, &core) in config.workers.cores.iter().enumerate() {
+        if !cores.contains(&core) {
+            let available = cores.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",");
+            return Err(StartError::NoCore { key: format!("workers.cores[{i}]"), core, available });
+        }
+    }
+    Ok(ifindex)
+}
+
+impl RunningServer {
+    /// Checks, loads, binds, attaches and starts the workers. On error nothing stays attached.
+    pub fn start(config: Config) -> Result<RunningServer, StartError> {
+        config.validate()?;
+        check_privileges()?;
+        let ifindex = check_machine(&config)?;
+        if let Err(e) = sys::raise_memlock_limit() {
+            tracing::debug!("could not raise RLIMIT_MEMLOCK: {e}");
+        }
+
+        let program = XdpProgram::load()?;
+        program.set_ports(&config.ports)?;
+        program.set_settings(0)?;
+
+        let mut sockets = Vec::with_capacity(config.workers.queues.len());
+        for &queue in &config.workers.queues {
+            let socket = QueueSocket::open(&SocketOptions {
+                interface: config.interface.clone(),
+                queue,
+                bind_mode: config.xdp.bind_mode,
+                umem: config.umem.clone(),
+                metadata_room: 0,
+            })?;
+            program.register_socket(queue, socket.raw_fd())?;
+            sockets.push(socket);
+        }
+        let link = program.attach(&config.interface, ifindex, config.xdp.attach_mode)?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut server =
+            RunningServer { config, program, link: Some(link), workers: Vec::new(), stop, started: Instant::now() };
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), StartError>>(sockets.len());
+        let PollMode::Spin = server.config.workers.poll_mode;
+        for (i, socket) in sockets.into_iter().enumerate() {
+            let core = server.config.workers.cores[i];
+            let slot = match server.config.handler {
+                HandlerKind::Echo => server.spawn(i, core, socket, Echo, ready_tx.clone()),
+                HandlerKind::Sockperf => server.spawn(i, core, socket, Sockperf, ready_tx.clone()),
+            };
+            server.workers.push(slot);
+        }
+        for _ in 0..server.workers.len() {
+            let result = ready_rx.recv().unwrap_or(Ok(()));
+            if let Err(e) = result {
+                server.stop();
+                return Err(e);
+            }
+        }
+        tracing::info!(
+            interface = %server.config.interface,
+            ports = ?server.config.ports,
+            handler = server.config.handler.name(),
+            workers = server.workers.len(),
+            "ready: serving"
+        );
+        Ok(server)
+    }
+
+    fn spawn<H: Handler + 'static>(
+        &self,
+        index: usize,
+        core: usize,
+        socket: QueueSocket,
+        handler: H,
+        ready: crossbeam_channel::Sender<Result<(), StartError>>,
+    ) -> WorkerSlot {
+        let queue = socket.queue;
+        let bind_mode = socket.bind_mode;
+        let shared = Arc::new(WorkerShared::default());
+        let worker = Worker::new(socket, handler, shared.clone(), self.config.workers.batch_size);
+        let stop = self.stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("shunt-q{queue}"))
+            .spawn(move || {
+                if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                    let _ = ready.send(Err(StartError::Pin { key: format!("workers.cores[{index}]"), core }));
+                    return WorkerExit { stats: Default::default(), kernel: Default::default() };
+                }
+                tracing::debug!(queue, core, tid = sys::thread_id(), ?bind_mode, "worker started");
+                let _ = ready.send(Ok(()));
+                drop(ready);
+                worker.run(&stop)
+            })
+            .expect("spawning a worker thread");
+        WorkerSlot { queue, core, bind_mode, shared, thread }
+    }
+
+    /// The flag that stops the workers; set it (e.g. from a signal handler) and then call [`Self::stop`].
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// The XDP program's counters now.
+    pub fn xdp_counters(&self) -> XdpCounters {
+        self.program.counters().unwrap_or_default()
+    }
+
+    /// Live snapshots of each worker's counters: (queue, stats).
+    pub fn worker_stats(&self) -> Vec<(u32, crate::stats::WorkerStats)> {
+        self.workers.iter().map(|w| (w.queue, w.shared.stats.snapshot())).collect()
+    }
+
+    /// Detaches the program, stops and joins the workers, and returns the final report.
+    pub fn stop(mut self) -> Report {
+        let duration = self.started.elapsed().as_secs_f64();
+        let xdp = self.xdp_counters();
+        // Detach first: from here on the kernel answers (or refuses) the served ports itself.
+        self.link.take();
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let workers = std::mem::take(&mut self.workers)
+            .into_iter()
+            .map(|w| {
+                let exit = w.thread.join().unwrap_or_else(|_| {
+                    tracing::error!(queue = w.queue, "worker panicked");
+                    WorkerExit { stats: w.shared.stats.snapshot(), kernel: w.shared.kernel.snapshot() }
+                });
+                WorkerReport {
+                    queue: w.queue,
+                    core: w.core,
+                    bind_mode: w.bind_mode,
+                    stats: exit.stats,
+                    fill_ring_empty: exit.kernel.rx_fill_ring_empty_descs,
+                    kernel: exit.kernel,
+                }
+            })
+            .collect();
+        let c = &self.config;
+        Report::new(
+            c.interface.clone(),
+            c.handler.name(),
+            c.ports.clone(),
+            c.xdp.attach_mode,
+            duration,
+            xdp,
+            workers,
+        )
+    }
+}

@@ -1,0 +1,89 @@
+//! Counters a worker publishes for the control plane to read while it runs.
+//!
+//! The worker is the only writer: it keeps plain local counts and stores them into these atomics once per
+//! batch (relaxed stores, no read-modify-write, no lock), so publishing costs a few stores per batch and
+//! nothing per packet. Readers take a [`WorkerStats`] snapshot.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::Serialize;
+
+/// A snapshot of one worker's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct WorkerStats {
+    /// Frames taken off the RX ring.
+    pub rx_packets: u64,
+    /// Replies put on the TX ring.
+    pub tx_packets: u64,
+    /// Frames whose headers did not hold together.
+    pub dropped_malformed: u64,
+    /// Frames that were not UDP over IP for a served port (should not reach a worker).
+    pub dropped_not_ours: u64,
+    /// Requests the handler chose not to answer, or answered with a reply too large for the frame.
+    pub dropped_by_handler: u64,
+    /// Replies dropped because the TX ring was full.
+    pub tx_ring_full: u64,
+    /// TX wake-up system calls.
+    pub tx_kicks: u64,
+    /// Fill-ring wake-up system calls.
+    pub fill_kicks: u64,
+    /// RX batches that carried at least one frame.
+    pub rx_batches: u64,
+}
+
+/// Kernel-side statistics of an AF_XDP socket (getsockopt XDP_STATISTICS).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct KernelSocketStats {
+    /// Dropped for reasons other than invalid descriptors (e.g. frame too small).
+    pub rx_dropped: u64,
+    /// Invalid RX descriptors.
+    pub rx_invalid_descs: u64,
+    /// Invalid TX descriptors.
+    pub tx_invalid_descs: u64,
+    /// Packets dropped because the RX ring was full.
+    pub rx_ring_full: u64,
+    /// Times the kernel found the fill ring empty.
+    pub rx_fill_ring_empty_descs: u64,
+    /// Times the kernel found the TX ring empty when woken.
+    pub tx_ring_empty_descs: u64,
+}
+
+macro_rules! published {
+    ($name:ident, $snapshot:ident { $($field:ident),* $(,)? }) => {
+        /// The atomics behind a snapshot of the same fields; written by one worker, read by anyone.
+        #[derive(Debug, Default)]
+        #[repr(align(64))]
+        pub struct $name { $($field: AtomicU64,)* }
+
+        impl $name {
+            /// Publishes a snapshot (single writer).
+            #[inline]
+            pub fn publish(&self, s: &$snapshot) {
+                $(self.$field.store(s.$field, Relaxed);)*
+            }
+
+            /// Reads the latest published values.
+            pub fn snapshot(&self) -> $snapshot {
+                $snapshot { $($field: self.$field.load(Relaxed),)* }
+            }
+        }
+    };
+}
+
+published!(PublishedWorkerStats, WorkerStats {
+    rx_packets, tx_packets, dropped_malformed, dropped_not_ours, dropped_by_handler, tx_ring_full,
+    tx_kicks, fill_kicks, rx_batches,
+});
+
+published!(PublishedKernelStats, KernelSocketStats {
+    rx_dropped, rx_invalid_descs, tx_invalid_descs, rx_ring_full, rx_fill_ring_empty_descs, tx_ring_empty_descs,
+});
+
+/// Everything a worker publishes.
+#[derive(Debug, Default)]
+pub struct WorkerShared {
+    /// The worker's own counters, published once per batch.
+    pub stats: PublishedWorkerStats,
+    /// The socket's kernel statistics, refreshed about once a second.
+    pub kernel: PublishedKernelStats,
+}
