@@ -6,10 +6,10 @@
 //! control plane ([`config`], [`server`], [`report`]) validates the run, wires it up and reports on it.
 #![warn(missing_docs)]
 
-pub mod handler;
-pub mod packet;
 pub mod config;
 pub mod datapath;
+pub mod handler;
+pub mod packet;
 pub mod report;
 pub mod server;
 pub mod stats;

@@ -15,8 +15,12 @@ use shunt::{config::Config, handler::HandlerKind, server::RunningServer};
 const EXIT_SETUP: u8 = 2;
 
 #[derive(Parser)]
-#[command(name = "shunt", version, about = "Kernel-bypass UDP server: XDP steers the configured UDP ports into \
-AF_XDP sockets served by pinned workers; everything else goes to the kernel.")]
+#[command(
+    name = "shunt",
+    version,
+    about = "Kernel-bypass UDP server: XDP steers the configured UDP ports into \
+AF_XDP sockets served by pinned workers; everything else goes to the kernel."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -92,7 +92,17 @@ impl Report {
         let _ = writeln!(
             out,
             "  {:>5} {:>4} {:>8} {:>12} {:>12} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10}",
-            "queue", "core", "mode", "rx", "tx", "malformed", "handler", "tx_full", "fill_empty", "tx_kicks", "avg_batch"
+            "queue",
+            "core",
+            "mode",
+            "rx",
+            "tx",
+            "malformed",
+            "handler",
+            "tx_full",
+            "fill_empty",
+            "tx_kicks",
+            "avg_batch"
         );
         for w in &self.workers {
             let s = &w.stats;

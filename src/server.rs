@@ -8,7 +8,6 @@
 use std::{
     collections::BTreeSet,
     fs,
-    path::Path,
     sync::{atomic::AtomicBool, Arc},
     thread::JoinHandle,
     time::Instant,
@@ -106,42 +105,28 @@ const CAP_SYS_ADMIN: u32 = 21;
 
 fn check_privileges() -> Result<(), StartError> {
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let Some(eff) = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+    let Some(eff) =
+        status.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
     else {
         return Ok(()); // cannot tell; the kernel will say EPERM
     };
     let has = |bit: u32| eff & (1u64 << bit) != 0;
     for (bit, capability, why) in CAPABILITIES {
         // CAP_SYS_ADMIN covers CAP_BPF on kernels that predate it.
-        if !has(bit) && !(bit == 39 && has(CAP_SYS_ADMIN)) {
+        let covered = has(bit) || (bit == 39 && has(CAP_SYS_ADMIN));
+        if !covered {
             return Err(StartError::Privilege { capability, why });
         }
     }
     Ok(())
 }
 
-/// Reads the interface index from sysfs (namespace-aware under `ip netns exec`).
-fn interface_index(name: &str) -> Result<u32, StartError> {
-    if name.contains('/') || name == "." || name == ".." {
-        return Err(StartError::NoInterface(name.into()));
-    }
-    fs::read_to_string(Path::new("/sys/class/net").join(name).join("ifindex"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| StartError::NoInterface(name.into()))
-}
-
-fn rx_queue_count(name: &str) -> Option<usize> {
-    let dir = fs::read_dir(Path::new("/sys/class/net").join(name).join("queues")).ok()?;
-    Some(dir.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with("rx-")).count())
-}
-
 fn check_machine(config: &Config) -> Result<u32, StartError> {
-    let ifindex = interface_index(&config.interface)?;
-    if let Some(available) = rx_queue_count(&config.interface) {
+    let ifindex =
+        sys::interface_index(&config.interface).map_err(|_| StartError::NoInterface(config.interface.clone()))?;
+    // A driver without ETHTOOL_GCHANNELS gets no check here; binding to a missing queue then fails, naming it.
+    if let Ok(available) = sys::rx_queue_count(&config.interface) {
+        let available = available as usize;
         for (i, &queue) in config.workers.queues.iter().enumerate() {
             if queue as usize >= available {
                 return Err(StartError::NoQueue {
@@ -244,6 +229,7 @@ impl RunningServer {
                 tracing::debug!(queue, core, tid = sys::thread_id(), ?bind_mode, "worker started");
                 let _ = ready.send(Ok(()));
                 drop(ready);
+                let mut worker = worker;
                 worker.run(&stop)
             })
             .expect("spawning a worker thread");
@@ -290,14 +276,6 @@ impl RunningServer {
             })
             .collect();
         let c = &self.config;
-        Report::new(
-            c.interface.clone(),
-            c.handler.name(),
-            c.ports.clone(),
-            c.xdp.attach_mode,
-            duration,
-            xdp,
-            workers,
-        )
+        Report::new(c.interface.clone(), c.handler.name(), c.ports.clone(), c.xdp.attach_mode, duration, xdp, workers)
     }
 }

@@ -70,14 +70,32 @@ macro_rules! published {
     };
 }
 
-published!(PublishedWorkerStats, WorkerStats {
-    rx_packets, tx_packets, dropped_malformed, dropped_not_ours, dropped_by_handler, tx_ring_full,
-    tx_kicks, fill_kicks, rx_batches,
-});
+published!(
+    PublishedWorkerStats,
+    WorkerStats {
+        rx_packets,
+        tx_packets,
+        dropped_malformed,
+        dropped_not_ours,
+        dropped_by_handler,
+        tx_ring_full,
+        tx_kicks,
+        fill_kicks,
+        rx_batches,
+    }
+);
 
-published!(PublishedKernelStats, KernelSocketStats {
-    rx_dropped, rx_invalid_descs, tx_invalid_descs, rx_ring_full, rx_fill_ring_empty_descs, tx_ring_empty_descs,
-});
+published!(
+    PublishedKernelStats,
+    KernelSocketStats {
+        rx_dropped,
+        rx_invalid_descs,
+        tx_invalid_descs,
+        rx_ring_full,
+        rx_fill_ring_empty_descs,
+        tx_ring_empty_descs,
+    }
+);
 
 /// Everything a worker publishes.
 #[derive(Debug, Default)]

@@ -70,12 +70,15 @@ pub struct QueueSocket {
     pub(super) rx: RxQueue,
     pub(super) fill: FillQueue,
     pub(super) completion: CompQueue,
+    /// Frames on no ring yet (the rest were given to the fill ring at open).
     pub(super) frames: Vec<FrameDesc>,
     /// The queue it is bound to.
     pub queue: u32,
     /// The bind mode actually in effect (never `Auto`).
     pub bind_mode: BindMode,
     pub(super) tx_ring_size: u32,
+    /// Frames in the UMEM, on rings or not.
+    pub(super) frame_count: usize,
 }
 
 impl std::fmt::Debug for QueueSocket {
@@ -104,8 +107,11 @@ impl QueueSocket {
     fn open_mode(opts: &SocketOptions, mode: BindMode) -> Result<QueueSocket, DatapathError> {
         let q = opts.queue;
         let u = &opts.umem;
-        let frame_size = FrameSize::new(u.frame_size)
-            .map_err(|e| DatapathError::Setting { queue: q, what: "umem.frame_size", message: e.to_string() })?;
+        let frame_size = FrameSize::new(u.frame_size).map_err(|e| DatapathError::Setting {
+            queue: q,
+            what: "umem.frame_size",
+            message: e.to_string(),
+        })?;
         let umem_config = UmemConfig::builder()
             .frame_size(frame_size)
             .fill_queue_size(ring(q, "umem.fill_ring", u.fill_ring)?)
@@ -143,15 +149,28 @@ impl QueueSocket {
         })?;
         // SAFETY: this UMEM was created just above and is used by this one socket only, so no other socket is
         // bound to this (interface, queue) pair through it; xsk-rs's contract for `Socket::new`.
-        let (tx, rx, rings) = unsafe { Socket::new(socket_config, &umem, &interface, q) }.map_err(|e| {
-            DatapathError::Bind { queue: q, interface: opts.interface.clone(), mode: mode_name, message: error_chain(&e) }
-        })?;
-        let (fill, completion) = rings.ok_or_else(|| DatapathError::Bind {
+        let (tx, rx, rings) =
+            unsafe { Socket::new(socket_config, &umem, &interface, q) }.map_err(|e| DatapathError::Bind {
+                queue: q,
+                interface: opts.interface.clone(),
+                mode: mode_name,
+                message: error_chain(&e),
+            })?;
+        let (mut fill, completion) = rings.ok_or_else(|| DatapathError::Bind {
             queue: q,
             interface: opts.interface.clone(),
             mode: mode_name,
             message: "the UMEM's fill and completion rings were already taken".into(),
         })?;
+        // Stock the fill ring now, so the socket can receive from the moment the program steers to it.
+        let mut frames = frames;
+        let frame_count = frames.len();
+        let stock = frames.len().min(u.fill_ring as usize);
+        let from = frames.len() - stock;
+        // SAFETY: these descriptors are fresh frames of this UMEM that no ring holds; from here on the kernel
+        // owns them until they come back through the RX ring.
+        let stocked = unsafe { fill.produce(&frames[from..]) };
+        frames.truncate(frames.len() - stocked);
         Ok(QueueSocket {
             umem,
             tx,
@@ -162,6 +181,7 @@ impl QueueSocket {
             queue: q,
             bind_mode: if mode == BindMode::Zerocopy { BindMode::Zerocopy } else { BindMode::Copy },
             tx_ring_size: u.tx_ring,
+            frame_count,
         })
     }
 

@@ -28,11 +28,20 @@ const KERNEL_STATS_PERIOD: Duration = Duration::from_secs(1);
 const CLOCK_EVERY: u32 = 1 << 12;
 
 /// Serves one [`QueueSocket`] with one handler until told to stop.
+///
+/// Every buffer the loop needs is allocated by [`Worker::new`]; [`Worker::run`] allocates nothing, so it can be
+/// stopped and run again (counters carry on).
 pub struct Worker<H> {
     socket: QueueSocket,
     handler: H,
     shared: Arc<WorkerShared>,
-    batch: usize,
+    /// Frames owned by user space and on no ring; capacity for every frame, so pushes never allocate.
+    free: Vec<FrameDesc>,
+    rx_batch: Vec<FrameDesc>,
+    tx_batch: Vec<FrameDesc>,
+    completed: Vec<FrameDesc>,
+    stats: WorkerStats,
+    kernel: KernelSocketStats,
 }
 
 /// What a worker hands back when it stops.
@@ -46,32 +55,34 @@ pub struct WorkerExit {
 
 impl<H: Handler> Worker<H> {
     /// Prepares a worker; nothing runs until [`Worker::run`].
-    pub fn new(socket: QueueSocket, handler: H, shared: Arc<WorkerShared>, batch_size: u32) -> Self {
-        Worker { socket, handler, shared, batch: batch_size.max(1) as usize }
+    pub fn new(mut socket: QueueSocket, handler: H, shared: Arc<WorkerShared>, batch_size: u32) -> Self {
+        let batch = batch_size.max(1) as usize;
+        let mut free = Vec::with_capacity(socket.frame_count);
+        free.append(&mut socket.frames);
+        Worker {
+            rx_batch: vec![FrameDesc::default(); batch],
+            tx_batch: Vec::with_capacity(batch),
+            completed: vec![FrameDesc::default(); socket.tx_ring_size as usize],
+            free,
+            socket,
+            handler,
+            shared,
+            stats: WorkerStats::default(),
+            kernel: KernelSocketStats::default(),
+        }
     }
 
-    /// Runs the busy-polling loop on the calling thread until `stop` is set. Everything the loop needs is
-    /// allocated before the first packet.
-    pub fn run(mut self, stop: &AtomicBool) -> WorkerExit {
-        let s = &mut self.socket;
-        let frame_count = s.frames.len();
-        // Frames owned by user space and not on any ring. Capacity for all of them, so pushes never allocate.
-        let mut free: Vec<FrameDesc> = Vec::with_capacity(frame_count);
-        free.append(&mut s.frames);
-        let mut rx_batch = vec![FrameDesc::default(); self.batch];
-        let mut tx_batch: Vec<FrameDesc> = Vec::with_capacity(self.batch);
-        let mut completed = vec![FrameDesc::default(); s.tx_ring_size as usize];
+    /// Runs the busy-polling loop on the calling thread until `stop` is set, then returns the counters so far.
+    pub fn run(&mut self, stop: &AtomicBool) -> WorkerExit {
+        let Worker { socket: s, handler, shared, free, rx_batch, tx_batch, completed, stats, kernel } = self;
         let copy_mode = s.bind_mode == BindMode::Copy;
-
-        let mut stats = WorkerStats::default();
-        let mut kernel = KernelSocketStats::default();
         let mut next_kernel_read = Instant::now();
         let mut spins: u32 = 0;
 
         while !stop.load(Relaxed) {
             // 1. Frames whose replies have left go back to the free pool.
             // SAFETY: `completed` only receives descriptors of this socket's UMEM, filled in by the kernel.
-            let done = unsafe { s.completion.consume(&mut completed) };
+            let done = unsafe { s.completion.consume(completed) };
             free.extend_from_slice(&completed[..done]);
 
             // 2. Keep the fill ring stocked so the kernel always has somewhere to put packets.
@@ -89,7 +100,7 @@ impl<H: Handler> Worker<H> {
 
             // 3. A batch of requests.
             // SAFETY: `rx_batch` receives descriptors of frames the kernel filled and handed to us.
-            let received = unsafe { s.rx.consume(&mut rx_batch) };
+            let received = unsafe { s.rx.consume(rx_batch) };
             if received == 0 {
                 if s.fill.needs_wakeup() {
                     stats.fill_kicks += 1;
@@ -102,7 +113,7 @@ impl<H: Handler> Worker<H> {
                 }
                 spins = spins.wrapping_add(1);
                 if spins % CLOCK_EVERY == 0 {
-                    refresh_kernel_stats(s, &self.shared, &mut kernel, &mut next_kernel_read);
+                    refresh_kernel_stats(s, shared, kernel, &mut next_kernel_read);
                 }
                 std::hint::spin_loop();
                 continue;
@@ -118,7 +129,7 @@ impl<H: Handler> Worker<H> {
                 // Open the frame up to its full capacity so that a handler may reply with more than it got.
                 let capacity = data.cursor().buf_len();
                 data.cursor().set_pos(capacity);
-                let outcome = respond(&mut self.handler, data.contents_mut(), len);
+                let outcome = respond(handler, data.contents_mut(), len);
                 match outcome {
                     Outcome::Reply(n) => {
                         data.cursor().set_pos(n);
@@ -150,11 +161,11 @@ impl<H: Handler> Worker<H> {
                 tx_batch.clear();
                 stats.tx_kicks += kick_tx(s, copy_mode);
             }
-            self.shared.stats.publish(&stats);
+            shared.stats.publish(stats);
         }
-        refresh_kernel_stats(s, &self.shared, &mut kernel, &mut Instant::now());
-        self.shared.stats.publish(&stats);
-        WorkerExit { stats, kernel }
+        refresh_kernel_stats(s, shared, kernel, &mut Instant::now());
+        shared.stats.publish(stats);
+        WorkerExit { stats: *stats, kernel: *kernel }
     }
 }
 
@@ -174,12 +185,7 @@ fn kick_tx(s: &mut QueueSocket, copy_mode: bool) -> u64 {
     kicks
 }
 
-fn refresh_kernel_stats(
-    s: &QueueSocket,
-    shared: &WorkerShared,
-    kernel: &mut KernelSocketStats,
-    next: &mut Instant,
-) {
+fn refresh_kernel_stats(s: &QueueSocket, shared: &WorkerShared, kernel: &mut KernelSocketStats, next: &mut Instant) {
     let now = Instant::now();
     if now < *next {
         return;
