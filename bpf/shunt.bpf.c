@@ -34,10 +34,14 @@ enum shunt_counter {
 /* Flags in `shunt_settings`; must match src/xdp.rs. */
 #define SHUNT_STAMP_TIME (1u << 0)
 
-/* Written in front of the packet (XDP metadata) when stamping is on;
- * must match `PacketMeta` in src/datapath. */
+/* Written in front of the packet (XDP metadata) when stamping is on; AF_XDP
+ * copies it into the UMEM right before the packet. Must match
+ * src/datapath/meta.rs. The magic tells the worker the stamp is fresh. */
+#define SHUNT_META_MAGIC 0x73687574u /* "shut" */
 struct shunt_meta {
-	__u64 xdp_ns;     /* bpf_ktime_get_ns() when the hook saw the packet */
+	__u32 magic;
+	__u32 reserved;
+	__u64 xdp_ns;     /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) at the hook */
 };
 
 struct {
@@ -166,8 +170,11 @@ int shunt_steer(struct xdp_md *ctx)
 		 * unstamped and the worker sees no metadata. */
 		if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct shunt_meta)) == 0) {
 			struct shunt_meta *meta = (void *)(long)ctx->data_meta;
-			if ((void *)(meta + 1) <= (void *)(long)ctx->data)
+			if ((void *)(meta + 1) <= (void *)(long)ctx->data) {
+				meta->magic = SHUNT_META_MAGIC;
+				meta->reserved = 0;
 				meta->xdp_ns = bpf_ktime_get_ns();
+			}
 		}
 	}
 

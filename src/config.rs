@@ -92,9 +92,15 @@ pub struct Config {
     /// UMEM and ring sizes (per queue).
     #[serde(default)]
     pub umem: UmemConfig,
+    /// In-server latency measurement.
+    #[serde(default)]
+    pub latency: LatencyConfig,
     /// Reporting.
     #[serde(default)]
     pub report: ReportConfig,
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 fn default_handler() -> HandlerKind {
@@ -168,12 +174,46 @@ impl Default for UmemConfig {
     }
 }
 
+/// `[latency]`: in-server latency histograms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LatencyConfig {
+    /// Stamp packets in XDP and record ring dwell / service / total latency and RX batch sizes.
+    pub enabled: bool,
+    /// Highest latency the histograms track, in ns; larger values are recorded as this.
+    pub highest_ns: u64,
+}
+
+impl Default for LatencyConfig {
+    fn default() -> Self {
+        LatencyConfig { enabled: true, highest_ns: 1_000_000_000 }
+    }
+}
+
 /// `[report]`: what is reported and where.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReportConfig {
+    /// Milliseconds between periodic report lines (and histogram swaps).
+    pub interval_ms: u64,
     /// Write the final report as JSON to this file.
     pub json: Option<String>,
+    /// Write an HdrHistogram interval log to this file.
+    pub hdr_log: Option<String>,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        ReportConfig { interval_ms: 1000, json: None, hdr_log: None }
+    }
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` on this address (e.g. "127.0.0.1:9464"); off when absent.
+    pub listen: Option<String>,
 }
 
 /// Entries in the XSKMAP (MAX_QUEUES in bpf/shunt.bpf.c): queue ids must be below it.
@@ -260,6 +300,16 @@ impl Config {
         if u.frame_count > 1 << 20 {
             return Err(invalid("umem.frame_count", "at most 1048576 frames per queue"));
         }
+        if !(1_000..=3_600_000_000_000).contains(&self.latency.highest_ns) {
+            return Err(invalid("latency.highest_ns", "must be between 1000 (1 us) and 3600000000000 (1 h)"));
+        }
+        if !(10..=3_600_000).contains(&self.report.interval_ms) {
+            return Err(invalid("report.interval_ms", "must be between 10 and 3600000"));
+        }
+        if let Some(addr) = &self.metrics.listen {
+            addr.parse::<std::net::SocketAddr>()
+                .map_err(|e| invalid("metrics.listen", format!("{addr:?} is not ADDR:PORT ({e})")))?;
+        }
         Ok(())
     }
 }
@@ -327,6 +377,9 @@ mod tests {
             (&format!("{MINIMAL}[umem]\nframe_size = 3000\n"), "umem.frame_size"),
             (&format!("{MINIMAL}[umem]\nrx_ring = 1000\n"), "umem.rx_ring"),
             (&format!("{MINIMAL}[umem]\nframe_count = 100\n"), "umem.frame_count"),
+            (&format!("{MINIMAL}[latency]\nhighest_ns = 5\n"), "latency.highest_ns"),
+            (&format!("{MINIMAL}[report]\ninterval_ms = 0\n"), "report.interval_ms"),
+            (&format!("{MINIMAL}[metrics]\nlisten = \"localhost\"\n"), "metrics.listen"),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err().to_string();

@@ -14,3 +14,6 @@ pub mod report;
 pub mod server;
 pub mod stats;
 pub mod xdp;
+pub mod latency;
+pub mod reporter;
+pub mod metrics;

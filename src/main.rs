@@ -9,7 +9,11 @@ use std::{
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use shunt::{config::Config, handler::HandlerKind, server::RunningServer};
+use shunt::{
+    config::Config,
+    handler::HandlerKind,
+    server::{RunningServer, StartOptions},
+};
 
 /// Exit code for a bad config, an unusable interface/queue/core or a missing privilege.
 const EXIT_SETUP: u8 = 2;
@@ -60,7 +64,13 @@ struct ServeArgs {
     /// Write the final report as JSON to this file (overrides `report.json`).
     #[arg(long)]
     report: Option<PathBuf>,
-    /// Print no report on stdout (logs still go to stderr).
+    /// Write an HdrHistogram interval log of in-server latency to this file (overrides `report.hdr_log`).
+    #[arg(long)]
+    hdr_log: Option<PathBuf>,
+    /// Serve Prometheus metrics on ADDR:PORT (overrides `metrics.listen`).
+    #[arg(long)]
+    metrics: Option<String>,
+    /// Print neither the periodic lines nor the final report on stdout (logs still go to stderr).
     #[arg(long)]
     quiet: bool,
 }
@@ -109,6 +119,12 @@ fn apply_overrides(config: &mut Config, args: &ServeArgs) {
     if let Some(r) = &args.report {
         config.report.json = Some(r.display().to_string());
     }
+    if let Some(h) = &args.hdr_log {
+        config.report.hdr_log = Some(h.display().to_string());
+    }
+    if let Some(m) = &args.metrics {
+        config.metrics.listen = Some(m.clone());
+    }
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
@@ -121,7 +137,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     apply_overrides(&mut config, &args);
     let json_path = config.report.json.clone();
-    let server = match RunningServer::start(config) {
+    let server = match RunningServer::start(config, StartOptions { print_intervals: !args.quiet }) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("shunt: {e}");

@@ -6,6 +6,8 @@ use serde::Serialize;
 
 use crate::{
     config::{AttachMode, BindMode},
+    latency::{LatencyReport, Summary},
+    reporter::human_ns,
     stats::{KernelSocketStats, WorkerStats},
     xdp::XdpCounters,
 };
@@ -26,7 +28,13 @@ pub struct WorkerReport {
     pub fill_ring_empty: u64,
     /// The socket's kernel statistics.
     pub kernel: KernelSocketStats,
+    /// In-server latency over the run (absent when measurement is off).
+    pub latency: Option<LatencyReport>,
 }
+
+/// The clock the latency figures are measured with.
+pub const LATENCY_CLOCK: &str =
+    "CLOCK_MONOTONIC: bpf_ktime_get_ns() at the XDP hook, clock_gettime() in the worker; no NIC hardware timestamps";
 
 /// The report printed when the server stops and written with `--report FILE`.
 #[derive(Debug, Clone, Serialize)]
@@ -47,12 +55,19 @@ pub struct Report {
     pub tx_packets: u64,
     /// The XDP program's counters.
     pub xdp: XdpCounters,
+    /// In-server latency (XDP hook → TX ring) over all workers, in ns; all zero when measurement is off.
+    pub latency_ns: Summary,
+    /// Every latency metric over all workers (absent when measurement is off).
+    pub latency: Option<LatencyReport>,
+    /// Which clock the latency figures come from.
+    pub latency_clock: &'static str,
     /// Per worker.
     pub workers: Vec<WorkerReport>,
 }
 
 impl Report {
     /// Builds a report, computing the totals from the workers.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         interface: String,
         handler: &'static str,
@@ -61,10 +76,24 @@ impl Report {
         duration_secs: f64,
         xdp: XdpCounters,
         workers: Vec<WorkerReport>,
+        latency: Option<LatencyReport>,
     ) -> Report {
         let rx_packets = workers.iter().map(|w| w.stats.rx_packets).sum();
         let tx_packets = workers.iter().map(|w| w.stats.tx_packets).sum();
-        Report { interface, handler, ports, attach_mode, duration_secs, rx_packets, tx_packets, xdp, workers }
+        Report {
+            interface,
+            handler,
+            ports,
+            attach_mode,
+            duration_secs,
+            rx_packets,
+            tx_packets,
+            xdp,
+            latency_ns: latency.map(|l| l.total_ns).unwrap_or_default(),
+            latency,
+            latency_clock: LATENCY_CLOCK,
+            workers,
+        }
     }
 
     /// The report as a human-readable table.
@@ -125,6 +154,40 @@ impl Report {
                 w.fill_ring_empty,
                 s.tx_kicks,
                 s.rx_packets as f64 / s.rx_batches.max(1) as f64
+            );
+        }
+        if let Some(total) = &self.latency {
+            let _ = writeln!(out, "  in-server latency ({})", self.latency_clock);
+            let _ = writeln!(
+                out,
+                "  {:>7} {:>11} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                "queue", "stage", "count", "min", "p50", "p90", "p99", "p99.9", "p99.99", "max", "mean"
+            );
+            let rows = self.workers.iter().filter_map(|w| w.latency.as_ref().map(|l| (w.queue.to_string(), l)));
+            for (queue, l) in rows.chain(std::iter::once(("all".to_string(), total))) {
+                for (stage, s) in [("total", &l.total_ns), ("ring_dwell", &l.ring_dwell_ns), ("service", &l.service_ns)] {
+                    let _ = writeln!(
+                        out,
+                        "  {:>7} {:>11} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                        queue,
+                        stage,
+                        s.count,
+                        human_ns(s.min),
+                        human_ns(s.p50),
+                        human_ns(s.p90),
+                        human_ns(s.p99),
+                        human_ns(s.p999),
+                        human_ns(s.p9999),
+                        human_ns(s.max),
+                        human_ns(s.mean as u64)
+                    );
+                }
+            }
+            let b = &total.rx_batch_size;
+            let _ = writeln!(
+                out,
+                "  rx batch size: mean {:.2} p50 {} p99 {} max {}; replies without an XDP stamp: {}",
+                b.mean, b.p50, b.p99, b.max, total.unstamped
             );
         }
         out

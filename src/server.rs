@@ -8,19 +8,32 @@
 use std::{
     collections::BTreeSet,
     fs,
-    sync::{atomic::AtomicBool, Arc},
+    sync::{atomic::AtomicBool, Arc, Mutex},
     thread::JoinHandle,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use crate::{
     config::{Config, PollMode},
     datapath::{sys, DatapathError, QueueSocket, SocketOptions, Worker, WorkerExit},
     handler::{Echo, Handler, HandlerKind, Sockperf},
+    latency::{self, LatencySet, WorkerLatency},
+    metrics::{MetricsServer, MetricsSources},
     report::{Report, WorkerReport},
+    reporter::{self, LatencySnapshot, ReporterExit, ReporterOptions, WatchedWorker},
     stats::WorkerShared,
-    xdp::{XdpCounters, XdpError, XdpLink, XdpProgram},
+    xdp::{XdpCounters, XdpError, XdpLink, XdpProgram, SETTING_STAMP_TIME},
 };
+
+/// Histogram sets waiting for each worker besides the one it records into.
+const SPARE_LATENCY_SETS: usize = 2;
+
+/// Run-time choices that are not part of the config file.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Print one line per report interval on stdout.
+    pub print_intervals: bool,
+}
 
 /// Why the server could not start. Every variant names the config key or capability at fault.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +88,19 @@ pub enum StartError {
     /// A socket could not be opened.
     #[error(transparent)]
     Datapath(#[from] DatapathError),
+    /// The metrics endpoint could not be served.
+    #[error("{0}")]
+    Metrics(String),
+    /// A report file could not be created.
+    #[error("config key `{key}`: {path}: {source}")]
+    ReportFile {
+        /// e.g. `report.hdr_log`.
+        key: &'static str,
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 struct WorkerSlot {
@@ -93,6 +119,10 @@ pub struct RunningServer {
     workers: Vec<WorkerSlot>,
     stop: Arc<AtomicBool>,
     started: Instant,
+    reporter: Option<JoinHandle<ReporterExit>>,
+    reporter_finish: Arc<AtomicBool>,
+    latency: Arc<Mutex<LatencySnapshot>>,
+    metrics: Option<MetricsServer>,
 }
 
 /// Capabilities needed, by bit number in CapEff.
@@ -150,7 +180,7 @@ fn check_machine(config: &Config) -> Result<u32, StartError> {
 
 impl RunningServer {
     /// Checks, loads, binds, attaches and starts the workers. On error nothing stays attached.
-    pub fn start(config: Config) -> Result<RunningServer, StartError> {
+    pub fn start(config: Config, options: StartOptions) -> Result<RunningServer, StartError> {
         config.validate()?;
         check_privileges()?;
         let ifindex = check_machine(&config)?;
@@ -160,7 +190,8 @@ impl RunningServer {
 
         let program = XdpProgram::load()?;
         program.set_ports(&config.ports)?;
-        program.set_settings(0)?;
+        let measure = config.latency.enabled;
+        program.set_settings(if measure { SETTING_STAMP_TIME } else { 0 })?;
 
         let mut sockets = Vec::with_capacity(config.workers.queues.len());
         for &queue in &config.workers.queues {
@@ -177,16 +208,39 @@ impl RunningServer {
         let link = program.attach(&config.interface, ifindex, config.xdp.attach_mode)?;
 
         let stop = Arc::new(AtomicBool::new(false));
-        let mut server =
-            RunningServer { config, program, link: Some(link), workers: Vec::new(), stop, started: Instant::now() };
+        let mut server = RunningServer {
+            config,
+            program,
+            link: Some(link),
+            workers: Vec::new(),
+            stop,
+            started: Instant::now(),
+            reporter: None,
+            reporter_finish: Arc::new(AtomicBool::new(false)),
+            latency: Arc::new(Mutex::new(LatencySnapshot::default())),
+            metrics: None,
+        };
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), StartError>>(sockets.len());
         let PollMode::Spin = server.config.workers.poll_mode;
+        let highest_ns = server.config.latency.highest_ns;
+        let interval = Duration::from_millis(server.config.report.interval_ms);
+        let mut watched = Vec::new();
         for (i, socket) in sockets.into_iter().enumerate() {
             let core = server.config.workers.cores[i];
-            let slot = match server.config.handler {
-                HandlerKind::Echo => server.spawn(i, core, socket, Echo, ready_tx.clone()),
-                HandlerKind::Sockperf => server.spawn(i, core, socket, Sockperf, ready_tx.clone()),
+            let queue = socket.queue;
+            let (worker_side, reporter_side) = if measure {
+                let (w, r) = latency::hand_off(highest_ns, interval.as_nanos() as u64, SPARE_LATENCY_SETS);
+                (Some(w), Some(r))
+            } else {
+                (None, None)
             };
+            let slot = match server.config.handler {
+                HandlerKind::Echo => server.spawn(i, core, socket, Echo, worker_side, ready_tx.clone()),
+                HandlerKind::Sockperf => server.spawn(i, core, socket, Sockperf, worker_side, ready_tx.clone()),
+            };
+            if let Some(latency) = reporter_side {
+                watched.push(WatchedWorker { queue, shared: slot.shared.clone(), latency });
+            }
             server.workers.push(slot);
         }
         for _ in 0..server.workers.len() {
@@ -195,6 +249,15 @@ impl RunningServer {
                 server.stop();
                 return Err(e);
             }
+        }
+        // The calling thread and everything it starts from now on (reporter, metrics) keep off the workers'
+        // cores: a control thread scheduled there would preempt a spinning worker for a whole time slice.
+        if let Err(e) = sys::avoid_cores(&server.config.workers.cores) {
+            tracing::warn!("could not keep control threads off the worker cores: {e}");
+        }
+        if let Err(e) = server.start_observers(watched, &options) {
+            server.stop();
+            return Err(e);
         }
         tracing::info!(
             interface = %server.config.interface,
@@ -206,18 +269,51 @@ impl RunningServer {
         Ok(server)
     }
 
+    fn start_observers(&mut self, watched: Vec<WatchedWorker>, options: &StartOptions) -> Result<(), StartError> {
+        if !watched.is_empty() {
+            let reporter_options = ReporterOptions {
+                interval: Duration::from_millis(self.config.report.interval_ms),
+                print: options.print_intervals,
+                hdr_log: self.config.report.hdr_log.clone(),
+                highest_ns: self.config.latency.highest_ns,
+            };
+            let handle = reporter::spawn(watched, reporter_options, self.reporter_finish.clone(), self.latency.clone())
+                .map_err(|source| StartError::ReportFile {
+                    key: "report.hdr_log",
+                    path: self.config.report.hdr_log.clone().unwrap_or_default(),
+                    source,
+                })?;
+            self.reporter = Some(handle);
+        }
+        if let Some(listen) = &self.config.metrics.listen {
+            let sources = MetricsSources {
+                workers: self.workers.iter().map(|w| (w.queue, w.shared.clone())).collect(),
+                xdp: self.program.counters_reader()?,
+                latency: self.latency.clone(),
+            };
+            let metrics = MetricsServer::start(listen, sources).map_err(StartError::Metrics)?;
+            tracing::info!(address = %metrics.local_addr, "metrics endpoint serving /metrics");
+            self.metrics = Some(metrics);
+        }
+        Ok(())
+    }
+
     fn spawn<H: Handler + 'static>(
         &self,
         index: usize,
         core: usize,
         socket: QueueSocket,
         handler: H,
+        latency: Option<WorkerLatency>,
         ready: crossbeam_channel::Sender<Result<(), StartError>>,
     ) -> WorkerSlot {
         let queue = socket.queue;
         let bind_mode = socket.bind_mode;
         let shared = Arc::new(WorkerShared::default());
-        let worker = Worker::new(socket, handler, shared.clone(), self.config.workers.batch_size);
+        let mut worker = Worker::new(socket, handler, shared.clone(), self.config.workers.batch_size);
+        if let Some(l) = latency {
+            worker = worker.with_latency(l);
+        }
         let stop = self.stop.clone();
         let thread = std::thread::Builder::new()
             .name(format!("shunt-q{queue}"))
@@ -258,7 +354,7 @@ impl RunningServer {
         // Detach first: from here on the kernel answers (or refuses) the served ports itself.
         self.link.take();
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let workers = std::mem::take(&mut self.workers)
+        let mut workers: Vec<WorkerReport> = std::mem::take(&mut self.workers)
             .into_iter()
             .map(|w| {
                 let exit = w.thread.join().unwrap_or_else(|_| {
@@ -272,10 +368,35 @@ impl RunningServer {
                     stats: exit.stats,
                     fill_ring_empty: exit.kernel.rx_fill_ring_empty_descs,
                     kernel: exit.kernel,
+                    latency: None,
                 }
             })
             .collect();
+        // The workers have flushed their last histograms; now the reporter takes them and stops.
+        self.metrics.take();
+        self.reporter_finish.store(true, std::sync::atomic::Ordering::Relaxed);
+        let reporter_exit = self.reporter.take().and_then(|r| r.join().ok());
+        let mut merged: Option<LatencySet> = None;
+        if let Some(exit) = reporter_exit {
+            if let Some(e) = &exit.hdr_log_error {
+                tracing::error!("writing the HdrHistogram log failed: {e}");
+            }
+            // The reporter watches every worker, in the same order, whenever latency is measured.
+            for (w, set) in workers.iter_mut().zip(&exit.per_worker) {
+                w.latency = Some(set.summary());
+                merged.get_or_insert_with(|| LatencySet::new(self.config.latency.highest_ns)).add(set);
+            }
+        }
         let c = &self.config;
-        Report::new(c.interface.clone(), c.handler.name(), c.ports.clone(), c.xdp.attach_mode, duration, xdp, workers)
+        Report::new(
+            c.interface.clone(),
+            c.handler.name(),
+            c.ports.clone(),
+            c.xdp.attach_mode,
+            duration,
+            xdp,
+            workers,
+            merged.map(|m| m.summary()),
+        )
     }
 }

@@ -1,6 +1,7 @@
 //! Proves the worker loop's hot-path promises on a real AF_XDP socket in the lab:
-//! - `Worker::run` allocates nothing, whatever traffic it serves (a counting global allocator watches the
-//!   worker thread for the whole of `run`);
+//! - `Worker::run` allocates nothing, whatever traffic it serves, with latency histograms on and swapped with
+//!   the reporter every few milliseconds (a counting global allocator watches the worker thread for the whole
+//!   of `run`);
 //! - it makes no system call per packet: a backlog of requests is served in RX batches, and the TX kicks it
 //!   makes are the copy-mode minimum of one per 32 replies (the only system calls in the loop are those kicks,
 //!   fill-ring wake-ups and a once-a-second statistics read, and the first two are counted).
@@ -25,8 +26,9 @@ use shunt::{
     config::{AttachMode, BindMode, UmemConfig},
     datapath::{sys, QueueSocket, SocketOptions, Worker, WorkerExit},
     handler::Echo,
+    latency,
     stats::WorkerShared,
-    xdp::XdpProgram,
+    xdp::{XdpProgram, SETTING_STAMP_TIME},
 };
 
 struct CountingAllocator;
@@ -143,6 +145,7 @@ fn worker_loop_allocates_nothing_and_batches_its_system_calls() {
         lab.spawn_in_server(move || {
             let program = XdpProgram::load().expect("load XDP program");
             program.set_ports(&[9000]).unwrap();
+            program.set_settings(SETTING_STAMP_TIME).unwrap();
             let socket = QueueSocket::open(&SocketOptions {
                 interface: server_if.clone(),
                 queue: 0,
@@ -161,12 +164,31 @@ fn worker_loop_allocates_nothing_and_batches_its_system_calls() {
             program.register_socket(0, socket.raw_fd()).unwrap();
             let ifindex = sys::interface_index(&server_if).unwrap();
             let _link = program.attach(&server_if, ifindex, AttachMode::Generic).expect("attach");
-            let mut worker = Worker::new(socket, Echo, shared, 64);
+            // Histogram swaps every 5 ms, so that many happen during the run; a thread stands in for the
+            // reporter, returning each full set emptied.
+            let (worker_side, reporter_side) = latency::hand_off(1_000_000_000, 5_000_000, 2);
+            let swaps = Arc::new(AtomicU64::new(0));
+            let recorded = Arc::new(AtomicU64::new(0));
+            let stand_in = {
+                let (swaps, recorded) = (swaps.clone(), recorded.clone());
+                std::thread::spawn(move || {
+                    while let Ok(mut set) = reporter_side.full.recv() {
+                        swaps.fetch_add(1, Ordering::Relaxed);
+                        recorded.fetch_add(set.total.len(), Ordering::Relaxed);
+                        set.reset();
+                        let _ = reporter_side.empty.send(set);
+                    }
+                })
+            };
+            let mut worker = Worker::new(socket, Echo, shared, 64).with_latency(worker_side);
             ready_tx.send(()).unwrap();
             while let Ok(Phase::Run) = phase_rx.recv() {
                 let result = tracked_run(&mut worker, &stop);
                 exit_tx.send(result).unwrap();
             }
+            drop(worker); // closes the channel: the stand-in drains it and ends
+            stand_in.join().unwrap();
+            (swaps.load(Ordering::Relaxed), recorded.load(Ordering::Relaxed))
         })
     };
     ready_rx.recv_timeout(Duration::from_secs(20)).expect("server side set up");
@@ -208,7 +230,7 @@ fn worker_loop_allocates_nothing_and_batches_its_system_calls() {
     stop.store(true, Ordering::Relaxed);
     let (second, allocations) = exit_rx.recv_timeout(Duration::from_secs(10)).expect("worker stopped");
     phase_tx.send(Phase::Finish).unwrap();
-    server.join().expect("server thread");
+    let (swaps, recorded) = server.join().expect("server thread");
     assert_eq!(allocations, 0, "Worker::run allocated {allocations} times serving a burst");
 
     let rx = second.stats.rx_packets - first.stats.rx_packets;
@@ -221,8 +243,11 @@ fn worker_loop_allocates_nothing_and_batches_its_system_calls() {
     // Copy mode transmits at most 32 descriptors per kick: 16 kicks for 512 replies, plus a few idle re-kicks.
     let syscalls = kicks + fill_kicks;
     assert!(syscalls <= BURST / 32 + 4, "{syscalls} system calls for {BURST} packets ({kicks} TX, {fill_kicks} fill)");
+    assert!(swaps >= 10, "only {swaps} histogram swaps happened: the test did not exercise them");
+    // Every reply was timed from its XDP stamp.
+    assert_eq!(recorded, second.stats.tx_packets, "stamped replies recorded vs replies sent");
     eprintln!(
-        "backlog of {BURST}: {batches} RX batches, {kicks} TX kicks, {fill_kicks} fill kicks; 0 allocations in {} packets",
+        "{swaps} histogram swaps, {recorded} replies timed; backlog of {BURST}: {batches} RX batches, {kicks} TX kicks, {fill_kicks} fill kicks; 0 allocations in {} packets",
         second.stats.rx_packets
     );
 }

@@ -77,6 +77,8 @@ pub struct QueueSocket {
     /// The bind mode actually in effect (never `Auto`).
     pub bind_mode: BindMode,
     pub(super) tx_ring_size: u32,
+    /// Bytes per frame (a power of two).
+    pub(super) frame_size: usize,
     /// Frames in the UMEM, on rings or not.
     pub(super) frame_count: usize,
 }
@@ -182,6 +184,7 @@ impl QueueSocket {
             bind_mode: if mode == BindMode::Zerocopy { BindMode::Zerocopy } else { BindMode::Copy },
             tx_ring_size: u.tx_ring,
             frame_count,
+            frame_size: u.frame_size as usize,
         })
     }
 

@@ -98,3 +98,45 @@ pub fn rx_queue_count(name: &str) -> io::Result<u32> {
     }
     Ok(channels.rx_count + channels.combined_count)
 }
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads, so XDP stamps and worker times
+/// compare directly. Served by the vDSO: no system call.
+#[inline]
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Restricts the calling thread (and threads it spawns afterwards) to the online CPUs not in `exclude`, so
+/// that control-plane threads never preempt a spinning worker. Does nothing if that would leave no CPU.
+pub fn avoid_cores(exclude: &[usize]) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sched_getaffinity writes at most size_of::<cpu_set_t>() bytes into `set`.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut left = 0;
+    for cpu in 0..libc::CPU_SETSIZE as usize {
+        // SAFETY: `cpu` is below CPU_SETSIZE, the bound CPU_ISSET/CPU_CLR index within.
+        unsafe {
+            if libc::CPU_ISSET(cpu, &set) {
+                if exclude.contains(&cpu) {
+                    libc::CPU_CLR(cpu, &mut set);
+                } else {
+                    left += 1;
+                }
+            }
+        }
+    }
+    if left == 0 {
+        return Ok(());
+    }
+    // SAFETY: `set` is a valid cpu_set_t of the size passed.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

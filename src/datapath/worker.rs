@@ -13,9 +13,10 @@ use std::{
 
 use xsk_rs::FrameDesc;
 
-use super::QueueSocket;
+use super::{meta, sys, QueueSocket};
 use crate::{
     config::BindMode,
+    latency::WorkerLatency,
     handler::{respond, Handler, Outcome},
     stats::{KernelSocketStats, WorkerShared, WorkerStats},
 };
@@ -40,6 +41,9 @@ pub struct Worker<H> {
     rx_batch: Vec<FrameDesc>,
     tx_batch: Vec<FrameDesc>,
     completed: Vec<FrameDesc>,
+    /// XDP stamps of the replies in `tx_batch`, position by position.
+    stamps: Vec<Option<u64>>,
+    latency: Option<WorkerLatency>,
     stats: WorkerStats,
     kernel: KernelSocketStats,
 }
@@ -63,18 +67,28 @@ impl<H: Handler> Worker<H> {
             rx_batch: vec![FrameDesc::default(); batch],
             tx_batch: Vec::with_capacity(batch),
             completed: vec![FrameDesc::default(); socket.tx_ring_size as usize],
+            stamps: Vec::with_capacity(batch),
             free,
             socket,
             handler,
             shared,
+            latency: None,
             stats: WorkerStats::default(),
             kernel: KernelSocketStats::default(),
         }
     }
 
+    /// Records in-server latency into `latency`'s histograms (the XDP program must be stamping packets).
+    pub fn with_latency(mut self, latency: WorkerLatency) -> Self {
+        self.latency = Some(latency);
+        self
+    }
+
     /// Runs the busy-polling loop on the calling thread until `stop` is set, then returns the counters so far.
     pub fn run(&mut self, stop: &AtomicBool) -> WorkerExit {
-        let Worker { socket: s, handler, shared, free, rx_batch, tx_batch, completed, stats, kernel } = self;
+        let Worker { socket: s, handler, shared, free, rx_batch, tx_batch, completed, stamps, latency, stats, kernel } =
+            self;
+        let frame_mask = s.frame_size - 1;
         let copy_mode = s.bind_mode == BindMode::Copy;
         let mut next_kernel_read = Instant::now();
         let mut spins: u32 = 0;
@@ -113,6 +127,9 @@ impl<H: Handler> Worker<H> {
                 }
                 spins = spins.wrapping_add(1);
                 if spins % CLOCK_EVERY == 0 {
+                    if let Some(l) = latency {
+                        l.maybe_swap(sys::monotonic_ns());
+                    }
                     refresh_kernel_stats(s, shared, kernel, &mut next_kernel_read);
                 }
                 std::hint::spin_loop();
@@ -120,12 +137,16 @@ impl<H: Handler> Worker<H> {
             }
             stats.rx_packets += received as u64;
             stats.rx_batches += 1;
+            let picked_ns = if latency.is_some() { sys::monotonic_ns() } else { 0 };
 
             for desc in &mut rx_batch[..received] {
                 // SAFETY: the kernel handed this frame to us through the RX ring and no ring holds it now, so
                 // this is the only reference to its memory until it is produced to TX or fill.
+                let offset_in_frame = desc.addr() & frame_mask;
                 let mut data = unsafe { s.umem.data_mut(desc) };
                 let len = data.len();
+                let stamp =
+                    if latency.is_some() { meta::take_stamp(data.contents_mut().as_mut_ptr(), offset_in_frame) } else { None };
                 // Open the frame up to its full capacity so that a handler may reply with more than it got.
                 let capacity = data.cursor().buf_len();
                 data.cursor().set_pos(capacity);
@@ -134,6 +155,7 @@ impl<H: Handler> Worker<H> {
                     Outcome::Reply(n) => {
                         data.cursor().set_pos(n);
                         tx_batch.push(*desc);
+                        stamps.push(stamp);
                     }
                     other => {
                         match other {
@@ -159,12 +181,27 @@ impl<H: Handler> Worker<H> {
                     free.extend_from_slice(&tx_batch[sent..]);
                 }
                 tx_batch.clear();
+                // Service ends when the replies are on the TX ring; the kick that follows is transmission.
+                let queued_ns = if latency.is_some() { sys::monotonic_ns() } else { 0 };
                 stats.tx_kicks += kick_tx(s, copy_mode);
+                if let Some(l) = latency {
+                    for stamp in &stamps[..sent] {
+                        l.current.record_packet(*stamp, picked_ns, queued_ns);
+                    }
+                    l.maybe_swap(queued_ns);
+                }
             }
+            if let Some(l) = latency {
+                l.current.record_batch(received);
+            }
+            stamps.clear();
             shared.stats.publish(stats);
         }
         refresh_kernel_stats(s, shared, kernel, &mut Instant::now());
         shared.stats.publish(stats);
+        if let Some(l) = latency {
+            l.flush();
+        }
         WorkerExit { stats: *stats, kernel: *kernel }
     }
 }

@@ -1,0 +1,285 @@
+//! In-server latency: the histograms a worker records into, the summaries the reports show, and the hand-off
+//! between worker and reporter.
+//!
+//! A worker owns one [`LatencySet`] at a time and records into it without locking or allocating (values
+//! beyond the configured range saturate instead of growing the histogram). Once per report interval it
+//! swaps the set for an empty one the reporter handed back over a bounded crossbeam channel, and sends the
+//! full one on; if no empty set is waiting it simply keeps recording. The reporter merges, resets and
+//! returns sets off the hot path.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Significant decimal digits kept by every histogram.
+pub const SIGNIFICANT_DIGITS: u8 = 3;
+/// Largest RX batch recorded.
+pub const MAX_BATCH: u64 = 1024;
+
+/// One worker's histograms for one interval.
+#[derive(Debug, Clone)]
+pub struct LatencySet {
+    /// XDP hook → worker picks the packet off the RX ring, in ns.
+    pub ring_dwell: Histogram<u64>,
+    /// Pick-up → reply on the TX ring, in ns.
+    pub service: Histogram<u64>,
+    /// XDP hook → reply on the TX ring, in ns.
+    pub total: Histogram<u64>,
+    /// Frames per non-empty RX batch.
+    pub rx_batch: Histogram<u64>,
+    /// Replied packets that carried no XDP timestamp (only `service` was recorded for them).
+    pub unstamped: u64,
+}
+
+impl LatencySet {
+    /// Empty histograms tracking 1 ns ..= `highest_ns` at [`SIGNIFICANT_DIGITS`].
+    pub fn new(highest_ns: u64) -> LatencySet {
+        let ns = || {
+            let mut h = Histogram::new_with_bounds(1, highest_ns.max(2), SIGNIFICANT_DIGITS)
+                .expect("bounds checked by config validation");
+            h.auto(false);
+            h
+        };
+        let mut rx_batch = Histogram::new_with_bounds(1, MAX_BATCH, SIGNIFICANT_DIGITS).expect("static bounds");
+        rx_batch.auto(false);
+        LatencySet { ring_dwell: ns(), service: ns(), total: ns(), rx_batch, unstamped: 0 }
+    }
+
+    /// Records one replied packet. `stamp_ns` is the XDP hook time if the packet carried one.
+    #[inline]
+    pub fn record_packet(&mut self, stamp_ns: Option<u64>, picked_ns: u64, queued_ns: u64) {
+        let service = queued_ns.saturating_sub(picked_ns);
+        self.service.saturating_record(service);
+        match stamp_ns {
+            Some(hook) if hook <= picked_ns => {
+                let dwell = picked_ns - hook;
+                self.ring_dwell.saturating_record(dwell);
+                self.total.saturating_record(dwell + service);
+            }
+            _ => self.unstamped += 1,
+        }
+    }
+
+    /// Records the size of one non-empty RX batch.
+    #[inline]
+    pub fn record_batch(&mut self, frames: usize) {
+        self.rx_batch.saturating_record(frames as u64);
+    }
+
+    /// Adds `other` into `self`. Both must come from [`LatencySet::new`] with the same range.
+    pub fn add(&mut self, other: &LatencySet) {
+        // Same bounds on both sides, so `add` cannot fail; a failure would only drop the interval.
+        let _ = self.ring_dwell.add(&other.ring_dwell);
+        let _ = self.service.add(&other.service);
+        let _ = self.total.add(&other.total);
+        let _ = self.rx_batch.add(&other.rx_batch);
+        self.unstamped += other.unstamped;
+    }
+
+    /// Empties every histogram, keeping their memory.
+    pub fn reset(&mut self) {
+        self.ring_dwell.reset();
+        self.service.reset();
+        self.total.reset();
+        self.rx_batch.reset();
+        self.unstamped = 0;
+    }
+
+    /// Summaries of every metric.
+    pub fn summary(&self) -> LatencyReport {
+        LatencyReport {
+            ring_dwell_ns: Summary::of(&self.ring_dwell),
+            service_ns: Summary::of(&self.service),
+            total_ns: Summary::of(&self.total),
+            rx_batch_size: Summary::of(&self.rx_batch),
+            unstamped: self.unstamped,
+        }
+    }
+}
+
+/// Count, extremes, mean and percentiles of one histogram.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Summary {
+    /// Values recorded.
+    pub count: u64,
+    /// Smallest (0 when empty).
+    pub min: u64,
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// 99.99th percentile.
+    pub p9999: u64,
+    /// Largest.
+    pub max: u64,
+    /// Arithmetic mean.
+    pub mean: f64,
+}
+
+impl Summary {
+    /// Summarises `h` (all zeros when it is empty).
+    pub fn of(h: &Histogram<u64>) -> Summary {
+        if h.is_empty() {
+            return Summary::default();
+        }
+        Summary {
+            count: h.len(),
+            min: h.min(),
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            p9999: h.value_at_quantile(0.9999),
+            max: h.max(),
+            mean: h.mean(),
+        }
+    }
+}
+
+/// The latency part of a report: one summary per metric.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct LatencyReport {
+    /// XDP hook → pick-up.
+    pub ring_dwell_ns: Summary,
+    /// Pick-up → TX ring.
+    pub service_ns: Summary,
+    /// XDP hook → TX ring: the time a packet spends inside the server.
+    pub total_ns: Summary,
+    /// RX batch sizes.
+    pub rx_batch_size: Summary,
+    /// Replies whose request carried no XDP timestamp.
+    pub unstamped: u64,
+}
+
+/// The worker's side of the histogram hand-off.
+#[derive(Debug)]
+pub struct WorkerLatency {
+    /// The set being recorded into.
+    pub current: LatencySet,
+    /// Full sets go to the reporter here.
+    pub full: crossbeam_channel::Sender<LatencySet>,
+    /// Empty sets come back here.
+    pub empty: crossbeam_channel::Receiver<LatencySet>,
+    /// Interval between swaps, in ns.
+    pub interval_ns: u64,
+    /// Monotonic time of the next swap, in ns.
+    pub next_swap_ns: u64,
+}
+
+/// The reporter's side of one worker's hand-off.
+#[derive(Debug)]
+pub struct ReporterLatency {
+    /// Full sets arrive here.
+    pub full: crossbeam_channel::Receiver<LatencySet>,
+    /// Empty sets go back here.
+    pub empty: crossbeam_channel::Sender<LatencySet>,
+}
+
+/// Sets up the hand-off for one worker with `spares` empty sets waiting, all allocated now.
+pub fn hand_off(highest_ns: u64, interval_ns: u64, spares: usize) -> (WorkerLatency, ReporterLatency) {
+    let (full_tx, full_rx) = crossbeam_channel::bounded(spares + 1);
+    let (empty_tx, empty_rx) = crossbeam_channel::bounded(spares + 1);
+    for _ in 0..spares {
+        let _ = empty_tx.send(LatencySet::new(highest_ns));
+    }
+    (
+        WorkerLatency {
+            current: LatencySet::new(highest_ns),
+            full: full_tx,
+            empty: empty_rx,
+            interval_ns,
+            next_swap_ns: 0,
+        },
+        ReporterLatency { full: full_rx, empty: empty_tx },
+    )
+}
+
+impl WorkerLatency {
+    /// Swaps in an empty set and sends the full one on, if the interval has passed and an empty set is
+    /// waiting. Never blocks or allocates: with no empty set, recording continues into the current one.
+    #[inline]
+    pub fn maybe_swap(&mut self, now_ns: u64) {
+        if now_ns < self.next_swap_ns {
+            return;
+        }
+        if let Ok(mut fresh) = self.empty.try_recv() {
+            std::mem::swap(&mut self.current, &mut fresh);
+            if let Err(crossbeam_channel::TrySendError::Full(back) | crossbeam_channel::TrySendError::Disconnected(back)) =
+                self.full.try_send(fresh)
+            {
+                // The reporter is behind or gone: fold the interval back in rather than lose it.
+                self.current.add(&back);
+            }
+        }
+        self.next_swap_ns = now_ns + self.interval_ns;
+    }
+
+    /// Sends whatever was recorded since the last swap (at stop).
+    pub fn flush(&mut self) {
+        let fresh = self.empty.try_recv().unwrap_or_else(|_| {
+            let mut empty = self.current.clone();
+            empty.reset();
+            empty
+        });
+        let done = std::mem::replace(&mut self.current, fresh);
+        let _ = self.full.try_send(done);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_dwell_service_and_total() {
+        let mut s = LatencySet::new(1_000_000_000);
+        s.record_packet(Some(1_000), 1_500, 1_800);
+        s.record_packet(None, 2_000, 2_100);
+        let r = s.summary();
+        assert_eq!(r.ring_dwell_ns.count, 1);
+        assert_eq!(r.ring_dwell_ns.max, 500);
+        assert_eq!(r.service_ns.count, 2);
+        assert_eq!(r.total_ns.count, 1);
+        assert_eq!(r.total_ns.max, 800);
+        assert_eq!(r.unstamped, 1);
+    }
+
+    #[test]
+    fn a_stamp_from_the_future_is_not_a_latency() {
+        let mut s = LatencySet::new(1_000_000);
+        s.record_packet(Some(5_000), 1_000, 1_100);
+        assert_eq!(s.summary().total_ns.count, 0);
+        assert_eq!(s.unstamped, 1);
+    }
+
+    #[test]
+    fn values_beyond_range_saturate_instead_of_growing() {
+        let mut s = LatencySet::new(1_000_000);
+        s.record_packet(Some(0), 5_000_000_000, 5_000_000_001);
+        assert_eq!(s.total.len(), 1);
+        assert!(s.total.max() >= 1_000_000);
+    }
+
+    #[test]
+    fn swap_hands_full_sets_over_and_keeps_recording_without_spares() {
+        let (mut w, r) = hand_off(1_000_000, 100, 1);
+        w.current.record_packet(Some(10), 20, 30);
+        w.maybe_swap(0);
+        let full = r.full.try_recv().expect("swapped");
+        assert_eq!(full.total.len(), 1);
+        assert_eq!(w.current.total.len(), 0);
+        // No spare waiting: the next swap is skipped and recording goes on.
+        w.current.record_packet(Some(10), 20, 30);
+        w.maybe_swap(1_000);
+        assert!(r.full.try_recv().is_err());
+        assert_eq!(w.current.total.len(), 1);
+    }
+
+    #[test]
+    fn empty_summary_is_zero() {
+        assert_eq!(LatencySet::new(1000).summary().total_ns, Summary::default());
+    }
+}

@@ -1,0 +1,219 @@
+//! The reporter thread: collects the workers' interval histograms, prints one line per interval, writes the
+//! HdrHistogram interval log, keeps run totals and publishes the latest figures for the metrics endpoint.
+//! It runs on whatever core the scheduler picks outside the workers' cores, never on the hot path.
+
+use std::{
+    fs::File,
+    io::{BufWriter, Write},
+    sync::{
+        atomic::{AtomicBool, Ordering::Relaxed},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use hdrhistogram::serialization::{interval_log, V2DeflateSerializer};
+
+use crate::{
+    latency::{LatencyReport, LatencySet, ReporterLatency},
+    stats::{WorkerShared, WorkerStats},
+};
+
+/// What the reporter watches for one worker.
+#[derive(Debug)]
+pub struct WatchedWorker {
+    /// The worker's queue.
+    pub queue: u32,
+    /// Its published counters.
+    pub shared: Arc<WorkerShared>,
+    /// Its histogram hand-off.
+    pub latency: ReporterLatency,
+}
+
+/// Latest latency figures, for the metrics endpoint: run totals per worker (by queue) and merged.
+#[derive(Debug, Clone, Default)]
+pub struct LatencySnapshot {
+    /// (queue, summary of the run so far).
+    pub per_worker: Vec<(u32, LatencyReport)>,
+    /// Merged over workers.
+    pub total: LatencyReport,
+    /// Sum of the total latency over the run, in ns (a summary's `_sum`).
+    pub total_sum_ns: f64,
+}
+
+/// How the reporter runs.
+#[derive(Debug, Clone)]
+pub struct ReporterOptions {
+    /// Interval between lines.
+    pub interval: Duration,
+    /// Print the periodic lines (on stdout).
+    pub print: bool,
+    /// Write an HdrHistogram interval log here.
+    pub hdr_log: Option<String>,
+    /// The histograms' range.
+    pub highest_ns: u64,
+}
+
+/// The reporter's result: run-total histograms per worker, in the order given.
+#[derive(Debug)]
+pub struct ReporterExit {
+    /// One per watched worker.
+    pub per_worker: Vec<LatencySet>,
+    /// Set when the interval log could not be written.
+    pub hdr_log_error: Option<String>,
+}
+
+/// Spawns the reporter. It stops when `finish` is set, after taking what the workers flushed.
+pub fn spawn(
+    workers: Vec<WatchedWorker>,
+    options: ReporterOptions,
+    finish: Arc<AtomicBool>,
+    snapshot: Arc<Mutex<LatencySnapshot>>,
+) -> std::io::Result<std::thread::JoinHandle<ReporterExit>> {
+    let log_file = match &options.hdr_log {
+        Some(path) => Some(File::create(path)?),
+        None => None,
+    };
+    std::thread::Builder::new()
+        .name("shunt-reporter".into())
+        .spawn(move || run(workers, options, finish, snapshot, log_file))
+}
+
+fn run(
+    workers: Vec<WatchedWorker>,
+    options: ReporterOptions,
+    finish: Arc<AtomicBool>,
+    snapshot: Arc<Mutex<LatencySnapshot>>,
+    log_file: Option<File>,
+) -> ReporterExit {
+    let started = Instant::now();
+    let start_time = SystemTime::now();
+    let mut totals: Vec<LatencySet> = workers.iter().map(|_| LatencySet::new(options.highest_ns)).collect();
+    let mut interval = LatencySet::new(options.highest_ns);
+    let mut last_stats: Vec<WorkerStats> = vec![WorkerStats::default(); workers.len()];
+    let mut last_tick = started;
+
+    let mut file = log_file.map(BufWriter::new);
+    let mut serializer = V2DeflateSerializer::new();
+    let mut hdr_log_error = None;
+    let mut log = match file.as_mut() {
+        Some(f) => interval_log::IntervalLogWriterBuilder::new()
+            .add_comment("shunt in-server latency (ns): tags total, ring_dwell, service")
+            .with_start_time(start_time)
+            .with_base_time(start_time)
+            .with_max_value_divisor(1_000_000.0)
+            .begin_log_with(f, &mut serializer)
+            .map_err(|e| hdr_log_error = Some(e.to_string()))
+            .ok(),
+        None => None,
+    };
+
+    loop {
+        let finishing = finish.load(Relaxed);
+        if !finishing {
+            std::thread::sleep(Duration::from_millis(10).min(options.interval));
+            if last_tick.elapsed() < options.interval {
+                continue;
+            }
+        }
+        let now = Instant::now();
+        let elapsed = now.duration_since(last_tick);
+        interval.reset();
+        for (i, w) in workers.iter().enumerate() {
+            while let Ok(mut set) = w.latency.full.try_recv() {
+                interval.add(&set);
+                totals[i].add(&set);
+                set.reset();
+                let _ = w.latency.empty.try_send(set);
+            }
+        }
+        let stats: Vec<WorkerStats> = workers.iter().map(|w| w.shared.stats.snapshot()).collect();
+        if options.print && !interval_is_empty(&stats, &last_stats, &interval) {
+            println!("{}", interval_line(now.duration_since(started), elapsed, &stats, &last_stats, &interval));
+        }
+        if let Some(log) = log.as_mut() {
+            let start = last_tick.duration_since(started);
+            for (tag, h) in [("total", &interval.total), ("ring_dwell", &interval.ring_dwell), ("service", &interval.service)]
+            {
+                let tag = interval_log::Tag::new(tag);
+                if let Err(e) = log.write_histogram(h, start, elapsed, tag) {
+                    hdr_log_error.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
+        publish(&workers, &totals, &snapshot);
+        last_stats = stats;
+        last_tick = now;
+        if finishing {
+            break;
+        }
+    }
+    drop(log);
+    if let Some(mut f) = file {
+        if let Err(e) = f.flush() {
+            hdr_log_error.get_or_insert_with(|| e.to_string());
+        }
+    }
+    ReporterExit { per_worker: totals, hdr_log_error }
+}
+
+fn interval_is_empty(stats: &[WorkerStats], last: &[WorkerStats], interval: &LatencySet) -> bool {
+    interval.service.is_empty() && stats.iter().zip(last).all(|(s, l)| s.rx_packets == l.rx_packets)
+}
+
+fn publish(workers: &[WatchedWorker], totals: &[LatencySet], snapshot: &Mutex<LatencySnapshot>) {
+    let per_worker: Vec<(u32, LatencyReport)> = workers.iter().zip(totals).map(|(w, t)| (w.queue, t.summary())).collect();
+    let mut merged = LatencySet::new(totals.first().map(|t| t.total.high()).unwrap_or(1_000_000_000));
+    for t in totals {
+        merged.add(t);
+    }
+    let total_sum_ns = merged.total.iter_recorded().map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64).sum();
+    if let Ok(mut s) = snapshot.lock() {
+        *s = LatencySnapshot { per_worker, total: merged.summary(), total_sum_ns };
+    }
+}
+
+/// Formats nanoseconds for people: ns below 10 µs would be noise, so µs with one decimal, ms above 10 ms.
+pub fn human_ns(ns: u64) -> String {
+    if ns >= 10_000_000 {
+        format!("{:.1}ms", ns as f64 / 1e6)
+    } else {
+        format!("{:.1}us", ns as f64 / 1e3)
+    }
+}
+
+fn interval_line(
+    at: Duration,
+    elapsed: Duration,
+    stats: &[WorkerStats],
+    last: &[WorkerStats],
+    interval: &LatencySet,
+) -> String {
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let delta = |f: fn(&WorkerStats) -> u64| -> u64 {
+        stats.iter().zip(last).map(|(s, l)| f(s).saturating_sub(f(l))).sum()
+    };
+    let rx = delta(|s| s.rx_packets);
+    let tx = delta(|s| s.tx_packets);
+    let drops = delta(|s| s.dropped_malformed + s.dropped_not_ours + s.dropped_by_handler + s.tx_ring_full);
+    let t = &interval.total;
+    let latency = if t.is_empty() {
+        "latency: no stamped packets".to_string()
+    } else {
+        format!(
+            "in-server latency p50 {} p99 {} p99.9 {} max {}",
+            human_ns(t.value_at_quantile(0.5)),
+            human_ns(t.value_at_quantile(0.99)),
+            human_ns(t.value_at_quantile(0.999)),
+            human_ns(t.max())
+        )
+    };
+    format!(
+        "[{:>7.1}s] rx {:>9.0} pps  tx {:>9.0} pps  drops {:>6}  {}",
+        at.as_secs_f64(),
+        rx as f64 / secs,
+        tx as f64 / secs,
+        drops,
+        latency
+    )
+}
