@@ -17,3 +17,4 @@ pub mod xdp;
 pub mod latency;
 pub mod reporter;
 pub mod metrics;
+pub mod stats_client;

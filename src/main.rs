@@ -39,6 +39,18 @@ enum Command {
         /// The TOML file.
         file: PathBuf,
     },
+    /// Poll a running server's metrics endpoint and print a live table (per queue pps, drops, latency).
+    Stats {
+        /// The endpoint's ADDR:PORT (the server's `metrics.listen` / --metrics).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        metrics: std::net::SocketAddr,
+        /// Seconds between tables.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Tables to print before exiting (0: until the server goes away).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -97,6 +109,15 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve(args) => serve(args),
+        Command::Stats { metrics, interval, count } => {
+            match shunt::stats_client::watch(metrics, Duration::from_secs_f64(interval.max(0.05)), count) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("shunt stats: {metrics}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 
