@@ -1,10 +1,12 @@
-//! The datapath: per-queue UMEM and AF_XDP socket ([`QueueSocket`]) and the worker loop that serves it
-//! ([`Worker`]). All of shunt's `unsafe` code lives in this module; each block says why it is sound.
+//! The datapath: per-queue UMEM and AF_XDP socket ([`QueueSocket`]), the worker loop that serves it
+//! ([`Worker`]), and a port for clients that send and receive whole frames ([`XskPort`]). All of shunt's `unsafe` code lives in this module; each block says why it is sound.
 
 mod meta;
+mod port;
 mod socket;
 pub mod sys;
 mod worker;
 
+pub use port::XskPort;
 pub use socket::{DatapathError, QueueSocket, SocketOptions};
 pub use worker::{Worker, WorkerExit};

@@ -192,7 +192,97 @@ impl QueueSocket {
     pub fn raw_fd(&self) -> i32 {
         self.rx.fd().as_raw_fd()
     }
+
+    /// Moves frames whose transmission completed into `free`, using `scratch` (as long as the TX ring) to
+    /// receive their descriptors. `free` has capacity for every frame, so this never allocates.
+    #[inline]
+    pub(super) fn reclaim(&mut self, scratch: &mut [FrameDesc], free: &mut Vec<FrameDesc>) {
+        // SAFETY: `scratch` only receives descriptors of this socket's UMEM, filled in by the kernel; the frames
+        // are ours again once they come off the completion ring.
+        let done = unsafe { self.completion.consume(scratch) };
+        free.extend_from_slice(&scratch[..done]);
+    }
+
+    /// Gives as many frames from `free` to the fill ring as it has room for.
+    #[inline]
+    pub(super) fn refill(&mut self, free: &mut Vec<FrameDesc>) {
+        if free.is_empty() {
+            return;
+        }
+        let room = self.fill.nb_free(free.len() as u32) as usize;
+        let give = room.min(free.len());
+        if give > 0 {
+            let from = free.len() - give;
+            // SAFETY: every descriptor in `free` belongs to this UMEM and is on no ring; after this call the
+            // produced ones belong to the kernel until they come back through RX.
+            let produced = unsafe { self.fill.produce(&free[from..]) };
+            free.truncate(free.len() - produced);
+        }
+    }
+
+    /// Wakes the driver to fill the RX ring, if it asked to be woken (never in copy mode). Returns the number
+    /// of system calls made (0 or 1).
+    #[inline]
+    pub(super) fn wake_fill(&mut self) -> u64 {
+        if !self.fill.needs_wakeup() {
+            return 0;
+        }
+        let _ = self.fill.wakeup(self.rx.fd_mut(), 0);
+        1
+    }
+
+    /// Puts as many of `frames` on the TX ring as fit and returns how many did; the rest stay the caller's.
+    #[inline]
+    pub(super) fn transmit(&mut self, frames: &[FrameDesc]) -> usize {
+        let room = self.tx.nb_free(frames.len() as u32) as usize;
+        let send = room.min(frames.len());
+        if send == 0 {
+            return 0;
+        }
+        // SAFETY: the descriptors are frames of this UMEM that the caller owns and has written; the kernel owns
+        // them until they come back through the completion ring.
+        unsafe { self.tx.produce(&frames[..send]) }
+    }
+
+    /// Descriptors on the TX ring the kernel has not taken yet.
+    #[inline]
+    pub(super) fn tx_pending(&mut self) -> u32 {
+        self.tx_ring_size - self.tx.nb_free_exact()
+    }
+
+    /// Wakes the kernel to transmit what is on the TX ring, if it asked to be woken, and returns the number of
+    /// system calls made. Copy mode sends at most 32 descriptors per wake-up (TX_BATCH_SIZE in xsk.c), so a
+    /// larger batch takes several; zero-copy drivers drain the ring on one.
+    #[inline]
+    pub(super) fn kick_tx(&mut self) -> u64 {
+        let pending = self.tx_pending();
+        let most = if self.bind_mode == BindMode::Copy { pending.div_ceil(COPY_MODE_TX_PER_KICK) } else { 1 };
+        let mut kicks = 0;
+        while kicks < u64::from(most) && self.tx.needs_wakeup() && self.tx_pending() > 0 {
+            // Errors are transient (EAGAIN, EBUSY, ENOBUFS: ring busy or out of buffers); what was not sent
+            // stays on the ring for the next kick.
+            let _ = self.tx.wakeup();
+            kicks += 1;
+        }
+        kicks
+    }
+
+    /// Reads the socket's kernel statistics (one getsockopt).
+    pub(super) fn kernel_stats(&self) -> Option<crate::stats::KernelSocketStats> {
+        let k = self.rx.fd().xdp_statistics().ok()?;
+        Some(crate::stats::KernelSocketStats {
+            rx_dropped: k.rx_dropped(),
+            rx_invalid_descs: k.rx_invalid_descs(),
+            tx_invalid_descs: k.tx_invalid_descs(),
+            rx_ring_full: k.rx_ring_full(),
+            rx_fill_ring_empty_descs: k.rx_fill_ring_empty_descs(),
+            tx_ring_empty_descs: k.tx_ring_empty_descs(),
+        })
+    }
 }
+
+/// In copy mode the kernel transmits at most this many descriptors per kick.
+const COPY_MODE_TX_PER_KICK: u32 = 32;
 
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();

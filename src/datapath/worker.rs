@@ -15,14 +15,11 @@ use xsk_rs::FrameDesc;
 
 use super::{meta, sys, QueueSocket};
 use crate::{
-    config::BindMode,
     latency::WorkerLatency,
     handler::{respond, Handler, Outcome},
     stats::{KernelSocketStats, WorkerShared, WorkerStats},
 };
 
-/// In copy mode the kernel transmits at most this many descriptors per kick (TX_BATCH_SIZE in xsk.c).
-const COPY_MODE_TX_PER_KICK: u32 = 32;
 /// How often the socket's kernel statistics are refreshed.
 const KERNEL_STATS_PERIOD: Duration = Duration::from_secs(1);
 /// Loop iterations between clock reads (a vDSO call, but still not free).
@@ -89,41 +86,22 @@ impl<H: Handler> Worker<H> {
         let Worker { socket: s, handler, shared, free, rx_batch, tx_batch, completed, stamps, latency, stats, kernel } =
             self;
         let frame_mask = s.frame_size - 1;
-        let copy_mode = s.bind_mode == BindMode::Copy;
         let mut next_kernel_read = Instant::now();
         let mut spins: u32 = 0;
 
         while !stop.load(Relaxed) {
-            // 1. Frames whose replies have left go back to the free pool.
-            // SAFETY: `completed` only receives descriptors of this socket's UMEM, filled in by the kernel.
-            let done = unsafe { s.completion.consume(completed) };
-            free.extend_from_slice(&completed[..done]);
+            // Frames whose replies have left go back to the pool, and the fill ring is kept stocked so the
+            // kernel always has somewhere to put packets.
+            s.reclaim(completed, free);
+            s.refill(free);
 
-            // 2. Keep the fill ring stocked so the kernel always has somewhere to put packets.
-            if !free.is_empty() {
-                let room = s.fill.nb_free(free.len() as u32) as usize;
-                let give = room.min(free.len());
-                if give > 0 {
-                    let from = free.len() - give;
-                    // SAFETY: every descriptor in `free` belongs to this UMEM and is on no ring; after this call
-                    // the produced ones belong to the kernel until they come back through RX.
-                    let produced = unsafe { s.fill.produce(&free[from..]) };
-                    free.truncate(free.len() - produced);
-                }
-            }
-
-            // 3. A batch of requests.
             // SAFETY: `rx_batch` receives descriptors of frames the kernel filled and handed to us.
             let received = unsafe { s.rx.consume(rx_batch) };
             if received == 0 {
-                if s.fill.needs_wakeup() {
-                    stats.fill_kicks += 1;
-                    let _ = s.fill.wakeup(s.rx.fd_mut(), 0);
-                }
+                stats.fill_kicks += s.wake_fill();
                 // Replies still on the TX ring (the kernel could not take them all last time) need a kick.
-                if s.tx.needs_wakeup() && s.tx.nb_free_exact() < s.tx_ring_size {
-                    stats.tx_kicks += 1;
-                    let _ = s.tx.wakeup();
+                if s.tx_pending() > 0 {
+                    stats.tx_kicks += s.kick_tx();
                 }
                 spins = spins.wrapping_add(1);
                 if spins % CLOCK_EVERY == 0 {
@@ -140,9 +118,9 @@ impl<H: Handler> Worker<H> {
             let picked_ns = if latency.is_some() { sys::monotonic_ns() } else { 0 };
 
             for desc in &mut rx_batch[..received] {
+                let offset_in_frame = desc.addr() & frame_mask;
                 // SAFETY: the kernel handed this frame to us through the RX ring and no ring holds it now, so
                 // this is the only reference to its memory until it is produced to TX or fill.
-                let offset_in_frame = desc.addr() & frame_mask;
                 let mut data = unsafe { s.umem.data_mut(desc) };
                 let len = data.len();
                 let stamp =
@@ -150,8 +128,7 @@ impl<H: Handler> Worker<H> {
                 // Open the frame up to its full capacity so that a handler may reply with more than it got.
                 let capacity = data.cursor().buf_len();
                 data.cursor().set_pos(capacity);
-                let outcome = respond(handler, data.contents_mut(), len);
-                match outcome {
+                match respond(handler, data.contents_mut(), len) {
                     Outcome::Reply(n) => {
                         data.cursor().set_pos(n);
                         tx_batch.push(*desc);
@@ -168,13 +145,9 @@ impl<H: Handler> Worker<H> {
                 }
             }
 
-            // 4. The replies go out as one batch.
+            // The replies go out as one batch.
             if !tx_batch.is_empty() {
-                let room = s.tx.nb_free(tx_batch.len() as u32) as usize;
-                let send = room.min(tx_batch.len());
-                // SAFETY: the descriptors are frames of this UMEM that we own and have just written; the kernel
-                // owns them until they come back through the completion ring.
-                let sent = if send > 0 { unsafe { s.tx.produce(&tx_batch[..send]) } } else { 0 };
+                let sent = s.transmit(tx_batch);
                 stats.tx_packets += sent as u64;
                 if sent < tx_batch.len() {
                     stats.tx_ring_full += (tx_batch.len() - sent) as u64;
@@ -183,7 +156,7 @@ impl<H: Handler> Worker<H> {
                 tx_batch.clear();
                 // Service ends when the replies are on the TX ring; the kick that follows is transmission.
                 let queued_ns = if latency.is_some() { sys::monotonic_ns() } else { 0 };
-                stats.tx_kicks += kick_tx(s, copy_mode);
+                stats.tx_kicks += s.kick_tx();
                 if let Some(l) = latency {
                     for stamp in &stamps[..sent] {
                         l.current.record_packet(*stamp, picked_ns, queued_ns);
@@ -206,37 +179,14 @@ impl<H: Handler> Worker<H> {
     }
 }
 
-/// Wakes the kernel to transmit what is on the TX ring, if it asked to be woken. Copy mode sends at most 32
-/// descriptors per wake-up, so a larger batch takes several; zero-copy drivers drain the ring on one.
-#[inline]
-fn kick_tx(s: &mut QueueSocket, copy_mode: bool) -> u64 {
-    let mut kicks = 0;
-    let pending = s.tx_ring_size - s.tx.nb_free_exact();
-    let most = if copy_mode { pending.div_ceil(COPY_MODE_TX_PER_KICK) } else { 1 };
-    while kicks < u64::from(most) && s.tx.needs_wakeup() && s.tx.nb_free_exact() < s.tx_ring_size {
-        // Errors here are transient (EAGAIN, EBUSY, ENOBUFS: ring busy or out of buffers); what was not sent
-        // stays on the ring and is kicked again from the idle path.
-        let _ = s.tx.wakeup();
-        kicks += 1;
-    }
-    kicks
-}
-
 fn refresh_kernel_stats(s: &QueueSocket, shared: &WorkerShared, kernel: &mut KernelSocketStats, next: &mut Instant) {
     let now = Instant::now();
     if now < *next {
         return;
     }
     *next = now + KERNEL_STATS_PERIOD;
-    if let Ok(k) = s.rx.fd().xdp_statistics() {
-        *kernel = KernelSocketStats {
-            rx_dropped: k.rx_dropped(),
-            rx_invalid_descs: k.rx_invalid_descs(),
-            tx_invalid_descs: k.tx_invalid_descs(),
-            rx_ring_full: k.rx_ring_full(),
-            rx_fill_ring_empty_descs: k.rx_fill_ring_empty_descs(),
-            tx_ring_empty_descs: k.tx_ring_empty_descs(),
-        };
+    if let Some(k) = s.kernel_stats() {
+        *kernel = k;
         shared.kernel.publish(kernel);
     }
 }

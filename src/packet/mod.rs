@@ -7,10 +7,12 @@
 //! `Ok(None)` for a frame that is simply not ours (ARP, TCP, a fragment), and `Err` for one that claims to be
 //! IP/UDP but does not hold together.
 
+mod build;
 pub mod checksum;
 mod parse;
 mod reply;
 
+pub use build::{write_request, BuildError, FlowSpec};
 pub use parse::{parse, Datagram, IpVersion, Malformed};
 pub use reply::{max_reply_payload, write_reply, ReplyError};
 
