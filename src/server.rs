@@ -126,10 +126,11 @@ pub struct RunningServer {
 }
 
 /// Capabilities needed, by bit number in CapEff.
-const CAPABILITIES: [(u32, &str, &str); 3] = [
+const CAPABILITIES: [(u32, &str, &str); 4] = [
     (12, "CAP_NET_ADMIN", "needed to attach the XDP program"),
     (13, "CAP_NET_RAW", "needed to open AF_XDP sockets"),
     (39, "CAP_BPF", "needed to load the XDP program and its maps"),
+    (38, "CAP_PERFMON", "needed for the verifier to accept the XDP program's packet pointer arithmetic"),
 ];
 const CAP_SYS_ADMIN: u32 = 21;
 
@@ -142,8 +143,8 @@ fn check_privileges() -> Result<(), StartError> {
     };
     let has = |bit: u32| eff & (1u64 << bit) != 0;
     for (bit, capability, why) in CAPABILITIES {
-        // CAP_SYS_ADMIN covers CAP_BPF on kernels that predate it.
-        let covered = has(bit) || (bit == 39 && has(CAP_SYS_ADMIN));
+        // CAP_SYS_ADMIN covers CAP_BPF and CAP_PERFMON (and stands in for them on kernels that predate them).
+        let covered = has(bit) || ((bit == 38 || bit == 39) && has(CAP_SYS_ADMIN));
         if !covered {
             return Err(StartError::Privilege { capability, why });
         }

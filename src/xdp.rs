@@ -24,7 +24,7 @@ pub const SETTING_STAMP_TIME: u32 = 1 << 0;
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
     /// libbpf could not open or load the object (the verifier log is in the debug output).
-    #[error("loading the XDP program failed: {0}")]
+    #[error("loading the XDP program failed: {0} (SHUNT_LOG=libbpf=debug shows libbpf's log)")]
     Load(#[source] libbpf_rs::Error),
     /// A map or program the object must contain is missing.
     #[error("the XDP object has no {0}")]
@@ -81,14 +81,26 @@ impl std::fmt::Debug for XdpProgram {
     }
 }
 
+fn route_libbpf_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let print: libbpf_rs::PrintCallback = |_level, message| {
+            tracing::debug!(target: "libbpf", "{}", message.trim_end());
+        };
+        libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, print)));
+    });
+}
+
 fn map_handle(object: &Object, name: &'static str) -> Result<MapHandle, XdpError> {
     let map = object.maps().find(|m| m.name() == name).ok_or(XdpError::Missing(name))?;
     MapHandle::try_from(&map).map_err(|source| XdpError::Map { map: name, source })
 }
 
 impl XdpProgram {
-    /// Opens and loads the embedded program into the kernel (the verifier runs here).
+    /// Opens and loads the embedded program into the kernel (the verifier runs here). libbpf's own messages,
+    /// the verifier log among them, go to the `libbpf` tracing target at DEBUG.
     pub fn load() -> Result<XdpProgram, XdpError> {
+        route_libbpf_logs();
         let open = ObjectBuilder::default().open_memory(OBJECT).map_err(XdpError::Load)?;
         let object = open.load().map_err(XdpError::Load)?;
         if !object.progs().any(|p| p.name() == PROGRAM) {

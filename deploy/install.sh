@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs shunt on a bare-metal Debian host: build dependencies, the release binary, an example config and
+# the systemd unit. Re-running it upgrades the binary and unit and keeps an existing config.
+#
+#   deploy/install.sh            install (as root)
+#   deploy/install.sh --uninstall
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+prefix=/usr/local
+etc=/etc/shunt
+unit=/etc/systemd/system/shunt.service
+
+die() { echo "install.sh: $*" >&2; exit 1; }
+[[ $(id -u) -eq 0 ]] || die "run as root"
+
+if [[ ${1:-} == --uninstall ]]; then
+  systemctl disable --now shunt.service 2>/dev/null || true
+  rm -f "$unit" "$prefix/bin/shunt" "$prefix/bin/shunt-bench"
+  rm -rf "$prefix/share/doc/shunt"
+  systemctl daemon-reload 2>/dev/null || true
+  echo "removed shunt (config kept in $etc)"
+  exit 0
+fi
+
+deploy/check-host.sh || die "the host is missing something shunt needs (see above)"
+make deps build
+install -Dm755 target/release/shunt "$prefix/bin/shunt"
+install -Dm755 target/release/shunt-bench "$prefix/bin/shunt-bench" 2>/dev/null || true
+install -Dm644 README.md "$prefix/share/doc/shunt/README.md"
+install -Dm644 config/example.toml "$prefix/share/doc/shunt/example.toml"
+if [[ ! -e $etc/shunt.toml ]]; then
+  install -Dm644 config/example.toml "$etc/shunt.toml"
+  echo "wrote $etc/shunt.toml from config/example.toml: set interface, ports, queues and cores before starting"
+fi
+install -Dm644 deploy/shunt.service "$unit"
+systemctl daemon-reload
+echo "installed; check the config with: shunt check-config $etc/shunt.toml"
+echo "then: systemctl enable --now shunt.service; journalctl -u shunt -f"
