@@ -117,5 +117,7 @@ pub fn respond<H: Handler + ?Sized>(handler: &mut H, frame: &mut [u8], len: usiz
     match packet::write_reply(frame, &d, reply_len) {
         Ok(n) => Outcome::Reply(n),
         Err(packet::ReplyError::TooLarge { .. }) => Outcome::ReplyTooLarge,
+        // Cannot happen for a datagram parsed from this frame; refusing is the safe answer if it ever did.
+        Err(packet::ReplyError::Inconsistent) => Outcome::NotOurs,
     }
 }

@@ -3,7 +3,9 @@
 /// Adds `data` to a running one's-complement sum, as if it were big-endian 16-bit words starting at an even
 /// offset (a trailing odd byte is padded with zero). The result is unfolded; pass it to [`fold`].
 #[inline]
-pub fn add(mut sum: u64, data: &[u8]) -> u64 {
+pub fn add(sum: u64, data: &[u8]) -> u64 {
+    // Fold a large running sum first (≡ mod 0xffff), so that any input, however long the chain, cannot overflow.
+    let mut sum = (sum & 0xffff_ffff) + (sum >> 32);
     // Summing 32-bit words is equivalent modulo 0xffff (2^16 ≡ 1) and halves the number of additions; a u64
     // cannot overflow for any frame we handle (< 2^32 words).
     let mut words = data.chunks_exact(4);
@@ -95,6 +97,12 @@ mod tests {
         h[10] = 0;
         h[11] = 0;
         assert_eq!(internet(&h), 0xb861);
+    }
+
+    #[test]
+    fn a_huge_running_sum_does_not_overflow() {
+        let big = u64::MAX - 1;
+        assert_eq!(fold(add(big, &[0xff; 4])), fold(add(fold(big).into(), &[0xff; 4])));
     }
 
     #[test]

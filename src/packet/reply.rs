@@ -1,6 +1,8 @@
 //! Turning a parsed request frame into its reply, in place.
 
-use super::{checksum, Datagram, IpVersion, REPLY_TTL, UDP_HEADER_LEN};
+use super::{
+    checksum, Datagram, IpVersion, ETH_HEADER_LEN, IPV4_MIN_HEADER_LEN, IPV6_HEADER_LEN, REPLY_TTL, UDP_HEADER_LEN,
+};
 
 /// Why a reply could not be written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -13,6 +15,9 @@ pub enum ReplyError {
         /// The most that fits.
         max: usize,
     },
+    /// The `Datagram`'s offsets do not describe a frame of this buffer (it was not parsed from it).
+    #[error("the datagram's offsets do not fit this frame")]
+    Inconsistent,
 }
 
 /// The largest UDP payload a reply to `d` may carry in a buffer of `buffer_len` bytes.
@@ -21,7 +26,7 @@ pub fn max_reply_payload(d: &Datagram, buffer_len: usize) -> usize {
     let by_buffer = buffer_len.saturating_sub(d.payload_offset);
     let by_header = match d.ip {
         // IPv4 total length covers the IP header too.
-        IpVersion::V4 => usize::from(u16::MAX) - (d.payload_offset - d.l3_offset),
+        IpVersion::V4 => usize::from(u16::MAX).saturating_sub(d.payload_offset.saturating_sub(d.l3_offset)),
         IpVersion::V6 => usize::from(u16::MAX) - UDP_HEADER_LEN,
     };
     by_buffer.min(by_header)
@@ -35,6 +40,19 @@ pub fn max_reply_payload(d: &Datagram, buffer_len: usize) -> usize {
 /// `frame` must be the buffer `d` was parsed from (it may extend beyond the received length, up to the frame's
 /// capacity); the VLAN tag and IPv4 options are kept as they were.
 pub fn write_reply(frame: &mut [u8], d: &Datagram, payload_len: usize) -> Result<usize, ReplyError> {
+    // A `Datagram` from `parse` always passes; a hand-made one that does not fit gets an error, not a panic.
+    let ip_header = match d.ip {
+        IpVersion::V4 => IPV4_MIN_HEADER_LEN..=60,
+        IpVersion::V6 => IPV6_HEADER_LEN..=IPV6_HEADER_LEN,
+    };
+    if d.l3_offset < ETH_HEADER_LEN
+        || !ip_header.contains(&d.udp_offset.saturating_sub(d.l3_offset))
+        || d.udp_offset < d.l3_offset
+        || d.payload_offset != d.udp_offset + UDP_HEADER_LEN
+        || frame.len() < d.payload_offset
+    {
+        return Err(ReplyError::Inconsistent);
+    }
     let max = max_reply_payload(d, frame.len());
     if payload_len > max {
         return Err(ReplyError::TooLarge { payload: payload_len, max });
@@ -82,4 +100,30 @@ pub fn write_reply(frame: &mut [u8], d: &Datagram, payload_len: usize) -> Result
     };
     udp[6..8].copy_from_slice(&udp_sum.to_be_bytes());
     Ok(frame_len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::parse;
+
+    #[test]
+    fn a_datagram_from_another_frame_is_refused_not_a_panic() {
+        let mut frame = [0u8; 64];
+        frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        frame[14] = 0x45;
+        frame[16..18].copy_from_slice(&28u16.to_be_bytes());
+        frame[22] = 64;
+        frame[23] = 17;
+        frame[38..40].copy_from_slice(&8u16.to_be_bytes());
+        let sum = checksum::internet(&frame[14..34]);
+        frame[24..26].copy_from_slice(&sum.to_be_bytes());
+        let d = parse(&frame[..42]).unwrap().unwrap();
+        assert_eq!(write_reply(&mut frame[..30], &d, 0), Err(ReplyError::Inconsistent));
+        let forged = Datagram { payload_offset: d.payload_offset + 1, ..d };
+        assert_eq!(write_reply(&mut frame, &forged, 0), Err(ReplyError::Inconsistent));
+        let forged = Datagram { l3_offset: 50, ..d };
+        assert_eq!(write_reply(&mut frame, &forged, 0), Err(ReplyError::Inconsistent));
+        assert_eq!(write_reply(&mut frame, &d, 0), Ok(42));
+    }
 }
