@@ -38,11 +38,17 @@ enum shunt_counter {
  * copies it into the UMEM right before the packet. Must match
  * src/datapath/meta.rs. The magic tells the worker the stamp is fresh. */
 #define SHUNT_META_MAGIC 0x73687574u /* "shut" */
+#define SHUNT_META_HW    (1u << 0)    /* hw_ns and tai_ns are valid */
 struct shunt_meta {
 	__u32 magic;
-	__u32 reserved;
+	__u32 flags;
 	__u64 xdp_ns;     /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) at the hook */
+	__u64 hw_ns;      /* the NIC's RX timestamp (its PHC clock) */
+	__u64 tai_ns;     /* bpf_ktime_get_tai_ns() at the hook, to compare with hw_ns */
 };
+
+/* Device-bound programs only: the driver's RX hardware timestamp. */
+extern int bpf_xdp_metadata_rx_timestamp(const struct xdp_md *ctx, __u64 *timestamp) __ksym __weak;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);
@@ -147,8 +153,7 @@ static __always_inline struct udphdr *find_udp(void *data, void *data_end, int *
 	return udp;
 }
 
-SEC("xdp")
-int shunt_steer(struct xdp_md *ctx)
+static __always_inline int steer(struct xdp_md *ctx, const int hw_stamp)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -166,14 +171,18 @@ int shunt_steer(struct xdp_md *ctx)
 	__u32 zero = 0;
 	__u32 *settings = bpf_map_lookup_elem(&shunt_settings, &zero);
 	if (settings && (*settings & SHUNT_STAMP_TIME)) {
+		__u64 hw_ns = 0;
+		int have_hw = hw_stamp && bpf_xdp_metadata_rx_timestamp(ctx, &hw_ns) == 0 && hw_ns != 0;
 		/* Best effort: a driver without metadata support keeps the packet
 		 * unstamped and the worker sees no metadata. */
 		if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct shunt_meta)) == 0) {
 			struct shunt_meta *meta = (void *)(long)ctx->data_meta;
 			if ((void *)(meta + 1) <= (void *)(long)ctx->data) {
 				meta->magic = SHUNT_META_MAGIC;
-				meta->reserved = 0;
+				meta->flags = have_hw ? SHUNT_META_HW : 0;
 				meta->xdp_ns = bpf_ktime_get_ns();
+				meta->hw_ns = hw_ns;
+				meta->tai_ns = have_hw ? bpf_ktime_get_tai_ns() : 0;
 			}
 		}
 	}
@@ -182,6 +191,21 @@ int shunt_steer(struct xdp_md *ctx)
 	if (verdict == XDP_REDIRECT)
 		return count(SHUNT_REDIRECTED, verdict);
 	return count(SHUNT_NO_SOCKET, verdict);
+}
+
+/* The program for any attach mode. */
+SEC("xdp")
+int shunt_steer(struct xdp_md *ctx)
+{
+	return steer(ctx, 0);
+}
+
+/* The same, loaded bound to one device (native mode only) so that it may ask
+ * the driver for the packet's RX hardware timestamp. */
+SEC("xdp")
+int shunt_steer_hw(struct xdp_md *ctx)
+{
+	return steer(ctx, 1);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -10,6 +10,8 @@
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::datapath::meta::Stamp;
+
 /// Significant decimal digits kept by every histogram.
 pub const SIGNIFICANT_DIGITS: u8 = 3;
 /// Largest RX batch recorded.
@@ -24,6 +26,8 @@ pub struct LatencySet {
     pub service: Histogram<u64>,
     /// XDP hook → reply on the TX ring, in ns.
     pub total: Histogram<u64>,
+    /// NIC RX hardware timestamp → XDP hook, in ns (only packets the driver timestamped).
+    pub nic_to_hook: Histogram<u64>,
     /// Frames per non-empty RX batch.
     pub rx_batch: Histogram<u64>,
     /// Replied packets that carried no XDP timestamp (only `service` was recorded for them).
@@ -41,15 +45,18 @@ impl LatencySet {
         };
         let mut rx_batch = Histogram::new_with_bounds(1, MAX_BATCH, SIGNIFICANT_DIGITS).expect("static bounds");
         rx_batch.auto(false);
-        LatencySet { ring_dwell: ns(), service: ns(), total: ns(), rx_batch, unstamped: 0 }
+        LatencySet { ring_dwell: ns(), service: ns(), total: ns(), nic_to_hook: ns(), rx_batch, unstamped: 0 }
     }
 
-    /// Records one replied packet. `stamp_ns` is the XDP hook time if the packet carried one.
+    /// Records one replied packet, with the XDP program's stamp if it carried one.
     #[inline]
-    pub fn record_packet(&mut self, stamp_ns: Option<u64>, picked_ns: u64, queued_ns: u64) {
+    pub fn record_packet(&mut self, stamp: Option<Stamp>, picked_ns: u64, queued_ns: u64) {
         let service = queued_ns.saturating_sub(picked_ns);
         self.service.saturating_record(service);
-        match stamp_ns {
+        if let Some(nic) = stamp.and_then(|s| s.nic_to_hook_ns) {
+            self.nic_to_hook.saturating_record(nic);
+        }
+        match stamp.map(|s| s.hook_ns) {
             Some(hook) if hook <= picked_ns => {
                 let dwell = picked_ns - hook;
                 self.ring_dwell.saturating_record(dwell);
@@ -71,6 +78,7 @@ impl LatencySet {
         let _ = self.ring_dwell.add(&other.ring_dwell);
         let _ = self.service.add(&other.service);
         let _ = self.total.add(&other.total);
+        let _ = self.nic_to_hook.add(&other.nic_to_hook);
         let _ = self.rx_batch.add(&other.rx_batch);
         self.unstamped += other.unstamped;
     }
@@ -80,6 +88,7 @@ impl LatencySet {
         self.ring_dwell.reset();
         self.service.reset();
         self.total.reset();
+        self.nic_to_hook.reset();
         self.rx_batch.reset();
         self.unstamped = 0;
     }
@@ -90,6 +99,7 @@ impl LatencySet {
             ring_dwell_ns: Summary::of(&self.ring_dwell),
             service_ns: Summary::of(&self.service),
             total_ns: Summary::of(&self.total),
+            nic_to_hook_ns: Summary::of(&self.nic_to_hook),
             rx_batch_size: Summary::of(&self.rx_batch),
             unstamped: self.unstamped,
         }
@@ -148,6 +158,8 @@ pub struct LatencyReport {
     pub service_ns: Summary,
     /// XDP hook → TX ring: the time a packet spends inside the server.
     pub total_ns: Summary,
+    /// NIC hardware RX timestamp → XDP hook (empty unless the driver timestamps packets).
+    pub nic_to_hook_ns: Summary,
     /// RX batch sizes.
     pub rx_batch_size: Summary,
     /// Replies whose request carried no XDP timestamp.
@@ -233,10 +245,22 @@ impl WorkerLatency {
 mod tests {
     use super::*;
 
+    fn stamp(hook_ns: u64) -> Stamp {
+        Stamp { hook_ns, nic_to_hook_ns: None }
+    }
+
+    #[test]
+    fn hardware_stamps_feed_nic_to_hook() {
+        let mut s = LatencySet::new(1_000_000);
+        s.record_packet(Some(Stamp { hook_ns: 10, nic_to_hook_ns: Some(700) }), 20, 30);
+        assert_eq!(s.summary().nic_to_hook_ns.count, 1);
+        assert_eq!(s.summary().total_ns.count, 1);
+    }
+
     #[test]
     fn records_dwell_service_and_total() {
         let mut s = LatencySet::new(1_000_000_000);
-        s.record_packet(Some(1_000), 1_500, 1_800);
+        s.record_packet(Some(stamp(1_000)), 1_500, 1_800);
         s.record_packet(None, 2_000, 2_100);
         let r = s.summary();
         assert_eq!(r.ring_dwell_ns.count, 1);
@@ -250,7 +274,7 @@ mod tests {
     #[test]
     fn a_stamp_from_the_future_is_not_a_latency() {
         let mut s = LatencySet::new(1_000_000);
-        s.record_packet(Some(5_000), 1_000, 1_100);
+        s.record_packet(Some(stamp(5_000)), 1_000, 1_100);
         assert_eq!(s.summary().total_ns.count, 0);
         assert_eq!(s.unstamped, 1);
     }
@@ -258,7 +282,7 @@ mod tests {
     #[test]
     fn values_beyond_range_saturate_instead_of_growing() {
         let mut s = LatencySet::new(1_000_000);
-        s.record_packet(Some(0), 5_000_000_000, 5_000_000_001);
+        s.record_packet(Some(stamp(0)), 5_000_000_000, 5_000_000_001);
         assert_eq!(s.total.len(), 1);
         assert!(s.total.max() >= 1_000_000);
     }
@@ -266,13 +290,13 @@ mod tests {
     #[test]
     fn swap_hands_full_sets_over_and_keeps_recording_without_spares() {
         let (mut w, r) = hand_off(1_000_000, 100, 1);
-        w.current.record_packet(Some(10), 20, 30);
+        w.current.record_packet(Some(stamp(10)), 20, 30);
         w.maybe_swap(0);
         let full = r.full.try_recv().expect("swapped");
         assert_eq!(full.total.len(), 1);
         assert_eq!(w.current.total.len(), 0);
         // No spare waiting: the next swap is skipped and recording goes on.
-        w.current.record_packet(Some(10), 20, 30);
+        w.current.record_packet(Some(stamp(10)), 20, 30);
         w.maybe_swap(1_000);
         assert!(r.full.try_recv().is_err());
         assert_eq!(w.current.total.len(), 1);

@@ -32,9 +32,6 @@ pub struct WorkerReport {
     pub latency: Option<LatencyReport>,
 }
 
-/// The clock the latency figures are measured with.
-pub const LATENCY_CLOCK: &str =
-    "CLOCK_MONOTONIC: bpf_ktime_get_ns() at the XDP hook, clock_gettime() in the worker; no NIC hardware timestamps";
 
 /// The report printed when the server stops and written with `--report FILE`.
 #[derive(Debug, Clone, Serialize)]
@@ -59,8 +56,8 @@ pub struct Report {
     pub latency_ns: Summary,
     /// Every latency metric over all workers (absent when measurement is off).
     pub latency: Option<LatencyReport>,
-    /// Which clock the latency figures come from.
-    pub latency_clock: &'static str,
+    /// Which clocks the latency figures come from.
+    pub latency_clock: String,
     /// Per worker.
     pub workers: Vec<WorkerReport>,
 }
@@ -77,6 +74,7 @@ impl Report {
         xdp: XdpCounters,
         workers: Vec<WorkerReport>,
         latency: Option<LatencyReport>,
+        latency_clock: String,
     ) -> Report {
         let rx_packets = workers.iter().map(|w| w.stats.rx_packets).sum();
         let tx_packets = workers.iter().map(|w| w.stats.tx_packets).sum();
@@ -91,7 +89,7 @@ impl Report {
             xdp,
             latency_ns: latency.map(|l| l.total_ns).unwrap_or_default(),
             latency,
-            latency_clock: LATENCY_CLOCK,
+            latency_clock,
             workers,
         }
     }
@@ -182,6 +180,17 @@ impl Report {
                         human_ns(s.mean as u64)
                     );
                 }
+            }
+            let n = &total.nic_to_hook_ns;
+            if n.count > 0 {
+                let _ = writeln!(
+                    out,
+                    "  nic_to_hook (hardware RX timestamp -> XDP hook): count {} p50 {} p99 {} max {}",
+                    n.count,
+                    human_ns(n.p50),
+                    human_ns(n.p99),
+                    human_ns(n.max)
+                );
             }
             let b = &total.rx_batch_size;
             let _ = writeln!(

@@ -22,8 +22,19 @@ use crate::{
     report::{Report, WorkerReport},
     reporter::{self, LatencySnapshot, ReporterExit, ReporterOptions, WatchedWorker},
     stats::WorkerShared,
-    xdp::{XdpCounters, XdpError, XdpLink, XdpProgram, SETTING_STAMP_TIME},
+    xdp::{ProgramVariant, XdpCounters, XdpError, XdpLink, XdpProgram, SETTING_STAMP_TIME},
 };
+
+fn latency_clock(variant: ProgramVariant) -> String {
+    let base = "CLOCK_MONOTONIC: bpf_ktime_get_ns() at the XDP hook, clock_gettime() in the worker";
+    match variant {
+        ProgramVariant::Plain => format!("{base}; no NIC hardware timestamps (plain program)"),
+        ProgramVariant::DeviceBound { .. } => format!(
+            "{base}; NIC RX hardware timestamps requested (bpf_xdp_metadata_rx_timestamp), nic_to_hook compares \
+             them with CLOCK_TAI at the hook"
+        ),
+    }
+}
 
 /// Histogram sets waiting for each worker besides the one it records into.
 const SPARE_LATENCY_SETS: usize = 2;
@@ -179,6 +190,19 @@ fn check_machine(config: &Config) -> Result<u32, StartError> {
     Ok(ifindex)
 }
 
+/// Loads the steering program: bound to the device, asking it for RX hardware timestamps, when latency is
+/// measured in native mode (device-bound programs cannot run in the generic hook); the plain one otherwise,
+/// or when the device-bound load is refused.
+fn load_program(config: &Config, ifindex: u32) -> Result<XdpProgram, StartError> {
+    if config.latency.enabled && config.xdp.attach_mode == crate::config::AttachMode::Native {
+        match XdpProgram::load(ProgramVariant::DeviceBound { ifindex }) {
+            Ok(p) => return Ok(p),
+            Err(e) => tracing::info!("no device-bound program ({e}); RX hardware timestamps will not be read"),
+        }
+    }
+    Ok(XdpProgram::load(ProgramVariant::Plain)?)
+}
+
 impl RunningServer {
     /// Checks, loads, binds, attaches and starts the workers. On error nothing stays attached.
     pub fn start(config: Config, options: StartOptions) -> Result<RunningServer, StartError> {
@@ -189,7 +213,7 @@ impl RunningServer {
             tracing::debug!("could not raise RLIMIT_MEMLOCK: {e}");
         }
 
-        let program = XdpProgram::load()?;
+        let program = load_program(&config, ifindex)?;
         program.set_ports(&config.ports)?;
         let measure = config.latency.enabled;
         program.set_settings(if measure { SETTING_STAMP_TIME } else { 0 })?;
@@ -398,6 +422,7 @@ impl RunningServer {
             xdp,
             workers,
             merged.map(|m| m.summary()),
+            latency_clock(self.program.variant),
         )
     }
 }

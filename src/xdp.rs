@@ -16,6 +16,20 @@ use crate::{config::AttachMode, datapath::sys};
 /// The compiled program (bpf/shunt.bpf.c, built by build.rs).
 const OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/shunt.bpf.o"));
 const PROGRAM: &str = "shunt_steer";
+const PROGRAM_HW: &str = "shunt_steer_hw";
+
+/// Which build of the steering program to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgramVariant {
+    /// Attachable in any mode; stamps the XDP-hook time only.
+    Plain,
+    /// Bound to one device (native mode only); also asks the driver for each packet's RX hardware timestamp
+    /// (`bpf_xdp_metadata_rx_timestamp`).
+    DeviceBound {
+        /// The device's interface index.
+        ifindex: u32,
+    },
+}
 
 /// Bit in the settings map: stamp each redirected packet with the XDP-hook time (see `struct shunt_meta`).
 pub const SETTING_STAMP_TIME: u32 = 1 << 0;
@@ -69,6 +83,9 @@ pub struct XdpCounters {
 /// The loaded (not yet attached) steering program and handles on its maps.
 pub struct XdpProgram {
     object: Object,
+    program: &'static str,
+    /// The variant that was loaded.
+    pub variant: ProgramVariant,
     xsks: MapHandle,
     ports: MapHandle,
     counters: MapHandle,
@@ -99,14 +116,28 @@ fn map_handle(object: &Object, name: &'static str) -> Result<MapHandle, XdpError
 impl XdpProgram {
     /// Opens and loads the embedded program into the kernel (the verifier runs here). libbpf's own messages,
     /// the verifier log among them, go to the `libbpf` tracing target at DEBUG.
-    pub fn load() -> Result<XdpProgram, XdpError> {
+    pub fn load(variant: ProgramVariant) -> Result<XdpProgram, XdpError> {
         route_libbpf_logs();
-        let open = ObjectBuilder::default().open_memory(OBJECT).map_err(XdpError::Load)?;
+        let mut open = ObjectBuilder::default().open_memory(OBJECT).map_err(XdpError::Load)?;
+        let wanted = match variant {
+            ProgramVariant::Plain => PROGRAM,
+            ProgramVariant::DeviceBound { .. } => PROGRAM_HW,
+        };
+        for mut p in open.progs_mut() {
+            let name = p.name().to_string_lossy().into_owned();
+            p.set_autoload(name == wanted);
+            if let (true, ProgramVariant::DeviceBound { ifindex }) = (name == wanted, variant) {
+                p.set_ifindex(ifindex);
+                p.set_flags(libbpf_sys::BPF_F_XDP_DEV_BOUND_ONLY);
+            }
+        }
         let object = open.load().map_err(XdpError::Load)?;
-        if !object.progs().any(|p| p.name() == PROGRAM) {
-            return Err(XdpError::Missing("program shunt_steer"));
+        if !object.progs().any(|p| p.name() == wanted) {
+            return Err(XdpError::Missing("steering program"));
         }
         Ok(XdpProgram {
+            program: wanted,
+            variant,
             xsks: map_handle(&object, "shunt_xsks")?,
             ports: map_handle(&object, "shunt_ports")?,
             counters: map_handle(&object, "shunt_counters")?,
@@ -186,7 +217,7 @@ impl XdpProgram {
     /// Attaches the program to `ifindex` as a bpf_link in the given mode. The program stays attached as long
     /// as the returned [`XdpLink`] (or the process) lives.
     pub fn attach(&self, interface: &str, ifindex: u32, mode: AttachMode) -> Result<XdpLink, XdpError> {
-        let prog = self.object.progs().find(|p| p.name() == PROGRAM).ok_or(XdpError::Missing("program"))?;
+        let prog = self.object.progs().find(|p| p.name() == self.program).ok_or(XdpError::Missing("program"))?;
         let (flags, mode_name) = match mode {
             AttachMode::Native => (sys::XDP_FLAGS_DRV_MODE, "native"),
             AttachMode::Generic => (sys::XDP_FLAGS_SKB_MODE, "generic"),

@@ -28,7 +28,7 @@ use shunt::{
     handler::Echo,
     latency,
     stats::WorkerShared,
-    xdp::{XdpProgram, SETTING_STAMP_TIME},
+    xdp::{ProgramVariant, XdpProgram, SETTING_STAMP_TIME},
 };
 
 struct CountingAllocator;
@@ -143,7 +143,7 @@ fn worker_loop_allocates_nothing_and_batches_its_system_calls() {
     let server = {
         let (stop, shared) = (stop.clone(), shared.clone());
         lab.spawn_in_server(move || {
-            let program = XdpProgram::load().expect("load XDP program");
+            let program = XdpProgram::load(ProgramVariant::Plain).expect("load XDP program");
             program.set_ports(&[9000]).unwrap();
             program.set_settings(SETTING_STAMP_TIME).unwrap();
             let socket = QueueSocket::open(&SocketOptions {

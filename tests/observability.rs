@@ -148,3 +148,24 @@ fn measurement_can_be_turned_off() {
     assert!(done.report()["latency"].is_null(), "no latency section when measurement is off");
     assert_eq!(done.report_u64("latency_ns.count"), 0);
 }
+
+#[test]
+fn native_mode_loads_the_device_bound_program_and_says_which_clock() {
+    if !require_root_or_skip() {
+        return;
+    }
+    let lab = Lab::new(1);
+    let config = lab.lab_config_with(&[("attach_mode", "\"native\"")]);
+    let args = ["serve", "--config", config.to_str().unwrap(), "--interface", &lab.server_if()];
+    let server = lab.spawn_server(&args);
+    let sock = client_socket(&lab, false, 9000);
+    let stats = echo_exchange(&sock, 0..300, echo_size, &EchoOpts::default()).expect("echo");
+    let done = server.stop();
+    done.assert_clean_exit();
+    let report = done.report();
+    let clock = report["latency_clock"].as_str().unwrap_or_default();
+    assert!(clock.contains("bpf_xdp_metadata_rx_timestamp"), "device-bound program not used: {clock}");
+    assert_eq!(done.report_u64("latency_ns.count"), stats.sent, "every reply timed from its XDP stamp");
+    // veth implements the kfunc but has no hardware clock: no packet may claim a hardware stamp.
+    assert_eq!(done.report_u64("latency.nic_to_hook_ns.count"), 0);
+}

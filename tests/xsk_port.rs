@@ -13,7 +13,7 @@ use shunt::{
     config::{AttachMode, BindMode, UmemConfig},
     datapath::{sys, QueueSocket, SocketOptions, XskPort},
     packet::{self, FlowSpec},
-    xdp::XdpProgram,
+    xdp::{ProgramVariant, XdpProgram},
 };
 
 const CLIENT_PORT: u16 = 47_000;
@@ -33,7 +33,7 @@ fn af_xdp_client_exchanges_frames_with_the_server() {
     assert!(ping.success(), "{}", ping.combined());
 
     let (answered, kicks) = lab.in_client(move || {
-        let program = XdpProgram::load().unwrap();
+        let program = XdpProgram::load(ProgramVariant::Plain).unwrap();
         program.set_ports(&[CLIENT_PORT]).unwrap();
         let socket = QueueSocket::open(&SocketOptions {
             interface: client_if.clone(),

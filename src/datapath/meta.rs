@@ -4,7 +4,19 @@
 /// `SHUNT_META_MAGIC`: marks a stamp written for this packet.
 const MAGIC: u32 = 0x7368_7574;
 /// `sizeof(struct shunt_meta)`.
-pub const META_LEN: usize = 16;
+pub const META_LEN: usize = 32;
+/// `SHUNT_META_HW`: the NIC's timestamp fields are valid.
+const FLAG_HW: u32 = 1;
+
+/// What the XDP program recorded about a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// CLOCK_MONOTONIC at the XDP hook, in ns.
+    pub hook_ns: u64,
+    /// NIC RX hardware timestamp → XDP hook, in ns, when the driver gave one (compares the NIC's clock with
+    /// CLOCK_TAI, so it is meaningful when the NIC clock is synchronised to TAI, e.g. by phc2sys).
+    pub nic_to_hook_ns: Option<u64>,
+}
 
 /// Reads and clears the XDP-hook timestamp in front of the packet whose data starts at `data`, a pointer
 /// into the UMEM at byte `offset_in_frame` of its frame. Returns `None` if the packet carries no fresh stamp.
@@ -12,7 +24,7 @@ pub const META_LEN: usize = 16;
 /// Clearing the magic matters: a frame is reused, and a later packet that could not be stamped must not be
 /// credited with this one's time.
 #[inline]
-pub fn take_stamp(data: *mut u8, offset_in_frame: usize) -> Option<u64> {
+pub fn take_stamp(data: *mut u8, offset_in_frame: usize) -> Option<Stamp> {
     if offset_in_frame < META_LEN {
         return None;
     }
@@ -29,7 +41,12 @@ pub fn take_stamp(data: *mut u8, offset_in_frame: usize) -> Option<u64> {
     }
     // SAFETY: as above; writes zeros over the magic only.
     unsafe { meta.cast::<u32>().write_unaligned(0) };
-    let mut ns = [0u8; 8];
-    ns.copy_from_slice(&bytes[8..16]);
-    Some(u64::from_ne_bytes(ns))
+    let word = |at: usize| {
+        let mut ns = [0u8; 8];
+        ns.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_ne_bytes(ns)
+    };
+    let flags = u32::from_ne_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    let nic_to_hook_ns = if flags & FLAG_HW != 0 { word(24).checked_sub(word(16)) } else { None };
+    Some(Stamp { hook_ns: word(8), nic_to_hook_ns })
 }

@@ -1,7 +1,7 @@
 //! The datapath: per-queue UMEM and AF_XDP socket ([`QueueSocket`]), the worker loop that serves it
 //! ([`Worker`]), and a port for clients that send and receive whole frames ([`XskPort`]). All of shunt's `unsafe` code lives in this module; each block says why it is sound.
 
-mod meta;
+pub mod meta;
 mod port;
 mod socket;
 pub mod sys;

@@ -39,7 +39,7 @@ pub struct Worker<H> {
     tx_batch: Vec<FrameDesc>,
     completed: Vec<FrameDesc>,
     /// XDP stamps of the replies in `tx_batch`, position by position.
-    stamps: Vec<Option<u64>>,
+    stamps: Vec<Option<meta::Stamp>>,
     latency: Option<WorkerLatency>,
     stats: WorkerStats,
     kernel: KernelSocketStats,
