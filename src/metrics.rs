@@ -46,7 +46,7 @@ fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> Met
     f.set_name(name.to_string());
     f.set_help(help.to_string());
     f.set_field_type(kind);
-    f.set_metric(metrics.into());
+    f.set_metric(metrics);
     f
 }
 
@@ -54,7 +54,7 @@ fn counter(labels: Vec<LabelPair>, value: u64) -> Metric {
     let mut c = Counter::default();
     c.set_value(value as f64);
     let mut m = Metric::default();
-    m.set_label(labels.into());
+    m.set_label(labels);
     m.set_counter(c);
     m
 }
@@ -72,12 +72,15 @@ fn summary(labels: Vec<LabelPair>, s: &Summary) -> Metric {
             quantile
         })
         .collect::<Vec<_>>();
-    p.set_quantile(quantiles.into());
+    p.set_quantile(quantiles);
     let mut m = Metric::default();
-    m.set_label(labels.into());
+    m.set_label(labels);
     m.set_summary(p);
     m
 }
+
+/// A counter family read from each worker: name, help text, reader.
+type WorkerCounter = (&'static str, &'static str, fn(&WorkerShared) -> u64);
 
 /// Renders all metrics in the Prometheus text format.
 pub fn render(sources: &MetricsSources) -> String {
@@ -85,7 +88,7 @@ pub fn render(sources: &MetricsSources) -> String {
     let per_queue = |f: &dyn Fn(&WorkerShared) -> u64| -> Vec<Metric> {
         sources.workers.iter().map(|(q, w)| counter(vec![label("queue", &q.to_string())], f(w))).collect()
     };
-    let worker_counters: [(&str, &str, fn(&WorkerShared) -> u64); 5] = [
+    let worker_counters: [WorkerCounter; 5] = [
         ("shunt_rx_packets_total", "Frames taken off the AF_XDP RX ring.", |w| w.stats.snapshot().rx_packets),
         ("shunt_tx_packets_total", "Replies put on the AF_XDP TX ring.", |w| w.stats.snapshot().tx_packets),
         ("shunt_rx_batches_total", "Non-empty RX batches.", |w| w.stats.snapshot().rx_batches),
@@ -108,7 +111,7 @@ pub fn render(sources: &MetricsSources) -> String {
         }
     }
     families.push(family("shunt_dropped_packets_total", "Frames dropped by the workers.", MetricType::COUNTER, drops));
-    let kernel: [(&str, &str, fn(&WorkerShared) -> u64); 6] = [
+    let kernel: [WorkerCounter; 6] = [
         ("shunt_xsk_rx_dropped_total", "AF_XDP socket: RX drops.", |w| w.kernel.snapshot().rx_dropped),
         ("shunt_xsk_rx_invalid_descs_total", "AF_XDP socket: invalid RX descriptors.", |w| w.kernel.snapshot().rx_invalid_descs),
         ("shunt_xsk_tx_invalid_descs_total", "AF_XDP socket: invalid TX descriptors.", |w| w.kernel.snapshot().tx_invalid_descs),

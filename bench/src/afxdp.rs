@@ -1,0 +1,272 @@
+//! AF_XDP transport: shunt's own [`XskPort`] and steering program on the client interface. The program steers
+//! replies to the client's source ports (one per flow) into the sockets and passes everything else (ARP,
+//! neighbour discovery, other traffic) to the kernel. Frames are built with [`packet::write_request`] (full UDP
+//! checksum, so even a reflector that only swaps headers returns a valid datagram).
+
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use shunt::{
+    config::{AttachMode, BindMode, UmemConfig},
+    datapath::{sys, QueueSocket, SocketOptions, XskPort},
+    packet::{self, FlowSpec},
+    xdp::{ProgramVariant, XdpLink, XdpProgram},
+};
+
+use crate::engine::Transport;
+
+/// Most frames per TX kick in copy mode (the kernel sends at most 32 per `sendto`).
+const TX_BATCH: usize = 32;
+
+/// Where and how to open the AF_XDP client.
+#[derive(Debug, Clone)]
+pub struct AfXdpOptions {
+    /// The client interface.
+    pub interface: String,
+    /// Queues to open a socket on (flows are spread over them).
+    pub queues: Vec<u32>,
+    /// Source port of flow 0; flow i uses `src_port_base + i`.
+    pub src_port_base: u16,
+    /// Flows.
+    pub flows: usize,
+    /// The server.
+    pub target: SocketAddr,
+    /// Our address (None: the interface's address of the target's family).
+    pub src_ip: Option<IpAddr>,
+    /// Ethernet source (None: the interface's).
+    pub src_mac: Option<[u8; 6]>,
+    /// Ethernet destination (None: from the kernel's neighbour table, resolved if needed).
+    pub dst_mac: Option<[u8; 6]>,
+    /// XDP attach mode (generic on veth).
+    pub attach_mode: AttachMode,
+}
+
+/// AF_XDP sockets with the steering program attached.
+pub struct AfXdpTransport {
+    ports: Vec<XskPort>,
+    flows: Vec<FlowSpec>,
+    src_ports: Vec<u16>,
+    epoch: Instant,
+    // Dropping the link detaches the program; keep the program (and its maps) alive as long.
+    _link: XdpLink,
+    _program: XdpProgram,
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
+    let parts: Vec<&str> = s.trim().split(':').collect();
+    if parts.len() != 6 {
+        bail!("bad MAC address {s:?}");
+    }
+    let mut m = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        m[i] = u8::from_str_radix(p, 16).with_context(|| format!("bad MAC address {s:?}"))?;
+    }
+    Ok(m)
+}
+
+/// The MAC address of `interface` (from sysfs).
+pub fn interface_mac(interface: &str) -> anyhow::Result<[u8; 6]> {
+    let path = format!("/sys/class/net/{interface}/address");
+    parse_mac(&std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?)
+}
+
+/// The interface holding `ip` (via getifaddrs), and that interface's address of the other family if asked.
+pub fn interface_of(ip: IpAddr) -> anyhow::Result<String> {
+    let mut found = None;
+    // SAFETY: getifaddrs allocates a list we walk read-only and free once.
+    unsafe {
+        let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut ifap) != 0 {
+            return Err(io::Error::last_os_error()).context("getifaddrs");
+        }
+        let mut p = ifap;
+        while !p.is_null() {
+            let ifa = &*p;
+            if !ifa.ifa_addr.is_null() {
+                let fam = (*ifa.ifa_addr).sa_family as i32;
+                let addr: Option<IpAddr> = match fam {
+                    libc::AF_INET => {
+                        Some(IpAddr::from((*ifa.ifa_addr.cast::<libc::sockaddr_in>()).sin_addr.s_addr.to_ne_bytes()))
+                    }
+                    libc::AF_INET6 => {
+                        Some(IpAddr::from((*ifa.ifa_addr.cast::<libc::sockaddr_in6>()).sin6_addr.s6_addr))
+                    }
+                    _ => None,
+                };
+                if addr == Some(ip) {
+                    found = Some(std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned());
+                    break;
+                }
+            }
+            p = ifa.ifa_next;
+        }
+        libc::freeifaddrs(ifap);
+    }
+    found.with_context(|| format!("no interface has address {ip}"))
+}
+
+/// The source address the kernel would use towards `target`.
+pub fn route_source(target: SocketAddr) -> anyhow::Result<IpAddr> {
+    let unspecified: IpAddr = if target.is_ipv4() { [0u8; 4].into() } else { [0u16; 8].into() };
+    let fd = crate::kernel::connected_socket(SocketAddr::new(unspecified, 0), target)
+        .context("finding the route to the target")?;
+    Ok(crate::kernel::local_addr(&fd)?.ip())
+}
+
+fn neighbour(ip: IpAddr, interface: &str) -> Option<[u8; 6]> {
+    let out = Command::new("ip").args(["neigh", "show", "to", &ip.to_string(), "dev", interface]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| !l.contains("FAILED") && !l.contains("INCOMPLETE"))?;
+    let mut words = line.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "lladdr" {
+            return parse_mac(words.next()?).ok();
+        }
+    }
+    None
+}
+
+/// The target's MAC from the neighbour table; if absent, pokes the kernel into resolving it (a datagram to the
+/// discard port) and waits up to 2 s.
+pub fn resolve_dst_mac(target: SocketAddr, interface: &str) -> anyhow::Result<[u8; 6]> {
+    if let Some(m) = neighbour(target.ip(), interface) {
+        return Ok(m);
+    }
+    let unspecified: IpAddr = if target.is_ipv4() { [0u8; 4].into() } else { [0u16; 8].into() };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        if let Ok(fd) =
+            crate::kernel::connected_socket(SocketAddr::new(unspecified, 0), SocketAddr::new(target.ip(), 9))
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: sending one byte from a live buffer on a valid socket.
+            unsafe { libc::send(fd.as_raw_fd(), b"x".as_ptr().cast(), 1, libc::MSG_DONTWAIT) };
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        if let Some(m) = neighbour(target.ip(), interface) {
+            return Ok(m);
+        }
+    }
+    bail!("cannot resolve the MAC address of {} on {interface}: pass --dst-mac", target.ip())
+}
+
+impl AfXdpTransport {
+    /// Opens the sockets, loads the program, steers the source ports and attaches it.
+    pub fn open(o: &AfXdpOptions) -> anyhow::Result<AfXdpTransport> {
+        let src_ip = match o.src_ip {
+            Some(ip) => ip,
+            None => route_source(o.target)?,
+        };
+        let src_mac = match o.src_mac {
+            Some(m) => m,
+            None => interface_mac(&o.interface)?,
+        };
+        // Resolve before attaching: from then on, ARP still works (our program passes it), but a first
+        // resolution is simpler through the kernel's own socket path.
+        let dst_mac = match o.dst_mac {
+            Some(m) => m,
+            None => resolve_dst_mac(o.target, &o.interface)?,
+        };
+        let _ = sys::raise_memlock_limit();
+        let flows = o.flows.max(1);
+        if usize::from(o.src_port_base) + flows > 65_536 {
+            bail!("source ports {} + {flows} flows exceed 65535", o.src_port_base);
+        }
+        let src_ports: Vec<u16> = (0..flows).map(|i| o.src_port_base + i as u16).collect();
+        let program = XdpProgram::load(ProgramVariant::Plain).context("loading shunt's XDP program")?;
+        program.set_ports(&src_ports).context("steering the client's source ports")?;
+        let mut ports = Vec::new();
+        for &q in &o.queues {
+            let socket = QueueSocket::open(&SocketOptions {
+                interface: o.interface.clone(),
+                queue: q,
+                bind_mode: BindMode::Copy,
+                umem: UmemConfig {
+                    frame_count: 4096,
+                    frame_size: 2048,
+                    fill_ring: 2048,
+                    completion_ring: 2048,
+                    rx_ring: 2048,
+                    tx_ring: 2048,
+                },
+                metadata_room: 0,
+            })
+            .with_context(|| format!("opening an AF_XDP socket on {} queue {q}", o.interface))?;
+            program.register_socket(q, socket.raw_fd())?;
+            ports.push(XskPort::new(socket, 64));
+        }
+        if ports.is_empty() {
+            bail!("no queues given");
+        }
+        let ifindex = sys::interface_index(&o.interface).with_context(|| format!("interface {}", o.interface))?;
+        let link = program.attach(&o.interface, ifindex, o.attach_mode)?;
+        let flows = src_ports
+            .iter()
+            .map(|&p| FlowSpec { src_mac, dst_mac, vlan_tci: None, src: SocketAddr::new(src_ip, p), dst: o.target })
+            .collect();
+        Ok(AfXdpTransport { ports, flows, src_ports, epoch: Instant::now(), _link: link, _program: program })
+    }
+}
+
+impl Transport for AfXdpTransport {
+    fn now(&mut self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn flows(&self) -> usize {
+        self.flows.len()
+    }
+
+    fn max_batch(&self) -> usize {
+        TX_BATCH
+    }
+
+    fn send(&mut self, payloads: &[Vec<u8>], lens: &[usize], flows: &[usize]) -> io::Result<usize> {
+        let nq = self.ports.len();
+        let mut done = 0;
+        while done < payloads.len() {
+            // Consecutive requests for the same queue go out in one batch (one kick).
+            let q = flows[done] % self.flows.len() % nq;
+            let run = flows[done..].iter().take_while(|&&f| f % self.flows.len() % nq == q).count().min(TX_BATCH);
+            let specs = &self.flows;
+            let n = self.ports[q].send(run, |i, buf| {
+                let k = done + i;
+                let spec = &specs[flows[k] % specs.len()];
+                let off = spec.payload_offset();
+                let len = lens[k];
+                buf.get_mut(off..off + len)?.copy_from_slice(&payloads[k][..len]);
+                packet::write_request(buf, spec, len).ok()
+            });
+            done += n;
+            if n < run {
+                self.ports[q].service();
+                break;
+            }
+        }
+        Ok(done)
+    }
+
+    fn recv(&mut self, on: &mut dyn FnMut(&[u8], u64)) -> io::Result<usize> {
+        let mut total = 0;
+        let rx = self.now();
+        let (base, count) = (self.src_ports[0], self.src_ports.len());
+        for port in &mut self.ports {
+            total += port.receive(|frame| {
+                if let Ok(Some(d)) = packet::parse(frame) {
+                    let p = d.dst.port();
+                    if p >= base && usize::from(p - base) < count {
+                        on(&frame[d.payload_offset..d.payload_offset + d.payload_len], rx);
+                    }
+                }
+            });
+            port.service();
+        }
+        Ok(total)
+    }
+}

@@ -1,0 +1,1190 @@
+//! `shunt-bench compare`: the same ping-pong and the same open-loop sweep against every target of a plan, in one
+//! lab, with repetitions interleaved (A B C A B C ...) so that drift of a shared machine spreads over all targets.
+//! Writes `<out>/<name>.md` (figures, ratios to the baseline, machine, exact commands), `<name>.json` and SVGs.
+//!
+//! A target is a UDP echo server started by a shell command in the server namespace (see bench/plans/lab.toml):
+//! any new datapath plugs in with a plan entry. The lab is either created here with deploy/lab.sh (`kind =
+//! "veth"`) or described (`kind = "static"`: existing interfaces, e.g. two hosts joined by real NICs, reached
+//! through command prefixes such as `ssh dut`), so a real-NIC run produces the same report the same way.
+
+use std::{
+    collections::BTreeMap,
+    io::Read,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitCode, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    load::{parse_rate, SweepReport},
+    plot,
+    report::{self, RunReport},
+};
+
+/// Flags of `compare`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CompareArgs {
+    /// The plan: lab and targets.
+    #[arg(long, default_value = "bench/plans/lab.toml")]
+    pub plan: PathBuf,
+    /// Name of the result set: writes <out-dir>/<name>.md, .json, -pingpong.svg, -sweep.svg.
+    #[arg(long, default_value = "lab-veth")]
+    pub name: String,
+    /// Where results go.
+    #[arg(long, default_value = "bench/results")]
+    pub out_dir: PathBuf,
+    /// Repetitions of the whole target list (interleaved).
+    #[arg(long, default_value_t = 2)]
+    pub reps: u32,
+    /// Ping-pong: seconds measured per run (shunt-bench and sockperf alike).
+    #[arg(long, default_value_t = 3.0)]
+    pub pp_duration: f64,
+    /// Ping-pong: request rate cap (a low rate, as for sockperf --mps).
+    #[arg(long, default_value_t = 10_000.0)]
+    pub pp_rate: f64,
+    /// Sweep: rates (k/M suffixes).
+    #[arg(long, value_delimiter = ',', value_parser = parse_rate, default_value = "20k,50k,100k,150k,200k")]
+    pub rates: Vec<f64>,
+    /// Sweep: seconds measured per rate.
+    #[arg(long, default_value_t = 2.0)]
+    pub duration: f64,
+    /// Sweep: sender (afxdp pushes more packets per core than kernel sockets).
+    #[arg(long, value_enum, default_value = "afxdp")]
+    pub sweep_sender: crate::load::Sender,
+    /// Sweep: flows (source ports).
+    #[arg(long, default_value_t = 4)]
+    pub flows: usize,
+    /// UDP payload bytes.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Only these targets (comma-separated names).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Option<Vec<String>>,
+    /// The shunt-bench binary run in the client namespace (default: this one).
+    #[arg(long)]
+    pub bench_bin: Option<PathBuf>,
+    /// The shunt binary ({shunt} in plans).
+    #[arg(long, default_value = "target/release/shunt")]
+    pub shunt_bin: PathBuf,
+    /// Keep the per-run logs and JSON (printed path) even on success.
+    #[arg(long)]
+    pub keep_logs: bool,
+}
+
+/// The plan file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// Name of the target that ratios are relative to.
+    pub baseline: String,
+    /// The lab.
+    #[serde(default)]
+    pub lab: LabSpec,
+    /// The servers compared.
+    #[serde(rename = "target")]
+    pub targets: Vec<Target>,
+}
+
+/// The lab: created (veth) or described (static).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LabSpec {
+    /// `veth` (created with deploy/lab.sh and deleted afterwards) or `static` (existing; fields below).
+    pub kind: String,
+    /// Queues of the veth pair.
+    pub queues: u32,
+    /// Core the servers are pinned to ({server_core}).
+    pub server_core: usize,
+    /// Core the load generator is pinned to ({client_core}).
+    pub client_core: usize,
+    /// Static labs: command prefix that runs a command on the server side (e.g. ["ssh", "root@dut"]).
+    pub server_exec: Vec<String>,
+    /// Static labs: command prefix for the client side (empty: here).
+    pub client_exec: Vec<String>,
+    /// Static labs: interface names, addresses and MACs.
+    pub server_if: String,
+    /// See `server_if`.
+    pub client_if: String,
+    /// See `server_if`.
+    pub server_ip: String,
+    /// See `server_if`.
+    pub client_ip: String,
+    /// See `server_if`.
+    pub server_mac: String,
+    /// See `server_if`.
+    pub client_mac: String,
+    /// Free text describing the hardware (NICs, link), copied into the report.
+    pub description: String,
+}
+
+impl Default for LabSpec {
+    fn default() -> Self {
+        LabSpec {
+            kind: "veth".into(),
+            queues: 1,
+            server_core: 1,
+            client_core: 0,
+            server_exec: vec![],
+            client_exec: vec![],
+            server_if: String::new(),
+            client_if: String::new(),
+            server_ip: String::new(),
+            client_ip: String::new(),
+            server_mac: String::new(),
+            client_mac: String::new(),
+            description: String::new(),
+        }
+    }
+}
+
+/// One server to compare.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// Short name (table rows, file names).
+    pub name: String,
+    /// What it is.
+    #[serde(default)]
+    pub description: String,
+    /// Shell command starting the server on the server side (placeholders: see bench/README.md).
+    pub start: String,
+    /// UDP port it serves.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Speaks sockperf's protocol (clears CLIENT, answers PONG_REQUEST): `sockperf ping-pong` works against it
+    /// and is run for the cross-check. Plain echoes and header-swapping reflectors: false.
+    #[serde(default, alias = "sockperf_protocol_only")]
+    pub sockperf_protocol: bool,
+    /// Shell commands run (on this host) before starting it.
+    #[serde(default)]
+    pub setup: Vec<String>,
+    /// Shell commands run after stopping it (also after a failure).
+    #[serde(default)]
+    pub teardown: Vec<String>,
+    /// Seconds to wait for its first reply.
+    #[serde(default = "default_ready")]
+    pub ready_timeout: f64,
+}
+
+fn default_port() -> u16 {
+    9000
+}
+fn default_ready() -> f64 {
+    20.0
+}
+
+static STOP: once_flag::Flag = once_flag::Flag::new();
+
+mod once_flag {
+    use super::*;
+    /// A process-wide stop flag set by SIGINT/SIGTERM/SIGHUP.
+    pub struct Flag(std::sync::OnceLock<Arc<AtomicBool>>);
+    impl Flag {
+        pub const fn new() -> Flag {
+            Flag(std::sync::OnceLock::new())
+        }
+        pub fn get(&self) -> &Arc<AtomicBool> {
+            self.0.get_or_init(|| Arc::new(AtomicBool::new(false)))
+        }
+        pub fn is_set(&self) -> bool {
+            self.get().load(Ordering::Relaxed)
+        }
+    }
+}
+
+fn check_stop() -> anyhow::Result<()> {
+    if STOP.is_set() {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Placeholder values.
+type Vars = BTreeMap<String, String>;
+
+fn subst(s: &str, vars: &Vars) -> String {
+    let mut out = s.to_string();
+    for (k, v) in vars {
+        out = out.replace(&format!("{{{k}}}"), v);
+    }
+    out
+}
+
+fn shell_quote(a: &str) -> String {
+    if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+%".contains(c)) {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', "'\\''"))
+    }
+}
+
+fn shown(argv: &[String]) -> String {
+    argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
+}
+
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+            Ok(())
+        });
+    }
+}
+
+/// Output of a bounded command.
+struct Out {
+    ok: bool,
+    status: String,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `argv` bounded by `timeout` (killed by PID on timeout or interruption).
+fn run_bounded(argv: &[String], timeout: Duration) -> anyhow::Result<Out> {
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    die_with_parent(&mut cmd);
+    let mut child = cmd.spawn().with_context(|| format!("starting `{}`", shown(argv)))?;
+    let mut so = child.stdout.take().context("stdout")?;
+    let mut se = child.stderr.take().context("stderr")?;
+    let t1 = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = so.read_to_string(&mut s);
+        s
+    });
+    let t2 = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = se.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if STOP.is_set() || Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = (t1.join(), t2.join());
+            if STOP.is_set() {
+                bail!("interrupted");
+            }
+            bail!("`{}` timed out after {timeout:?}", shown(argv));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ok(Out {
+        ok: status.success(),
+        status: status.to_string(),
+        stdout: t1.join().unwrap_or_default(),
+        stderr: t2.join().unwrap_or_default(),
+    })
+}
+
+fn sh(cmd: &str) -> Vec<String> {
+    vec!["sh".into(), "-c".into(), cmd.into()]
+}
+
+/// A server process started by us; SIGTERM then SIGKILL (by PID) when dropped.
+struct Server {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(argv: &[String], log: PathBuf) -> anyhow::Result<Server> {
+        let f = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(f.try_clone()?).stderr(f);
+        die_with_parent(&mut cmd);
+        let child = cmd.spawn().with_context(|| format!("starting `{}`", shown(argv)))?;
+        Ok(Server { child: Some(child), log })
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        if let Ok(None) = child.try_wait() {
+            // SAFETY: signalling our own unreaped child by its PID.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs teardown commands when dropped.
+struct Teardown(Vec<String>);
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        for c in &self.0 {
+            // Teardown must run even when interrupted: no STOP check here.
+            let _ = Command::new("sh")
+                .args(["-c", c])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// A veth lab created with deploy/lab.sh; deleted when dropped.
+struct LabGuard {
+    script: PathBuf,
+    name: String,
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.script).args(["down", &self.name]).stdin(Stdio::null()).status();
+    }
+}
+
+/// sockperf's ping-pong summary (full RTT, µs).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SockperfResult {
+    /// Percentiles parsed from its output, µs (keys "50.000", "99.000", "MAX", "MIN", ...).
+    pub percentiles_us: BTreeMap<String, f64>,
+    /// Observations.
+    pub observations: u64,
+    /// Its "# dropped messages" line.
+    pub dropped: u64,
+    /// The command.
+    pub command: String,
+}
+
+/// Parses `sockperf ping-pong` output.
+pub fn parse_sockperf(text: &str) -> Option<SockperfResult> {
+    let mut r = SockperfResult::default();
+    for line in text.lines() {
+        let l = line.trim_start_matches("sockperf:").trim();
+        if let Some(rest) = l.strip_prefix("---> percentile") {
+            let mut it = rest.split('=');
+            let (k, v) = (it.next()?.trim(), it.next()?.trim());
+            r.percentiles_us.insert(k.to_string(), v.parse().ok()?);
+        } else if let Some(rest) = l.strip_prefix("---> <MAX> observation =") {
+            r.percentiles_us.insert("MAX".into(), rest.trim().parse().ok()?);
+        } else if let Some(rest) = l.strip_prefix("---> <MIN> observation =") {
+            r.percentiles_us.insert("MIN".into(), rest.trim().parse().ok()?);
+        } else if let Some(rest) = l.strip_prefix("Total ") {
+            r.observations = rest.split_whitespace().next()?.parse().ok()?;
+        } else if let Some(rest) = l.strip_prefix("# dropped messages =") {
+            r.dropped = rest.split(';').next()?.trim().parse().ok()?;
+        }
+    }
+    r.percentiles_us.contains_key("50.000").then_some(r)
+}
+
+/// Everything measured against one target in one repetition.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Round {
+    /// Repetition (1-based).
+    pub rep: u32,
+    /// shunt-bench ping-pong (kernel sockets).
+    pub ping_pong: Option<RunReport>,
+    /// sockperf ping-pong --full-rtt.
+    pub sockperf: Option<SockperfResult>,
+    /// shunt-bench open-loop sweep.
+    pub sweep: Option<SweepReport>,
+    /// What went wrong, if anything.
+    pub errors: Vec<String>,
+}
+
+/// Medians over the repetitions of one target.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TargetSummary {
+    /// Target name.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// Figures (name -> median value; latency in µs, rates in pps).
+    pub figures: BTreeMap<String, f64>,
+    /// Cross-check against sockperf: Some(true) PASS, Some(false) FAIL, None not applicable.
+    pub crosscheck_pass: Option<bool>,
+    /// Repetitions that produced each figure.
+    pub reps_ok: u32,
+    /// Sweep points: rate -> (median p99 µs, median loss %).
+    pub sweep: Vec<(f64, f64, f64)>,
+    /// Whether the generator fell behind in any sweep point or repetition.
+    pub generator_behind_at: Vec<f64>,
+}
+
+/// The JSON written next to the report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Comparison {
+    /// Result-set name.
+    pub name: String,
+    /// The command that produced it.
+    pub command: String,
+    /// Start time (UTC, RFC 3339-ish).
+    pub started: String,
+    /// Machine description lines.
+    pub machine: Vec<String>,
+    /// The plan.
+    pub plan: Plan,
+    /// Parameters.
+    pub params: BTreeMap<String, String>,
+    /// Per target: summaries.
+    pub summaries: Vec<TargetSummary>,
+    /// Per target: every round.
+    pub rounds: BTreeMap<String, Vec<Round>>,
+    /// Exact commands of the first repetition, per target.
+    pub commands: BTreeMap<String, Vec<String>>,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+}
+
+/// Cross-check tolerance: shunt-bench and sockperf ping-pong p50 must agree within this fraction.
+pub const CROSSCHECK_TOLERANCE: f64 = 0.15;
+
+/// Whether two p50s agree within [`CROSSCHECK_TOLERANCE`] (relative to sockperf's).
+pub fn crosscheck(bench_p50: f64, sockperf_p50: f64) -> bool {
+    sockperf_p50 > 0.0 && ((bench_p50 - sockperf_p50).abs() / sockperf_p50) <= CROSSCHECK_TOLERANCE
+}
+
+fn summarize(t: &Target, rounds: &[Round], rates: &[f64]) -> TargetSummary {
+    let mut figures = BTreeMap::new();
+    let mut put = |k: &str, vals: Vec<f64>| {
+        if let Some(m) = median(vals) {
+            figures.insert(k.to_string(), m);
+        }
+    };
+    let pp: Vec<&RunReport> = rounds.iter().filter_map(|r| r.ping_pong.as_ref()).collect();
+    let us = |ns: u64| ns as f64 / 1e3;
+    put("pp_p50_us", pp.iter().map(|r| us(r.latency_ns.p50)).collect());
+    put("pp_p99_us", pp.iter().map(|r| us(r.latency_ns.p99)).collect());
+    put("pp_p999_us", pp.iter().map(|r| us(r.latency_ns.p999)).collect());
+    put("pp_max_us", pp.iter().map(|r| us(r.latency_ns.max)).collect());
+    put("pp_rate", pp.iter().map(|r| r.achieved_rate).collect());
+    let sp: Vec<&SockperfResult> = rounds.iter().filter_map(|r| r.sockperf.as_ref()).collect();
+    put("sockperf_p50_us", sp.iter().filter_map(|s| s.percentiles_us.get("50.000").copied()).collect());
+    put("sockperf_p99_us", sp.iter().filter_map(|s| s.percentiles_us.get("99.000").copied()).collect());
+    let sw: Vec<&SweepReport> = rounds.iter().filter_map(|r| r.sweep.as_ref()).collect();
+    put("max_rate_loss_lt_0.1pct", sw.iter().map(|s| s.max_rate_loss_below_0_1pct.unwrap_or(0.0)).collect());
+    put("p99_knee_rate", sw.iter().filter_map(|s| s.p99_knee_rate).collect());
+    let mut sweep = Vec::new();
+    let mut behind = Vec::new();
+    for &rate in rates {
+        let pts: Vec<&RunReport> =
+            sw.iter().flat_map(|s| s.points.iter()).filter(|p| (p.offered_rate - rate).abs() < 0.5).collect();
+        if pts.iter().any(|p| p.generator_behind) {
+            behind.push(rate);
+        }
+        if let (Some(p99), Some(loss)) = (
+            median(pts.iter().map(|p| us(p.latency_ns.p99)).collect()),
+            median(pts.iter().map(|p| p.loss_ratio * 100.0).collect()),
+        ) {
+            sweep.push((rate, p99, loss));
+        }
+    }
+    let crosscheck_pass = match (figures.get("pp_p50_us"), figures.get("sockperf_p50_us")) {
+        (Some(&a), Some(&b)) if t.sockperf_protocol => Some(crosscheck(a, b)),
+        _ => None,
+    };
+    TargetSummary {
+        name: t.name.clone(),
+        description: t.description.clone(),
+        figures,
+        crosscheck_pass,
+        reps_ok: rounds.iter().filter(|r| r.errors.is_empty()).count() as u32,
+        sweep,
+        generator_behind_at: behind,
+    }
+}
+
+fn machine_description(lab: &LabSpec) -> Vec<String> {
+    let cmd = |argv: &[&str]| {
+        Command::new(argv[0])
+            .args(&argv[1..])
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
+    let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default().lines().next().unwrap_or("").to_string();
+    let mut v = vec![
+        format!("kernel: {}", cmd(&["uname", "-srm"])),
+        format!("cpu: {model} x {} online", cmd(&["nproc"])),
+        format!("memory: {}", mem.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")),
+        format!("load average at start: {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()),
+        format!("sockperf: {}", cmd(&["sockperf", "--version"]).lines().next().unwrap_or("?")),
+        format!("dpdk: {}", cmd(&["dpkg-query", "-W", "-f", "${Version}", "dpdk"])),
+        format!("rustc: {}", cmd(&["rustc", "-V"])),
+        format!("shunt commit: {}", cmd(&["git", "rev-parse", "--short", "HEAD"])),
+    ];
+    if lab.kind == "veth" {
+        v.push(format!(
+            "lab: veth pair between two network namespaces (deploy/lab.sh), {} queue(s); server pinned to core {}, \
+             client to core {}; XDP generic mode, AF_XDP copy mode",
+            lab.queues, lab.server_core, lab.client_core
+        ));
+    }
+    if !lab.description.is_empty() {
+        v.push(format!("lab: {}", lab.description));
+    }
+    v
+}
+
+fn now_utc() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let out = Command::new("date").args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"]).output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_else(|_| secs.to_string())
+}
+
+/// Runs the comparison.
+pub fn run(a: CompareArgs) -> anyhow::Result<ExitCode> {
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
+        signal_hook::flag::register(sig, STOP.get().clone()).context("installing signal handlers")?;
+    }
+    let command = std::env::args().map(|x| shell_quote(&x)).collect::<Vec<_>>().join(" ");
+    let plan_text = std::fs::read_to_string(&a.plan).with_context(|| format!("reading {}", a.plan.display()))?;
+    let mut plan: Plan = toml::from_str(&plan_text).with_context(|| format!("parsing {}", a.plan.display()))?;
+    if let Some(only) = &a.only {
+        plan.targets.retain(|t| only.contains(&t.name));
+    }
+    if plan.targets.is_empty() {
+        bail!("no targets to run");
+    }
+    if a.reps == 0 || a.reps > 20 {
+        bail!("--reps must be 1..=20");
+    }
+    if a.rates.is_empty() || a.rates.iter().any(|&r| r <= 0.0 || r > crate::load::MAX_RATE) {
+        bail!("--rates must be positive and at most {}", crate::load::MAX_RATE);
+    }
+    if !(0.1..=60.0).contains(&a.duration) || !(0.1..=60.0).contains(&a.pp_duration) {
+        bail!("--duration and --pp-duration must be 0.1..=60 s");
+    }
+    // SAFETY: geteuid has no preconditions.
+    if plan.lab.kind == "veth" && unsafe { libc::geteuid() } != 0 {
+        bail!("the veth lab needs root");
+    }
+    let repo = std::env::current_dir()?;
+    let bench = match &a.bench_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?,
+    };
+    let shunt = if a.shunt_bin.is_absolute() { a.shunt_bin.clone() } else { repo.join(&a.shunt_bin) };
+    if !shunt.exists() && plan.targets.iter().any(|t| t.start.contains("{shunt}")) {
+        bail!("{} not found: build it first (cargo build --release)", shunt.display());
+    }
+    let work = std::env::temp_dir().join(format!("shunt-bench-{}-{}", a.name, std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let started = now_utc();
+    let machine = machine_description(&plan.lab);
+
+    // The lab.
+    let mut vars = Vars::new();
+    let _lab_guard;
+    let (server_exec, client_exec): (Vec<String>, Vec<String>);
+    if plan.lab.kind == "veth" {
+        let script = repo.join("deploy/lab.sh");
+        let name = String::from_utf8(Command::new(&script).arg("name").output()?.stdout)?.trim().to_string();
+        let up = run_bounded(
+            &[script.display().to_string(), "up".into(), name.clone(), "--queues".into(), plan.lab.queues.to_string()],
+            Duration::from_secs(30),
+        )?;
+        _lab_guard = Some(LabGuard { script: script.clone(), name: name.clone() });
+        if !up.ok {
+            bail!("lab.sh up failed: {}{}", up.stdout, up.stderr);
+        }
+        let info = run_bounded(&[script.display().to_string(), "info".into(), name.clone()], Duration::from_secs(10))?;
+        for line in info.stdout.lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                vars.insert(k.to_string(), v.to_string());
+            }
+        }
+        vars.insert("server_ip".into(), vars.get("server_v4").cloned().unwrap_or_default());
+        vars.insert("client_ip".into(), vars.get("client_v4").cloned().unwrap_or_default());
+        vars.insert("lab".into(), name);
+        server_exec = vec!["ip".into(), "netns".into(), "exec".into(), vars["server_ns"].clone()];
+        client_exec = vec!["ip".into(), "netns".into(), "exec".into(), vars["client_ns"].clone()];
+        eprintln!("compare: lab {} up", vars["lab"]);
+    } else if plan.lab.kind == "static" {
+        _lab_guard = None;
+        let l = &plan.lab;
+        for (k, v) in [
+            ("server_if", &l.server_if),
+            ("client_if", &l.client_if),
+            ("server_ip", &l.server_ip),
+            ("client_ip", &l.client_ip),
+            ("server_mac", &l.server_mac),
+            ("client_mac", &l.client_mac),
+        ] {
+            if v.is_empty() {
+                bail!("a static lab needs lab.{k}");
+            }
+            vars.insert(k.into(), v.clone());
+        }
+        vars.insert("lab".into(), format!("shuntstatic{}", std::process::id() % 1000));
+        server_exec = l.server_exec.clone();
+        client_exec = l.client_exec.clone();
+    } else {
+        bail!("lab.kind must be \"veth\" or \"static\"");
+    }
+    vars.insert("repo".into(), repo.display().to_string());
+    vars.insert("shunt".into(), shunt.display().to_string());
+    vars.insert("bench".into(), bench.display().to_string());
+    vars.insert("server_core".into(), plan.lab.server_core.to_string());
+    vars.insert("client_core".into(), plan.lab.client_core.to_string());
+    vars.insert("server_exec".into(), shown(&server_exec));
+    vars.insert("client_exec".into(), shown(&client_exec));
+    vars.insert("work".into(), work.display().to_string());
+
+    let mut rounds: BTreeMap<String, Vec<Round>> = BTreeMap::new();
+    let mut commands: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let t0 = Instant::now();
+    for rep in 1..=a.reps {
+        for t in &plan.targets {
+            check_stop()?;
+            let mut tv = vars.clone();
+            tv.insert("port".into(), t.port.to_string());
+            eprintln!("compare: rep {rep}/{} target {} ({:.0} s elapsed)", a.reps, t.name, t0.elapsed().as_secs_f64());
+            let mut cmds = Vec::new();
+            let round = one_round(&a, t, rep, &tv, &server_exec, &client_exec, &bench, &work, &mut cmds);
+            if STOP.is_set() {
+                bail!("interrupted");
+            }
+            for e in &round.errors {
+                eprintln!("compare: {} rep {rep}: {e}", t.name);
+            }
+            commands.entry(t.name.clone()).or_insert(cmds);
+            rounds.entry(t.name.clone()).or_default().push(round);
+        }
+    }
+    eprintln!("compare: all rounds done in {:.0} s", t0.elapsed().as_secs_f64());
+
+    let summaries: Vec<TargetSummary> = plan
+        .targets
+        .iter()
+        .map(|t| summarize(t, rounds.get(&t.name).map(Vec::as_slice).unwrap_or(&[]), &a.rates))
+        .collect();
+    let mut params = BTreeMap::new();
+    params.insert("reps".into(), a.reps.to_string());
+    params.insert("pp_rate".into(), a.pp_rate.to_string());
+    params.insert("pp_duration_s".into(), a.pp_duration.to_string());
+    params.insert("rates".into(), a.rates.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(","));
+    params.insert("sweep_duration_s".into(), a.duration.to_string());
+    params.insert("sweep_sender".into(), format!("{:?}", a.sweep_sender).to_lowercase());
+    params.insert("sweep_flows".into(), a.flows.to_string());
+    params.insert("size".into(), a.size.to_string());
+    let mut machine = machine;
+    machine
+        .push(format!("load average at end: {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()));
+    let cmp = Comparison { name: a.name.clone(), command, started, machine, plan, params, summaries, rounds, commands };
+
+    std::fs::create_dir_all(&a.out_dir)?;
+    let base = a.out_dir.join(&a.name);
+    report::write_json(&base.with_extension("json"), &cmp)?;
+    let pp_svg = a.out_dir.join(format!("{}-pingpong.svg", a.name));
+    let sweep_svg = a.out_dir.join(format!("{}-sweep.svg", a.name));
+    write_plots(&cmp, &pp_svg, &sweep_svg)?;
+    let md = markdown(&cmp, &a, &pp_svg, &sweep_svg);
+    std::fs::write(base.with_extension("md"), &md)?;
+    println!("{md}");
+    eprintln!("compare: wrote {}.md, .json, {}, {}", base.display(), pp_svg.display(), sweep_svg.display());
+    let failed = cmp.summaries.iter().any(|s| s.crosscheck_pass == Some(false));
+    if a.keep_logs {
+        eprintln!("compare: logs kept in {}", work.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn one_round(
+    a: &CompareArgs,
+    t: &Target,
+    rep: u32,
+    vars: &Vars,
+    server_exec: &[String],
+    client_exec: &[String],
+    bench: &Path,
+    work: &Path,
+    cmds: &mut Vec<String>,
+) -> Round {
+    let mut round = Round { rep, ..Default::default() };
+    if let Err(e) = round_inner(a, t, rep, vars, server_exec, client_exec, bench, work, cmds, &mut round) {
+        round.errors.push(format!("{e:#}"));
+    }
+    round
+}
+
+#[allow(clippy::too_many_arguments)]
+fn round_inner(
+    a: &CompareArgs,
+    t: &Target,
+    rep: u32,
+    vars: &Vars,
+    server_exec: &[String],
+    client_exec: &[String],
+    bench: &Path,
+    work: &Path,
+    cmds: &mut Vec<String>,
+    round: &mut Round,
+) -> anyhow::Result<()> {
+    let target = format!("{}:{}", vars["server_ip"], t.port);
+    let core = vars["client_core"].clone();
+    let tag = format!("{}-{rep}", t.name);
+    let _teardown = Teardown(t.teardown.iter().map(|c| subst(c, vars)).collect());
+    for c in &t.setup {
+        let c = subst(c, vars);
+        cmds.push(format!("# setup\n{c}"));
+        let out = run_bounded(&sh(&c), Duration::from_secs(30))?;
+        if !out.ok {
+            bail!("setup `{c}` failed ({}): {}{}", out.status, out.stdout, out.stderr);
+        }
+    }
+    let mut start = server_exec.to_vec();
+    start.extend(sh(&format!("exec {}", subst(&t.start, vars))));
+    cmds.push(format!("# server\n{}", shown(&start)));
+    let mut server = Server::start(&start, work.join(format!("{tag}-server.log")))?;
+    for c in &t.teardown {
+        cmds.push(format!("# teardown (after the server stops)\n{}", subst(c, vars)));
+    }
+
+    let client = |args: Vec<String>| -> Vec<String> {
+        let mut v = client_exec.to_vec();
+        v.extend(["taskset".into(), "-c".into(), core.clone()]);
+        v.extend(args);
+        v
+    };
+    let b = bench.display().to_string();
+    let probe = client(vec![
+        b.clone(),
+        "probe".into(),
+        "--target".into(),
+        target.clone(),
+        "--timeout".into(),
+        t.ready_timeout.to_string(),
+    ]);
+    cmds.push(format!("# wait until it answers\n{}", shown(&probe)));
+    let out = run_bounded(&probe, Duration::from_secs_f64(t.ready_timeout + 10.0))?;
+    if !out.ok || !server.alive() {
+        bail!("{} did not answer: {}{}\n--- server log ---\n{}", t.name, out.stdout, out.stderr, server.log_tail());
+    }
+
+    // Ping-pong, shunt-bench (kernel sockets, like sockperf's client).
+    let pp_json = work.join(format!("{tag}-pingpong.json"));
+    let pp = client(vec![
+        b.clone(),
+        "run".into(),
+        "--ping-pong".into(),
+        "--target".into(),
+        target.clone(),
+        "--rate".into(),
+        a.pp_rate.to_string(),
+        "--duration".into(),
+        a.pp_duration.to_string(),
+        "--warmup".into(),
+        "0.5".into(),
+        "--size".into(),
+        a.size.to_string(),
+        "--core".into(),
+        "-1".into(),
+        "--quiet".into(),
+        "--json".into(),
+        pp_json.display().to_string(),
+    ]);
+    cmds.push(format!("# ping-pong (shunt-bench)\n{}", shown(&pp)));
+    let out = run_bounded(&pp, Duration::from_secs_f64(a.pp_duration + 30.0))?;
+    if out.ok {
+        round.ping_pong = Some(serde_json::from_str(&std::fs::read_to_string(&pp_json)?)?);
+    } else {
+        round.errors.push(format!("ping-pong failed ({}): {}", out.status, out.stderr.trim()));
+    }
+
+    // sockperf's own ping-pong, where the target speaks its protocol.
+    if t.sockperf_protocol {
+        let sp = client(vec![
+            "sockperf".into(),
+            "ping-pong".into(),
+            "-i".into(),
+            vars["server_ip"].clone(),
+            "-p".into(),
+            t.port.to_string(),
+            "-t".into(),
+            format!("{}", a.pp_duration.ceil() as u64),
+            "--mps".into(),
+            format!("{:.0}", a.pp_rate),
+            "-m".into(),
+            a.size.to_string(),
+            "--full-rtt".into(),
+            // Spin on a non-blocking socket, as shunt-bench does (the default epoll wait adds a wake-up).
+            "--nonblocked".into(),
+        ]);
+        cmds.push(format!("# ping-pong (sockperf)\n{}", shown(&sp)));
+        let out = run_bounded(&sp, Duration::from_secs_f64(a.pp_duration + 30.0))?;
+        match parse_sockperf(&out.stdout).or_else(|| parse_sockperf(&out.stderr)) {
+            Some(mut s) if out.ok => {
+                s.command = shown(&sp);
+                round.sockperf = Some(s);
+            }
+            _ => round.errors.push(format!("sockperf ping-pong failed ({}): {}{}", out.status, out.stdout, out.stderr)),
+        }
+    }
+
+    // Open-loop sweep.
+    if !server.alive() {
+        bail!("{} exited:\n{}", t.name, server.log_tail());
+    }
+    let sw_json = work.join(format!("{tag}-sweep.json"));
+    let mut sw = vec![
+        b.clone(),
+        "sweep".into(),
+        "--sender".into(),
+        format!("{:?}", a.sweep_sender).to_lowercase(),
+        "--target".into(),
+        target.clone(),
+        "--rates".into(),
+        a.rates.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(","),
+        "--duration".into(),
+        a.duration.to_string(),
+        "--warmup".into(),
+        "0.3".into(),
+        "--drain-ms".into(),
+        "300".into(),
+        "--size".into(),
+        a.size.to_string(),
+        "--flows".into(),
+        a.flows.to_string(),
+        "--core".into(),
+        "-1".into(),
+        "--quiet".into(),
+        "--json".into(),
+        sw_json.display().to_string(),
+    ];
+    if a.sweep_sender == crate::load::Sender::Afxdp {
+        for (flag, key) in [("--interface", "client_if"), ("--src-mac", "client_mac"), ("--dst-mac", "server_mac")] {
+            sw.push(flag.into());
+            sw.push(vars[key].clone());
+        }
+    }
+    let sw = client(sw);
+    cmds.push(format!("# open-loop sweep (shunt-bench)\n{}", shown(&sw)));
+    let budget = a.rates.len() as f64 * (a.duration * 1.5 + 3.0) + 30.0;
+    let out = run_bounded(&sw, Duration::from_secs_f64(budget))?;
+    if out.ok {
+        round.sweep = Some(serde_json::from_str(&std::fs::read_to_string(&sw_json)?)?);
+    } else {
+        round.errors.push(format!("sweep failed ({}): {}", out.status, out.stderr.trim()));
+    }
+    if !server.alive() {
+        round.errors.push(format!("{} exited during the run:\n{}", t.name, server.log_tail()));
+    }
+    server.stop();
+    Ok(())
+}
+
+fn write_plots(c: &Comparison, pp_svg: &Path, sweep_svg: &Path) -> anyhow::Result<()> {
+    // Ping-pong spectra: per target, the repetition with the median p50.
+    let mut spectra = Vec::new();
+    for t in &c.plan.targets {
+        let mut pps: Vec<&RunReport> =
+            c.rounds.get(&t.name).into_iter().flatten().filter_map(|r| r.ping_pong.as_ref()).collect();
+        pps.sort_by_key(|r| r.latency_ns.p50);
+        if let Some(r) = pps.get(pps.len() / 2) {
+            spectra.push(plot::Series {
+                name: t.name.clone(),
+                points: r.spectrum.iter().map(|&(p, v)| (p, v as f64 / 1e3)).collect(),
+            });
+        }
+    }
+    plot::percentile_spectrum(pp_svg, &format!("{}: ping-pong RTT (shunt-bench, kernel sockets)", c.name), &spectra)?;
+    let lat: Vec<plot::Series> = c
+        .summaries
+        .iter()
+        .map(|s| plot::Series {
+            name: format!("{} p99", s.name),
+            points: s.sweep.iter().map(|&(r, p99, _)| (r / 1e3, p99)).collect(),
+        })
+        .collect();
+    let loss: Vec<plot::Series> = c
+        .summaries
+        .iter()
+        .map(|s| plot::Series { name: s.name.clone(), points: s.sweep.iter().map(|&(r, _, l)| (r / 1e3, l)).collect() })
+        .collect();
+    plot::load_sweep(
+        sweep_svg,
+        &format!("{}: open-loop p99 (from intended send time) and loss vs offered load", c.name),
+        &lat,
+        &loss,
+    )
+    .map_err(|e| anyhow!("{e}"))
+}
+
+fn fmt_fig(v: Option<f64>, base: Option<f64>, unit: &str) -> String {
+    match v {
+        None => "–".into(),
+        Some(v) => {
+            let val = if unit == "kpps" { format!("{:.0}", v / 1e3) } else { format!("{v:.2}") };
+            match base {
+                Some(b) if b > 0.0 => format!("{val} ({:.2}x)", v / b),
+                _ => val,
+            }
+        }
+    }
+}
+
+fn markdown(c: &Comparison, a: &CompareArgs, pp_svg: &Path, sweep_svg: &Path) -> String {
+    let mut m = String::new();
+    let base = c.summaries.iter().find(|s| s.name == c.plan.baseline);
+    let p = &c.params;
+    m += &format!("# shunt-bench comparison: {}\n\n", c.name);
+    m += &format!("Produced {} by\n\n```\n{}\n```\n\n", c.started, c.command);
+    m += "(`make bench` runs `target/release/shunt-bench compare --plan bench/plans/lab.toml --name lab-veth`; flags \
+          change durations, rates and repetitions.)\n\n";
+    m += &format!(
+        "Each target was started, measured and stopped in turn, {} repetitions interleaved (A B C … A B C …); every \
+         figure is the median over repetitions. Ratios in parentheses are value / value of the baseline `{}`.\n\n",
+        p["reps"], c.plan.baseline
+    );
+    m += "## Results\n\n";
+    m += &format!(
+        "Ping-pong: one request outstanding, kernel UDP sockets spinning on core {}, {} B payload, at most {} req/s, {} s \
+         (+0.5 s warm-up); RTT in µs. Sweep: open loop ({} sender, {} flows, uniform schedule), {} s per rate, latency \
+         from the intended send time.\n\n",
+        c.plan.lab.client_core, p["size"], p["pp_rate"], p["pp_duration_s"], p["sweep_sender"], p["sweep_flows"], p["sweep_duration_s"]
+    );
+    let cols: [(&str, &str, &str); 8] = [
+        ("pp_p50_us", "ping-pong p50 µs", "us"),
+        ("pp_p99_us", "ping-pong p99 µs", "us"),
+        ("pp_p999_us", "ping-pong p99.9 µs", "us"),
+        ("sockperf_p50_us", "sockperf p50 µs", "us"),
+        ("sockperf_p99_us", "sockperf p99 µs", "us"),
+        ("max_rate_loss_lt_0.1pct", "max rate, loss < 0.1 % (kpps)", "kpps"),
+        ("p99_knee_rate", "p99 bend (kpps)", "kpps"),
+        ("pp_rate", "ping-pong rate (req/s)", "rate"),
+    ];
+    m += "| target | ";
+    m += &cols.iter().map(|c| c.1).collect::<Vec<_>>().join(" | ");
+    m += " | cross-check |\n|---|";
+    m += &"---|".repeat(cols.len() + 1);
+    m += "\n";
+    for s in &c.summaries {
+        m += &format!("| {} | ", s.name);
+        let cells: Vec<String> = cols
+            .iter()
+            .map(|&(k, _, unit)| {
+                if unit == "rate" {
+                    return s.figures.get(k).map(|v| format!("{v:.0}")).unwrap_or_else(|| "–".into());
+                }
+                fmt_fig(s.figures.get(k).copied(), base.and_then(|b| b.figures.get(k).copied()), unit)
+            })
+            .collect();
+        m += &cells.join(" | ");
+        m += &format!(
+            " | {} |\n",
+            match s.crosscheck_pass {
+                Some(true) => "PASS",
+                Some(false) => "FAIL",
+                None => "n/a",
+            }
+        );
+    }
+    m += &format!(
+        "\n`p99 bend`: the lowest offered rate whose p99 exceeds {} x the p99 at the lowest rate of the sweep; `–` \
+         means it did not bend within the sweep. `max rate`: highest offered rate with loss < 0.1 % (0: none).\n\n",
+        crate::load::KNEE_FACTOR
+    );
+    m += "### Cross-check against sockperf\n\n";
+    m += &format!(
+        "shunt-bench ping-pong p50 vs `sockperf ping-pong --full-rtt` p50 against the same server, same rate and size; \
+         PASS when they agree within {:.0} %.\n\n",
+        CROSSCHECK_TOLERANCE * 100.0
+    );
+    for s in &c.summaries {
+        if let (Some(a), Some(b)) = (s.figures.get("pp_p50_us"), s.figures.get("sockperf_p50_us")) {
+            m += &format!(
+                "- {}: shunt-bench {a:.2} µs, sockperf {b:.2} µs, difference {:+.1} % → **{}**\n",
+                s.name,
+                (a - b) / b * 100.0,
+                if crosscheck(*a, *b) { "PASS" } else { "FAIL" }
+            );
+        }
+    }
+    m += "\n### Sweep detail: p99 µs / loss % per offered rate (median over repetitions)\n\n| target |";
+    for r in &a.rates {
+        m += &format!(" {:.0}k |", r / 1e3);
+    }
+    m += "\n|---|";
+    m += &"---|".repeat(a.rates.len());
+    m += "\n";
+    for s in &c.summaries {
+        m += &format!("| {} |", s.name);
+        for r in &a.rates {
+            match s.sweep.iter().find(|x| (x.0 - r).abs() < 0.5) {
+                Some(&(_, p99, loss)) => {
+                    let mark = if s.generator_behind_at.contains(r) { " ⚠" } else { "" };
+                    m += &format!(" {p99:.1} / {loss:.2}{mark} |");
+                }
+                None => m += " – |",
+            }
+        }
+        m += "\n";
+    }
+    if c.summaries.iter().any(|s| !s.generator_behind_at.is_empty()) {
+        m += "\n⚠ = the generator fell behind its own schedule in at least one repetition at that rate: there the \
+              generator (one client core), not the server, limits the figure.\n";
+    }
+    let errors: Vec<String> = c
+        .rounds
+        .iter()
+        .flat_map(|(n, rs)| {
+            rs.iter().flat_map(move |r| {
+                r.errors.iter().map(move |e| format!("- {n} rep {}: {}", r.rep, e.lines().next().unwrap_or("")))
+            })
+        })
+        .collect();
+    if !errors.is_empty() {
+        m += "\n### Errors\n\n";
+        m += &errors.join("\n");
+        m += "\n";
+    }
+    m += "\n## Plots\n\n";
+    for f in [pp_svg, sweep_svg] {
+        let n = f.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        m += &format!("![{n}]({n})\n\n");
+    }
+    m += &format!("Raw data (every repetition, every sweep point, percentile spectra): `{}.json`.\n\n", c.name);
+    m += "## Machine\n\n";
+    for l in &c.machine {
+        m += &format!("- {l}\n");
+    }
+    m += "\nThe machine is shared and virtual: absolute figures move between runs; compare targets within one run.\n";
+    m += "\n## Targets\n\n";
+    for t in &c.plan.targets {
+        m += &format!(
+            "- **{}**: {} (port {}, sockperf protocol: {})\n",
+            t.name, t.description, t.port, t.sockperf_protocol
+        );
+    }
+    m += "\n## Exact commands (first repetition; lab names and temp paths vary per run)\n\n";
+    for t in &c.plan.targets {
+        if let Some(cmds) = c.commands.get(&t.name) {
+            m += &format!("### {}\n\n```\n{}\n```\n\n", t.name, cmds.join("\n"));
+        }
+    }
+    m += "## Adding a run on real NICs\n\nWrite a plan with `[lab] kind = \"static\"` (see `bench/plans/nic-example.toml`): \
+          interface names, addresses and MACs of the two hosts, and command prefixes (`server_exec`, `client_exec`, e.g. \
+          `[\"ssh\", \"root@dut\"]`) that run a command on each side. Then run \
+          `target/release/shunt-bench compare --plan bench/plans/<yours>.toml --name <nic-name>`: it writes \
+          `bench/results/<nic-name>.md` with the same tables, ratios and plots as this one.\n";
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SOCKPERF_OUT: &str = "sockperf: == version #3.7-no.git ==
+sockperf: [Total Run] RunTime=3.000 sec; Warm up time=400 msec; SentMessages=29999; ReceivedMessages=29998
+sockperf: ========= Printing statistics for Server No: 0
+sockperf: [Valid Duration] RunTime=2.550 sec; SentMessages=25497; ReceivedMessages=25497
+sockperf: ====> avg-rtt=12.236 (std-dev=3.419)
+sockperf: # dropped messages = 0; # duplicated messages = 0; # out-of-order messages = 0
+sockperf: Summary: Round trip is 12.236 usec
+sockperf: Total 25497 observations; each percentile contains 254.97 observations
+sockperf: ---> <MAX> observation =  102.881
+sockperf: ---> percentile 99.999 =  102.881
+sockperf: ---> percentile 99.990 =   95.003
+sockperf: ---> percentile 99.900 =   40.134
+sockperf: ---> percentile 99.000 =   22.080
+sockperf: ---> percentile 90.000 =   14.060
+sockperf: ---> percentile 75.000 =   12.650
+sockperf: ---> percentile 50.000 =   11.574
+sockperf: ---> percentile 25.000 =   11.000
+sockperf: ---> <MIN> observation =    9.866
+";
+
+    #[test]
+    fn parses_sockperf_output() {
+        let r = parse_sockperf(SOCKPERF_OUT).unwrap();
+        assert_eq!(r.percentiles_us["50.000"], 11.574);
+        assert_eq!(r.percentiles_us["99.000"], 22.080);
+        assert_eq!(r.percentiles_us["MAX"], 102.881);
+        assert_eq!((r.observations, r.dropped), (25497, 0));
+        assert!(parse_sockperf("garbage").is_none());
+    }
+
+    #[test]
+    fn crosscheck_tolerance() {
+        assert!(crosscheck(11.0, 10.0));
+        assert!(crosscheck(8.6, 10.0));
+        assert!(!crosscheck(11.6, 10.0));
+        assert!(!crosscheck(5.0, 0.0));
+    }
+
+    #[test]
+    fn placeholders_and_quoting() {
+        let mut v = Vars::new();
+        v.insert("server_if".into(), "shuntabcs".into());
+        assert_eq!(subst("ethtool -K {server_if} tx off {x}", &v), "ethtool -K shuntabcs tx off {x}");
+        assert_eq!(shown(&["sh".into(), "-c".into(), "exec a b".into()]), "sh -c 'exec a b'");
+    }
+
+    #[test]
+    fn the_shipped_plans_parse() {
+        for f in ["plans/lab.toml", "plans/nic-example.toml"] {
+            let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
+            let plan: Plan =
+                toml::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap_or_else(|e| panic!("{f}: {e}"));
+            assert!(plan.targets.iter().any(|t| t.name == plan.baseline), "{f}: baseline is a target");
+        }
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0]), Some(2.5));
+        assert_eq!(median(vec![]), None);
+    }
+}

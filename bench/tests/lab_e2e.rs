@@ -1,0 +1,236 @@
+//! End to end in a veth lab (deploy/lab.sh): short shunt-bench runs against the real shunt server and against
+//! `sockperf server` produce consistent JSON. Needs root: skipped with a message when not root and CI is unset,
+//! a failure when CI is set.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn ci_is_set() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false" | "no"))
+}
+
+fn require_root_or_skip() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(!ci_is_set(), "the lab tests need root, and CI is set: they must not be skipped in CI");
+    eprintln!("skipping: the lab tests need root");
+    false
+}
+
+/// A lab from deploy/lab.sh, deleted on drop (also when the test panics).
+struct Lab {
+    name: String,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let script = repo().join("deploy/lab.sh");
+        let name =
+            String::from_utf8(Command::new(&script).arg("name").output().unwrap().stdout).unwrap().trim().to_string();
+        let lab = Lab { name };
+        let st = Command::new(&script).args(["up", &lab.name]).stdout(Stdio::null()).status().unwrap();
+        assert!(st.success(), "lab.sh up failed");
+        lab
+    }
+    fn server_ns(&self) -> String {
+        format!("{}s", self.name)
+    }
+    fn client_ns(&self) -> String {
+        format!("{}c", self.name)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("deploy/lab.sh")).args(["down", &self.name]).status();
+    }
+}
+
+/// A server we started; killed by PID on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SAFETY: our own unreaped child.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn bench() -> &'static str {
+    env!("CARGO_BIN_EXE_shunt-bench")
+}
+
+/// The shunt server binary of the same profile, built if missing.
+fn shunt_bin() -> PathBuf {
+    let profile_dir = Path::new(bench()).parent().unwrap().to_path_buf();
+    let bin = profile_dir.join("shunt");
+    if !bin.exists() {
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.current_dir(repo()).args(["build", "-p", "shunt", "--bin", "shunt"]);
+        if release {
+            cmd.arg("--release");
+        }
+        assert!(cmd.status().unwrap().success(), "building the shunt binary");
+    }
+    bin
+}
+
+fn start_in(ns: &str, argv: &[&str]) -> Proc {
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+fn bench_in(lab: &Lab, args: &[&str]) -> std::process::Output {
+    let out = Command::new("timeout")
+        .args(["60", "ip", "netns", "exec", &lab.client_ns(), bench()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "shunt-bench {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn check_report(v: &Value, what: &str) {
+    let u = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{what}: integer `{k}` in {v}"));
+    let (sent, received, lost) = (u("sent"), u("received"), u("lost"));
+    assert!(sent > 0, "{what}: nothing sent");
+    assert_eq!(sent, received + lost, "{what}: sent = received + lost");
+    assert!(received > 0, "{what}: nothing received");
+    assert!(v["achieved_rate"].as_f64().unwrap() > 0.0, "{what}: achieved_rate");
+    let l = &v["latency_ns"];
+    let p: Vec<u64> = ["p50", "p90", "p99", "p999", "max"].iter().map(|k| l[k].as_u64().unwrap()).collect();
+    assert!(p.windows(2).all(|w| w[0] <= w[1]), "{what}: percentiles ordered: {p:?}");
+    assert!(p[0] > 0, "{what}: p50 positive");
+}
+
+fn run_both(lab: &Lab, target: &str) {
+    let dir = std::env::temp_dir().join(format!("shunt-bench-e2e-{}", lab.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let probe = bench_in(lab, &["probe", "--target", target, "--timeout", "20"]);
+    assert!(probe.status.success());
+    let open = dir.join("open.json");
+    let svg = dir.join("open.svg");
+    bench_in(
+        lab,
+        &[
+            "run",
+            "--target",
+            target,
+            "--rate",
+            "20000",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--quiet",
+            "--json",
+            open.to_str().unwrap(),
+            "--plot",
+            svg.to_str().unwrap(),
+        ],
+    );
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&open).unwrap()).unwrap();
+    check_report(&v, "open loop");
+    assert_eq!(v["mode"], "open-loop");
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
+    let pp = dir.join("pp.json");
+    bench_in(
+        lab,
+        &[
+            "run",
+            "--ping-pong",
+            "--target",
+            target,
+            "--rate",
+            "5000",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--quiet",
+            "--json",
+            pp.to_str().unwrap(),
+        ],
+    );
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&pp).unwrap()).unwrap();
+    check_report(&v, "ping-pong");
+    assert_eq!(v["mode"], "ping-pong");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn runs_against_shunt_produce_consistent_json() {
+    if !require_root_or_skip() {
+        return;
+    }
+    let shunt = shunt_bin();
+    let lab = Lab::new();
+    let config = repo().join("config/lab.toml");
+    let sif = lab.server_ns();
+    let _server = start_in(
+        &lab.server_ns(),
+        &[
+            shunt.to_str().unwrap(),
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--interface",
+            &sif,
+            "--handler",
+            "sockperf",
+            "--quiet",
+        ],
+    );
+    run_both(&lab, "198.18.0.1:9000");
+}
+
+#[test]
+fn runs_against_sockperf_server_produce_consistent_json() {
+    if !require_root_or_skip() {
+        return;
+    }
+    if Command::new("sockperf").arg("--version").output().is_err() {
+        assert!(!ci_is_set(), "sockperf is not installed (make deps)");
+        eprintln!("skipping: sockperf is not installed");
+        return;
+    }
+    let lab = Lab::new();
+    let _server = start_in(
+        &lab.server_ns(),
+        &["taskset", "-c", "1", "sockperf", "server", "-i", "198.18.0.1", "-p", "9000", "--nonblocked"],
+    );
+    run_both(&lab, "198.18.0.1:9000");
+}
