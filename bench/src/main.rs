@@ -10,6 +10,7 @@ mod load;
 mod payload;
 mod plot;
 mod record;
+mod reflector;
 mod report;
 mod schedule;
 
@@ -66,6 +67,22 @@ enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+    },
+    /// Run the in-kernel XDP responder (bench/bpf/reflect.bpf.c) on an interface until SIGINT/SIGTERM: the
+    /// "server inside the kernel" that the comparison measures shunt against.
+    XdpReflector {
+        /// Interface to attach to.
+        #[arg(long)]
+        interface: String,
+        /// UDP port to answer.
+        #[arg(long)]
+        port: u16,
+        /// Speak sockperf's protocol (clear CLIENT, answer only PONG_REQUEST messages).
+        #[arg(long)]
+        sockperf: bool,
+        /// Attach in the generic hook instead of the driver (faster on veth, see README).
+        #[arg(long)]
+        generic: bool,
     },
     /// Wait until a server answers a sockperf-format request (exit 1 if it does not within --timeout).
     Probe {
@@ -144,6 +161,10 @@ fn real_main() -> anyhow::Result<ExitCode> {
             if let Some(p) = plot {
                 load::plot_sweep(&p, &format!("open-loop sweep -> {}", r.target), &s)?;
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::XdpReflector { interface, port, sockperf, generic } => {
+            reflector::run(&interface, port, sockperf, generic)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Probe { target, timeout } => {
