@@ -219,8 +219,9 @@ impl WorkerLatency {
         }
         if let Ok(mut fresh) = self.empty.try_recv() {
             std::mem::swap(&mut self.current, &mut fresh);
-            if let Err(crossbeam_channel::TrySendError::Full(back) | crossbeam_channel::TrySendError::Disconnected(back)) =
-                self.full.try_send(fresh)
+            if let Err(
+                crossbeam_channel::TrySendError::Full(back) | crossbeam_channel::TrySendError::Disconnected(back),
+            ) = self.full.try_send(fresh)
             {
                 // The reporter is behind or gone: fold the interval back in rather than lose it.
                 self.current.add(&back);

@@ -9,12 +9,12 @@
 pub mod config;
 pub mod datapath;
 pub mod handler;
+pub mod latency;
+pub mod metrics;
 pub mod packet;
 pub mod report;
+pub mod reporter;
 pub mod server;
 pub mod stats;
-pub mod xdp;
-pub mod latency;
-pub mod reporter;
-pub mod metrics;
 pub mod stats_client;
+pub mod xdp;

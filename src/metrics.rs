@@ -113,28 +113,35 @@ pub fn render(sources: &MetricsSources) -> String {
     families.push(family("shunt_dropped_packets_total", "Frames dropped by the workers.", MetricType::COUNTER, drops));
     let kernel: [WorkerCounter; 6] = [
         ("shunt_xsk_rx_dropped_total", "AF_XDP socket: RX drops.", |w| w.kernel.snapshot().rx_dropped),
-        ("shunt_xsk_rx_invalid_descs_total", "AF_XDP socket: invalid RX descriptors.", |w| w.kernel.snapshot().rx_invalid_descs),
-        ("shunt_xsk_tx_invalid_descs_total", "AF_XDP socket: invalid TX descriptors.", |w| w.kernel.snapshot().tx_invalid_descs),
-        ("shunt_xsk_rx_ring_full_total", "AF_XDP socket: drops on a full RX ring.", |w| w.kernel.snapshot().rx_ring_full),
-        (
-            "shunt_xsk_rx_fill_ring_empty_total",
-            "AF_XDP socket: times the fill ring was empty.",
-            |w| w.kernel.snapshot().rx_fill_ring_empty_descs,
-        ),
-        (
-            "shunt_xsk_tx_ring_empty_total",
-            "AF_XDP socket: times the TX ring was empty on wake-up.",
-            |w| w.kernel.snapshot().tx_ring_empty_descs,
-        ),
+        ("shunt_xsk_rx_invalid_descs_total", "AF_XDP socket: invalid RX descriptors.", |w| {
+            w.kernel.snapshot().rx_invalid_descs
+        }),
+        ("shunt_xsk_tx_invalid_descs_total", "AF_XDP socket: invalid TX descriptors.", |w| {
+            w.kernel.snapshot().tx_invalid_descs
+        }),
+        ("shunt_xsk_rx_ring_full_total", "AF_XDP socket: drops on a full RX ring.", |w| {
+            w.kernel.snapshot().rx_ring_full
+        }),
+        ("shunt_xsk_rx_fill_ring_empty_total", "AF_XDP socket: times the fill ring was empty.", |w| {
+            w.kernel.snapshot().rx_fill_ring_empty_descs
+        }),
+        ("shunt_xsk_tx_ring_empty_total", "AF_XDP socket: times the TX ring was empty on wake-up.", |w| {
+            w.kernel.snapshot().tx_ring_empty_descs
+        }),
     ];
     for (name, help, f) in kernel {
         families.push(family(name, help, MetricType::COUNTER, per_queue(&f)));
     }
     if let Ok(x) = sources.xdp.read() {
-        let verdicts = [("redirected", x.redirected), ("passed", x.passed), ("malformed", x.malformed), ("no_socket", x.no_socket)]
-            .into_iter()
-            .map(|(v, n)| counter(vec![label("verdict", v)], n))
-            .collect();
+        let verdicts = [
+            ("redirected", x.redirected),
+            ("passed", x.passed),
+            ("malformed", x.malformed),
+            ("no_socket", x.no_socket),
+        ]
+        .into_iter()
+        .map(|(v, n)| counter(vec![label("verdict", v)], n))
+        .collect();
         families.push(family(
             "shunt_xdp_packets_total",
             "Packets seen by the XDP program, by verdict.",
@@ -177,7 +184,8 @@ pub struct MetricsServer {
 impl MetricsServer {
     /// Binds `listen` and serves `/metrics` from a thread of its own.
     pub fn start(listen: &str, sources: MetricsSources) -> Result<MetricsServer, String> {
-        let server = tiny_http::Server::http(listen).map_err(|e| format!("config key `metrics.listen`: {listen}: {e}"))?;
+        let server =
+            tiny_http::Server::http(listen).map_err(|e| format!("config key `metrics.listen`: {listen}: {e}"))?;
         let local_addr = server.server_addr().to_ip().ok_or("metrics.listen: not an IP address")?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();

@@ -32,7 +32,6 @@ pub struct WorkerReport {
     pub latency: Option<LatencyReport>,
 }
 
-
 /// The report printed when the server stops and written with `--report FILE`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -163,7 +162,8 @@ impl Report {
             );
             let rows = self.workers.iter().filter_map(|w| w.latency.as_ref().map(|l| (w.queue.to_string(), l)));
             for (queue, l) in rows.chain(std::iter::once(("all".to_string(), total))) {
-                for (stage, s) in [("total", &l.total_ns), ("ring_dwell", &l.ring_dwell_ns), ("service", &l.service_ns)] {
+                for (stage, s) in [("total", &l.total_ns), ("ring_dwell", &l.ring_dwell_ns), ("service", &l.service_ns)]
+                {
                     let _ = writeln!(
                         out,
                         "  {:>7} {:>11} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",

@@ -133,7 +133,8 @@ fn run(
         }
         if let Some(log) = log.as_mut() {
             let start = last_tick.duration_since(started);
-            for (tag, h) in [("total", &interval.total), ("ring_dwell", &interval.ring_dwell), ("service", &interval.service)]
+            for (tag, h) in
+                [("total", &interval.total), ("ring_dwell", &interval.ring_dwell), ("service", &interval.service)]
             {
                 let tag = interval_log::Tag::new(tag);
                 if let Err(e) = log.write_histogram(h, start, elapsed, tag) {
@@ -162,12 +163,14 @@ fn interval_is_empty(stats: &[WorkerStats], last: &[WorkerStats], interval: &Lat
 }
 
 fn publish(workers: &[WatchedWorker], totals: &[LatencySet], snapshot: &Mutex<LatencySnapshot>) {
-    let per_worker: Vec<(u32, LatencyReport)> = workers.iter().zip(totals).map(|(w, t)| (w.queue, t.summary())).collect();
+    let per_worker: Vec<(u32, LatencyReport)> =
+        workers.iter().zip(totals).map(|(w, t)| (w.queue, t.summary())).collect();
     let mut merged = LatencySet::new(totals.first().map(|t| t.total.high()).unwrap_or(1_000_000_000));
     for t in totals {
         merged.add(t);
     }
-    let total_sum_ns = merged.total.iter_recorded().map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64).sum();
+    let total_sum_ns =
+        merged.total.iter_recorded().map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64).sum();
     if let Ok(mut s) = snapshot.lock() {
         *s = LatencySnapshot { per_worker, total: merged.summary(), total_sum_ns };
     }
@@ -190,9 +193,8 @@ fn interval_line(
     interval: &LatencySet,
 ) -> String {
     let secs = elapsed.as_secs_f64().max(1e-9);
-    let delta = |f: fn(&WorkerStats) -> u64| -> u64 {
-        stats.iter().zip(last).map(|(s, l)| f(s).saturating_sub(f(l))).sum()
-    };
+    let delta =
+        |f: fn(&WorkerStats) -> u64| -> u64 { stats.iter().zip(last).map(|(s, l)| f(s).saturating_sub(f(l))).sum() };
     let rx = delta(|s| s.rx_packets);
     let tx = delta(|s| s.tx_packets);
     let drops = delta(|s| s.dropped_malformed + s.dropped_not_ours + s.dropped_by_handler + s.tx_ring_full);

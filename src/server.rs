@@ -213,6 +213,14 @@ impl RunningServer {
             tracing::debug!("could not raise RLIMIT_MEMLOCK: {e}");
         }
 
+        if config.xdp.attach_mode == crate::config::AttachMode::Generic && config.workers.queues.len() > 1 {
+            tracing::warn!(
+                "xdp.attach_mode = \"generic\" with {} queues: the generic hook reports the RX queue the driver \
+                 recorded, which on veth (and drivers without skb RX-queue recording) is always 0, so the other \
+                 workers may stay idle; use \"native\" to spread traffic",
+                config.workers.queues.len()
+            );
+        }
         let program = load_program(&config, ifindex)?;
         program.set_ports(&config.ports)?;
         let measure = config.latency.enabled;

@@ -182,7 +182,6 @@ impl XdpProgram {
             .map(XdpCountersReader)
             .map_err(|source| XdpError::Map { map: "shunt_counters", source })
     }
-
 }
 
 /// Reads the XDP program's counters from any thread (a duplicated map fd).

@@ -42,8 +42,7 @@ fn latency_report_log_and_metrics_agree_with_the_traffic() {
     let lab = Lab::new(1);
     let hdr_log = lab.tmp_path("latency", "hlog");
     let hdr = hdr_log.display().to_string();
-    let server =
-        lab.spawn_server(&lab.serve_args(&["--metrics", METRICS, "--hdr-log", &hdr, "--port", "9000"]));
+    let server = lab.spawn_server(&lab.serve_args(&["--metrics", METRICS, "--hdr-log", &hdr, "--port", "9000"]));
 
     let sock = client_socket(&lab, false, 9000);
     let stats = echo_exchange(&sock, 0..PACKETS / 2, echo_size, &EchoOpts::default()).expect("echo v4");
@@ -93,21 +92,19 @@ fn latency_report_log_and_metrics_agree_with_the_traffic() {
     let mut deserializer = hdrhistogram::serialization::Deserializer::new();
     let mut logged = 0u64;
     let mut intervals = 0;
-    for entry in hdrhistogram::serialization::interval_log::IntervalLogIterator::new(&bytes) {
-        match entry.expect("log entry parses") {
-            hdrhistogram::serialization::interval_log::LogEntry::Interval(h) => {
-                if h.tag().map(|t| t.as_str()) == Some("total") {
-                    use base64::Engine as _;
-                    let decoded = base64::engine::general_purpose::STANDARD
-                        .decode(h.encoded_histogram())
-                        .expect("base64 histogram");
-                    let hist: hdrhistogram::Histogram<u64> =
-                        deserializer.deserialize(&mut decoded.as_slice()).expect("histogram decodes");
-                    logged += hist.len();
-                    intervals += 1;
-                }
+    use base64::Engine as _;
+    use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+    for entry in IntervalLogIterator::new(&bytes) {
+        if let LogEntry::Interval(h) = entry.expect("log entry parses") {
+            if h.tag().map(|t| t.as_str()) != Some("total") {
+                continue;
             }
-            _ => {}
+            let decoded =
+                base64::engine::general_purpose::STANDARD.decode(h.encoded_histogram()).expect("base64 histogram");
+            let hist: hdrhistogram::Histogram<u64> =
+                deserializer.deserialize(&mut decoded.as_slice()).expect("histogram decodes");
+            logged += hist.len();
+            intervals += 1;
         }
     }
     assert!(intervals >= 2, "only {intervals} intervals logged");
@@ -132,13 +129,7 @@ fn measurement_can_be_turned_off() {
     }
     let lab = Lab::new(1);
     let config = lab.lab_config_with(&[("enabled", "false")]);
-    let args = [
-        "serve",
-        "--config",
-        config.to_str().unwrap(),
-        "--interface",
-        &lab.server_if(),
-    ];
+    let args = ["serve", "--config", config.to_str().unwrap(), "--interface", &lab.server_if()];
     let server = lab.spawn_server(&args);
     let sock = client_socket(&lab, false, 9000);
     let stats = echo_exchange(&sock, 0..500, echo_size, &EchoOpts::default()).expect("echo");

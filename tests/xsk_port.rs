@@ -29,7 +29,8 @@ fn af_xdp_client_exchanges_frames_with_the_server() {
     let client_if = lab.client_if();
     let (client_mac, server_mac) = (lab.client_mac(), lab.server_mac());
     // Resolve neighbours through the kernel first, so the server's replies have a destination MAC.
-    let ping = lab.exec(common::Side::Client, &["ping", "-c", "1", "-W", "2", &SERVER_V4.to_string()], Duration::from_secs(5));
+    let ping =
+        lab.exec(common::Side::Client, &["ping", "-c", "1", "-W", "2", &SERVER_V4.to_string()], Duration::from_secs(5));
     assert!(ping.success(), "{}", ping.combined());
 
     let (answered, kicks) = lab.in_client(move || {
@@ -39,7 +40,14 @@ fn af_xdp_client_exchanges_frames_with_the_server() {
             interface: client_if.clone(),
             queue: 0,
             bind_mode: BindMode::Copy,
-            umem: UmemConfig { frame_count: 4096, fill_ring: 1024, completion_ring: 1024, rx_ring: 1024, tx_ring: 1024, ..Default::default() },
+            umem: UmemConfig {
+                frame_count: 4096,
+                fill_ring: 1024,
+                completion_ring: 1024,
+                rx_ring: 1024,
+                tx_ring: 1024,
+                ..Default::default()
+            },
             metadata_room: 0,
         })
         .unwrap();

@@ -15,8 +15,8 @@ use xsk_rs::FrameDesc;
 
 use super::{meta, sys, QueueSocket};
 use crate::{
-    latency::WorkerLatency,
     handler::{respond, Handler, Outcome},
+    latency::WorkerLatency,
     stats::{KernelSocketStats, WorkerShared, WorkerStats},
 };
 
@@ -123,8 +123,11 @@ impl<H: Handler> Worker<H> {
                 // this is the only reference to its memory until it is produced to TX or fill.
                 let mut data = unsafe { s.umem.data_mut(desc) };
                 let len = data.len();
-                let stamp =
-                    if latency.is_some() { meta::take_stamp(data.contents_mut().as_mut_ptr(), offset_in_frame) } else { None };
+                let stamp = if latency.is_some() {
+                    meta::take_stamp(data.contents_mut().as_mut_ptr(), offset_in_frame)
+                } else {
+                    None
+                };
                 // Open the frame up to its full capacity so that a handler may reply with more than it got.
                 let capacity = data.cursor().buf_len();
                 data.cursor().set_pos(capacity);

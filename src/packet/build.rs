@@ -113,7 +113,13 @@ mod tests {
     use crate::packet::{parse, IpVersion};
 
     fn spec(src: &str, dst: &str, vlan: Option<u16>) -> FlowSpec {
-        FlowSpec { src_mac: [2, 0, 0, 0, 0, 1], dst_mac: [2, 0, 0, 0, 0, 2], vlan_tci: vlan, src: src.parse().unwrap(), dst: dst.parse().unwrap() }
+        FlowSpec {
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, 0, 2],
+            vlan_tci: vlan,
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+        }
     }
 
     #[test]

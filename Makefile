@@ -1,0 +1,112 @@
+# shunt — build, test and demo entry points. Run as root (the lab uses network namespaces).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := build
+
+CARGO ?= cargo
+export DEBIAN_FRONTEND := noninteractive
+
+# Debian packages the build, the tests and the demo need.
+#   build: clang llvm libelf-dev zlib1g-dev m4 pkg-config libbpf-dev (libbpf-sys / libxdp build from source)
+#   tests + demo: iproute2 (ip netns), iputils-ping, ethtool, sockperf, python3, procps (sysctl),
+#                 util-linux (taskset, setpriv), tcpdump (debugging aid)
+DEB_PACKAGES := clang llvm libelf-dev zlib1g-dev m4 pkg-config libbpf-dev \
+	iproute2 iputils-ping ethtool sockperf python3 procps util-linux tcpdump
+
+
+# Integration-test files that use the lab fixture (tests/common: root, namespaces, the real binary) run
+# serially in the e2e step; the others run with the unit tests.
+LAB_TESTS := $(sort e2e $(basename $(notdir $(shell grep -l 'require_root_or_skip' tests/*.rs 2>/dev/null))))
+OTHER_TESTS := $(filter-out $(LAB_TESTS),$(basename $(notdir $(wildcard tests/*.rs))))
+
+.PHONY: deps build test fmt-check clippy unit-test e2e fuzz-smoke fuzz-run demo clean-lab
+
+deps:
+	@missing=""; \
+	for p in $(DEB_PACKAGES); do \
+		if ! dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q '^install ok installed$$'; then \
+			missing="$$missing $$p"; \
+		fi; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "deps: installing:$$missing"; \
+		if [ "$$(id -u)" != 0 ]; then echo "deps: need root to install packages" >&2; exit 1; fi; \
+		apt-get update -q; \
+		apt-get install -y -q --no-install-recommends $$missing </dev/null; \
+	else \
+		echo "deps: all Debian packages present"; \
+	fi
+	@$(CARGO) fmt --version >/dev/null 2>&1 || { echo "deps: rustfmt missing (rustup component add rustfmt)" >&2; exit 1; }
+	@$(CARGO) clippy --version >/dev/null 2>&1 || { echo "deps: clippy missing (rustup component add clippy)" >&2; exit 1; }
+
+build:
+	$(CARGO) build --release --all-targets
+
+fmt-check:
+	$(CARGO) fmt --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Unit and property tests (everything but the e2e suite).
+unit-test:
+	$(CARGO) test --release --lib --bins $(foreach t,$(OTHER_TESTS),--test $(t))
+	$(CARGO) test --release --doc
+
+# End-to-end tests (every test file using the lab fixture): serially, they spin pinned workers on 2 cores.
+e2e:
+	$(CARGO) test --release $(foreach t,$(LAB_TESTS),--test $(t)) -- --test-threads=1
+	$(CARGO) test --release -p shunt-bench -- --test-threads=1
+
+# The fuzz targets' logic over their committed seeds plus 20,000 generated inputs, on stable (always run).
+# The fuzz crate is its own workspace; it shares this target directory so the shunt crate is built once.
+fuzz-smoke:
+	cd fuzz && CARGO_TARGET_DIR=$(CURDIR)/target $(CARGO) test --release
+
+# Real libFuzzer runs, FUZZ_SECONDS per target, when cargo-fuzz is installed (`cargo install cargo-fuzz`);
+# RUSTC_BOOTSTRAP lets the stable toolchain build the sanitizer flags cargo-fuzz needs. Skipped otherwise.
+FUZZ_SECONDS ?= 15
+FUZZ_TARGETS := parse respond_echo respond_sockperf
+fuzz-run:
+	@if ! $(CARGO) fuzz --version >/dev/null 2>&1; then \
+		echo "fuzz: cargo-fuzz not installed, skipping the libFuzzer runs (the smoke test ran)"; \
+	else \
+		cd fuzz && for t in $(FUZZ_TARGETS); do \
+			mkdir -p corpus/$$t; \
+			RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O $$t corpus/$$t seeds/$$t -- \
+				-max_total_time=$(FUZZ_SECONDS) -max_len=2048 -print_final_stats=1 2>&1 | tail -n 3; \
+		done; \
+	fi
+
+test: deps
+	$(MAKE) --no-print-directory fmt-check
+	$(MAKE) --no-print-directory clippy
+	$(MAKE) --no-print-directory unit-test
+	$(MAKE) --no-print-directory e2e
+	$(MAKE) --no-print-directory fuzz-smoke
+	$(MAKE) --no-print-directory fuzz-run
+
+demo: deps build
+	deploy/demo.sh
+
+# Remove leftover lab namespaces (names starting with "shunt", or with CLEAN_LAB_PREFIX, which must itself
+# start with "shunt") owned by this user. Deleting a namespace removes the veth end in it and its peer.
+CLEAN_LAB_PREFIX ?= shunt
+clean-lab:
+	@case "$(CLEAN_LAB_PREFIX)" in shunt*) ;; *) echo "clean-lab: prefix must start with shunt" >&2; exit 2;; esac; \
+	uid=$$(id -u); \
+	for ns in $$(ip netns list 2>/dev/null | awk '{print $$1}' | grep '^$(CLEAN_LAB_PREFIX)' || true); do \
+		owner=$$(stat -c %u "/var/run/netns/$$ns" 2>/dev/null || echo "$$uid"); \
+		if [ "$$owner" = "$$uid" ]; then echo "clean-lab: deleting netns $$ns"; ip netns del "$$ns" || true; fi; \
+	done
+
+# Benchmark comparison (bench/, issue P3): one lab created and deleted by the run, every target of the plan,
+# repetitions interleaved; writes bench/results/$(BENCH_NAME).md + .json + SVGs. Default run: ~5-10 minutes.
+# More repetitions or other rates: make bench BENCH_FLAGS="--reps 3 --rates 20k,100k,300k".
+BENCH_PLAN ?= bench/plans/lab.toml
+BENCH_NAME ?= lab-veth
+BENCH_FLAGS ?=
+.PHONY: bench
+bench:
+	$(CARGO) build --release -p shunt -p shunt-bench
+	target/release/shunt-bench compare --plan $(BENCH_PLAN) --name $(BENCH_NAME) $(BENCH_FLAGS)
