@@ -73,8 +73,12 @@ fuzz-run:
 	else \
 		cd fuzz && for t in $(FUZZ_TARGETS); do \
 			mkdir -p corpus/$$t; \
-			RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O $$t corpus/$$t seeds/$$t -- \
-				-max_total_time=$(FUZZ_SECONDS) -max_len=2048 -print_final_stats=1 2>&1 | tail -n 3; \
+			log=$(CURDIR)/target/fuzz-$$t.log; \
+			if ! RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O $$t corpus/$$t seeds/$$t -- \
+				-max_total_time=$(FUZZ_SECONDS) -max_len=2048 >"$$log" 2>&1; then \
+				tail -n 60 "$$log"; echo "fuzz: $$t FAILED (artifacts in fuzz/artifacts/$$t)"; exit 1; \
+			fi; \
+			echo "fuzz: $$t: $$(grep -E '^Done [0-9]+ runs' "$$log" | tail -n 1)"; \
 		done; \
 	fi
 

@@ -8,7 +8,7 @@
 //! returns sets off the hot path.
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::datapath::meta::Stamp;
 
@@ -106,8 +106,8 @@ impl LatencySet {
     }
 }
 
-/// Count, extremes, mean and percentiles of one histogram.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+/// Count, extremes, mean and percentiles of one histogram (shared with shunt-bench's reports).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     /// Values recorded.
     pub count: u64,
@@ -146,6 +146,12 @@ impl Summary {
             max: h.max(),
             mean: h.mean(),
         }
+    }
+
+    /// True when min ≤ p50 ≤ … ≤ p99.99 ≤ max, as any summary of one histogram must be.
+    pub fn is_ordered(&self) -> bool {
+        let v = [self.min, self.p50, self.p90, self.p99, self.p999, self.p9999, self.max];
+        v.windows(2).all(|w| w[0] <= w[1])
     }
 }
 

@@ -82,6 +82,9 @@ struct ServeArgs {
     /// Serve Prometheus metrics on ADDR:PORT (overrides `metrics.listen`).
     #[arg(long)]
     metrics: Option<String>,
+    /// Do not stamp packets or record latency (overrides `latency.enabled`).
+    #[arg(long)]
+    no_latency: bool,
     /// Print neither the periodic lines nor the final report on stdout (logs still go to stderr).
     #[arg(long)]
     quiet: bool,
@@ -142,6 +145,9 @@ fn apply_overrides(config: &mut Config, args: &ServeArgs) {
     }
     if let Some(h) = &args.hdr_log {
         config.report.hdr_log = Some(h.display().to_string());
+    }
+    if args.no_latency {
+        config.latency.enabled = false;
     }
     if let Some(m) = &args.metrics {
         config.metrics.listen = Some(m.clone());

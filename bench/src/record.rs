@@ -3,7 +3,6 @@
 //! HdrHistogram log and the progress bar. No I/O; the engine feeds it.
 
 use hdrhistogram::Histogram;
-use serde::{Deserialize, Serialize};
 
 use crate::payload::{self, Foreign};
 
@@ -29,55 +28,8 @@ pub struct Interval {
     pub hist: Histogram<u64>,
 }
 
-/// Percentile summary of a histogram, in ns.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Summary {
-    /// Samples.
-    pub count: u64,
-    /// Smallest sample.
-    pub min: u64,
-    /// Mean.
-    pub mean: f64,
-    /// Median.
-    pub p50: u64,
-    /// 90th percentile.
-    pub p90: u64,
-    /// 99th percentile.
-    pub p99: u64,
-    /// 99.9th percentile.
-    pub p999: u64,
-    /// 99.99th percentile.
-    pub p9999: u64,
-    /// Largest sample.
-    pub max: u64,
-}
-
-impl Summary {
-    /// Summary of `h` (all zero when empty).
-    pub fn of(h: &Histogram<u64>) -> Summary {
-        if h.is_empty() {
-            return Summary::default();
-        }
-        Summary {
-            count: h.len(),
-            min: h.min(),
-            mean: h.mean(),
-            p50: h.value_at_quantile(0.5),
-            p90: h.value_at_quantile(0.9),
-            p99: h.value_at_quantile(0.99),
-            p999: h.value_at_quantile(0.999),
-            p9999: h.value_at_quantile(0.9999),
-            max: h.max(),
-        }
-    }
-
-    #[cfg(test)]
-    /// Whether min <= p50 <= p90 <= p99 <= p99.9 <= p99.99 <= max.
-    pub fn is_ordered(&self) -> bool {
-        let v = [self.min, self.p50, self.p90, self.p99, self.p999, self.p9999, self.max];
-        v.windows(2).all(|w| w[0] <= w[1])
-    }
-}
+/// Percentile summary of a histogram, in ns: the same figures the server reports.
+pub use shunt::latency::Summary;
 
 /// Percentiles at which the spectrum is sampled (for plots): dense towards the tail.
 pub const SPECTRUM_PERCENTILES: &[f64] = &[
