@@ -114,3 +114,9 @@ BENCH_FLAGS ?=
 bench:
 	$(CARGO) build --release -p shunt -p shunt-bench
 	target/release/shunt-bench compare --plan $(BENCH_PLAN) --name $(BENCH_NAME) $(BENCH_FLAGS)
+
+# The cost of in-server latency measurement: histograms on vs off, interleaved (bench/plans/latency-overhead.toml).
+.PHONY: bench-overhead
+bench-overhead:
+	$(CARGO) build --release -p shunt -p shunt-bench
+	target/release/shunt-bench compare --plan bench/plans/latency-overhead.toml --name latency-overhead $(BENCH_FLAGS)

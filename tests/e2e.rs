@@ -603,3 +603,24 @@ fn startup_error_missing_privilege() {
     );
     lab.assert_no_xdp_within(Duration::from_secs(1));
 }
+
+#[test]
+fn startup_error_queue_taken_by_another_server() {
+    if !require_root_or_skip() {
+        return;
+    }
+    let lab = Lab::new(1);
+    let first = lab.spawn_server(&lab.serve_args(&[]));
+    // A second server on the same queue waits a bounded time for the queue to be released (it would be,
+    // were the first one exiting), then gives up with exit 2 and the kernel's reason.
+    let started = Instant::now();
+    let second = lab.run_server_expect_exit(&lab.serve_args(&["--cores", "0"]), Duration::from_secs(20));
+    assert_exit_2_naming(&second, "busy");
+    assert!(started.elapsed() >= Duration::from_secs(2), "gave up without waiting for the queue");
+    // The first server is untouched: still attached, still answering.
+    assert!(lab.server_xdp().is_some(), "the first server's program is gone:\n{}", lab.server_link_text());
+    let sock = client_socket(&lab, false, 9000);
+    echo_exchange(&sock, 0..100, echo_size, &EchoOpts::default()).expect("the first server still echoes");
+    let fin = first.stop();
+    fin.assert_clean_exit();
+}

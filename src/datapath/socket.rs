@@ -45,8 +45,13 @@ pub enum DatapathError {
         mode: &'static str,
         /// xsk-rs's message, with the OS error.
         message: String,
+        /// The kernel said EBUSY: another socket holds the queue.
+        busy: bool,
     },
 }
+
+/// How long [`QueueSocket::open`] waits for a busy queue to be released.
+pub const BUSY_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// What a [`QueueSocket`] is built from.
 #[derive(Debug, Clone)]
@@ -96,13 +101,33 @@ fn ring(queue: u32, what: &'static str, n: u32) -> Result<QueueSize, DatapathErr
 impl QueueSocket {
     /// Creates the UMEM and binds the socket. With [`BindMode::Auto`], zero-copy is tried first and copy mode
     /// used if the driver refuses it (logged at INFO).
+    ///
+    /// A queue still held by a socket that is being torn down (a previous server that has just exited: the
+    /// kernel releases AF_XDP sockets asynchronously) answers EBUSY; that is retried for up to
+    /// [`BUSY_QUEUE_WAIT`] before giving up.
     pub fn open(opts: &SocketOptions) -> Result<QueueSocket, DatapathError> {
-        match opts.bind_mode {
-            BindMode::Zerocopy | BindMode::Copy => Self::open_mode(opts, opts.bind_mode),
-            BindMode::Auto => Self::open_mode(opts, BindMode::Zerocopy).or_else(|zc| {
-                tracing::info!(queue = opts.queue, "zero-copy unavailable ({zc}); using copy mode");
-                Self::open_mode(opts, BindMode::Copy)
-            }),
+        let deadline = std::time::Instant::now() + BUSY_QUEUE_WAIT;
+        let mut logged = false;
+        loop {
+            let result = match opts.bind_mode {
+                BindMode::Zerocopy | BindMode::Copy => Self::open_mode(opts, opts.bind_mode),
+                BindMode::Auto => Self::open_mode(opts, BindMode::Zerocopy).or_else(|zc| {
+                    tracing::info!(queue = opts.queue, "zero-copy unavailable ({zc}); using copy mode");
+                    Self::open_mode(opts, BindMode::Copy)
+                }),
+            };
+            match result {
+                Err(DatapathError::Bind { busy: true, .. }) if std::time::Instant::now() < deadline => {
+                    if !std::mem::replace(&mut logged, true) {
+                        tracing::info!(
+                            queue = opts.queue,
+                            "queue busy (a previous socket is being released); retrying"
+                        );
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => return other,
+            }
         }
     }
 
@@ -151,18 +176,25 @@ impl QueueSocket {
         })?;
         // SAFETY: this UMEM was created just above and is used by this one socket only, so no other socket is
         // bound to this (interface, queue) pair through it; xsk-rs's contract for `Socket::new`.
-        let (tx, rx, rings) =
-            unsafe { Socket::new(socket_config, &umem, &interface, q) }.map_err(|e| DatapathError::Bind {
+        let (tx, rx, rings) = unsafe { Socket::new(socket_config, &umem, &interface, q) }.map_err(|e| {
+            let busy = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+                .and_then(std::io::Error::raw_os_error)
+                == Some(libc::EBUSY);
+            DatapathError::Bind {
                 queue: q,
                 interface: opts.interface.clone(),
                 mode: mode_name,
                 message: error_chain(&e),
-            })?;
+                busy,
+            }
+        })?;
         let (mut fill, completion) = rings.ok_or_else(|| DatapathError::Bind {
             queue: q,
             interface: opts.interface.clone(),
             mode: mode_name,
             message: "the UMEM's fill and completion rings were already taken".into(),
+            busy: false,
         })?;
         // Stock the fill ring now, so the socket can receive from the moment the program steers to it.
         let mut frames = frames;
