@@ -50,7 +50,8 @@ pub struct RunReport {
     pub client_flag_cleared: u64,
     /// Requests actually sent per second over the measured part.
     pub send_rate: f64,
-    /// Replies per second: received / measured span of the schedule.
+    /// Replies per second: received over the measured span of the schedule, or over the span the requests
+    /// actually took if that was longer (the generator fell behind).
     pub achieved_rate: f64,
     /// Latency from the intended send time (open loop) or the send time (ping-pong), ns.
     pub latency_ns: Summary,
@@ -124,10 +125,14 @@ pub fn build(meta: &RunMeta, rec: &Recorder, end: &LoopEnd, policy: &BehindPolic
     // n requests span n-1 gaps.
     let per_s = |n: u64, span: f64| if n > 1 && span > 0.0 { (n - 1) as f64 / span } else { 0.0 };
     let send_rate = per_s(rec.sent, send_span);
-    // Replies per second over the span the measured requests were meant to cover.
+    // Replies per second over the span the measured requests were meant to cover, or over the longer span
+    // they actually took when the generator fell behind: never more than the rate they were sent at.
     let fraction = if rec.sent > 0 { rec.received as f64 / rec.sent as f64 } else { 0.0 };
-    let achieved_rate =
-        if meta.mode == "ping-pong" { fraction * send_rate } else { fraction * per_s(rec.sent, intended_span) };
+    let achieved_rate = if meta.mode == "ping-pong" {
+        fraction * send_rate
+    } else {
+        fraction * per_s(rec.sent, intended_span).min(send_rate)
+    };
     let mut reasons = Vec::new();
     if meta.mode == "open-loop" && rec.sent > 0 {
         let late = rec.sent_late as f64 / rec.sent as f64;
