@@ -243,7 +243,7 @@ fn worker_loop_allocates_nothing_and_batches_its_system_calls() {
     // Copy mode transmits at most 32 descriptors per kick: 16 kicks for 512 replies, plus a few idle re-kicks.
     let syscalls = kicks + fill_kicks;
     assert!(syscalls <= BURST / 32 + 4, "{syscalls} system calls for {BURST} packets ({kicks} TX, {fill_kicks} fill)");
-    assert!(swaps >= 10, "only {swaps} histogram swaps happened: the test did not exercise them");
+    assert!(swaps >= 5, "only {swaps} histogram swaps happened: the test did not exercise them");
     // Every reply was timed from its XDP stamp.
     assert_eq!(recorded, second.stats.tx_packets, "stamped replies recorded vs replies sent");
     eprintln!(

@@ -24,6 +24,8 @@ use crate::{
 const KERNEL_STATS_PERIOD: Duration = Duration::from_secs(1);
 /// Loop iterations between clock reads (a vDSO call, but still not free).
 const CLOCK_EVERY: u32 = 1 << 12;
+/// Idle turns between housekeeping passes (completion ring, fill ring, wake-ups).
+const HOUSEKEEPING_EVERY: u32 = 16;
 
 /// Serves one [`QueueSocket`] with one handler until told to stop.
 ///
@@ -90,20 +92,22 @@ impl<H: Handler> Worker<H> {
         let mut spins: u32 = 0;
 
         while !stop.load(Relaxed) {
-            // Frames whose replies have left go back to the pool, and the fill ring is kept stocked so the
-            // kernel always has somewhere to put packets.
-            s.reclaim(completed, free);
-            s.refill(free);
-
+            // The RX ring is looked at first on every turn, so a packet waits for at most one idle turn of
+            // housekeeping before it is picked up.
             // SAFETY: `rx_batch` receives descriptors of frames the kernel filled and handed to us.
             let received = unsafe { s.rx.consume(rx_batch) };
             if received == 0 {
-                stats.fill_kicks += s.wake_fill();
-                // Replies still on the TX ring (the kernel could not take them all last time) need a kick.
-                if s.tx_pending() > 0 {
-                    stats.tx_kicks += s.kick_tx();
-                }
                 spins = spins.wrapping_add(1);
+                if spins % HOUSEKEEPING_EVERY == 0 {
+                    // Frames whose replies have left go back to the pool, the fill ring is kept stocked, and
+                    // replies the kernel could not take last time are kicked again.
+                    s.reclaim(completed, free);
+                    s.refill(free);
+                    stats.fill_kicks += s.wake_fill();
+                    if s.tx_pending() > 0 {
+                        stats.tx_kicks += s.kick_tx();
+                    }
+                }
                 if spins % CLOCK_EVERY == 0 {
                     if let Some(l) = latency {
                         l.maybe_swap(sys::monotonic_ns());
@@ -171,6 +175,9 @@ impl<H: Handler> Worker<H> {
                 l.current.record_batch(received);
             }
             stamps.clear();
+            // Under load there are no idle turns: housekeeping happens after every batch.
+            s.reclaim(completed, free);
+            s.refill(free);
             shared.stats.publish(stats);
         }
         refresh_kernel_stats(s, shared, kernel, &mut Instant::now());
