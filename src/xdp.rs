@@ -182,37 +182,6 @@ impl XdpProgram {
             .map(XdpCountersReader)
             .map_err(|source| XdpError::Map { map: "shunt_counters", source })
     }
-}
-
-/// Reads the XDP program's counters from any thread (a duplicated map fd).
-#[derive(Debug)]
-pub struct XdpCountersReader(MapHandle);
-
-impl XdpCountersReader {
-    /// The counters now, summed over CPUs.
-    pub fn read(&self) -> Result<XdpCounters, XdpError> {
-        read_counters(&self.0)
-    }
-}
-
-fn read_counters(map: &MapHandle) -> Result<XdpCounters, XdpError> {
-    {
-        let mut sums = [0u64; 4];
-        for (slot, sum) in sums.iter_mut().enumerate() {
-            let per_cpu = map
-                .lookup_percpu(&(slot as u32).to_ne_bytes(), MapFlags::ANY)
-                .map_err(|source| XdpError::Map { map: "shunt_counters", source })?
-                .unwrap_or_default();
-            *sum = per_cpu
-                .iter()
-                .filter_map(|v| v.get(..8).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]))))
-                .sum();
-        }
-        Ok(XdpCounters { redirected: sums[0], passed: sums[1], malformed: sums[2], no_socket: sums[3] })
-    }
-}
-
-impl XdpProgram {
     /// Attaches the program to `ifindex` as a bpf_link in the given mode. The program stays attached as long
     /// as the returned [`XdpLink`] (or the process) lives.
     pub fn attach(&self, interface: &str, ifindex: u32, mode: AttachMode) -> Result<XdpLink, XdpError> {
@@ -237,6 +206,30 @@ impl XdpProgram {
         })?;
         Ok(XdpLink { _fd: fd, ifindex, mode })
     }
+}
+
+/// Reads the XDP program's counters from any thread (a duplicated map fd).
+#[derive(Debug)]
+pub struct XdpCountersReader(MapHandle);
+
+impl XdpCountersReader {
+    /// The counters now, summed over CPUs.
+    pub fn read(&self) -> Result<XdpCounters, XdpError> {
+        read_counters(&self.0)
+    }
+}
+
+fn read_counters(map: &MapHandle) -> Result<XdpCounters, XdpError> {
+    let mut sums = [0u64; 4];
+    for (slot, sum) in sums.iter_mut().enumerate() {
+        let per_cpu = map
+            .lookup_percpu(&(slot as u32).to_ne_bytes(), MapFlags::ANY)
+            .map_err(|source| XdpError::Map { map: "shunt_counters", source })?
+            .unwrap_or_default();
+        *sum =
+            per_cpu.iter().filter_map(|v| v.get(..8).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))).sum();
+    }
+    Ok(XdpCounters { redirected: sums[0], passed: sums[1], malformed: sums[2], no_socket: sums[3] })
 }
 
 /// An attached program. Dropping it detaches the program from the interface.
