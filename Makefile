@@ -110,13 +110,22 @@ clean-lab:
 BENCH_PLAN ?= bench/plans/lab.toml
 BENCH_NAME ?= lab-veth
 BENCH_FLAGS ?=
-.PHONY: bench
-bench:
+# The comparison's peers: dpdk-testpmd on DPDK's AF_XDP PMD (installed only when missing).
+BENCH_PACKAGES := dpdk dpdk-dev librte-net-af-xdp23
+.PHONY: bench bench-deps
+bench-deps: deps
+	@missing=""; \
+	for p in $(BENCH_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q '^install ok installed$$' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then apt-get update -q && apt-get install -y -q --no-install-recommends $$missing </dev/null; fi
+
+bench: bench-deps
 	$(CARGO) build --release -p shunt -p shunt-bench
 	target/release/shunt-bench compare --plan $(BENCH_PLAN) --name $(BENCH_NAME) $(BENCH_FLAGS)
 
 # The cost of in-server latency measurement: histograms on vs off, interleaved (bench/plans/latency-overhead.toml).
 .PHONY: bench-overhead
-bench-overhead:
+bench-overhead: deps
 	$(CARGO) build --release -p shunt -p shunt-bench
 	target/release/shunt-bench compare --plan bench/plans/latency-overhead.toml --name latency-overhead $(BENCH_FLAGS)
