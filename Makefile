@@ -129,3 +129,9 @@ bench: bench-deps
 bench-overhead: deps
 	$(CARGO) build --release -p shunt -p shunt-bench
 	target/release/shunt-bench compare --plan bench/plans/latency-overhead.toml --name latency-overhead $(BENCH_FLAGS)
+
+# Native vs generic XDP attach on veth, interleaved (bench/plans/attach-mode.toml).
+.PHONY: bench-attach-mode
+bench-attach-mode: deps
+	$(CARGO) build --release -p shunt -p shunt-bench
+	target/release/shunt-bench compare --plan bench/plans/attach-mode.toml --name attach-mode $(BENCH_FLAGS)

@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use shunt::{
-    config::Config,
+    config::{AttachMode, Config},
     handler::HandlerKind,
     server::{RunningServer, StartOptions},
 };
@@ -70,6 +70,9 @@ struct ServeArgs {
     /// Override `workers.queues`: comma-separated queue ids.
     #[arg(long, value_delimiter = ',')]
     queues: Option<Vec<u32>>,
+    /// Override `xdp.attach_mode`: native, generic or auto.
+    #[arg(long)]
+    attach_mode: Option<AttachModeArg>,
     /// Override `workers.cores`: comma-separated core ids, one per queue.
     #[arg(long, value_delimiter = ',')]
     cores: Option<Vec<usize>>,
@@ -124,7 +127,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--attach-mode` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AttachModeArg {
+    Native,
+    Generic,
+    Auto,
+}
+
 fn apply_overrides(config: &mut Config, args: &ServeArgs) {
+    if let Some(m) = args.attach_mode {
+        config.xdp.attach_mode = match m {
+            AttachModeArg::Native => AttachMode::Native,
+            AttachModeArg::Generic => AttachMode::Generic,
+            AttachModeArg::Auto => AttachMode::Auto,
+        };
+    }
     if let Some(i) = &args.interface {
         config.interface = i.clone();
     }
