@@ -28,6 +28,10 @@ pub struct LatencySet {
     pub total: Histogram<u64>,
     /// NIC RX hardware timestamp → XDP hook, in ns (only packets the driver timestamped).
     pub nic_to_hook: Histogram<u64>,
+    /// Replies on the TX ring → the TX kick's system calls returned, once per kicked batch, in ns. In copy
+    /// mode the kernel builds and sends an skb per reply inside this call (on veth it even runs the peer's
+    /// receive path), so this is where copy mode's cost shows.
+    pub tx_kick: Histogram<u64>,
     /// Frames per non-empty RX batch.
     pub rx_batch: Histogram<u64>,
     /// Replied packets that carried no XDP timestamp (only `service` was recorded for them).
@@ -45,7 +49,15 @@ impl LatencySet {
         };
         let mut rx_batch = Histogram::new_with_bounds(1, MAX_BATCH, SIGNIFICANT_DIGITS).expect("static bounds");
         rx_batch.auto(false);
-        LatencySet { ring_dwell: ns(), service: ns(), total: ns(), nic_to_hook: ns(), rx_batch, unstamped: 0 }
+        LatencySet {
+            ring_dwell: ns(),
+            service: ns(),
+            total: ns(),
+            nic_to_hook: ns(),
+            tx_kick: ns(),
+            rx_batch,
+            unstamped: 0,
+        }
     }
 
     /// Records one replied packet, with the XDP program's stamp if it carried one.
@@ -66,6 +78,22 @@ impl LatencySet {
         }
     }
 
+    /// Records how long one batch's TX kick took (only batches that needed a system call).
+    #[inline]
+    pub fn record_kick(&mut self, ns: u64) {
+        self.tx_kick.saturating_record(ns);
+    }
+
+    /// The per-packet stages and the kick, by the names reports, logs and metrics use.
+    pub fn stages(&self) -> [(&'static str, &Histogram<u64>); 4] {
+        [
+            ("total", &self.total),
+            ("ring_dwell", &self.ring_dwell),
+            ("service", &self.service),
+            ("tx_kick", &self.tx_kick),
+        ]
+    }
+
     /// Records the size of one non-empty RX batch.
     #[inline]
     pub fn record_batch(&mut self, frames: usize) {
@@ -79,6 +107,7 @@ impl LatencySet {
         let _ = self.service.add(&other.service);
         let _ = self.total.add(&other.total);
         let _ = self.nic_to_hook.add(&other.nic_to_hook);
+        let _ = self.tx_kick.add(&other.tx_kick);
         let _ = self.rx_batch.add(&other.rx_batch);
         self.unstamped += other.unstamped;
     }
@@ -89,6 +118,7 @@ impl LatencySet {
         self.service.reset();
         self.total.reset();
         self.nic_to_hook.reset();
+        self.tx_kick.reset();
         self.rx_batch.reset();
         self.unstamped = 0;
     }
@@ -100,6 +130,7 @@ impl LatencySet {
             service_ns: Summary::of(&self.service),
             total_ns: Summary::of(&self.total),
             nic_to_hook_ns: Summary::of(&self.nic_to_hook),
+            tx_kick_ns: Summary::of(&self.tx_kick),
             rx_batch_size: Summary::of(&self.rx_batch),
             unstamped: self.unstamped,
         }
@@ -166,10 +197,24 @@ pub struct LatencyReport {
     pub total_ns: Summary,
     /// NIC hardware RX timestamp → XDP hook (empty unless the driver timestamps packets).
     pub nic_to_hook_ns: Summary,
+    /// Replies on the TX ring → TX kick returned, per kicked batch.
+    pub tx_kick_ns: Summary,
     /// RX batch sizes.
     pub rx_batch_size: Summary,
     /// Replies whose request carried no XDP timestamp.
     pub unstamped: u64,
+}
+
+impl LatencyReport {
+    /// The per-packet stages and the kick, in the order and with the names of [`LatencySet::stages`].
+    pub fn stages(&self) -> [(&'static str, &Summary); 4] {
+        [
+            ("total", &self.total_ns),
+            ("ring_dwell", &self.ring_dwell_ns),
+            ("service", &self.service_ns),
+            ("tx_kick", &self.tx_kick_ns),
+        ]
+    }
 }
 
 /// The worker's side of the histogram hand-off.

@@ -152,7 +152,7 @@ pub fn render(sources: &MetricsSources) -> String {
     let snapshot = sources.latency.lock().map(|s| s.clone()).unwrap_or_default();
     let mut latency = Vec::new();
     let mut stages = |queue: &str, r: &LatencyReport| {
-        for (stage, s) in [("total", &r.total_ns), ("ring_dwell", &r.ring_dwell_ns), ("service", &r.service_ns)] {
+        for (stage, s) in r.stages() {
             latency.push(summary(vec![label("queue", queue), label("stage", stage)], s));
         }
     };
@@ -162,7 +162,7 @@ pub fn render(sources: &MetricsSources) -> String {
     stages("all", &snapshot.total);
     families.push(family(
         "shunt_latency_seconds",
-        "In-server latency since start: total = XDP hook to TX ring, ring_dwell = hook to pick-up, service = pick-up to TX ring.",
+        "In-server latency since start: total = XDP hook to TX ring, ring_dwell = hook to pick-up, service = pick-up to TX ring, tx_kick = TX system call per kicked batch.",
         MetricType::SUMMARY,
         latency,
     ));

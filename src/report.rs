@@ -162,8 +162,7 @@ impl Report {
             );
             let rows = self.workers.iter().filter_map(|w| w.latency.as_ref().map(|l| (w.queue.to_string(), l)));
             for (queue, l) in rows.chain(std::iter::once(("all".to_string(), total))) {
-                for (stage, s) in [("total", &l.total_ns), ("ring_dwell", &l.ring_dwell_ns), ("service", &l.service_ns)]
-                {
+                for (stage, s) in l.stages() {
                     let _ = writeln!(
                         out,
                         "  {:>7} {:>11} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",

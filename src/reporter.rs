@@ -98,7 +98,7 @@ fn run(
     let mut hdr_log_error = None;
     let mut log = match file.as_mut() {
         Some(f) => interval_log::IntervalLogWriterBuilder::new()
-            .add_comment("shunt in-server latency (ns): tags total, ring_dwell, service")
+            .add_comment("shunt in-server latency (ns): tags total, ring_dwell, service, tx_kick")
             .with_start_time(start_time)
             .with_base_time(start_time)
             .with_max_value_divisor(1_000_000.0)
@@ -133,9 +133,7 @@ fn run(
         }
         if let Some(log) = log.as_mut() {
             let start = last_tick.duration_since(started);
-            for (tag, h) in
-                [("total", &interval.total), ("ring_dwell", &interval.ring_dwell), ("service", &interval.service)]
-            {
+            for (tag, h) in interval.stages() {
                 let tag = interval_log::Tag::new(tag);
                 if let Err(e) = log.write_histogram(h, start, elapsed, tag) {
                     hdr_log_error.get_or_insert_with(|| e.to_string());

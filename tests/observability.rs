@@ -85,6 +85,13 @@ fn latency_report_log_and_metrics_agree_with_the_traffic() {
         assert_eq!(report["latency"][stage]["count"].as_u64(), Some(tx), "latency.{stage}.count");
     }
     assert_eq!(report["latency"]["unstamped"].as_u64(), Some(0), "every request carried an XDP stamp");
+    // Copy mode kicks every batch with replies: one kick sample per kicked batch, never more than the
+    // system calls counted or the batches received.
+    let kick_samples = report["latency"]["tx_kick_ns"]["count"].as_u64().expect("latency.tx_kick_ns.count");
+    let worker = &report["workers"][0];
+    assert!(kick_samples > 0, "copy mode kicks, so kicks were timed: {}", report["latency"]);
+    assert!(kick_samples <= worker["tx_kicks"].as_u64().expect("tx_kicks"), "more kick samples than kicks");
+    assert!(kick_samples <= worker["rx_batches"].as_u64().expect("rx_batches"), "more kick samples than batches");
     assert_eq!(report["workers"][0]["latency"]["total_ns"]["count"].as_u64(), Some(tx));
 
     // The interval log reads back with the hdrhistogram crate and holds every sample.

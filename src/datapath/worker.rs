@@ -163,8 +163,12 @@ impl<H: Handler> Worker<H> {
                 tx_batch.clear();
                 // Service ends when the replies are on the TX ring; the kick that follows is transmission.
                 let queued_ns = if latency.is_some() { sys::monotonic_ns() } else { 0 };
-                stats.tx_kicks += s.kick_tx();
+                let kicks = s.kick_tx();
+                stats.tx_kicks += kicks;
                 if let Some(l) = latency {
+                    if kicks > 0 {
+                        l.current.record_kick(sys::monotonic_ns().saturating_sub(queued_ns));
+                    }
                     for stamp in &stamps[..sent] {
                         l.current.record_packet(*stamp, picked_ns, queued_ns);
                     }
