@@ -130,6 +130,15 @@ bench-overhead: deps
 	$(CARGO) build --release -p shunt -p shunt-bench
 	target/release/shunt-bench compare --plan bench/plans/latency-overhead.toml --name latency-overhead $(BENCH_FLAGS)
 
+# Where the round trip goes: shunt's critical-path knobs against the kernel baseline and the in-kernel floor
+# (bench/plans/loop-design.toml; analysis in bench/results/latency-budget.md). Ping-pong focused: one short
+# sweep point. ~8 minutes with the defaults.
+LOOP_DESIGN_FLAGS ?= --reps 6 --rates 20k --duration 1
+.PHONY: bench-loop-design
+bench-loop-design: deps
+	$(CARGO) build --release -p shunt -p shunt-bench
+	target/release/shunt-bench compare --plan bench/plans/loop-design.toml --name loop-design $(LOOP_DESIGN_FLAGS) $(BENCH_FLAGS)
+
 # Native vs generic XDP attach on veth, interleaved (bench/plans/attach-mode.toml).
 .PHONY: bench-attach-mode
 bench-attach-mode: deps
