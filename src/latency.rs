@@ -355,6 +355,27 @@ mod tests {
     }
 
     #[test]
+    fn kicks_are_kept_apart_from_packets_and_survive_add_and_reset() {
+        let mut a = LatencySet::new(1_000_000);
+        a.record_packet(Some(stamp(10)), 20, 30);
+        a.record_kick(2_300);
+        a.record_kick(2_500);
+        let mut b = LatencySet::new(1_000_000);
+        b.record_kick(4_000);
+        b.add(&a);
+        let r = b.summary();
+        assert_eq!(r.tx_kick_ns.count, 3);
+        assert_eq!(r.tx_kick_ns.max, 4_000);
+        assert_eq!(r.total_ns.count, 1, "a kick is not a packet");
+        let names: Vec<_> = r.stages().iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["total", "ring_dwell", "service", "tx_kick"]);
+        let set_names: Vec<_> = b.stages().iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, set_names, "reports and logs use the same names");
+        b.reset();
+        assert_eq!(b.summary().tx_kick_ns, Summary::default());
+    }
+
+    #[test]
     fn empty_summary_is_zero() {
         assert_eq!(LatencySet::new(1000).summary().total_ns, Summary::default());
     }
