@@ -14,6 +14,8 @@ use crate::datapath::meta::Stamp;
 
 /// Significant decimal digits kept by every histogram.
 pub const SIGNIFICANT_DIGITS: u8 = 3;
+/// The names reports, interval-log tags and metric labels give the stages, in report order.
+pub const STAGE_NAMES: [&str; 4] = ["total", "ring_dwell", "service", "tx_kick"];
 /// Largest RX batch recorded.
 pub const MAX_BATCH: u64 = 1024;
 
@@ -84,14 +86,10 @@ impl LatencySet {
         self.tx_kick.saturating_record(ns);
     }
 
-    /// The per-packet stages and the kick, by the names reports, logs and metrics use.
+    /// The per-packet stages and the kick, named by [`STAGE_NAMES`].
     pub fn stages(&self) -> [(&'static str, &Histogram<u64>); 4] {
-        [
-            ("total", &self.total),
-            ("ring_dwell", &self.ring_dwell),
-            ("service", &self.service),
-            ("tx_kick", &self.tx_kick),
-        ]
+        let [total, dwell, service, kick] = STAGE_NAMES;
+        [(total, &self.total), (dwell, &self.ring_dwell), (service, &self.service), (kick, &self.tx_kick)]
     }
 
     /// Records the size of one non-empty RX batch.
@@ -206,14 +204,10 @@ pub struct LatencyReport {
 }
 
 impl LatencyReport {
-    /// The per-packet stages and the kick, in the order and with the names of [`LatencySet::stages`].
+    /// The per-packet stages and the kick, named by [`STAGE_NAMES`] as in [`LatencySet::stages`].
     pub fn stages(&self) -> [(&'static str, &Summary); 4] {
-        [
-            ("total", &self.total_ns),
-            ("ring_dwell", &self.ring_dwell_ns),
-            ("service", &self.service_ns),
-            ("tx_kick", &self.tx_kick_ns),
-        ]
+        let [total, dwell, service, kick] = STAGE_NAMES;
+        [(total, &self.total_ns), (dwell, &self.ring_dwell_ns), (service, &self.service_ns), (kick, &self.tx_kick_ns)]
     }
 }
 
@@ -367,10 +361,9 @@ mod tests {
         assert_eq!(r.tx_kick_ns.count, 3);
         assert!(b.tx_kick.equivalent(r.tx_kick_ns.max, 4_000), "max {}", r.tx_kick_ns.max);
         assert_eq!(r.total_ns.count, 1, "a kick is not a packet");
-        let names: Vec<_> = r.stages().iter().map(|(n, _)| *n).collect();
-        assert_eq!(names, ["total", "ring_dwell", "service", "tx_kick"]);
-        let set_names: Vec<_> = b.stages().iter().map(|(n, _)| *n).collect();
-        assert_eq!(names, set_names, "reports and logs use the same names");
+        assert_eq!(r.stages()[3], ("tx_kick", &r.tx_kick_ns));
+        let (name, h) = b.stages()[1];
+        assert!(name == "ring_dwell" && std::ptr::eq(h, &b.ring_dwell), "stage 1 is ring_dwell");
         b.reset();
         assert_eq!(b.summary().tx_kick_ns, Summary::default());
     }
