@@ -23,12 +23,10 @@ use std::{
 
 use common::{require_root_or_skip, Lab, SERVER_V4, SERVER_V6};
 use shunt::{
-    config::{AttachMode, BindMode, UmemConfig},
-    datapath::{sys, QueueSocket, SocketOptions, Worker, WorkerExit},
+    datapath::{counters::WorkerShared, latency, BindMode, QueueSocket, SocketOptions, UmemParams, Worker, WorkerExit},
     handler::Echo,
-    latency,
-    stats::WorkerShared,
-    xdp::{ProgramVariant, XdpProgram, SETTING_STAMP_TIME},
+    steer::{AttachMode, ProgramVariant, XdpProgram, SETTING_STAMP_TIME},
+    sys,
 };
 
 struct CountingAllocator;
@@ -150,7 +148,7 @@ fn worker_loop_allocates_nothing_and_batches_its_system_calls() {
                 interface: server_if.clone(),
                 queue: 0,
                 bind_mode: BindMode::Copy,
-                umem: UmemConfig {
+                umem: UmemParams {
                     frame_count: 4096,
                     fill_ring: 2048,
                     completion_ring: 2048,

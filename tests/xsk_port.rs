@@ -10,10 +10,10 @@ use std::{
 
 use common::{require_root_or_skip, Lab, CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6};
 use shunt::{
-    config::{AttachMode, BindMode, UmemConfig},
-    datapath::{sys, QueueSocket, SocketOptions, XskPort},
+    datapath::{BindMode, QueueSocket, SocketOptions, UmemParams, XskPort},
     packet::{self, FlowSpec},
-    xdp::{ProgramVariant, XdpProgram},
+    steer::{AttachMode, ProgramVariant, XdpProgram},
+    sys,
 };
 
 const CLIENT_PORT: u16 = 47_000;
@@ -40,7 +40,7 @@ fn af_xdp_client_exchanges_frames_with_the_server() {
             interface: client_if.clone(),
             queue: 0,
             bind_mode: BindMode::Copy,
-            umem: UmemConfig {
+            umem: UmemParams {
                 frame_count: 4096,
                 fill_ring: 1024,
                 completion_ring: 1024,
@@ -84,11 +84,11 @@ fn af_xdp_client_exchanges_frames_with_the_server() {
             }
             port.receive(|frame| {
                 let d = packet::parse(frame).unwrap().expect("a UDP reply");
-                assert_eq!(d.dst.port(), CLIENT_PORT);
-                let p = &frame[d.payload_offset..d.payload_offset + d.payload_len];
+                assert_eq!(d.dst().port(), CLIENT_PORT);
+                let p = d.payload();
                 let seq = u64::from_be_bytes(p[..8].try_into().unwrap());
                 assert_eq!(p.len(), 8 + (seq % 200) as usize, "reply {seq} has the request's length");
-                assert_eq!(d.src, flow(seq).dst, "reply {seq} comes from the server");
+                assert_eq!(d.src(), flow(seq).dst, "reply {seq} comes from the server");
                 if !std::mem::replace(&mut answered[seq as usize], true) {
                     got += 1;
                 }

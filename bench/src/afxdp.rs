@@ -12,10 +12,10 @@ use std::{
 
 use anyhow::{bail, Context};
 use shunt::{
-    config::{AttachMode, BindMode, UmemConfig},
-    datapath::{sys, QueueSocket, SocketOptions, XskPort},
+    datapath::{BindMode, QueueSocket, SocketOptions, UmemParams, XskPort},
     packet::{self, FlowSpec},
-    xdp::{ProgramVariant, XdpLink, XdpProgram},
+    steer::{AttachMode, ProgramVariant, XdpLink, XdpProgram},
+    sys,
 };
 
 use crate::engine::Transport;
@@ -187,7 +187,7 @@ impl AfXdpTransport {
                 interface: o.interface.clone(),
                 queue: q,
                 bind_mode: BindMode::Copy,
-                umem: UmemConfig {
+                umem: UmemParams {
                     frame_count: 4096,
                     frame_size: 2048,
                     fill_ring: 2048,
@@ -259,9 +259,9 @@ impl Transport for AfXdpTransport {
         for port in &mut self.ports {
             total += port.receive(|frame| {
                 if let Ok(Some(d)) = packet::parse(frame) {
-                    let p = d.dst.port();
+                    let p = d.dst().port();
                     if p >= base && usize::from(p - base) < count {
-                        on(&frame[d.payload_offset..d.payload_offset + d.payload_len], rx);
+                        on(d.payload(), rx);
                     }
                 }
             });

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
-use shunt::config::AttachMode;
+use shunt::steer::AttachMode;
 
 use crate::{
     afxdp::{parse_mac, AfXdpOptions, AfXdpTransport},

@@ -29,7 +29,7 @@ pub struct Interval {
 }
 
 /// Percentile summary of a histogram, in ns: the same figures the server reports.
-pub use shunt::latency::Summary;
+pub use shunt::observe::latency::Summary;
 
 /// Percentiles at which the spectrum is sampled (for plots): dense towards the tail.
 pub const SPECTRUM_PERCENTILES: &[f64] = &[

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{anyhow, Context, Result};
 use libbpf_rs::{MapCore, MapFlags, ObjectBuilder};
-use shunt::datapath::sys;
+use shunt::sys;
 
 const OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/reflect.bpf.o"));
 

@@ -18,35 +18,84 @@ pub struct Stamp {
     pub nic_to_hook_ns: Option<u64>,
 }
 
-/// Reads and clears the XDP-hook timestamp in front of the packet whose data starts at `data`, a pointer
-/// into the UMEM at byte `offset_in_frame` of its frame. Returns `None` if the packet carries no fresh stamp.
+/// Reads and clears the XDP-hook timestamp in front of the packet whose data starts at `data`, byte
+/// `offset_in_frame` of its UMEM frame. Returns `None` if the packet carries no fresh stamp.
 ///
 /// Clearing the magic matters: a frame is reused, and a later packet that could not be stamped must not be
 /// credited with this one's time.
+///
+/// # Safety
+///
+/// `data` must point at the packet data of a UMEM frame that the caller owns exclusively (it came off the RX
+/// ring and is on no ring now), and `offset_in_frame` must be that data's offset from the frame's start, so
+/// that the [`META_LEN`] bytes before `data` lie in the same frame whenever `offset_in_frame >= META_LEN`.
 #[inline]
-pub fn take_stamp(data: *mut u8, offset_in_frame: usize) -> Option<Stamp> {
+pub unsafe fn take_stamp(data: *mut u8, offset_in_frame: usize) -> Option<Stamp> {
     if offset_in_frame < META_LEN {
         return None;
     }
-    let at = (data as usize) - META_LEN;
-    let meta = std::ptr::with_exposed_provenance_mut::<[u8; META_LEN]>(at);
-    // SAFETY: the META_LEN bytes before the packet lie inside the same UMEM frame (offset_in_frame >= META_LEN),
-    // and the frame is ours: the kernel handed it over through the RX ring and no ring holds it now, so
-    // nothing else reads or writes these bytes. The UMEM is one mmap'd region whose address was handed to the
-    // kernel through libxdp, which exposes its provenance; the access is unaligned-safe.
+    // A pointer derived from the packet slice may only touch that slice, so the metadata is addressed through
+    // the UMEM mapping's exposed provenance (its address was handed to the kernel through libxdp) instead.
+    let meta = std::ptr::with_exposed_provenance_mut::<[u8; META_LEN]>((data as usize) - META_LEN);
+    // SAFETY: by the caller's contract the META_LEN bytes before `data` are in the same frame, which the
+    // caller owns exclusively; the read is unaligned-safe.
     let bytes = unsafe { meta.read_unaligned() };
-    let magic = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-    if magic != MAGIC {
-        return None;
-    }
+    let stamp = decode(&bytes)?;
     // SAFETY: as above; writes zeros over the magic only.
     unsafe { meta.cast::<u32>().write_unaligned(0) };
-    let word = |at: usize| {
+    Some(stamp)
+}
+
+/// Decodes a `struct shunt_meta`; `None` unless it carries the magic.
+pub fn decode(bytes: &[u8; META_LEN]) -> Option<Stamp> {
+    let word = |at: usize| -> u64 {
         let mut ns = [0u8; 8];
         ns.copy_from_slice(&bytes[at..at + 8]);
         u64::from_ne_bytes(ns)
     };
+    let magic = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    if magic != MAGIC {
+        return None;
+    }
     let flags = u32::from_ne_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
     let nic_to_hook_ns = if flags & FLAG_HW != 0 { word(24).checked_sub(word(16)) } else { None };
     Some(Stamp { hook_ns: word(8), nic_to_hook_ns })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(magic: u32, flags: u32, xdp: u64, hw: u64, tai: u64) -> [u8; META_LEN] {
+        let mut b = [0u8; META_LEN];
+        b[0..4].copy_from_slice(&magic.to_ne_bytes());
+        b[4..8].copy_from_slice(&flags.to_ne_bytes());
+        b[8..16].copy_from_slice(&xdp.to_ne_bytes());
+        b[16..24].copy_from_slice(&hw.to_ne_bytes());
+        b[24..32].copy_from_slice(&tai.to_ne_bytes());
+        b
+    }
+
+    #[test]
+    fn decodes_hook_time_and_hardware_delta() {
+        assert_eq!(decode(&meta(MAGIC, 0, 77, 0, 0)), Some(Stamp { hook_ns: 77, nic_to_hook_ns: None }));
+        assert_eq!(decode(&meta(MAGIC, FLAG_HW, 77, 100, 130)), Some(Stamp { hook_ns: 77, nic_to_hook_ns: Some(30) }));
+        // A hardware clock ahead of the hook's TAI clock is not a latency.
+        assert_eq!(decode(&meta(MAGIC, FLAG_HW, 77, 200, 130)), Some(Stamp { hook_ns: 77, nic_to_hook_ns: None }));
+        assert_eq!(decode(&meta(0, 0, 77, 0, 0)), None);
+    }
+
+    #[test]
+    fn take_stamp_clears_the_magic_and_refuses_short_offsets() {
+        let mut frame = [0u8; 64];
+        frame[..META_LEN].copy_from_slice(&meta(MAGIC, 0, 5, 0, 0));
+        let data = frame[META_LEN..].as_mut_ptr();
+        let _ = frame.as_mut_ptr().expose_provenance();
+        // SAFETY: `data` is META_LEN bytes into `frame`, which this test owns.
+        assert_eq!(unsafe { take_stamp(data, META_LEN - 1) }, None);
+        // SAFETY: as above.
+        assert_eq!(unsafe { take_stamp(data, META_LEN) }, Some(Stamp { hook_ns: 5, nic_to_hook_ns: None }));
+        // SAFETY: as above.
+        assert_eq!(unsafe { take_stamp(data, META_LEN) }, None, "a stamp is taken once");
+    }
 }

@@ -1,12 +1,73 @@
 //! The datapath: per-queue UMEM and AF_XDP socket ([`QueueSocket`]), the worker loop that serves it
-//! ([`Worker`]), and a port for clients that send and receive whole frames ([`XskPort`]). All of shunt's `unsafe` code lives in this module; each block says why it is sound.
+//! ([`Worker`]), the counters and latency histograms it records into ([`counters`], [`latency`]), and a port
+//! for clients that send and receive whole frames ([`XskPort`]).
+//!
+//! This module and [`crate::sys`] are the only places where `unsafe` is allowed; each block says why it is
+//! sound. It knows nothing of the config file: the control plane maps the config onto the plain parameter
+//! types below ([`BindMode`], [`UmemParams`]).
+#![allow(unsafe_code)]
 
+pub mod counters;
+pub mod latency;
 pub mod meta;
 mod port;
 mod socket;
-pub mod sys;
 mod worker;
 
 pub use port::XskPort;
-pub use socket::{DatapathError, QueueSocket, SocketOptions};
+pub use socket::{DatapathError, QueueSocket, SocketOptions, BUSY_QUEUE_WAIT};
 pub use worker::{Worker, WorkerExit};
+
+/// How an AF_XDP socket is bound to its queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BindMode {
+    /// Zero-copy (XDP_ZEROCOPY): the NIC DMAs into the UMEM. Fails where the driver lacks support.
+    Zerocopy,
+    /// Copy mode (XDP_COPY): the kernel copies between its buffers and the UMEM. Works on any XDP driver.
+    Copy,
+    /// Try zero-copy, fall back to copy (and say so in the log). A bound socket never reports this.
+    Auto,
+}
+
+impl BindMode {
+    /// The lowercase name used in reports and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            BindMode::Zerocopy => "zerocopy",
+            BindMode::Copy => "copy",
+            BindMode::Auto => "auto",
+        }
+    }
+}
+
+/// Per-queue packet memory and ring sizes. Ring sizes must be powers of two (xsk-rs refuses others).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UmemParams {
+    /// Frames in the UMEM.
+    pub frame_count: u32,
+    /// Bytes per frame (2048 or 4096).
+    pub frame_size: u32,
+    /// Fill ring entries.
+    pub fill_ring: u32,
+    /// Completion ring entries.
+    pub completion_ring: u32,
+    /// RX ring entries.
+    pub rx_ring: u32,
+    /// TX ring entries.
+    pub tx_ring: u32,
+}
+
+impl Default for UmemParams {
+    /// The sizes `config/example.toml` documents as defaults.
+    fn default() -> Self {
+        UmemParams {
+            frame_count: 8192,
+            frame_size: 4096,
+            fill_ring: 4096,
+            completion_ring: 4096,
+            rx_ring: 4096,
+            tx_ring: 4096,
+        }
+    }
+}

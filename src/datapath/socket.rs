@@ -7,7 +7,7 @@ use xsk_rs::{
     CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem,
 };
 
-use crate::config::{self, BindMode};
+use super::{counters::KernelSocketStats, BindMode, UmemParams};
 
 /// Why a queue's socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +63,7 @@ pub struct SocketOptions {
     /// Zero-copy, copy or try both.
     pub bind_mode: BindMode,
     /// UMEM and ring sizes.
-    pub umem: config::UmemConfig,
+    pub umem: UmemParams,
     /// Bytes reserved in front of each packet for XDP metadata.
     pub metadata_room: u32,
 }
@@ -300,9 +300,9 @@ impl QueueSocket {
     }
 
     /// Reads the socket's kernel statistics (one getsockopt).
-    pub(super) fn kernel_stats(&self) -> Option<crate::stats::KernelSocketStats> {
+    pub(super) fn kernel_stats(&self) -> Option<KernelSocketStats> {
         let k = self.rx.fd().xdp_statistics().ok()?;
-        Some(crate::stats::KernelSocketStats {
+        Some(KernelSocketStats {
             rx_dropped: k.rx_dropped(),
             rx_invalid_descs: k.rx_invalid_descs(),
             tx_invalid_descs: k.tx_invalid_descs(),

@@ -13,11 +13,14 @@ use std::{
 
 use xsk_rs::FrameDesc;
 
-use super::{meta, sys, QueueSocket};
-use crate::{
-    handler::{respond, Handler, Outcome},
+use super::{
+    counters::{KernelSocketStats, WorkerShared, WorkerStats},
     latency::WorkerLatency,
-    stats::{KernelSocketStats, WorkerShared, WorkerStats},
+    meta, QueueSocket,
+};
+use crate::{
+    handler::{respond, Handler, Outcome, RespondOptions, Time},
+    sys,
 };
 
 /// How often the socket's kernel statistics are refreshed.
@@ -43,6 +46,7 @@ pub struct Worker<H> {
     /// XDP stamps of the replies in `tx_batch`, position by position.
     stamps: Vec<Option<meta::Stamp>>,
     latency: Option<WorkerLatency>,
+    options: RespondOptions,
     stats: WorkerStats,
     kernel: KernelSocketStats,
 }
@@ -72,6 +76,7 @@ impl<H: Handler> Worker<H> {
             handler,
             shared,
             latency: None,
+            options: RespondOptions::default(),
             stats: WorkerStats::default(),
             kernel: KernelSocketStats::default(),
         }
@@ -83,10 +88,28 @@ impl<H: Handler> Worker<H> {
         self
     }
 
+    /// Sets how requests are checked before the handler sees them (default: verify UDP checksums).
+    pub fn with_options(mut self, options: RespondOptions) -> Self {
+        self.options = options;
+        self
+    }
+
     /// Runs the busy-polling loop on the calling thread until `stop` is set, then returns the counters so far.
     pub fn run(&mut self, stop: &AtomicBool) -> WorkerExit {
-        let Worker { socket: s, handler, shared, free, rx_batch, tx_batch, completed, stamps, latency, stats, kernel } =
-            self;
+        let Worker {
+            socket: s,
+            handler,
+            shared,
+            free,
+            rx_batch,
+            tx_batch,
+            completed,
+            stamps,
+            latency,
+            options,
+            stats,
+            kernel,
+        } = self;
         let frame_mask = s.frame_size - 1;
         let mut next_kernel_read = Instant::now();
         let mut spins: u32 = 0;
@@ -98,7 +121,7 @@ impl<H: Handler> Worker<H> {
             let received = unsafe { s.rx.consume(rx_batch) };
             if received == 0 {
                 spins = spins.wrapping_add(1);
-                if spins % HOUSEKEEPING_EVERY == 0 {
+                if spins.is_multiple_of(HOUSEKEEPING_EVERY) {
                     // Frames whose replies have left go back to the pool, the fill ring is kept stocked, and
                     // replies the kernel could not take last time are kicked again.
                     s.reclaim(completed, free);
@@ -108,7 +131,7 @@ impl<H: Handler> Worker<H> {
                         stats.tx_kicks += s.kick_tx();
                     }
                 }
-                if spins % CLOCK_EVERY == 0 {
+                if spins.is_multiple_of(CLOCK_EVERY) {
                     if let Some(l) = latency {
                         l.maybe_swap(sys::monotonic_ns());
                     }
@@ -119,7 +142,10 @@ impl<H: Handler> Worker<H> {
             }
             stats.rx_packets += received as u64;
             stats.rx_batches += 1;
-            let picked_ns = if latency.is_some() { sys::monotonic_ns() } else { 0 };
+            // The handler's clock, read once per batch (vDSO, no system call); the monotonic reading doubles as
+            // the pick-up time for the latency histograms.
+            let now = Time { unix_ns: sys::realtime_ns(), monotonic_ns: sys::monotonic_ns() };
+            let picked_ns = now.monotonic_ns;
 
             for desc in &mut rx_batch[..received] {
                 let offset_in_frame = desc.addr() & frame_mask;
@@ -128,14 +154,16 @@ impl<H: Handler> Worker<H> {
                 let mut data = unsafe { s.umem.data_mut(desc) };
                 let len = data.len();
                 let stamp = if latency.is_some() {
-                    meta::take_stamp(data.contents_mut().as_mut_ptr(), offset_in_frame)
+                    // SAFETY: the pointer is the packet data of a frame this loop owns (see above), and
+                    // `offset_in_frame` is that data's offset within its frame.
+                    unsafe { meta::take_stamp(data.contents_mut().as_mut_ptr(), offset_in_frame) }
                 } else {
                     None
                 };
                 // Open the frame up to its full capacity so that a handler may reply with more than it got.
                 let capacity = data.cursor().buf_len();
                 data.cursor().set_pos(capacity);
-                match respond(handler, data.contents_mut(), len) {
+                match respond(handler, data.contents_mut(), len, now, *options) {
                     Outcome::Reply(n) => {
                         data.cursor().set_pos(n);
                         tx_batch.push(*desc);
@@ -144,8 +172,11 @@ impl<H: Handler> Worker<H> {
                     other => {
                         match other {
                             Outcome::Malformed(_) => stats.dropped_malformed += 1,
+                            Outcome::BadChecksum => stats.dropped_bad_checksum += 1,
                             Outcome::NotOurs => stats.dropped_not_ours += 1,
-                            _ => stats.dropped_by_handler += 1,
+                            Outcome::HandlerDrop | Outcome::ReplyTooLarge | Outcome::Reply(_) => {
+                                stats.dropped_by_handler += 1
+                            }
                         }
                         free.push(*desc);
                     }

@@ -1,9 +1,42 @@
-//! What the server answers: the [`Handler`] trait, the built-in handlers, and [`respond`], the deterministic
-//! frame-in / frame-out step that the workers run for every packet.
+//! What the server answers: the [`Handler`] trait (the public extension point), the built-in handlers, and
+//! [`respond`], the deterministic frame-in / frame-out step that the workers run for every packet.
 //!
-//! This is the protocol half of the server (in the spirit of quinn-proto): no I/O, no `unsafe`, no allocation,
-//! so it can be tested and fuzzed without sockets. The datapath owns the rings and calls [`respond`] on each
-//! received frame.
+//! This is the protocol half of the server, sans-I/O in the quinn-proto sense: no I/O, no clock reads, no
+//! `unsafe`, no allocation. The current time is an input ([`Request::now`]), so a handler behaves the same
+//! under test as in the datapath, and can be tested and fuzzed without rings or sockets. The datapath owns the
+//! rings and calls [`respond`] on each received frame.
+//!
+//! # Writing a handler
+//!
+//! ```
+//! use shunt::handler::{Handler, Request, Verdict};
+//!
+//! /// Answers every request with its payload reversed, and counts requests (per worker: no locks).
+//! #[derive(Default)]
+//! struct Reverse {
+//!     served: u64,
+//! }
+//!
+//! impl Handler for Reverse {
+//!     fn handle(&mut self, _request: &Request, payload: &mut [u8], len: usize) -> Verdict {
+//!         let Some(request) = payload.get_mut(..len) else { return Verdict::Drop };
+//!         request.reverse();
+//!         self.served += 1;
+//!         Verdict::Reply { len }
+//!     }
+//! }
+//!
+//! // Tested without a socket: the time is an input like any other.
+//! let mut h = Reverse::default();
+//! let mut buf = *b"abc\0\0\0";
+//! let request = Request::new("198.18.0.2:4000".parse().unwrap(), "198.18.0.1:9000".parse().unwrap(), Default::default());
+//! assert_eq!(h.handle(&request, &mut buf, 3), Verdict::Reply { len: 3 });
+//! assert_eq!(&buf[..3], b"cba");
+//! ```
+//!
+//! Run it with [`crate::control::cli::run`] (the `shunt serve` flags) or [`crate::control::serve`].
+#![forbid(unsafe_code)]
+#![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod echo;
 mod sockperf;
@@ -13,17 +46,33 @@ pub use sockperf::{Sockperf, SOCKPERF_HEADER_LEN};
 
 use std::net::SocketAddr;
 
-use serde::{Deserialize, Serialize};
+use crate::packet::{self, Datagram, UdpChecksum};
 
-use crate::packet::{self, Datagram};
+/// The current time, read by the worker once per RX batch and handed to the handler with each request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Time {
+    /// CLOCK_REALTIME: nanoseconds since the Unix epoch (wall-clock time, which may jump).
+    pub unix_ns: u64,
+    /// CLOCK_MONOTONIC: nanoseconds since an arbitrary start (for intervals, rates and timeouts).
+    pub monotonic_ns: u64,
+}
 
-/// Who sent a request to whom.
+/// One request as a handler sees it: who sent it to whom, and when it was taken off the ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request {
     /// The client's address and port (the reply's destination).
     pub src: SocketAddr,
     /// The server's address and port the request was sent to.
     pub dst: SocketAddr,
+    /// When the worker picked up the batch holding this request.
+    pub now: Time,
+}
+
+impl Request {
+    /// A request from `src` to `dst` at `now` (for tests and for datapaths).
+    pub fn new(src: SocketAddr, dst: SocketAddr, now: Time) -> Request {
+        Request { src, dst, now }
+    }
 }
 
 /// A handler's decision for one request.
@@ -41,41 +90,36 @@ pub enum Verdict {
 /// Application logic: turns a request payload into a reply payload, in place.
 ///
 /// `payload` starts at the request's UDP payload and extends to the end of the frame's room, so a handler may
-/// write a reply longer than the request; the request itself is `payload[..len]`. Called on the hot path:
-/// implementations must not allocate, block, log or make system calls.
+/// write a reply longer than the request; the request itself is `payload[..len]`. Each worker owns its own
+/// handler (built by the factory given to [`crate::control::serve`]), so `&mut self` state needs no locks.
+///
+/// Called on the hot path: implementations must not allocate, block, log or make system calls. Any input may
+/// arrive (the packet layer has only checked the headers): a handler must not panic on a payload it does
+/// not understand, and should answer it with [`Verdict::Drop`].
 pub trait Handler: Send {
     /// Handles one request.
     fn handle(&mut self, request: &Request, payload: &mut [u8], len: usize) -> Verdict;
 }
 
-/// The built-in handlers, chosen by name in the config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HandlerKind {
-    /// Reply with the request's payload unchanged.
-    Echo,
-    /// A drop-in for `sockperf server`: see [`Sockperf`].
-    Sockperf,
-}
-
-impl HandlerKind {
-    /// The name used in the config and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            HandlerKind::Echo => "echo",
-            HandlerKind::Sockperf => "sockperf",
-        }
+impl<H: Handler + ?Sized> Handler for Box<H> {
+    #[inline]
+    fn handle(&mut self, request: &Request, payload: &mut [u8], len: usize) -> Verdict {
+        (**self).handle(request, payload, len)
     }
 }
 
-impl std::str::FromStr for HandlerKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "echo" => Ok(HandlerKind::Echo),
-            "sockperf" => Ok(HandlerKind::Sockperf),
-            other => Err(format!("unknown handler {other:?} (expected \"echo\" or \"sockperf\")")),
-        }
+/// How [`respond`] treats requests before the handler sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RespondOptions {
+    /// Verify each request's UDP checksum and drop those that fail ([`Outcome::BadChecksum`]). Costs one
+    /// pass over the payload per request; a server behind a NIC that verifies checksums in hardware may turn
+    /// it off, as Knot DNS and dnsdist do.
+    pub verify_udp_checksum: bool,
+}
+
+impl Default for RespondOptions {
+    fn default() -> Self {
+        RespondOptions { verify_udp_checksum: true }
     }
 }
 
@@ -86,6 +130,8 @@ pub enum Outcome {
     Reply(usize),
     /// Claimed to be IP/UDP but did not hold together: dropped.
     Malformed(packet::Malformed),
+    /// The UDP checksum did not verify (a payload corrupted on the way): dropped, never answered.
+    BadChecksum,
     /// Not a UDP datagram we serve (the XDP program should not have sent it): dropped.
     NotOurs,
     /// The handler chose not to answer.
@@ -94,30 +140,35 @@ pub enum Outcome {
     ReplyTooLarge,
 }
 
-/// Runs one received frame through parse → handler → reply.
+/// Runs one received frame through parse → checksum check → handler → reply.
 ///
 /// `frame` is the whole writable buffer of the frame and `len` the received length (`len <= frame.len()`; a
 /// larger `len` is clamped). On [`Outcome::Reply`] the frame holds the reply; on any other outcome its content
 /// is unspecified and it must not be sent.
 #[inline]
-pub fn respond<H: Handler + ?Sized>(handler: &mut H, frame: &mut [u8], len: usize) -> Outcome {
-    let received = &frame[..len.min(frame.len())];
-    let d: Datagram = match packet::parse(received) {
+pub fn respond<H: Handler + ?Sized>(
+    handler: &mut H,
+    frame: &mut [u8],
+    len: usize,
+    now: Time,
+    options: RespondOptions,
+) -> Outcome {
+    let mut d = match Datagram::parse(frame, len) {
         Ok(Some(d)) => d,
         Ok(None) => return Outcome::NotOurs,
         Err(e) => return Outcome::Malformed(e),
     };
-    let request = Request { src: d.src, dst: d.dst };
-    let room = packet::max_reply_payload(&d, frame.len());
-    let end = d.payload_offset + room;
-    let reply_len = match handler.handle(&request, &mut frame[d.payload_offset..end], d.payload_len) {
+    if options.verify_udp_checksum && d.udp_checksum() == UdpChecksum::Wrong {
+        return Outcome::BadChecksum;
+    }
+    let request = Request { src: d.src(), dst: d.dst(), now };
+    let request_len = d.payload_len();
+    let reply_len = match handler.handle(&request, d.payload_room_mut(), request_len) {
         Verdict::Drop => return Outcome::HandlerDrop,
         Verdict::Reply { len } => len,
     };
-    match packet::write_reply(frame, &d, reply_len) {
+    match d.write_reply(reply_len) {
         Ok(n) => Outcome::Reply(n),
         Err(packet::ReplyError::TooLarge { .. }) => Outcome::ReplyTooLarge,
-        // Cannot happen for a datagram parsed from this frame; refusing is the safe answer if it ever did.
-        Err(packet::ReplyError::Inconsistent) => Outcome::NotOurs,
     }
 }

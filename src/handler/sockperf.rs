@@ -21,23 +21,27 @@ impl Handler for Sockperf {
         if len < SOCKPERF_HEADER_LEN || payload.len() < len {
             return Verdict::Drop;
         }
-        let flags = u16::from_be_bytes([payload[FLAGS_AT], payload[FLAGS_AT + 1]]);
+        let Some(field) = payload.get_mut(FLAGS_AT..).and_then(|p| p.first_chunk_mut::<2>()) else {
+            return Verdict::Drop;
+        };
+        let flags = u16::from_be_bytes(*field);
         if flags & CLIENT == 0 || flags & PONG_REQUEST == 0 {
             return Verdict::Drop;
         }
-        payload[FLAGS_AT..FLAGS_AT + 2].copy_from_slice(&(flags & !CLIENT).to_be_bytes());
+        *field = (flags & !CLIENT).to_be_bytes();
         Verdict::Reply { len }
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use std::net::{Ipv4Addr, SocketAddr};
 
     fn req() -> Request {
         let a = SocketAddr::from((Ipv4Addr::new(198, 18, 0, 2), 4000));
-        Request { src: a, dst: a }
+        Request::new(a, a, Default::default())
     }
 
     fn message(flags: u16, len: usize) -> Vec<u8> {

@@ -3,8 +3,9 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::{
-    checksum, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_VLAN, ETH_HEADER_LEN, IPPROTO_UDP, IPV4_MIN_HEADER_LEN,
-    IPV6_HEADER_LEN, REPLY_TTL, UDP_HEADER_LEN, VLAN_TAG_LEN,
+    bytes, checksum,
+    field::{eth, ipv4, ipv6, udp, vlan},
+    put, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_VLAN, IPPROTO_UDP, REPLY_TTL,
 };
 
 /// Addresses of a UDP flow at every layer.
@@ -28,7 +29,15 @@ pub enum BuildError {
     /// `src` and `dst` are of different IP versions.
     #[error("source and destination are of different IP versions")]
     MixedVersions,
-    /// The frame does not fit the buffer or the IP length fields.
+    /// The buffer cannot even hold the headers.
+    #[error("a {have}-byte buffer cannot hold the {need} bytes of headers")]
+    BufferTooSmall {
+        /// Bytes of headers the flow needs.
+        need: usize,
+        /// The buffer's length.
+        have: usize,
+    },
+    /// The payload does not fit the buffer or the IP length fields.
     #[error("a {payload}-byte payload does not fit (at most {max})")]
     TooLarge {
         /// Requested payload.
@@ -41,73 +50,86 @@ pub enum BuildError {
 impl FlowSpec {
     /// Offset of the UDP payload in frames of this flow.
     pub fn payload_offset(&self) -> usize {
-        let l2 = ETH_HEADER_LEN + if self.vlan_tci.is_some() { VLAN_TAG_LEN } else { 0 };
-        let l3 = if self.src.is_ipv4() { IPV4_MIN_HEADER_LEN } else { IPV6_HEADER_LEN };
-        l2 + l3 + UDP_HEADER_LEN
+        self.l3_offset() + if self.src.is_ipv4() { ipv4::MIN_HEADER_LEN } else { ipv6::HEADER_LEN } + udp::HEADER_LEN
+    }
+
+    fn l3_offset(&self) -> usize {
+        eth::HEADER_LEN + if self.vlan_tci.is_some() { vlan::TAG_LEN } else { 0 }
     }
 }
 
 /// Writes Ethernet, IP and UDP headers (with IPv4 header checksum and full UDP checksum) in front of the
-/// `payload_len` bytes already at `spec.payload_offset()` in `frame`, and returns the frame length.
+/// `payload_len` bytes already at `spec.payload_offset()` in `frame`, and returns the frame length. A buffer
+/// too short for the headers or the payload is an error, never a panic.
 pub fn write_request(frame: &mut [u8], spec: &FlowSpec, payload_len: usize) -> Result<usize, BuildError> {
+    let (v4, v6) = match (spec.src.ip(), spec.dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => (Some((s.octets(), d.octets())), None),
+        (IpAddr::V6(s), IpAddr::V6(d)) => (None, Some((s.octets(), d.octets()))),
+        _ => return Err(BuildError::MixedVersions),
+    };
     let payload_offset = spec.payload_offset();
-    let max = frame.len().saturating_sub(payload_offset).min(usize::from(u16::MAX) - 48);
+    if frame.len() < payload_offset {
+        return Err(BuildError::BufferTooSmall { need: payload_offset, have: frame.len() });
+    }
+    let l3 = spec.l3_offset();
+    let udp_at = payload_offset - udp::HEADER_LEN;
+    // The IP length fields must hold the IP payload (IPv6) or the whole IP packet (IPv4).
+    let by_header = usize::from(u16::MAX) - (payload_offset - if v4.is_some() { l3 } else { udp_at });
+    let max = (frame.len() - payload_offset).min(by_header);
     if payload_len > max {
         return Err(BuildError::TooLarge { payload: payload_len, max });
     }
+    // From here on every offset is below `payload_offset + payload_len <= frame.len()`, checked above.
     let frame_len = payload_offset + payload_len;
-    let frame = &mut frame[..frame_len];
-    frame[0..6].copy_from_slice(&spec.dst_mac);
-    frame[6..12].copy_from_slice(&spec.src_mac);
-    let mut l3 = 12;
+    let udp_len = udp::HEADER_LEN + payload_len;
+    put(frame, eth::DST.start, &spec.dst_mac);
+    put(frame, eth::SRC.start, &spec.src_mac);
+    let ethertype = if v4.is_some() { ETHERTYPE_IPV4 } else { ETHERTYPE_IPV6 };
     if let Some(tci) = spec.vlan_tci {
-        frame[12..14].copy_from_slice(&ETHERTYPE_VLAN.to_be_bytes());
-        frame[14..16].copy_from_slice(&tci.to_be_bytes());
-        l3 += VLAN_TAG_LEN;
+        put(frame, eth::ETHERTYPE.start, &ETHERTYPE_VLAN.to_be_bytes());
+        put(frame, eth::HEADER_LEN + vlan::TCI.start, &tci.to_be_bytes());
+        put(frame, eth::HEADER_LEN + vlan::ETHERTYPE.start, &ethertype.to_be_bytes());
+    } else {
+        put(frame, eth::ETHERTYPE.start, &ethertype.to_be_bytes());
     }
-    let udp_len = UDP_HEADER_LEN + payload_len;
-    let udp_offset = payload_offset - UDP_HEADER_LEN;
-    let (head, udp) = frame.split_at_mut(udp_offset);
-    udp[0..2].copy_from_slice(&spec.src.port().to_be_bytes());
-    udp[2..4].copy_from_slice(&spec.dst.port().to_be_bytes());
-    udp[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
-    udp[6..8].copy_from_slice(&[0, 0]);
-    let sum = match (spec.src.ip(), spec.dst.ip()) {
-        (IpAddr::V4(src), IpAddr::V4(dst)) => {
-            head[l3..l3 + 2].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
-            let ip = &mut head[l3 + 2..];
-            ip[0] = 0x45;
-            ip[1] = 0;
-            ip[2..4].copy_from_slice(&((IPV4_MIN_HEADER_LEN + udp_len) as u16).to_be_bytes());
-            ip[4..6].copy_from_slice(&[0, 0]);
-            ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes()); // don't fragment
-            ip[8] = REPLY_TTL;
-            ip[9] = IPPROTO_UDP;
-            ip[10..12].copy_from_slice(&[0, 0]);
-            ip[12..16].copy_from_slice(&src.octets());
-            ip[16..20].copy_from_slice(&dst.octets());
-            let ip_sum = checksum::internet(ip);
-            ip[10..12].copy_from_slice(&ip_sum.to_be_bytes());
-            checksum::udp_ipv4(src.octets(), dst.octets(), udp)
+    put(frame, udp_at + udp::SRC_PORT.start, &spec.src.port().to_be_bytes());
+    put(frame, udp_at + udp::DST_PORT.start, &spec.dst.port().to_be_bytes());
+    put(frame, udp_at + udp::LENGTH.start, &(udp_len as u16).to_be_bytes());
+    put(frame, udp_at + udp::CHECKSUM.start, &[0, 0]);
+    let sum = match (v4, v6) {
+        (Some((src, dst)), _) => {
+            let mut h = [0u8; ipv4::MIN_HEADER_LEN];
+            h[ipv4::VER_IHL] = 0x45;
+            h[ipv4::TOTAL_LEN].copy_from_slice(&((ipv4::MIN_HEADER_LEN + udp_len) as u16).to_be_bytes());
+            h[ipv4::FLAGS_FRAG].copy_from_slice(&ipv4::DONT_FRAGMENT.to_be_bytes());
+            h[ipv4::TTL] = REPLY_TTL;
+            h[ipv4::PROTOCOL] = IPPROTO_UDP;
+            h[ipv4::SRC].copy_from_slice(&src);
+            h[ipv4::DST].copy_from_slice(&dst);
+            let ip_sum = checksum::internet(&h);
+            h[ipv4::CHECKSUM].copy_from_slice(&ip_sum.to_be_bytes());
+            put(frame, l3, &h);
+            checksum::udp_ipv4(src, dst, bytes(frame, udp_at..frame_len))
         }
-        (IpAddr::V6(src), IpAddr::V6(dst)) => {
-            head[l3..l3 + 2].copy_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
-            let ip = &mut head[l3 + 2..];
-            ip[0..4].copy_from_slice(&0x6000_0000u32.to_be_bytes());
-            ip[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
-            ip[6] = IPPROTO_UDP;
-            ip[7] = REPLY_TTL;
-            ip[8..24].copy_from_slice(&src.octets());
-            ip[24..40].copy_from_slice(&dst.octets());
-            checksum::udp_ipv6(&src.octets(), &dst.octets(), udp)
+        (None, Some((src, dst))) => {
+            let mut h = [0u8; ipv6::HEADER_LEN];
+            h[ipv6::VER_TC_FLOW].copy_from_slice(&0x6000_0000u32.to_be_bytes());
+            h[ipv6::PAYLOAD_LEN].copy_from_slice(&(udp_len as u16).to_be_bytes());
+            h[ipv6::NEXT_HEADER] = IPPROTO_UDP;
+            h[ipv6::HOP_LIMIT] = REPLY_TTL;
+            h[ipv6::SRC].copy_from_slice(&src);
+            h[ipv6::DST].copy_from_slice(&dst);
+            put(frame, l3, &h);
+            checksum::udp_ipv6(&src, &dst, bytes(frame, udp_at..frame_len))
         }
-        _ => return Err(BuildError::MixedVersions),
+        (None, None) => return Err(BuildError::MixedVersions),
     };
-    udp[6..8].copy_from_slice(&sum.to_be_bytes());
+    put(frame, udp_at + udp::CHECKSUM.start, &sum.to_be_bytes());
     Ok(frame_len)
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use crate::packet::{parse, IpVersion};
@@ -134,8 +156,9 @@ mod tests {
             frame[off..off + 5].copy_from_slice(b"hello");
             let n = write_request(&mut frame, &spec, 5).unwrap();
             let p = parse(&frame[..n]).unwrap().unwrap();
-            assert_eq!((p.ip, p.vlan_tci, p.src, p.dst, p.payload_len), (ip, v, spec.src, spec.dst, 5));
-            assert_eq!(&frame[p.payload_offset..n], b"hello");
+            assert_eq!((p.ip(), p.vlan_tci(), p.src(), p.dst(), p.payload_len()), (ip, v, spec.src, spec.dst, 5));
+            assert_eq!(p.payload(), b"hello");
+            assert_eq!(p.udp_checksum(), crate::packet::UdpChecksum::Correct);
         }
     }
 
@@ -150,6 +173,17 @@ mod tests {
         sum += u64::from(IPPROTO_UDP) + (n - 34) as u64;
         sum = checksum::add(sum, &frame[34..n]);
         assert_eq!(checksum::fold(sum), 0xffff);
+    }
+
+    #[test]
+    fn a_buffer_shorter_than_the_headers_is_an_error() {
+        for len in 0..42 {
+            let mut frame = vec![0u8; len];
+            assert_eq!(
+                write_request(&mut frame, &spec("198.18.0.2:1", "198.18.0.1:2", None), 0),
+                Err(BuildError::BufferTooSmall { need: 42, have: len })
+            );
+        }
     }
 
     #[test]

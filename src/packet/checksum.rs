@@ -7,17 +7,16 @@ pub fn add(sum: u64, data: &[u8]) -> u64 {
     // Fold a large running sum first (≡ mod 0xffff), so that any input, however long the chain, cannot overflow.
     let mut sum = (sum & 0xffff_ffff) + (sum >> 32);
     // Summing 32-bit words is equivalent modulo 0xffff (2^16 ≡ 1) and halves the number of additions; a u64
-    // cannot overflow for any frame we handle (< 2^32 words).
-    let mut words = data.chunks_exact(4);
-    for w in &mut words {
-        sum += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+    // cannot overflow for any slice (< 2^61 bytes, so < 2^59 words of < 2^32 each).
+    let (words, rest) = data.as_chunks::<4>();
+    for w in words {
+        sum += u64::from(u32::from_be_bytes(*w));
     }
-    let rest = words.remainder();
-    let mut pair = rest.chunks_exact(2);
-    for p in &mut pair {
-        sum += u64::from(u16::from_be_bytes([p[0], p[1]]));
+    let (pairs, last) = rest.as_chunks::<2>();
+    for p in pairs {
+        sum += u64::from(u16::from_be_bytes(*p));
     }
-    if let [last] = pair.remainder() {
+    if let [last] = last {
         sum += u64::from(*last) << 8;
     }
     sum
@@ -38,25 +37,29 @@ pub fn internet(data: &[u8]) -> u16 {
     !fold(add(0, data))
 }
 
+/// The unfolded sum of the IPv4 pseudo-header of a UDP segment of `udp_len` bytes (RFC 768).
+#[inline]
+pub fn pseudo_header_v4(src: [u8; 4], dst: [u8; 4], udp_len: usize) -> u64 {
+    add(add(0, &src), &dst) + u64::from(super::IPPROTO_UDP) + udp_len as u64
+}
+
+/// The unfolded sum of the IPv6 pseudo-header of a UDP segment of `udp_len` bytes (RFC 8200 §8.1).
+#[inline]
+pub fn pseudo_header_v6(src: &[u8; 16], dst: &[u8; 16], udp_len: usize) -> u64 {
+    add(add(0, src), dst) + u64::from(super::IPPROTO_UDP) + udp_len as u64
+}
+
 /// The UDP checksum over IPv4: pseudo-header, then `udp` (header with its checksum field zeroed, then payload).
 /// A computed zero is sent as 0xffff, since zero means "no checksum" over IPv4 and is forbidden over IPv6.
 #[inline]
 pub fn udp_ipv4(src: [u8; 4], dst: [u8; 4], udp: &[u8]) -> u16 {
-    let mut sum = add(0, &src);
-    sum = add(sum, &dst);
-    sum += u64::from(super::IPPROTO_UDP);
-    sum += udp.len() as u64;
-    finish_udp(add(sum, udp))
+    finish_udp(add(pseudo_header_v4(src, dst, udp.len()), udp))
 }
 
-/// The UDP checksum over IPv6 (RFC 8200 §8.1 pseudo-header); see [`udp_ipv4`].
+/// The UDP checksum over IPv6; see [`udp_ipv4`].
 #[inline]
 pub fn udp_ipv6(src: &[u8; 16], dst: &[u8; 16], udp: &[u8]) -> u16 {
-    let mut sum = add(0, src);
-    sum = add(sum, dst);
-    sum += udp.len() as u64;
-    sum += u64::from(super::IPPROTO_UDP);
-    finish_udp(add(sum, udp))
+    finish_udp(add(pseudo_header_v6(src, dst, udp.len()), udp))
 }
 
 #[inline]
@@ -68,6 +71,7 @@ fn finish_udp(sum: u64) -> u16 {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

@@ -1,43 +1,75 @@
-//! The pure packet layer: parse Ethernet / 802.1Q / IPv4 / IPv6 / UDP, compute Internet checksums and turn a
-//! request frame into its reply in place.
+//! The pure packet layer: parse Ethernet / 802.1Q / IPv4 / IPv6 / UDP into a checked view ([`Datagram`]),
+//! verify and compute Internet checksums ([`checksum`]), turn a request into its reply in place
+//! ([`Datagram::write_reply`]) and build request frames from scratch ([`write_request`]).
 //!
-//! Nothing here does I/O or uses `unsafe`, and nothing panics on any input: every length is checked once, when a
-//! frame is parsed into a [`Datagram`], and all later accesses stay inside the ranges that check proved. The
-//! shape follows smoltcp's `wire` module (a checked view over bytes) and s2n-quic's XDP decoder: parsing returns
-//! `Ok(None)` for a frame that is simply not ours (ARP, TCP, a fragment), and `Err` for one that claims to be
-//! IP/UDP but does not hold together.
+//! Nothing here does I/O or uses `unsafe`, and nothing panics on any input. Lengths are checked once, when a
+//! frame is parsed into a [`Datagram`]; the view's offsets are private, so a `Datagram` always describes the
+//! buffer it holds and every later access stays inside what that check proved. Field offsets live in one
+//! place, [`field`]. The shape follows smoltcp's `wire` module (a checked view over bytes) and s2n-quic's XDP
+//! decoder: parsing returns `Ok(None)` for a frame that is simply not ours (ARP, TCP, a fragment), and `Err`
+//! for one that claims to be IP/UDP but does not hold together.
+#![forbid(unsafe_code)]
+#![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod build;
 pub mod checksum;
+pub mod field;
 mod parse;
 mod reply;
 
 pub use build::{write_request, BuildError, FlowSpec};
-pub use parse::{parse, Datagram, IpVersion, Malformed};
-pub use reply::{max_reply_payload, write_reply, ReplyError};
-
-/// Length of an Ethernet II header without VLAN tags.
-pub const ETH_HEADER_LEN: usize = 14;
-/// Length of one 802.1Q / 802.1ad tag.
-pub const VLAN_TAG_LEN: usize = 4;
-/// Length of an IPv4 header without options.
-pub const IPV4_MIN_HEADER_LEN: usize = 20;
-/// Length of the fixed IPv6 header.
-pub const IPV6_HEADER_LEN: usize = 40;
-/// Length of a UDP header.
-pub const UDP_HEADER_LEN: usize = 8;
+pub use parse::{parse, Buffer, Datagram, IpVersion, Malformed, UdpChecksum};
+pub use reply::ReplyError;
 
 /// EtherType of IPv4.
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
 /// EtherType of IPv6.
 pub const ETHERTYPE_IPV6: u16 = 0x86dd;
-/// EtherType of an 802.1Q VLAN tag.
+/// EtherType (TPID) of an 802.1Q VLAN tag.
 pub const ETHERTYPE_VLAN: u16 = 0x8100;
-/// EtherType of an 802.1ad (QinQ outer) tag.
+/// EtherType (TPID) of an 802.1ad (QinQ outer) tag.
 pub const ETHERTYPE_QINQ: u16 = 0x88a8;
 /// IP protocol number of UDP.
 pub const IPPROTO_UDP: u8 = 17;
 
-/// The TTL / hop limit written into replies: a fresh value, as the kernel would, rather than the request's
-/// remaining one.
+/// The TTL / hop limit written into replies and built requests: a fresh value, as the kernel would, rather
+/// than the request's remaining one.
 pub const REPLY_TTL: u8 = 64;
+
+/// Bytes `range` of `buf`.
+///
+/// The only place the packet layer indexes a slice. Callers pass ranges they have checked against
+/// `buf.len()` (in `parse`, before using them; in `Datagram`, through its private layout, checked by `parse`
+/// against a buffer whose length cannot change; in `write_request`, against the length checked on entry).
+#[allow(clippy::indexing_slicing)] // proof: every caller checked `range.end <= buf.len()` (see above)
+#[inline]
+fn bytes(buf: &[u8], range: core::ops::Range<usize>) -> &[u8] {
+    &buf[range]
+}
+
+/// Mutable bytes `range` of `buf`; the same contract as [`bytes`].
+#[allow(clippy::indexing_slicing)] // proof: every caller checked `range.end <= buf.len()` (see `bytes`)
+#[inline]
+fn bytes_mut(buf: &mut [u8], range: core::ops::Range<usize>) -> &mut [u8] {
+    &mut buf[range]
+}
+
+/// `N` bytes of `buf` from `start`, by value; the same contract as [`bytes`].
+#[inline]
+fn array<const N: usize>(buf: &[u8], start: usize) -> [u8; N] {
+    let mut a = [0u8; N];
+    a.copy_from_slice(bytes(buf, start..start + N));
+    a
+}
+
+/// The big-endian u16 at `start`; the same contract as [`bytes`].
+#[inline]
+fn be16(buf: &[u8], start: usize) -> u16 {
+    u16::from_be_bytes(array(buf, start))
+}
+
+/// Writes `value` at `start`; the same contract as [`bytes`].
+#[inline]
+fn put(buf: &mut [u8], start: usize, value: &[u8]) {
+    bytes_mut(buf, start..start + value.len()).copy_from_slice(value);
+}

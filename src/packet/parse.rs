@@ -1,10 +1,11 @@
-//! Parsing a received frame into a [`Datagram`]: every length is checked here, once.
+//! The checked view: parsing a received frame into a [`Datagram`], where every length is checked once.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::{
-    checksum, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_QINQ, ETHERTYPE_VLAN, ETH_HEADER_LEN, IPPROTO_UDP,
-    IPV4_MIN_HEADER_LEN, IPV6_HEADER_LEN, UDP_HEADER_LEN, VLAN_TAG_LEN,
+    array, be16, bytes, bytes_mut, checksum,
+    field::{eth, ipv4, ipv6, udp, vlan},
+    ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_QINQ, ETHERTYPE_VLAN, IPPROTO_UDP,
 };
 
 /// Which IP version carries the datagram.
@@ -71,140 +72,274 @@ pub enum Malformed {
     },
 }
 
-/// A UDP datagram found in a frame: where its parts are and who sent it to whom.
-///
-/// Holding one means the offsets were checked against the frame it was parsed from:
-/// `l3_offset < udp_offset`, `udp_offset + 8 == payload_offset` and
-/// `payload_offset + payload_len <= frame.len()`.
+/// What a request's UDP checksum field says, checked against its pseudo-header, header and payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UdpChecksum {
+    /// A full checksum that verifies.
+    Correct,
+    /// Zero over IPv4: the sender computed none (RFC 768 allows it; RFC 8200 forbids it over IPv6, where a
+    /// zero is [`UdpChecksum::Wrong`]).
+    Absent,
+    /// Exactly the folded pseudo-header sum: what a sender with TX checksum offload leaves for the NIC to
+    /// complete (CHECKSUM_PARTIAL), and what arrives as-is over veth.
+    PseudoHeaderOnly,
+    /// Anything else: the datagram was corrupted on the way (or forged). Never answered.
+    Wrong,
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for &[u8] {}
+    impl Sealed for &mut [u8] {}
+}
+
+/// Byte buffers a [`Datagram`] can view: shared or mutable slices, whose length cannot change under the
+/// view (which is why the trait is sealed: the view's checked offsets rely on it).
+pub trait Buffer: AsRef<[u8]> + sealed::Sealed {}
+impl Buffer for &[u8] {}
+impl Buffer for &mut [u8] {}
+
+/// Where the parts of a checked frame are. Invariants, established by [`Datagram::parse`]:
+/// `l3 == 14` or `l3 == 18`; `udp - l3` is the IPv4 header length (20..=60) or 40 for IPv6;
+/// `udp + 8 + payload_len <= len <= buf.len()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Datagram {
+pub(super) struct Layout {
+    pub(super) ip: IpVersion,
+    pub(super) vlan_tci: Option<u16>,
+    pub(super) l3: usize,
+    pub(super) udp: usize,
+    pub(super) payload_len: usize,
+}
+
+impl Layout {
+    pub(super) fn payload(&self) -> usize {
+        self.udp + udp::HEADER_LEN
+    }
+}
+
+/// A UDP datagram found in a frame: a checked view over the frame's bytes.
+///
+/// Only [`Datagram::parse`] makes one, and it keeps the buffer it checked, so its offsets always describe
+/// that buffer: reading a field or writing the reply cannot go out of bounds. `B` is `&[u8]` to read a frame
+/// or `&mut [u8]` to answer it in place.
+#[derive(Debug)]
+pub struct Datagram<B: Buffer> {
+    pub(super) buf: B,
+    pub(super) layout: Layout,
+}
+
+/// Parses `frame` (starting at the Ethernet header) into a read-only view; see [`Datagram::parse`].
+pub fn parse(frame: &[u8]) -> Result<Option<Datagram<&[u8]>>, Malformed> {
+    Datagram::parse(frame, frame.len())
+}
+
+impl<B: Buffer> Datagram<B> {
+    /// Checks the first `len` bytes of `buf` (clamped to its length) as a frame.
+    ///
+    /// Returns `Ok(Some)` for a well-formed UDP datagram over IPv4 or IPv6, `Ok(None)` for a frame that is not
+    /// ours to answer (not IP, not UDP, an IPv4 fragment, IPv6 with extension headers, more than one VLAN tag),
+    /// and `Err` for a frame that claims to be IP/UDP but whose lengths, version or IPv4 header checksum do not
+    /// hold. The UDP checksum is reported by [`Datagram::udp_checksum`], not checked here.
+    ///
+    /// Bytes of `buf` beyond `len` are room a reply may use ([`Datagram::payload_room_mut`]).
+    pub fn parse(buf: B, len: usize) -> Result<Option<Datagram<B>>, Malformed> {
+        let frame = bytes(buf.as_ref(), 0..len.min(buf.as_ref().len()));
+        match layout(frame)? {
+            Some(layout) => Ok(Some(Datagram { buf, layout })),
+            None => Ok(None),
+        }
+    }
+
+    fn frame(&self) -> &[u8] {
+        self.buf.as_ref()
+    }
+
     /// IPv4 or IPv6.
-    pub ip: IpVersion,
+    pub fn ip(&self) -> IpVersion {
+        self.layout.ip
+    }
+
     /// The VLAN tag control information, if the frame carried one tag.
-    pub vlan_tci: Option<u16>,
-    /// Offset of the IP header.
-    pub l3_offset: usize,
-    /// Offset of the UDP header.
-    pub udp_offset: usize,
-    /// Offset of the UDP payload.
-    pub payload_offset: usize,
+    pub fn vlan_tci(&self) -> Option<u16> {
+        self.layout.vlan_tci
+    }
+
+    /// Offset of the UDP payload in the frame (the length of all the headers).
+    pub fn payload_offset(&self) -> usize {
+        self.layout.payload()
+    }
+
     /// Length of the UDP payload, from the UDP length field (Ethernet padding excluded).
-    pub payload_len: usize,
-    /// Sender's address and port.
-    pub src: SocketAddr,
-    /// Destination address and port.
-    pub dst: SocketAddr,
+    pub fn payload_len(&self) -> usize {
+        self.layout.payload_len
+    }
+
+    /// The UDP payload.
+    pub fn payload(&self) -> &[u8] {
+        let start = self.layout.payload();
+        bytes(self.frame(), start..start + self.layout.payload_len)
+    }
+
+    /// The sender's address and port.
+    pub fn src(&self) -> SocketAddr {
+        let l = &self.layout;
+        let port = be16(self.frame(), l.udp + udp::SRC_PORT.start);
+        match l.ip {
+            IpVersion::V4 => SocketAddr::new(IpAddr::V4(Ipv4Addr::from(self.v4_addr(ipv4::SRC.start))), port),
+            IpVersion::V6 => SocketAddr::new(IpAddr::V6(Ipv6Addr::from(self.v6_addr(ipv6::SRC.start))), port),
+        }
+    }
+
+    /// The destination address and port.
+    pub fn dst(&self) -> SocketAddr {
+        let l = &self.layout;
+        let port = be16(self.frame(), l.udp + udp::DST_PORT.start);
+        match l.ip {
+            IpVersion::V4 => SocketAddr::new(IpAddr::V4(Ipv4Addr::from(self.v4_addr(ipv4::DST.start))), port),
+            IpVersion::V6 => SocketAddr::new(IpAddr::V6(Ipv6Addr::from(self.v6_addr(ipv6::DST.start))), port),
+        }
+    }
+
+    fn v4_addr(&self, at: usize) -> [u8; 4] {
+        array(self.frame(), self.layout.l3 + at)
+    }
+
+    fn v6_addr(&self, at: usize) -> [u8; 16] {
+        array(self.frame(), self.layout.l3 + at)
+    }
+
+    /// Classifies the UDP checksum field (see [`UdpChecksum`]).
+    pub fn udp_checksum(&self) -> UdpChecksum {
+        let l = &self.layout;
+        let segment = bytes(self.frame(), l.udp..l.payload() + l.payload_len);
+        let field = be16(self.frame(), l.udp + udp::CHECKSUM.start);
+        let pseudo = match l.ip {
+            IpVersion::V4 => {
+                checksum::pseudo_header_v4(self.v4_addr(ipv4::SRC.start), self.v4_addr(ipv4::DST.start), segment.len())
+            }
+            IpVersion::V6 => checksum::pseudo_header_v6(
+                &self.v6_addr(ipv6::SRC.start),
+                &self.v6_addr(ipv6::DST.start),
+                segment.len(),
+            ),
+        };
+        if field == 0 {
+            return if l.ip == IpVersion::V4 { UdpChecksum::Absent } else { UdpChecksum::Wrong };
+        }
+        if checksum::fold(checksum::add(pseudo, segment)) == 0xffff {
+            UdpChecksum::Correct
+        } else if field == checksum::fold(pseudo) {
+            UdpChecksum::PseudoHeaderOnly
+        } else {
+            UdpChecksum::Wrong
+        }
+    }
 }
 
-#[inline]
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
+impl Datagram<&mut [u8]> {
+    /// The buffer from the UDP payload on, as far as a reply may reach: the request's payload is its first
+    /// [`Datagram::payload_len`] bytes, and a handler writes its reply here.
+    pub fn payload_room_mut(&mut self) -> &mut [u8] {
+        let start = self.layout.payload();
+        let end = start + self.max_reply_payload();
+        bytes_mut(self.buf, start..end)
+    }
+
+    /// The largest UDP payload a reply may carry: what is left of the buffer, and what the IP length fields
+    /// can express.
+    pub fn max_reply_payload(&self) -> usize {
+        let l = &self.layout;
+        let by_buffer = self.buf.len().saturating_sub(l.payload());
+        let by_header = match l.ip {
+            // IPv4 total length covers the IP header and the UDP header too.
+            IpVersion::V4 => usize::from(u16::MAX) - (l.payload() - l.l3),
+            IpVersion::V6 => usize::from(u16::MAX) - udp::HEADER_LEN,
+        };
+        by_buffer.min(by_header)
+    }
 }
 
-/// Parses `frame` (starting at the Ethernet header).
-///
-/// Returns `Ok(Some)` for a well-formed UDP datagram over IPv4 or IPv6, `Ok(None)` for a frame that is not ours
-/// to answer (not IP, not UDP, an IPv4 fragment, IPv6 with extension headers, more than one VLAN tag), and
-/// `Err` for a frame that claims to be IP/UDP but whose lengths, version or IPv4 header checksum do not hold.
-///
-/// The UDP checksum is not verified: over veth (and any NIC with TX checksum offload on the sending host) the
-/// request carries only the pseudo-header part of it. Real NICs verify it in hardware.
-pub fn parse(frame: &[u8]) -> Result<Option<Datagram>, Malformed> {
-    if frame.len() < ETH_HEADER_LEN {
+/// Checks `frame` and finds its parts (see [`Datagram::parse`]).
+fn layout(frame: &[u8]) -> Result<Option<Layout>, Malformed> {
+    if frame.len() < eth::HEADER_LEN {
         return Err(Malformed::TruncatedEthernet);
     }
-    let mut ethertype = be16(frame, 12);
-    let mut l3_offset = ETH_HEADER_LEN;
+    let mut ethertype = be16(frame, eth::ETHERTYPE.start);
+    let mut l3 = eth::HEADER_LEN;
     let mut vlan_tci = None;
     if ethertype == ETHERTYPE_VLAN || ethertype == ETHERTYPE_QINQ {
-        if frame.len() < ETH_HEADER_LEN + VLAN_TAG_LEN {
+        if frame.len() < eth::HEADER_LEN + vlan::TAG_LEN {
             return Err(Malformed::TruncatedEthernet);
         }
-        vlan_tci = Some(be16(frame, 14));
-        ethertype = be16(frame, 16);
-        l3_offset += VLAN_TAG_LEN;
+        vlan_tci = Some(be16(frame, l3 + vlan::TCI.start));
+        ethertype = be16(frame, l3 + vlan::ETHERTYPE.start);
+        l3 += vlan::TAG_LEN;
     }
-    let l3 = &frame[l3_offset..];
-    let (ip, udp_offset, ip_payload_len, src_ip, dst_ip) = match ethertype {
+    let available = frame.len() - l3;
+    let (ip, header, ip_payload_len) = match ethertype {
         ETHERTYPE_IPV4 => {
-            if l3.len() < IPV4_MIN_HEADER_LEN {
+            if available < ipv4::MIN_HEADER_LEN {
                 return Err(Malformed::TruncatedIpv4);
             }
-            let version = l3[0] >> 4;
+            let [ver_ihl] = array(frame, l3 + ipv4::VER_IHL);
+            let version = ver_ihl >> 4;
             if version != 4 {
                 return Err(Malformed::Ipv4Version(version));
             }
-            let header = usize::from(l3[0] & 0x0f) * 4;
-            if header < IPV4_MIN_HEADER_LEN {
+            let header = usize::from(ver_ihl & 0x0f) * 4;
+            if header < ipv4::MIN_HEADER_LEN {
                 return Err(Malformed::Ipv4HeaderLength(header));
             }
-            if l3.len() < header {
+            if available < header {
                 return Err(Malformed::TruncatedIpv4);
             }
-            let total = usize::from(be16(l3, 2));
-            if total < header || total > l3.len() {
-                return Err(Malformed::Ipv4TotalLength { total, header, available: l3.len() });
+            let total = usize::from(be16(frame, l3 + ipv4::TOTAL_LEN.start));
+            if total < header || total > available {
+                return Err(Malformed::Ipv4TotalLength { total, header, available });
             }
-            if checksum::internet(&l3[..header]) != 0 {
+            if checksum::internet(bytes(frame, l3..l3 + header)) != 0 {
                 return Err(Malformed::Ipv4Checksum);
             }
-            if l3[9] != IPPROTO_UDP {
+            let [protocol] = array(frame, l3 + ipv4::PROTOCOL);
+            if protocol != IPPROTO_UDP {
                 return Ok(None);
             }
             // More-fragments flag or a fragment offset: reassembly is the kernel's job.
-            if be16(l3, 6) & 0x3fff != 0 {
+            if be16(frame, l3 + ipv4::FLAGS_FRAG.start) & ipv4::FRAGMENT_MASK != 0 {
                 return Ok(None);
             }
-            let src = Ipv4Addr::new(l3[12], l3[13], l3[14], l3[15]);
-            let dst = Ipv4Addr::new(l3[16], l3[17], l3[18], l3[19]);
-            (IpVersion::V4, l3_offset + header, total - header, IpAddr::V4(src), IpAddr::V4(dst))
+            (IpVersion::V4, header, total - header)
         }
         ETHERTYPE_IPV6 => {
-            if l3.len() < IPV6_HEADER_LEN {
+            if available < ipv6::HEADER_LEN {
                 return Err(Malformed::TruncatedIpv6);
             }
-            let version = l3[0] >> 4;
+            let [first, ..] = array::<4>(frame, l3 + ipv6::VER_TC_FLOW.start);
+            let version = first >> 4;
             if version != 6 {
                 return Err(Malformed::Ipv6Version(version));
             }
-            let payload = usize::from(be16(l3, 4));
-            let available = l3.len() - IPV6_HEADER_LEN;
-            if payload == 0 || payload > available {
-                return Err(Malformed::Ipv6PayloadLength { payload, available });
+            let payload = usize::from(be16(frame, l3 + ipv6::PAYLOAD_LEN.start));
+            let after = available - ipv6::HEADER_LEN;
+            if payload == 0 || payload > after {
+                return Err(Malformed::Ipv6PayloadLength { payload, available: after });
             }
-            if l3[6] != IPPROTO_UDP {
+            let [next] = array(frame, l3 + ipv6::NEXT_HEADER);
+            if next != IPPROTO_UDP {
                 return Ok(None);
             }
-            let mut src = [0u8; 16];
-            src.copy_from_slice(&l3[8..24]);
-            let mut dst = [0u8; 16];
-            dst.copy_from_slice(&l3[24..40]);
-            (
-                IpVersion::V6,
-                l3_offset + IPV6_HEADER_LEN,
-                payload,
-                IpAddr::V6(Ipv6Addr::from(src)),
-                IpAddr::V6(Ipv6Addr::from(dst)),
-            )
+            (IpVersion::V6, ipv6::HEADER_LEN, payload)
         }
         _ => return Ok(None),
     };
-    if ip_payload_len < UDP_HEADER_LEN {
+    if ip_payload_len < udp::HEADER_LEN {
         return Err(Malformed::TruncatedUdp);
     }
-    let udp = &frame[udp_offset..];
-    let udp_len = usize::from(be16(udp, 4));
-    if udp_len < UDP_HEADER_LEN || udp_len > ip_payload_len {
+    // The IP length checks above put the whole IP payload, so the UDP header, inside the frame.
+    let udp_at = l3 + header;
+    let udp_len = usize::from(be16(frame, udp_at + udp::LENGTH.start));
+    if udp_len < udp::HEADER_LEN || udp_len > ip_payload_len {
         return Err(Malformed::UdpLength { udp: udp_len, ip_payload: ip_payload_len });
     }
-    Ok(Some(Datagram {
-        ip,
-        vlan_tci,
-        l3_offset,
-        udp_offset,
-        payload_offset: udp_offset + UDP_HEADER_LEN,
-        payload_len: udp_len - UDP_HEADER_LEN,
-        src: SocketAddr::new(src_ip, be16(udp, 0)),
-        dst: SocketAddr::new(dst_ip, be16(udp, 2)),
-    }))
+    Ok(Some(Layout { ip, vlan_tci, l3, udp: udp_at, payload_len: udp_len - udp::HEADER_LEN }))
 }

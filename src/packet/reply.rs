@@ -1,7 +1,9 @@
-//! Turning a parsed request frame into its reply, in place.
+//! Turning a checked request into its reply, in place.
 
 use super::{
-    checksum, Datagram, IpVersion, ETH_HEADER_LEN, IPV4_MIN_HEADER_LEN, IPV6_HEADER_LEN, REPLY_TTL, UDP_HEADER_LEN,
+    array, bytes, checksum,
+    field::{eth, ipv4, ipv6, udp},
+    put, Datagram, IpVersion, REPLY_TTL,
 };
 
 /// Why a reply could not be written.
@@ -15,115 +17,107 @@ pub enum ReplyError {
         /// The most that fits.
         max: usize,
     },
-    /// The `Datagram`'s offsets do not describe a frame of this buffer (it was not parsed from it).
-    #[error("the datagram's offsets do not fit this frame")]
-    Inconsistent,
 }
 
-/// The largest UDP payload a reply to `d` may carry in a buffer of `buffer_len` bytes.
-#[inline]
-pub fn max_reply_payload(d: &Datagram, buffer_len: usize) -> usize {
-    let by_buffer = buffer_len.saturating_sub(d.payload_offset);
-    let by_header = match d.ip {
-        // IPv4 total length covers the IP header too.
-        IpVersion::V4 => usize::from(u16::MAX).saturating_sub(d.payload_offset.saturating_sub(d.l3_offset)),
-        IpVersion::V6 => usize::from(u16::MAX) - UDP_HEADER_LEN,
-    };
-    by_buffer.min(by_header)
-}
-
-/// Rewrites the request frame parsed as `d` into a reply whose UDP payload is the first `payload_len` bytes at
-/// `d.payload_offset` (already written by the handler): Ethernet addresses, IP addresses and UDP ports are
-/// swapped, lengths set, TTL / hop limit reset, the IPv4 header checksum recomputed and a full UDP checksum
-/// written (the request's may be a partial, offloaded one). Returns the reply frame's length.
-///
-/// `frame` must be the buffer `d` was parsed from (it may extend beyond the received length, up to the frame's
-/// capacity); the VLAN tag and IPv4 options are kept as they were.
-pub fn write_reply(frame: &mut [u8], d: &Datagram, payload_len: usize) -> Result<usize, ReplyError> {
-    // A `Datagram` from `parse` always passes; a hand-made one that does not fit gets an error, not a panic.
-    let ip_header = match d.ip {
-        IpVersion::V4 => IPV4_MIN_HEADER_LEN..=60,
-        IpVersion::V6 => IPV6_HEADER_LEN..=IPV6_HEADER_LEN,
-    };
-    if d.l3_offset < ETH_HEADER_LEN
-        || !ip_header.contains(&d.udp_offset.saturating_sub(d.l3_offset))
-        || d.udp_offset < d.l3_offset
-        || d.payload_offset != d.udp_offset + UDP_HEADER_LEN
-        || frame.len() < d.payload_offset
-    {
-        return Err(ReplyError::Inconsistent);
-    }
-    let max = max_reply_payload(d, frame.len());
-    if payload_len > max {
-        return Err(ReplyError::TooLarge { payload: payload_len, max });
-    }
-    let frame_len = d.payload_offset + payload_len;
-    let udp_len = UDP_HEADER_LEN + payload_len;
-
-    // Ethernet: destination <-> source.
-    let (dst_mac, src_mac) = frame[..12].split_at_mut(6);
-    dst_mac.swap_with_slice(src_mac);
-
-    let (head, udp) = frame[..frame_len].split_at_mut(d.udp_offset);
-    let ip = &mut head[d.l3_offset..];
-    // UDP: ports swapped, length set, checksum zeroed before it is computed.
-    let (sport, rest) = udp.split_at_mut(2);
-    sport.swap_with_slice(&mut rest[..2]);
-    udp[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
-    udp[6..8].copy_from_slice(&[0, 0]);
-
-    let udp_sum = match d.ip {
-        IpVersion::V4 => {
-            let header_len = ip.len();
-            let (src, dst) = ip[12..20].split_at_mut(4);
-            src.swap_with_slice(dst);
-            ip[2..4].copy_from_slice(&((header_len + udp_len) as u16).to_be_bytes());
-            ip[8] = REPLY_TTL;
-            ip[10..12].copy_from_slice(&[0, 0]);
-            let ip_sum = checksum::internet(ip);
-            ip[10..12].copy_from_slice(&ip_sum.to_be_bytes());
-            let src = [ip[12], ip[13], ip[14], ip[15]];
-            let dst = [ip[16], ip[17], ip[18], ip[19]];
-            checksum::udp_ipv4(src, dst, udp)
+impl Datagram<&mut [u8]> {
+    /// Rewrites the request into a reply whose UDP payload is the first `payload_len` bytes of
+    /// [`Datagram::payload_room_mut`] (already written by the handler): Ethernet addresses, IP addresses and
+    /// UDP ports are swapped, lengths set, TTL / hop limit reset, the IPv4 header checksum recomputed and a
+    /// full UDP checksum written (the request's may be a partial, offloaded one). The VLAN tag and IPv4
+    /// options are kept as they were. Returns the reply frame's length.
+    pub fn write_reply(self, payload_len: usize) -> Result<usize, ReplyError> {
+        let max = self.max_reply_payload();
+        if payload_len > max {
+            return Err(ReplyError::TooLarge { payload: payload_len, max });
         }
-        IpVersion::V6 => {
-            let (src, dst) = ip[8..40].split_at_mut(16);
-            src.swap_with_slice(dst);
-            ip[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
-            ip[7] = REPLY_TTL;
-            let mut src = [0u8; 16];
-            src.copy_from_slice(&ip[8..24]);
-            let mut dst = [0u8; 16];
-            dst.copy_from_slice(&ip[24..40]);
-            checksum::udp_ipv6(&src, &dst, udp)
-        }
-    };
-    udp[6..8].copy_from_slice(&udp_sum.to_be_bytes());
-    Ok(frame_len)
+        let l = self.layout;
+        let frame = self.buf;
+        // From here on every offset is below `l.payload() + payload_len <= frame.len()`, as `parse` and the
+        // check above proved.
+        let udp_len = udp::HEADER_LEN + payload_len;
+        let frame_len = l.udp + udp_len;
+
+        let (dst_mac, src_mac) = (array::<6>(frame, eth::DST.start), array::<6>(frame, eth::SRC.start));
+        put(frame, eth::DST.start, &src_mac);
+        put(frame, eth::SRC.start, &dst_mac);
+
+        let (sport, dport) =
+            (array::<2>(frame, l.udp + udp::SRC_PORT.start), array::<2>(frame, l.udp + udp::DST_PORT.start));
+        put(frame, l.udp + udp::SRC_PORT.start, &dport);
+        put(frame, l.udp + udp::DST_PORT.start, &sport);
+        put(frame, l.udp + udp::LENGTH.start, &(udp_len as u16).to_be_bytes());
+        put(frame, l.udp + udp::CHECKSUM.start, &[0, 0]);
+
+        let sum = match l.ip {
+            IpVersion::V4 => {
+                let (src, dst) = (array::<4>(frame, l.l3 + ipv4::SRC.start), array::<4>(frame, l.l3 + ipv4::DST.start));
+                put(frame, l.l3 + ipv4::SRC.start, &dst);
+                put(frame, l.l3 + ipv4::DST.start, &src);
+                let header_len = l.udp - l.l3;
+                put(frame, l.l3 + ipv4::TOTAL_LEN.start, &((header_len + udp_len) as u16).to_be_bytes());
+                put(frame, l.l3 + ipv4::TTL, &[REPLY_TTL]);
+                put(frame, l.l3 + ipv4::CHECKSUM.start, &[0, 0]);
+                let ip_sum = checksum::internet(bytes(frame, l.l3..l.udp));
+                put(frame, l.l3 + ipv4::CHECKSUM.start, &ip_sum.to_be_bytes());
+                checksum::udp_ipv4(dst, src, bytes(frame, l.udp..frame_len))
+            }
+            IpVersion::V6 => {
+                let (src, dst) =
+                    (array::<16>(frame, l.l3 + ipv6::SRC.start), array::<16>(frame, l.l3 + ipv6::DST.start));
+                put(frame, l.l3 + ipv6::SRC.start, &dst);
+                put(frame, l.l3 + ipv6::DST.start, &src);
+                put(frame, l.l3 + ipv6::PAYLOAD_LEN.start, &(udp_len as u16).to_be_bytes());
+                put(frame, l.l3 + ipv6::HOP_LIMIT, &[REPLY_TTL]);
+                checksum::udp_ipv6(&dst, &src, bytes(frame, l.udp..frame_len))
+            }
+        };
+        put(frame, l.udp + udp::CHECKSUM.start, &sum.to_be_bytes());
+        Ok(frame_len)
+    }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
-    use crate::packet::parse;
+    use crate::packet::{write_request, FlowSpec, UdpChecksum};
+
+    fn request(frame: &mut [u8], src: &str, dst: &str, payload: &[u8]) -> usize {
+        let spec = FlowSpec {
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, 0, 2],
+            vlan_tci: None,
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+        };
+        let at = spec.payload_offset();
+        frame[at..at + payload.len()].copy_from_slice(payload);
+        write_request(frame, &spec, payload.len()).unwrap()
+    }
 
     #[test]
-    fn a_datagram_from_another_frame_is_refused_not_a_panic() {
+    fn reply_swaps_everything_and_verifies() {
+        for (c, s) in [("198.18.0.2:4000", "198.18.0.1:9000"), ("[2001:2::2]:4000", "[2001:2::1]:9000")] {
+            let mut frame = [0u8; 256];
+            let n = request(&mut frame, c, s, b"hello");
+            let mut d = Datagram::parse(&mut frame[..], n).unwrap().unwrap();
+            d.payload_room_mut()[..6].copy_from_slice(b"world!");
+            let m = d.write_reply(6).unwrap();
+            let r = crate::packet::parse(&frame[..m]).unwrap().unwrap();
+            assert_eq!((r.src(), r.dst()), (s.parse().unwrap(), c.parse().unwrap()));
+            assert_eq!(r.payload(), b"world!");
+            assert_eq!(r.udp_checksum(), UdpChecksum::Correct);
+            assert_eq!(&frame[0..6], &[2, 0, 0, 0, 0, 1]);
+        }
+    }
+
+    #[test]
+    fn too_large_is_refused() {
         let mut frame = [0u8; 64];
-        frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-        frame[14] = 0x45;
-        frame[16..18].copy_from_slice(&28u16.to_be_bytes());
-        frame[22] = 64;
-        frame[23] = 17;
-        frame[38..40].copy_from_slice(&8u16.to_be_bytes());
-        let sum = checksum::internet(&frame[14..34]);
-        frame[24..26].copy_from_slice(&sum.to_be_bytes());
-        let d = parse(&frame[..42]).unwrap().unwrap();
-        assert_eq!(write_reply(&mut frame[..30], &d, 0), Err(ReplyError::Inconsistent));
-        let forged = Datagram { payload_offset: d.payload_offset + 1, ..d };
-        assert_eq!(write_reply(&mut frame, &forged, 0), Err(ReplyError::Inconsistent));
-        let forged = Datagram { l3_offset: 50, ..d };
-        assert_eq!(write_reply(&mut frame, &forged, 0), Err(ReplyError::Inconsistent));
-        assert_eq!(write_reply(&mut frame, &d, 0), Ok(42));
+        let n = request(&mut frame, "198.18.0.2:1", "198.18.0.1:2", b"");
+        let d = Datagram::parse(&mut frame[..], n).unwrap().unwrap();
+        let max = d.max_reply_payload();
+        assert_eq!(max, 64 - 42);
+        assert_eq!(d.write_reply(max + 1), Err(ReplyError::TooLarge { payload: max + 1, max }));
     }
 }

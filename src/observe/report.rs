@@ -4,12 +4,13 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::latency::{human_ns, LatencyReport, Summary};
 use crate::{
-    config::{AttachMode, BindMode},
-    latency::{LatencyReport, Summary},
-    reporter::human_ns,
-    stats::{KernelSocketStats, WorkerStats},
-    xdp::XdpCounters,
+    datapath::{
+        counters::{KernelSocketStats, WorkerStats},
+        BindMode,
+    },
+    steer::{AttachMode, XdpCounters},
 };
 
 /// One worker's part of the report.
@@ -132,11 +133,7 @@ impl Report {
         );
         for w in &self.workers {
             let s = &w.stats;
-            let mode = match w.bind_mode {
-                BindMode::Zerocopy => "zerocopy",
-                BindMode::Copy => "copy",
-                BindMode::Auto => "auto",
-            };
+            let mode = w.bind_mode.name();
             let _ = writeln!(
                 out,
                 "  {:>5} {:>4} {:>8} {:>12} {:>12} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10.2}",

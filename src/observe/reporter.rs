@@ -14,9 +14,13 @@ use std::{
 
 use hdrhistogram::serialization::{interval_log, V2DeflateSerializer};
 
-use crate::{
-    latency::{LatencyReport, LatencySet, ReporterLatency},
-    stats::{WorkerShared, WorkerStats},
+use super::{
+    latency::{human_ns, LatencyReport},
+    LatencySnapshot,
+};
+use crate::datapath::{
+    counters::{WorkerShared, WorkerStats},
+    latency::{LatencySet, ReporterLatency},
 };
 
 /// What the reporter watches for one worker.
@@ -28,17 +32,6 @@ pub struct WatchedWorker {
     pub shared: Arc<WorkerShared>,
     /// Its histogram hand-off.
     pub latency: ReporterLatency,
-}
-
-/// Latest latency figures, for the metrics endpoint: run totals per worker (by queue) and merged.
-#[derive(Debug, Clone, Default)]
-pub struct LatencySnapshot {
-    /// (queue, summary of the run so far).
-    pub per_worker: Vec<(u32, LatencyReport)>,
-    /// Merged over workers.
-    pub total: LatencyReport,
-    /// Sum of the total latency over the run, in ns (a summary's `_sum`).
-    pub total_sum_ns: f64,
 }
 
 /// How the reporter runs.
@@ -162,7 +155,7 @@ fn interval_is_empty(stats: &[WorkerStats], last: &[WorkerStats], interval: &Lat
 
 fn publish(workers: &[WatchedWorker], totals: &[LatencySet], snapshot: &Mutex<LatencySnapshot>) {
     let per_worker: Vec<(u32, LatencyReport)> =
-        workers.iter().zip(totals).map(|(w, t)| (w.queue, t.summary())).collect();
+        workers.iter().zip(totals).map(|(w, t)| (w.queue, LatencyReport::of(t))).collect();
     let mut merged = LatencySet::new(totals.first().map(|t| t.total.high()).unwrap_or(1_000_000_000));
     for t in totals {
         merged.add(t);
@@ -170,16 +163,7 @@ fn publish(workers: &[WatchedWorker], totals: &[LatencySet], snapshot: &Mutex<La
     let total_sum_ns =
         merged.total.iter_recorded().map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64).sum();
     if let Ok(mut s) = snapshot.lock() {
-        *s = LatencySnapshot { per_worker, total: merged.summary(), total_sum_ns };
-    }
-}
-
-/// Formats nanoseconds for people: ns below 10 µs would be noise, so µs with one decimal, ms above 10 ms.
-pub fn human_ns(ns: u64) -> String {
-    if ns >= 10_000_000 {
-        format!("{:.1}ms", ns as f64 / 1e6)
-    } else {
-        format!("{:.1}us", ns as f64 / 1e3)
+        *s = LatencySnapshot { per_worker, total: LatencyReport::of(&merged), total_sum_ns };
     }
 }
 

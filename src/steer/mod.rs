@@ -1,4 +1,4 @@
-//! XDP control: load the steering program, fill its maps, attach it to the interface as a bpf_link, read its
+//! Steering, the XDP control plane: load the steering program, fill its maps, attach it to the interface as a bpf_link, read its
 //! counters, and detach by dropping the link.
 //!
 //! The program is attached through a bpf_link rather than netlink so that it lives exactly as long as the
@@ -11,7 +11,30 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, Object, ObjectBuilder};
 use serde::Serialize;
 
-use crate::{config::AttachMode, datapath::sys};
+use crate::sys;
+
+/// Where the XDP program is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// In the driver (XDP_FLAGS_DRV_MODE): fails if the driver has no native XDP.
+    Native,
+    /// In the generic, skb-based hook (XDP_FLAGS_SKB_MODE): works everywhere, slower.
+    Generic,
+    /// Let the kernel choose: native where the driver supports it, generic otherwise.
+    Auto,
+}
+
+impl AttachMode {
+    /// The lowercase name used in reports and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+            AttachMode::Auto => "auto",
+        }
+    }
+}
 
 /// The compiled program (bpf/shunt.bpf.c, built by build.rs).
 const OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/shunt.bpf.o"));
@@ -186,11 +209,12 @@ impl XdpProgram {
     /// as the returned [`XdpLink`] (or the process) lives.
     pub fn attach(&self, interface: &str, ifindex: u32, mode: AttachMode) -> Result<XdpLink, XdpError> {
         let prog = self.object.progs().find(|p| p.name() == self.program).ok_or(XdpError::Missing("program"))?;
-        let (flags, mode_name) = match mode {
-            AttachMode::Native => (sys::XDP_FLAGS_DRV_MODE, "native"),
-            AttachMode::Generic => (sys::XDP_FLAGS_SKB_MODE, "generic"),
-            AttachMode::Auto => (0, "auto"),
+        let flags = match mode {
+            AttachMode::Native => sys::XDP_FLAGS_DRV_MODE,
+            AttachMode::Generic => sys::XDP_FLAGS_SKB_MODE,
+            AttachMode::Auto => 0,
         };
+        let mode_name = mode.name();
         let fd = sys::create_xdp_link(prog.as_fd().as_raw_fd(), ifindex, flags).map_err(|source| {
             let hint = match source.raw_os_error() {
                 Some(libc::EBUSY) | Some(libc::EEXIST) => {

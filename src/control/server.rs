@@ -13,16 +13,23 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::config::{AttachMode, Config, PollMode};
 use crate::{
-    config::{Config, PollMode},
-    datapath::{sys, DatapathError, QueueSocket, SocketOptions, Worker, WorkerExit},
-    handler::{Echo, Handler, HandlerKind, Sockperf},
-    latency::{self, LatencySet, WorkerLatency},
-    metrics::{MetricsServer, MetricsSources},
-    report::{Report, WorkerReport},
-    reporter::{self, LatencySnapshot, ReporterExit, ReporterOptions, WatchedWorker},
-    stats::WorkerShared,
-    xdp::{ProgramVariant, XdpCounters, XdpError, XdpLink, XdpProgram, SETTING_STAMP_TIME},
+    datapath::{
+        counters::{WorkerShared, WorkerStats},
+        latency::{self, LatencySet, WorkerLatency},
+        BindMode, DatapathError, QueueSocket, SocketOptions, Worker, WorkerExit,
+    },
+    handler::Handler,
+    observe::{
+        latency::LatencyReport,
+        metrics::{MetricsServer, MetricsSources},
+        report::{Report, WorkerReport},
+        reporter::{self, ReporterExit, ReporterOptions, WatchedWorker},
+        LatencySnapshot,
+    },
+    steer::{ProgramVariant, XdpCounters, XdpError, XdpLink, XdpProgram, SETTING_STAMP_TIME},
+    sys,
 };
 
 fn latency_clock(variant: ProgramVariant) -> String {
@@ -39,6 +46,17 @@ fn latency_clock(variant: ProgramVariant) -> String {
 /// Histogram sets waiting for each worker besides the one it records into.
 const SPARE_LATENCY_SETS: usize = 2;
 
+/// What a handler factory is told about the worker it builds a handler for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// The worker's position (0-based) in `workers.queues`.
+    pub index: usize,
+    /// The NIC receive queue it serves.
+    pub queue: u32,
+    /// The core it is pinned to.
+    pub core: usize,
+}
+
 /// Run-time choices that are not part of the config file.
 #[derive(Debug, Clone, Default)]
 pub struct StartOptions {
@@ -51,7 +69,7 @@ pub struct StartOptions {
 pub enum StartError {
     /// The configuration is invalid.
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] super::config::ConfigError),
     /// The process lacks a capability it needs.
     #[error("missing capability {capability}: {why} (run as root or grant it)")]
     Privilege {
@@ -117,7 +135,7 @@ pub enum StartError {
 struct WorkerSlot {
     queue: u32,
     core: usize,
-    bind_mode: crate::config::BindMode,
+    bind_mode: BindMode,
     shared: Arc<WorkerShared>,
     thread: JoinHandle<WorkerExit>,
 }
@@ -125,6 +143,7 @@ struct WorkerSlot {
 /// A server whose workers are running.
 pub struct RunningServer {
     config: Config,
+    handler_name: &'static str,
     program: XdpProgram,
     link: Option<XdpLink>,
     workers: Vec<WorkerSlot>,
@@ -180,7 +199,7 @@ fn check_machine(config: &Config) -> Result<u32, StartError> {
             }
         }
     }
-    let cores: BTreeSet<usize> = core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
+    let cores: BTreeSet<usize> = sys::allowed_cores().unwrap_or_default().into_iter().collect();
     for (i, &core) in config.workers.cores.iter().enumerate() {
         if !cores.contains(&core) {
             let available = cores.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",");
@@ -194,7 +213,7 @@ fn check_machine(config: &Config) -> Result<u32, StartError> {
 /// measured in native mode (device-bound programs cannot run in the generic hook); the plain one otherwise,
 /// or when the device-bound load is refused.
 fn load_program(config: &Config, ifindex: u32) -> Result<XdpProgram, StartError> {
-    if config.latency.enabled && config.xdp.attach_mode == crate::config::AttachMode::Native {
+    if config.latency.enabled && config.xdp.attach_mode == AttachMode::Native {
         match XdpProgram::load(ProgramVariant::DeviceBound { ifindex }) {
             Ok(p) => return Ok(p),
             Err(e) => tracing::info!("no device-bound program ({e}); RX hardware timestamps will not be read"),
@@ -204,8 +223,19 @@ fn load_program(config: &Config, ifindex: u32) -> Result<XdpProgram, StartError>
 }
 
 impl RunningServer {
-    /// Checks, loads, binds, attaches and starts the workers. On error nothing stays attached.
-    pub fn start(config: Config, options: StartOptions) -> Result<RunningServer, StartError> {
+    /// Checks, loads, binds, attaches and starts one worker per queue, each with its own handler from
+    /// `make_handler` (called once per worker, in queue order, on this thread). `handler_name` names it in
+    /// logs and reports. On error nothing stays attached.
+    pub fn start<H, F>(
+        config: Config,
+        options: StartOptions,
+        handler_name: &'static str,
+        mut make_handler: F,
+    ) -> Result<RunningServer, StartError>
+    where
+        H: Handler + 'static,
+        F: FnMut(WorkerInfo) -> H,
+    {
         config.validate()?;
         check_privileges()?;
         let ifindex = check_machine(&config)?;
@@ -213,7 +243,7 @@ impl RunningServer {
             tracing::debug!("could not raise RLIMIT_MEMLOCK: {e}");
         }
 
-        if config.xdp.attach_mode == crate::config::AttachMode::Generic && config.workers.queues.len() > 1 {
+        if config.xdp.attach_mode == AttachMode::Generic && config.workers.queues.len() > 1 {
             tracing::warn!(
                 "xdp.attach_mode = \"generic\" with {} queues: the generic hook reports the RX queue the driver \
                  recorded, which on veth (and drivers without skb RX-queue recording) is always 0, so the other \
@@ -231,18 +261,19 @@ impl RunningServer {
             let socket = QueueSocket::open(&SocketOptions {
                 interface: config.interface.clone(),
                 queue,
-                bind_mode: config.xdp.bind_mode,
-                umem: config.umem.clone(),
+                bind_mode: config.xdp.bind_mode.into(),
+                umem: config.umem.params(),
                 metadata_room: 0,
             })?;
             program.register_socket(queue, socket.raw_fd())?;
             sockets.push(socket);
         }
-        let link = program.attach(&config.interface, ifindex, config.xdp.attach_mode)?;
+        let link = program.attach(&config.interface, ifindex, config.xdp.attach_mode.into())?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let mut server = RunningServer {
             config,
+            handler_name,
             program,
             link: Some(link),
             workers: Vec::new(),
@@ -267,10 +298,8 @@ impl RunningServer {
             } else {
                 (None, None)
             };
-            let slot = match server.config.handler {
-                HandlerKind::Echo => server.spawn(i, core, socket, Echo, worker_side, ready_tx.clone()),
-                HandlerKind::Sockperf => server.spawn(i, core, socket, Sockperf, worker_side, ready_tx.clone()),
-            };
+            let handler = make_handler(WorkerInfo { index: i, queue, core });
+            let slot = server.spawn(i, core, socket, handler, worker_side, ready_tx.clone());
             if let Some(latency) = reporter_side {
                 watched.push(WatchedWorker { queue, shared: slot.shared.clone(), latency });
             }
@@ -295,7 +324,7 @@ impl RunningServer {
         tracing::info!(
             interface = %server.config.interface,
             ports = ?server.config.ports,
-            handler = server.config.handler.name(),
+            handler = server.handler_name,
             workers = server.workers.len(),
             "ready: serving"
         );
@@ -343,7 +372,8 @@ impl RunningServer {
         let queue = socket.queue;
         let bind_mode = socket.bind_mode;
         let shared = Arc::new(WorkerShared::default());
-        let mut worker = Worker::new(socket, handler, shared.clone(), self.config.workers.batch_size);
+        let mut worker = Worker::new(socket, handler, shared.clone(), self.config.workers.batch_size)
+            .with_options(self.config.packet.respond_options());
         if let Some(l) = latency {
             worker = worker.with_latency(l);
         }
@@ -351,7 +381,7 @@ impl RunningServer {
         let thread = std::thread::Builder::new()
             .name(format!("shunt-q{queue}"))
             .spawn(move || {
-                if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                if sys::pin_to_core(core).is_err() {
                     let _ = ready.send(Err(StartError::Pin { key: format!("workers.cores[{index}]"), core }));
                     return WorkerExit { stats: Default::default(), kernel: Default::default() };
                 }
@@ -376,7 +406,7 @@ impl RunningServer {
     }
 
     /// Live snapshots of each worker's counters: (queue, stats).
-    pub fn worker_stats(&self) -> Vec<(u32, crate::stats::WorkerStats)> {
+    pub fn worker_stats(&self) -> Vec<(u32, WorkerStats)> {
         self.workers.iter().map(|w| (w.queue, w.shared.stats.snapshot())).collect()
     }
 
@@ -416,20 +446,20 @@ impl RunningServer {
             }
             // The reporter watches every worker, in the same order, whenever latency is measured.
             for (w, set) in workers.iter_mut().zip(&exit.per_worker) {
-                w.latency = Some(set.summary());
+                w.latency = Some(LatencyReport::of(set));
                 merged.get_or_insert_with(|| LatencySet::new(self.config.latency.highest_ns)).add(set);
             }
         }
         let c = &self.config;
         Report::new(
             c.interface.clone(),
-            c.handler.name(),
+            self.handler_name,
             c.ports.clone(),
-            c.xdp.attach_mode,
+            c.xdp.attach_mode.into(),
             duration,
             xdp,
             workers,
-            merged.map(|m| m.summary()),
+            merged.map(|m| LatencyReport::of(&m)),
             latency_clock(self.program.variant),
         )
     }

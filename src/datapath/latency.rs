@@ -1,5 +1,5 @@
-//! In-server latency: the histograms a worker records into, the summaries the reports show, and the hand-off
-//! between worker and reporter.
+//! In-server latency, recording side: the histograms a worker records into and the hand-off between worker
+//! and reporter (summaries for reports are [`crate::observe::latency`]'s).
 //!
 //! A worker owns one [`LatencySet`] at a time and records into it without locking or allocating (values
 //! beyond the configured range saturate instead of growing the histogram). Once per report interval it
@@ -8,9 +8,8 @@
 //! returns sets off the hot path.
 
 use hdrhistogram::Histogram;
-use serde::{Deserialize, Serialize};
 
-use crate::datapath::meta::Stamp;
+use super::meta::Stamp;
 
 /// Significant decimal digits kept by every histogram.
 pub const SIGNIFICANT_DIGITS: u8 = 3;
@@ -120,95 +119,6 @@ impl LatencySet {
         self.rx_batch.reset();
         self.unstamped = 0;
     }
-
-    /// Summaries of every metric.
-    pub fn summary(&self) -> LatencyReport {
-        LatencyReport {
-            ring_dwell_ns: Summary::of(&self.ring_dwell),
-            service_ns: Summary::of(&self.service),
-            total_ns: Summary::of(&self.total),
-            nic_to_hook_ns: Summary::of(&self.nic_to_hook),
-            tx_kick_ns: Summary::of(&self.tx_kick),
-            rx_batch_size: Summary::of(&self.rx_batch),
-            unstamped: self.unstamped,
-        }
-    }
-}
-
-/// Count, extremes, mean and percentiles of one histogram (shared with shunt-bench's reports).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Summary {
-    /// Values recorded.
-    pub count: u64,
-    /// Smallest (0 when empty).
-    pub min: u64,
-    /// Median.
-    pub p50: u64,
-    /// 90th percentile.
-    pub p90: u64,
-    /// 99th percentile.
-    pub p99: u64,
-    /// 99.9th percentile.
-    pub p999: u64,
-    /// 99.99th percentile.
-    pub p9999: u64,
-    /// Largest.
-    pub max: u64,
-    /// Arithmetic mean.
-    pub mean: f64,
-}
-
-impl Summary {
-    /// Summarises `h` (all zeros when it is empty).
-    pub fn of(h: &Histogram<u64>) -> Summary {
-        if h.is_empty() {
-            return Summary::default();
-        }
-        Summary {
-            count: h.len(),
-            min: h.min(),
-            p50: h.value_at_quantile(0.5),
-            p90: h.value_at_quantile(0.9),
-            p99: h.value_at_quantile(0.99),
-            p999: h.value_at_quantile(0.999),
-            p9999: h.value_at_quantile(0.9999),
-            max: h.max(),
-            mean: h.mean(),
-        }
-    }
-
-    /// True when min ≤ p50 ≤ … ≤ p99.99 ≤ max, as any summary of one histogram must be.
-    pub fn is_ordered(&self) -> bool {
-        let v = [self.min, self.p50, self.p90, self.p99, self.p999, self.p9999, self.max];
-        v.windows(2).all(|w| w[0] <= w[1])
-    }
-}
-
-/// The latency part of a report: one summary per metric.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct LatencyReport {
-    /// XDP hook → pick-up.
-    pub ring_dwell_ns: Summary,
-    /// Pick-up → TX ring.
-    pub service_ns: Summary,
-    /// XDP hook → TX ring: the time a packet spends inside the server.
-    pub total_ns: Summary,
-    /// NIC hardware RX timestamp → XDP hook (empty unless the driver timestamps packets).
-    pub nic_to_hook_ns: Summary,
-    /// Replies on the TX ring → TX kick returned, per kicked batch.
-    pub tx_kick_ns: Summary,
-    /// RX batch sizes.
-    pub rx_batch_size: Summary,
-    /// Replies whose request carried no XDP timestamp.
-    pub unstamped: u64,
-}
-
-impl LatencyReport {
-    /// The per-packet stages and the kick, named by [`STAGE_NAMES`] as in [`LatencySet::stages`].
-    pub fn stages(&self) -> [(&'static str, &Summary); 4] {
-        let [total, dwell, service, kick] = STAGE_NAMES;
-        [(total, &self.total_ns), (dwell, &self.ring_dwell_ns), (service, &self.service_ns), (kick, &self.tx_kick_ns)]
-    }
 }
 
 /// The worker's side of the histogram hand-off.
@@ -299,8 +209,8 @@ mod tests {
     fn hardware_stamps_feed_nic_to_hook() {
         let mut s = LatencySet::new(1_000_000);
         s.record_packet(Some(Stamp { hook_ns: 10, nic_to_hook_ns: Some(700) }), 20, 30);
-        assert_eq!(s.summary().nic_to_hook_ns.count, 1);
-        assert_eq!(s.summary().total_ns.count, 1);
+        assert_eq!(s.nic_to_hook.len(), 1);
+        assert_eq!(s.total.len(), 1);
     }
 
     #[test]
@@ -308,20 +218,19 @@ mod tests {
         let mut s = LatencySet::new(1_000_000_000);
         s.record_packet(Some(stamp(1_000)), 1_500, 1_800);
         s.record_packet(None, 2_000, 2_100);
-        let r = s.summary();
-        assert_eq!(r.ring_dwell_ns.count, 1);
-        assert_eq!(r.ring_dwell_ns.max, 500);
-        assert_eq!(r.service_ns.count, 2);
-        assert_eq!(r.total_ns.count, 1);
-        assert_eq!(r.total_ns.max, 800);
-        assert_eq!(r.unstamped, 1);
+        assert_eq!(s.ring_dwell.len(), 1);
+        assert!(s.ring_dwell.equivalent(s.ring_dwell.max(), 500));
+        assert_eq!(s.service.len(), 2);
+        assert_eq!(s.total.len(), 1);
+        assert!(s.total.equivalent(s.total.max(), 800));
+        assert_eq!(s.unstamped, 1);
     }
 
     #[test]
     fn a_stamp_from_the_future_is_not_a_latency() {
         let mut s = LatencySet::new(1_000_000);
         s.record_packet(Some(stamp(5_000)), 1_000, 1_100);
-        assert_eq!(s.summary().total_ns.count, 0);
+        assert_eq!(s.total.len(), 0);
         assert_eq!(s.unstamped, 1);
     }
 
@@ -357,19 +266,14 @@ mod tests {
         let mut b = LatencySet::new(1_000_000);
         b.record_kick(4_000);
         b.add(&a);
-        let r = b.summary();
-        assert_eq!(r.tx_kick_ns.count, 3);
-        assert!(b.tx_kick.equivalent(r.tx_kick_ns.max, 4_000), "max {}", r.tx_kick_ns.max);
-        assert_eq!(r.total_ns.count, 1, "a kick is not a packet");
-        assert_eq!(r.stages()[3], ("tx_kick", &r.tx_kick_ns));
+        assert_eq!(b.tx_kick.len(), 3);
+        assert!(b.tx_kick.equivalent(b.tx_kick.max(), 4_000), "max {}", b.tx_kick.max());
+        assert_eq!(b.total.len(), 1, "a kick is not a packet");
         let (name, h) = b.stages()[1];
         assert!(name == "ring_dwell" && std::ptr::eq(h, &b.ring_dwell), "stage 1 is ring_dwell");
+        let (name, h) = b.stages()[3];
+        assert!(name == "tx_kick" && std::ptr::eq(h, &b.tx_kick), "stage 3 is tx_kick");
         b.reset();
-        assert_eq!(b.summary().tx_kick_ns, Summary::default());
-    }
-
-    #[test]
-    fn empty_summary_is_zero() {
-        assert_eq!(LatencySet::new(1000).summary().total_ns, Summary::default());
+        assert!(b.tx_kick.is_empty());
     }
 }

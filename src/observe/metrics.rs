@@ -17,12 +17,11 @@ use prometheus::{
     Encoder, TextEncoder,
 };
 
-use crate::{
+use super::{
     latency::{LatencyReport, Summary},
-    reporter::LatencySnapshot,
-    stats::WorkerShared,
-    xdp::XdpCountersReader,
+    LatencySnapshot,
 };
+use crate::{datapath::counters::WorkerShared, steer::XdpCountersReader};
 
 /// Everything a scrape reads.
 pub struct MetricsSources {

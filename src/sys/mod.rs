@@ -1,4 +1,8 @@
-//! The few raw system calls the datapath and its XDP steering need, each behind a safe function.
+//! The one OS module: the raw system calls the datapath, the XDP steering and the control plane need, each
+//! behind a safe function (bpf_link creation, rlimits, clocks, CPU affinity, interface and ethtool queries).
+//! Where `rustix` has a safe wrapper it is used; what is left (bpf_link_create, if_nametoindex, the ethtool
+//! ioctl) is `unsafe` here and nowhere else outside the datapath.
+#![allow(unsafe_code)]
 
 use std::{
     io,
@@ -31,18 +35,13 @@ pub fn create_xdp_link(prog_fd: RawFd, ifindex: u32, flags: u32) -> io::Result<O
 /// Lifts RLIMIT_MEMLOCK, which kernels older than 5.11 charge BPF maps and every kernel charges UMEMs to
 /// (unless the process has CAP_IPC_LOCK). Best effort: a failure shows up later as ENOMEM/EPERM.
 pub fn raise_memlock_limit() -> io::Result<()> {
-    let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
-    // SAFETY: setrlimit only reads the struct passed by reference.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    let unlimited = rustix::process::Rlimit { current: None, maximum: None };
+    rustix::process::setrlimit(rustix::process::Resource::Memlock, unlimited).map_err(io::Error::from)
 }
 
 /// The id of the calling thread (for logs and for matching /proc/self/task entries).
 pub fn thread_id() -> i32 {
-    // SAFETY: gettid has no preconditions.
-    unsafe { libc::gettid() }
+    rustix::thread::gettid().as_raw_nonzero().get()
 }
 
 /// The index of interface `name` in the calling thread's network namespace.
@@ -103,40 +102,53 @@ pub fn rx_queue_count(name: &str) -> io::Result<u32> {
 /// compare directly. Served by the vDSO: no system call.
 #[inline]
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec through a valid pointer; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    timespec_ns(rustix::time::clock_gettime(rustix::time::ClockId::Monotonic))
 }
 
-/// Restricts the calling thread (and threads it spawns afterwards) to the online CPUs not in `exclude`, so
-/// that control-plane threads never preempt a spinning worker. Does nothing if that would leave no CPU.
-pub fn avoid_cores(exclude: &[usize]) -> io::Result<()> {
-    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: sched_getaffinity writes at most size_of::<cpu_set_t>() bytes into `set`.
-    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
-        return Err(io::Error::last_os_error());
+/// CLOCK_REALTIME in nanoseconds since the Unix epoch (0 for a clock set before 1970). Served by the vDSO.
+#[inline]
+pub fn realtime_ns() -> u64 {
+    timespec_ns(rustix::time::clock_gettime(rustix::time::ClockId::Realtime))
+}
+
+#[inline]
+fn timespec_ns(ts: rustix::time::Timespec) -> u64 {
+    u64::try_from(ts.tv_sec).unwrap_or(0).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+}
+
+/// The CPUs the calling thread may run on.
+pub fn allowed_cores() -> io::Result<Vec<usize>> {
+    let set = rustix::thread::sched_getaffinity(None)?;
+    Ok((0..rustix::thread::CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect())
+}
+
+/// Pins the calling thread to `core` alone.
+pub fn pin_to_core(core: usize) -> io::Result<()> {
+    if core >= rustix::thread::CpuSet::MAX_CPU {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
     }
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(core);
+    rustix::thread::sched_setaffinity(None, &set).map_err(io::Error::from)
+}
+
+/// Restricts the calling thread (and threads it spawns afterwards) to the CPUs it may use now minus
+/// `exclude`, so that control-plane threads never preempt a spinning worker. Does nothing if that would leave
+/// no CPU.
+pub fn avoid_cores(exclude: &[usize]) -> io::Result<()> {
+    let mut set = rustix::thread::sched_getaffinity(None)?;
     let mut left = 0;
-    for cpu in 0..libc::CPU_SETSIZE as usize {
-        // SAFETY: `cpu` is below CPU_SETSIZE, the bound CPU_ISSET/CPU_CLR index within.
-        unsafe {
-            if libc::CPU_ISSET(cpu, &set) {
-                if exclude.contains(&cpu) {
-                    libc::CPU_CLR(cpu, &mut set);
-                } else {
-                    left += 1;
-                }
+    for cpu in 0..rustix::thread::CpuSet::MAX_CPU {
+        if set.is_set(cpu) {
+            if exclude.contains(&cpu) {
+                set.unset(cpu);
+            } else {
+                left += 1;
             }
         }
     }
     if left == 0 {
         return Ok(());
     }
-    // SAFETY: `set` is a valid cpu_set_t of the size passed.
-    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    rustix::thread::sched_setaffinity(None, &set).map_err(io::Error::from)
 }

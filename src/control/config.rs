@@ -1,11 +1,13 @@
 //! The TOML run configuration: every key, its default, and the checks that can be made without touching the
-//! system. Checks against the machine (interface, queues, cores, privileges) happen in [`crate::server`].
+//! system. Checks against the machine (interface, queues, cores, privileges) happen in
+//! [`crate::control::server`]. The lower layers never see these types: [`Config`] maps itself onto their
+//! plain parameters ([`crate::datapath::UmemParams`], [`crate::steer::AttachMode`], ...).
 
 use std::{collections::BTreeSet, fmt, path::Path};
 
 use serde::{Deserialize, Serialize};
 
-use crate::handler::HandlerKind;
+use crate::{datapath, handler::RespondOptions, steer};
 
 /// A configuration problem, naming the key it is about.
 #[derive(Debug, thiserror::Error)]
@@ -40,8 +42,8 @@ fn invalid(key: impl Into<String>, message: impl fmt::Display) -> ConfigError {
     ConfigError::Invalid { key: key.into(), message: message.to_string() }
 }
 
-/// How the XDP program is attached to the interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How the XDP program is attached to the interface (`xdp.attach_mode`, `--attach-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachMode {
     /// In the driver (XDP_FLAGS_DRV_MODE): fails if the driver has no native XDP.
@@ -52,8 +54,8 @@ pub enum AttachMode {
     Auto,
 }
 
-/// How AF_XDP sockets are bound to their queues.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How AF_XDP sockets are bound to their queues (`xdp.bind_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum BindMode {
     /// Zero-copy (XDP_ZEROCOPY): the NIC DMAs into the UMEM. Fails where the driver lacks support.
@@ -64,12 +66,53 @@ pub enum BindMode {
     Auto,
 }
 
-/// How a worker waits for packets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How a worker waits for packets (`workers.poll_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum PollMode {
     /// Busy-poll the rings without ever sleeping: lowest latency, one core at 100 %.
     Spin,
+}
+
+/// The built-in handlers `shunt serve` chooses between (`handler`, `--handler`). A program that runs its own
+/// handler through [`crate::control::serve`] ignores this key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum HandlerKind {
+    /// Reply with the request's payload unchanged.
+    Echo,
+    /// A drop-in for `sockperf server` (see [`crate::handler::Sockperf`]).
+    Sockperf,
+}
+
+impl HandlerKind {
+    /// The name used in the config and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            HandlerKind::Echo => "echo",
+            HandlerKind::Sockperf => "sockperf",
+        }
+    }
+}
+
+impl From<AttachMode> for steer::AttachMode {
+    fn from(m: AttachMode) -> Self {
+        match m {
+            AttachMode::Native => steer::AttachMode::Native,
+            AttachMode::Generic => steer::AttachMode::Generic,
+            AttachMode::Auto => steer::AttachMode::Auto,
+        }
+    }
+}
+
+impl From<BindMode> for datapath::BindMode {
+    fn from(m: BindMode) -> Self {
+        match m {
+            BindMode::Zerocopy => datapath::BindMode::Zerocopy,
+            BindMode::Copy => datapath::BindMode::Copy,
+            BindMode::Auto => datapath::BindMode::Auto,
+        }
+    }
 }
 
 /// The whole configuration file.
@@ -89,6 +132,9 @@ pub struct Config {
     /// Worker queues, cores and loop settings.
     #[serde(default)]
     pub workers: WorkersConfig,
+    /// What is checked in each request before the handler sees it.
+    #[serde(default)]
+    pub packet: PacketConfig,
     /// UMEM and ring sizes (per queue).
     #[serde(default)]
     pub umem: UmemConfig,
@@ -143,6 +189,29 @@ impl Default for WorkersConfig {
     }
 }
 
+/// `[packet]`: checks made on every request before the handler sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PacketConfig {
+    /// Drop (and count) requests whose UDP checksum does not verify. A correct checksum, a zero one over
+    /// IPv4 and the pseudo-header-only value an offloading sender leaves are accepted. Off saves one pass over
+    /// each payload; turn it off only where the NIC verifies checksums in hardware.
+    pub verify_udp_checksum: bool,
+}
+
+impl Default for PacketConfig {
+    fn default() -> Self {
+        PacketConfig { verify_udp_checksum: true }
+    }
+}
+
+impl PacketConfig {
+    /// The datapath's view of these settings.
+    pub fn respond_options(&self) -> RespondOptions {
+        RespondOptions { verify_udp_checksum: self.verify_udp_checksum }
+    }
+}
+
 /// `[umem]`: per-queue packet memory and ring sizes. Ring sizes must be powers of two.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -163,13 +232,28 @@ pub struct UmemConfig {
 
 impl Default for UmemConfig {
     fn default() -> Self {
+        let p = datapath::UmemParams::default();
         UmemConfig {
-            frame_count: 8192,
-            frame_size: 4096,
-            fill_ring: 4096,
-            completion_ring: 4096,
-            rx_ring: 4096,
-            tx_ring: 4096,
+            frame_count: p.frame_count,
+            frame_size: p.frame_size,
+            fill_ring: p.fill_ring,
+            completion_ring: p.completion_ring,
+            rx_ring: p.rx_ring,
+            tx_ring: p.tx_ring,
+        }
+    }
+}
+
+impl UmemConfig {
+    /// The datapath's view of these sizes.
+    pub fn params(&self) -> datapath::UmemParams {
+        datapath::UmemParams {
+            frame_count: self.frame_count,
+            frame_size: self.frame_size,
+            fill_ring: self.fill_ring,
+            completion_ring: self.completion_ring,
+            rx_ring: self.rx_ring,
+            tx_ring: self.tx_ring,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Counters a worker publishes for the control plane to read while it runs.
+//! Counters a worker keeps and publishes for the control plane to read while it runs.
 //!
 //! The worker is the only writer: it keeps plain local counts and stores them into these atomics once per
 //! batch (relaxed stores, no read-modify-write, no lock), so publishing costs a few stores per batch and
@@ -17,6 +17,8 @@ pub struct WorkerStats {
     pub tx_packets: u64,
     /// Frames whose headers did not hold together.
     pub dropped_malformed: u64,
+    /// Requests whose UDP checksum did not verify (see `packet.verify_udp_checksum`).
+    pub dropped_bad_checksum: u64,
     /// Frames that were not UDP over IP for a served port (should not reach a worker).
     pub dropped_not_ours: u64,
     /// Requests the handler chose not to answer, or answered with a reply too large for the frame.
@@ -76,6 +78,7 @@ published!(
         rx_packets,
         tx_packets,
         dropped_malformed,
+        dropped_bad_checksum,
         dropped_not_ours,
         dropped_by_handler,
         tx_ring_full,

@@ -1,0 +1,101 @@
+//! The `shunt` command line: `serve` with a built-in handler, `check-config`, and `stats` (a live table
+//! read from a running server's JSON endpoint).
+
+mod stats;
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use shunt::{
+    control::{
+        cli::{self, ServeArgs, EXIT_SETUP},
+        config::{Config, HandlerKind},
+    },
+    handler::{Echo, Sockperf},
+};
+
+#[derive(Parser)]
+#[command(
+    name = "shunt",
+    version,
+    about = "Kernel-bypass UDP server: XDP steers the configured UDP ports into \
+AF_XDP sockets served by pinned workers; everything else goes to the kernel.",
+    after_help = "Your own handler: a crate that depends on shunt implements shunt::Handler and calls \
+shunt::control::cli::run(args, name, |worker| MyHandler::new()), which takes exactly the flags of \
+`shunt serve` (see examples/sntp.rs and the README's \"Writing a handler\")."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with a built-in handler until SIGINT or SIGTERM, then detach and print the final report.
+    Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+        /// Override `handler`.
+        #[arg(long, value_enum)]
+        handler: Option<HandlerKind>,
+    },
+    /// Validate a config file without touching the system (exit 0 if valid, 2 if not).
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
+    },
+    /// Poll a running server's metrics endpoint and print a live table (per queue pps, drops, latency).
+    Stats {
+        /// The endpoint's ADDR:PORT (the server's `metrics.listen` / --metrics).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        metrics: std::net::SocketAddr,
+        /// Seconds between tables.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Tables to print before exiting (0: until the server goes away).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("shunt: {e}");
+                ExitCode::from(EXIT_SETUP)
+            }
+        },
+        Command::Serve { args, handler } => {
+            cli::init_logging();
+            let kind = match handler {
+                Some(h) => h,
+                None => match Config::load(&args.config) {
+                    Ok(c) => c.handler,
+                    Err(e) => {
+                        eprintln!("shunt: {e}");
+                        return ExitCode::from(EXIT_SETUP);
+                    }
+                },
+            };
+            match kind {
+                HandlerKind::Echo => cli::run_with_logging(args, kind.name(), |_| Echo),
+                HandlerKind::Sockperf => cli::run_with_logging(args, kind.name(), |_| Sockperf),
+            }
+        }
+        Command::Stats { metrics, interval, count } => {
+            match stats::watch(metrics, Duration::from_secs_f64(interval.max(0.05)), count) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("shunt stats: {metrics}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The `shunt serve` command line, shared by the `shunt` binary and by programs that run their own handler:
+//! the same flags ([`ServeArgs`]), the same exit codes, the same report on stdout and in `--report FILE`.
+//!
+//! ```no_run
+//! use clap::Parser;
+//! use shunt::{control::cli, handler::Echo};
+//!
+//! #[derive(Parser)]
+//! struct Args {
+//!     #[command(flatten)]
+//!     serve: cli::ServeArgs,
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     cli::run(Args::parse().serve, "my-echo", |_worker| Echo)
+//! }
+//! ```
+
+use std::{path::PathBuf, process::ExitCode};
+
+use super::{
+    config::{AttachMode, Config, ConfigError},
+    serve, ServeError, StartOptions, WorkerInfo,
+};
+use crate::handler::Handler;
+
+/// Exit code for a bad config, an unusable interface/queue/core or a missing privilege.
+pub const EXIT_SETUP: u8 = 2;
+
+/// The flags of `shunt serve`: a config file and overrides of its keys.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// The TOML config file (see config/example.toml).
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Override `interface`.
+    #[arg(long)]
+    pub interface: Option<String>,
+    /// Override `ports` (repeat for several ports).
+    #[arg(long = "port")]
+    pub ports: Vec<u16>,
+    /// Override `workers.queues`: comma-separated queue ids.
+    #[arg(long, value_delimiter = ',')]
+    pub queues: Option<Vec<u32>>,
+    /// Override `xdp.attach_mode`.
+    #[arg(long, value_enum)]
+    pub attach_mode: Option<AttachMode>,
+    /// Override `workers.cores`: comma-separated core ids, one per queue.
+    #[arg(long, value_delimiter = ',')]
+    pub cores: Option<Vec<usize>>,
+    /// Write the final report as JSON to this file (overrides `report.json`).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Write an HdrHistogram interval log of in-server latency to this file (overrides `report.hdr_log`).
+    #[arg(long)]
+    pub hdr_log: Option<PathBuf>,
+    /// Serve Prometheus metrics and a JSON snapshot on ADDR:PORT (overrides `metrics.listen`).
+    #[arg(long)]
+    pub metrics: Option<String>,
+    /// Do not stamp packets or record latency (overrides `latency.enabled`).
+    #[arg(long)]
+    pub no_latency: bool,
+    /// Answer requests whatever their UDP checksum (overrides `packet.verify_udp_checksum = true`).
+    #[arg(long)]
+    pub no_checksum_check: bool,
+    /// Print neither the periodic lines nor the final report on stdout (logs still go to stderr).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl ServeArgs {
+    /// Loads the config file and applies the overrides, then validates the result.
+    pub fn load_config(&self) -> Result<Config, ConfigError> {
+        let mut config = Config::load(&self.config)?;
+        if let Some(m) = self.attach_mode {
+            config.xdp.attach_mode = m;
+        }
+        if let Some(i) = &self.interface {
+            config.interface = i.clone();
+        }
+        if !self.ports.is_empty() {
+            config.ports = self.ports.clone();
+        }
+        if let Some(q) = &self.queues {
+            config.workers.queues = q.clone();
+        }
+        if let Some(c) = &self.cores {
+            config.workers.cores = c.clone();
+        }
+        if let Some(r) = &self.report {
+            config.report.json = Some(r.display().to_string());
+        }
+        if let Some(h) = &self.hdr_log {
+            config.report.hdr_log = Some(h.display().to_string());
+        }
+        if self.no_latency {
+            config.latency.enabled = false;
+        }
+        if self.no_checksum_check {
+            config.packet.verify_udp_checksum = false;
+        }
+        if let Some(m) = &self.metrics {
+            config.metrics.listen = Some(m.clone());
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Sends `tracing` output to stderr, filtered by `SHUNT_LOG` (default `info`). Call once, first thing.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SHUNT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+}
+
+/// Everything `shunt serve` does, with the caller's handler: sets up logging, loads the config with the
+/// flags' overrides, serves until SIGINT / SIGTERM, prints the report (unless `--quiet`) and writes it as
+/// JSON if asked. Exit codes: 0 after a clean stop; 2 ([`EXIT_SETUP`]) when the config, the machine or the
+/// privileges do not allow the run (the message names the key or capability, and nothing stays attached);
+/// 1 when the report could not be written.
+pub fn run<H, F>(args: ServeArgs, handler_name: &'static str, make_handler: F) -> ExitCode
+where
+    H: Handler + 'static,
+    F: FnMut(WorkerInfo) -> H,
+{
+    init_logging();
+    run_with_logging(args, handler_name, make_handler)
+}
+
+/// [`run`] for a program that has set up `tracing` itself.
+pub fn run_with_logging<H, F>(args: ServeArgs, handler_name: &'static str, make_handler: F) -> ExitCode
+where
+    H: Handler + 'static,
+    F: FnMut(WorkerInfo) -> H,
+{
+    let config = match args.load_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("shunt: {e}");
+            return ExitCode::from(EXIT_SETUP);
+        }
+    };
+    let json_path = config.report.json.clone();
+    let options = StartOptions { print_intervals: !args.quiet };
+    let report = match serve(config, options, handler_name, make_handler) {
+        Ok(r) => r,
+        Err(e @ ServeError::Start(_)) => {
+            eprintln!("shunt: {e}");
+            return ExitCode::from(EXIT_SETUP);
+        }
+        Err(e) => {
+            eprintln!("shunt: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !args.quiet {
+        print!("{}", report.text());
+    }
+    if let Some(path) = json_path {
+        let written = serde_json::to_string_pretty(&report)
+            .map_err(std::io::Error::other)
+            .and_then(|json| std::fs::write(&path, json + "\n"));
+        if let Err(e) = written {
+            eprintln!("shunt: writing the report to {path}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
