@@ -62,6 +62,20 @@ fn ci_is_set() -> bool {
     }
 }
 
+/// The reason every lab test gives in its `#[ignore = ...]`: lab tests are ignored by a plain `cargo test`
+/// (so a run that cannot execute them shows them as ignored, never as passed), and `make test` runs them
+/// with `--include-ignored`.
+pub const LAB: &str = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)";
+
+/// Called first by every lab test (which is `#[ignore = ...]`, so it only runs when asked for): panics with
+/// a clear message when the process is not root, so a lab test that was asked for never passes without
+/// running.
+pub fn require_lab() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "lab tests need root (network namespaces, XDP, AF_XDP); run them through `make test` as root");
+}
+
 /// True when the e2e tests can run (we are root). When not root: panics if `CI` is set (the e2e tests must run
 /// in CI), else prints a notice and returns false.
 pub fn require_root_or_skip() -> bool {
