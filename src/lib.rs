@@ -35,3 +35,8 @@ pub mod sys;
 
 pub use control::config::Config;
 pub use handler::{Handler, Request, Verdict};
+
+/// The README's code blocks, compiled as doctests so the handler example there stays true to the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
