@@ -369,6 +369,17 @@ impl Config {
                 return Err(invalid(key, format!("{v} is not a power of two between 64 and 32768")));
             }
         }
+        // Every frame on the TX ring comes back through the completion ring; a smaller one would leave sent
+        // frames nowhere to go, and the pool would shrink.
+        if u.completion_ring < u.tx_ring {
+            return Err(invalid(
+                "umem.completion_ring",
+                format!(
+                    "{} is smaller than umem.tx_ring ({}): it must be at least as large",
+                    u.completion_ring, u.tx_ring
+                ),
+            ));
+        }
         if w.batch_size > u.rx_ring.min(u.tx_ring) {
             return Err(invalid("workers.batch_size", "must not exceed umem.rx_ring or umem.tx_ring"));
         }
@@ -442,6 +453,8 @@ mod tests {
     fn wrong_types_are_named() {
         let e = parse("interface = \"eth0\"\nports = [\"x\"]\n").unwrap_err().to_string();
         assert!(e.contains("ports"), "{e}");
+        let e = parse(&format!("{MINIMAL}[packet]\nverify_udp_checksum = 1\n")).unwrap_err().to_string();
+        assert!(e.contains("verify_udp_checksum"), "{e}");
         let e = parse(&format!("{MINIMAL}handler = \"nope\"\n")).unwrap_err().to_string();
         assert!(e.contains("handler") && e.contains("nope"), "{e}");
     }
@@ -461,6 +474,7 @@ mod tests {
             (&format!("{MINIMAL}[umem]\nframe_size = 3000\n"), "umem.frame_size"),
             (&format!("{MINIMAL}[umem]\nrx_ring = 1000\n"), "umem.rx_ring"),
             (&format!("{MINIMAL}[umem]\nframe_count = 100\n"), "umem.frame_count"),
+            (&format!("{MINIMAL}[umem]\ncompletion_ring = 2048\n"), "umem.completion_ring"),
             (&format!("{MINIMAL}[latency]\nhighest_ns = 5\n"), "latency.highest_ns"),
             (&format!("{MINIMAL}[report]\ninterval_ms = 0\n"), "report.interval_ms"),
             (&format!("{MINIMAL}[metrics]\nlisten = \"localhost\"\n"), "metrics.listen"),

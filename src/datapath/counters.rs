@@ -27,6 +27,11 @@ pub struct WorkerStats {
     pub tx_ring_full: u64,
     /// TX wake-up system calls.
     pub tx_kicks: u64,
+    /// TX wake-ups that failed with an unexpected error (not EAGAIN/EBUSY/ENOBUFS/ENETDOWN).
+    pub tx_kick_errors: u64,
+    /// Turns on which RX was not looked at because the TX ring had no free slot (requests wait in the RX
+    /// ring instead of being answered into a full TX ring and dropped).
+    pub tx_backpressure: u64,
     /// Fill-ring wake-up system calls.
     pub fill_kicks: u64,
     /// RX batches that carried at least one frame.
@@ -83,6 +88,8 @@ published!(
         dropped_by_handler,
         tx_ring_full,
         tx_kicks,
+        tx_kick_errors,
+        tx_backpressure,
         fill_kicks,
         rx_batches,
     }

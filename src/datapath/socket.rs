@@ -86,6 +86,9 @@ pub struct QueueSocket {
     pub(super) frame_size: usize,
     /// Frames in the UMEM, on rings or not.
     pub(super) frame_count: usize,
+    /// TX wake-ups that failed with an error other than the transient ones (EAGAIN, EBUSY, ENOBUFS,
+    /// ENETDOWN: ring busy or out of buffers, retried on the next kick), so far.
+    pub(super) tx_kick_errors: u64,
 }
 
 impl std::fmt::Debug for QueueSocket {
@@ -217,6 +220,7 @@ impl QueueSocket {
             tx_ring_size: u.tx_ring,
             frame_count,
             frame_size: u.frame_size as usize,
+            tx_kick_errors: 0,
         })
     }
 
@@ -276,6 +280,12 @@ impl QueueSocket {
         unsafe { self.tx.produce(&frames[..send]) }
     }
 
+    /// Free TX slots (the cached count, refreshed from the kernel's consumer index when it looks short).
+    #[inline]
+    pub(super) fn tx_room(&mut self, wanted: u32) -> u32 {
+        self.tx.nb_free(wanted)
+    }
+
     /// Descriptors on the TX ring the kernel has not taken yet.
     #[inline]
     pub(super) fn tx_pending(&mut self) -> u32 {
@@ -291,9 +301,12 @@ impl QueueSocket {
         let most = if self.bind_mode == BindMode::Copy { pending.div_ceil(COPY_MODE_TX_PER_KICK) } else { 1 };
         let mut kicks = 0;
         while kicks < u64::from(most) && self.tx.needs_wakeup() && self.tx_pending() > 0 {
-            // Errors are transient (EAGAIN, EBUSY, ENOBUFS: ring busy or out of buffers); what was not sent
-            // stays on the ring for the next kick.
-            let _ = self.tx.wakeup();
+            // xsk-rs already treats the transient errors (ring busy, out of buffers, link down) as success:
+            // what was not sent stays on the ring for the next kick. Anything else is counted, not logged
+            // (this is the hot path), and the report and metrics show it.
+            if self.tx.wakeup().is_err() {
+                self.tx_kick_errors += 1;
+            }
             kicks += 1;
         }
         kicks

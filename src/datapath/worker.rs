@@ -8,7 +8,7 @@ use std::{
         atomic::{AtomicBool, Ordering::Relaxed},
         Arc,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use xsk_rs::FrameDesc;
@@ -111,14 +111,21 @@ impl<H: Handler> Worker<H> {
             kernel,
         } = self;
         let frame_mask = s.frame_size - 1;
-        let mut next_kernel_read = Instant::now();
+        let mut next_kernel_ns = 0u64;
         let mut spins: u32 = 0;
 
         while !stop.load(Relaxed) {
+            // Take no more requests than the TX ring has room for replies, so that a request is either
+            // answered or left waiting in the RX ring (where the kernel counts what overflows), never
+            // answered into a full TX ring and thrown away.
+            let room = (s.tx_room(rx_batch.len() as u32) as usize).min(rx_batch.len());
+            if room == 0 {
+                stats.tx_backpressure += 1;
+            }
             // The RX ring is looked at first on every turn, so a packet waits for at most one idle turn of
             // housekeeping before it is picked up.
             // SAFETY: `rx_batch` receives descriptors of frames the kernel filled and handed to us.
-            let received = unsafe { s.rx.consume(rx_batch) };
+            let received = if room == 0 { 0 } else { unsafe { s.rx.consume(&mut rx_batch[..room]) } };
             if received == 0 {
                 spins = spins.wrapping_add(1);
                 if spins.is_multiple_of(HOUSEKEEPING_EVERY) {
@@ -132,13 +139,18 @@ impl<H: Handler> Worker<H> {
                     }
                 }
                 if spins.is_multiple_of(CLOCK_EVERY) {
+                    let now_ns = sys::monotonic_ns();
                     if let Some(l) = latency {
-                        l.maybe_swap(sys::monotonic_ns());
+                        l.maybe_swap(now_ns);
                     }
-                    refresh_kernel_stats(s, shared, kernel, &mut next_kernel_read);
+                    refresh_kernel_stats(s, shared, kernel, now_ns, &mut next_kernel_ns);
                 }
                 std::hint::spin_loop();
                 continue;
+            }
+            if room < rx_batch.len() {
+                // A short batch because TX was nearly full: get completions back before the next turn.
+                s.reclaim(completed, free);
             }
             stats.rx_packets += received as u64;
             stats.rx_batches += 1;
@@ -210,12 +222,16 @@ impl<H: Handler> Worker<H> {
                 l.current.record_batch(received);
             }
             stamps.clear();
-            // Under load there are no idle turns: housekeeping happens after every batch.
+            // Under load there are no idle turns: housekeeping happens after every batch, and the kernel's
+            // socket statistics are refreshed on their timer (they matter most during overload).
             s.reclaim(completed, free);
             s.refill(free);
+            stats.tx_kick_errors = s.tx_kick_errors;
             shared.stats.publish(stats);
+            refresh_kernel_stats(s, shared, kernel, now.monotonic_ns, &mut next_kernel_ns);
         }
-        refresh_kernel_stats(s, shared, kernel, &mut Instant::now());
+        refresh_kernel_stats(s, shared, kernel, 0, &mut 0);
+        stats.tx_kick_errors = s.tx_kick_errors;
         shared.stats.publish(stats);
         if let Some(l) = latency {
             l.flush();
@@ -224,12 +240,20 @@ impl<H: Handler> Worker<H> {
     }
 }
 
-fn refresh_kernel_stats(s: &QueueSocket, shared: &WorkerShared, kernel: &mut KernelSocketStats, next: &mut Instant) {
-    let now = Instant::now();
-    if now < *next {
+/// Reads the socket's kernel statistics (one getsockopt) when `now_ns` has reached `next_ns`, and sets the
+/// next reading one period later.
+#[inline]
+fn refresh_kernel_stats(
+    s: &QueueSocket,
+    shared: &WorkerShared,
+    kernel: &mut KernelSocketStats,
+    now_ns: u64,
+    next_ns: &mut u64,
+) {
+    if now_ns < *next_ns {
         return;
     }
-    *next = now + KERNEL_STATS_PERIOD;
+    *next_ns = now_ns + KERNEL_STATS_PERIOD.as_nanos() as u64;
     if let Some(k) = s.kernel_stats() {
         *kernel = k;
         shared.kernel.publish(kernel);
