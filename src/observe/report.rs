@@ -118,13 +118,14 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "  {:>5} {:>4} {:>8} {:>12} {:>12} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10}",
+            "  {:>5} {:>4} {:>8} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10}",
             "queue",
             "core",
             "mode",
             "rx",
             "tx",
             "malformed",
+            "bad_csum",
             "handler",
             "tx_full",
             "fill_empty",
@@ -136,13 +137,14 @@ impl Report {
             let mode = w.bind_mode.name();
             let _ = writeln!(
                 out,
-                "  {:>5} {:>4} {:>8} {:>12} {:>12} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10.2}",
+                "  {:>5} {:>4} {:>8} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10.2}",
                 w.queue,
                 w.core,
                 mode,
                 s.rx_packets,
                 s.tx_packets,
                 s.dropped_malformed,
+                s.dropped_bad_checksum,
                 s.dropped_by_handler,
                 s.tx_ring_full,
                 w.fill_ring_empty,
