@@ -19,6 +19,8 @@ pub struct WorkerStats {
     pub dropped_malformed: u64,
     /// Requests whose UDP checksum did not verify (see `packet.verify_udp_checksum`).
     pub dropped_bad_checksum: u64,
+    /// Replies longer than the handler's declared bound (`Handler::max_reply_len`): never sent.
+    pub dropped_amplification: u64,
     /// Frames that were not UDP over IP for a served port (should not reach a worker).
     pub dropped_not_ours: u64,
     /// Requests the handler chose not to answer, or answered with a reply too large for the frame.
@@ -84,6 +86,7 @@ published!(
         tx_packets,
         dropped_malformed,
         dropped_bad_checksum,
+        dropped_amplification,
         dropped_not_ours,
         dropped_by_handler,
         tx_ring_full,

@@ -186,6 +186,7 @@ impl<H: Handler> Worker<H> {
                             Outcome::Malformed(_) => stats.dropped_malformed += 1,
                             Outcome::BadChecksum => stats.dropped_bad_checksum += 1,
                             Outcome::NotOurs => stats.dropped_not_ours += 1,
+                            Outcome::Amplification => stats.dropped_amplification += 1,
                             Outcome::HandlerDrop | Outcome::ReplyTooLarge | Outcome::Reply(_) => {
                                 stats.dropped_by_handler += 1
                             }

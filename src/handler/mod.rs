@@ -99,12 +99,27 @@ pub enum Verdict {
 pub trait Handler: Send {
     /// Handles one request.
     fn handle(&mut self, request: &Request, payload: &mut [u8], len: usize) -> Verdict;
+
+    /// The longest reply payload this handler may send to a request of `request_len` bytes. A UDP server
+    /// whose replies outgrow its requests can be turned into a reflection amplifier with spoofed sources,
+    /// so [`respond`] drops (and counts) any reply longer than this. The default, the request's own length,
+    /// suits echo-like protocols; a handler whose protocol answers short queries with longer replies (and
+    /// has its own defence, such as a cookie exchange) raises it deliberately.
+    #[inline]
+    fn max_reply_len(&self, request_len: usize) -> usize {
+        request_len
+    }
 }
 
 impl<H: Handler + ?Sized> Handler for Box<H> {
     #[inline]
     fn handle(&mut self, request: &Request, payload: &mut [u8], len: usize) -> Verdict {
         (**self).handle(request, payload, len)
+    }
+
+    #[inline]
+    fn max_reply_len(&self, request_len: usize) -> usize {
+        (**self).max_reply_len(request_len)
     }
 }
 
@@ -138,6 +153,9 @@ pub enum Outcome {
     HandlerDrop,
     /// The handler asked for a reply that does not fit the frame: dropped, never sent truncated.
     ReplyTooLarge,
+    /// The reply would be longer than the handler's declared bound ([`Handler::max_reply_len`]): dropped, so
+    /// the server cannot amplify a spoofed request.
+    Amplification,
 }
 
 /// Runs one received frame through parse → checksum check → handler → reply.
@@ -167,8 +185,87 @@ pub fn respond<H: Handler + ?Sized>(
         Verdict::Drop => return Outcome::HandlerDrop,
         Verdict::Reply { len } => len,
     };
+    if reply_len > handler.max_reply_len(request_len) {
+        return Outcome::Amplification;
+    }
     match d.write_reply(reply_len) {
         Ok(n) => Outcome::Reply(n),
         Err(packet::ReplyError::TooLarge { .. }) => Outcome::ReplyTooLarge,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::packet::{field::udp, write_request, FlowSpec};
+
+    /// Answers every request with `reply` bytes, declaring `bound` (None: the default bound).
+    struct Fixed {
+        reply: usize,
+        bound: Option<usize>,
+    }
+
+    impl Handler for Fixed {
+        fn handle(&mut self, _request: &Request, payload: &mut [u8], _len: usize) -> Verdict {
+            payload[..self.reply].fill(b'r');
+            Verdict::Reply { len: self.reply }
+        }
+        fn max_reply_len(&self, request_len: usize) -> usize {
+            self.bound.unwrap_or(request_len)
+        }
+    }
+
+    fn request(frame: &mut [u8], payload: &[u8]) -> usize {
+        let spec = FlowSpec {
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, 0, 2],
+            vlan_tci: None,
+            src: "198.18.0.2:4000".parse().unwrap(),
+            dst: "198.18.0.1:9000".parse().unwrap(),
+        };
+        let at = spec.payload_offset();
+        frame[at..at + payload.len()].copy_from_slice(payload);
+        write_request(frame, &spec, payload.len()).unwrap()
+    }
+
+    #[test]
+    fn replies_longer_than_the_declared_bound_are_dropped() {
+        let mut frame = [0u8; 512];
+        let n = request(&mut frame, b"0123456789");
+        let now = Time::default();
+        let opts = RespondOptions::default();
+        assert_eq!(respond(&mut Fixed { reply: 10, bound: None }, &mut frame, n, now, opts), Outcome::Reply(n));
+        let n = request(&mut frame, b"0123456789");
+        assert_eq!(respond(&mut Fixed { reply: 11, bound: None }, &mut frame, n, now, opts), Outcome::Amplification);
+        let n = request(&mut frame, b"0123456789");
+        let out = respond(&mut Fixed { reply: 100, bound: Some(100) }, &mut frame, n, now, opts);
+        assert_eq!(out, Outcome::Reply(n - 10 + 100), "a handler may raise its bound deliberately");
+    }
+
+    #[test]
+    fn a_corrupted_request_is_not_answered_unless_checks_are_off() {
+        let mut frame = [0u8; 256];
+        let n = request(&mut frame, b"hello");
+        let last = n - 1;
+        frame[last] ^= 0x01;
+        let now = Time::default();
+        assert_eq!(respond(&mut Echo, &mut frame, n, now, RespondOptions::default()), Outcome::BadChecksum);
+        let off = RespondOptions { verify_udp_checksum: false };
+        assert!(matches!(respond(&mut Echo, &mut frame, n, now, off), Outcome::Reply(_)));
+    }
+
+    #[test]
+    fn the_pseudo_header_only_checksum_of_offloading_senders_is_accepted() {
+        let mut frame = [0u8; 256];
+        let n = request(&mut frame, b"hello");
+        // What a sender with TX checksum offload leaves: the folded pseudo-header sum, not complemented.
+        let udp_at = n - 5 - udp::HEADER_LEN;
+        let pseudo = crate::packet::checksum::pseudo_header_v4([198, 18, 0, 2], [198, 18, 0, 1], 13);
+        frame[udp_at + 6..udp_at + 8].copy_from_slice(&crate::packet::checksum::fold(pseudo).to_be_bytes());
+        assert!(matches!(
+            respond(&mut Echo, &mut frame, n, Time::default(), RespondOptions::default()),
+            Outcome::Reply(_)
+        ));
     }
 }
