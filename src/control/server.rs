@@ -383,7 +383,7 @@ impl RunningServer {
             .spawn(move || {
                 if sys::pin_to_core(core).is_err() {
                     let _ = ready.send(Err(StartError::Pin { key: format!("workers.cores[{index}]"), core }));
-                    return WorkerExit { stats: Default::default(), kernel: Default::default() };
+                    return WorkerExit::default();
                 }
                 tracing::debug!(queue, core, tid = sys::thread_id(), ?bind_mode, "worker started");
                 let _ = ready.send(Ok(()));
@@ -422,7 +422,11 @@ impl RunningServer {
             .map(|w| {
                 let exit = w.thread.join().unwrap_or_else(|_| {
                     tracing::error!(queue = w.queue, "worker panicked");
-                    WorkerExit { stats: w.shared.stats.snapshot(), kernel: w.shared.kernel.snapshot() }
+                    WorkerExit {
+                        stats: w.shared.stats.snapshot(),
+                        kernel: w.shared.kernel.snapshot(),
+                        ..WorkerExit::default()
+                    }
                 });
                 WorkerReport {
                     queue: w.queue,
@@ -431,6 +435,7 @@ impl RunningServer {
                     stats: exit.stats,
                     fill_ring_empty: exit.kernel.rx_fill_ring_empty_descs,
                     kernel: exit.kernel,
+                    frames: exit.frames,
                     latency: None,
                 }
             })

@@ -40,6 +40,26 @@ pub struct WorkerStats {
     pub rx_batches: u64,
 }
 
+/// Where a socket's UMEM frames are: every frame is in exactly one place, so the places add up to `total`
+/// and `frames_lost` is 0. Counted when a worker stops, after it has taken back what the kernel completed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FrameAccount {
+    /// Frames in the UMEM.
+    pub total: u64,
+    /// In user space's free pool, on no ring.
+    pub free: u64,
+    /// On the fill ring, waiting for packets.
+    pub fill_ring: u64,
+    /// On the RX ring, received and not yet taken.
+    pub rx_ring: u64,
+    /// On the TX ring, not yet taken by the kernel.
+    pub tx_ring: u64,
+    /// On the completion ring, sent and not yet taken back.
+    pub completion_ring: u64,
+    /// `total` minus all of the above: frames in none of the places (negative: counted twice). Must be 0.
+    pub frames_lost: i64,
+}
+
 /// Kernel-side statistics of an AF_XDP socket (getsockopt XDP_STATISTICS).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct KernelSocketStats {

@@ -7,7 +7,10 @@ use xsk_rs::{
     CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem,
 };
 
-use super::{counters::KernelSocketStats, BindMode, UmemParams};
+use super::{
+    counters::{FrameAccount, KernelSocketStats},
+    BindMode, UmemParams,
+};
 
 /// Why a queue's socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +85,7 @@ pub struct QueueSocket {
     /// The bind mode actually in effect (never `Auto`).
     pub bind_mode: BindMode,
     pub(super) tx_ring_size: u32,
+    fill_ring_size: u32,
     /// Bytes per frame (a power of two).
     pub(super) frame_size: usize,
     /// Frames in the UMEM, on rings or not.
@@ -218,6 +222,7 @@ impl QueueSocket {
             queue: q,
             bind_mode: if mode == BindMode::Zerocopy { BindMode::Zerocopy } else { BindMode::Copy },
             tx_ring_size: u.tx_ring,
+            fill_ring_size: u.fill_ring,
             frame_count,
             frame_size: u.frame_size as usize,
             tx_kick_errors: 0,
@@ -310,6 +315,22 @@ impl QueueSocket {
             kicks += 1;
         }
         kicks
+    }
+
+    /// Counts the frames in each place, given how many are in the caller's free pool (exact ring counts: this
+    /// reads the kernel's indices, so it is for the stop path, not the hot one).
+    pub(super) fn frame_account(&mut self, free: usize) -> FrameAccount {
+        let places = FrameAccount {
+            total: self.frame_count as u64,
+            free: free as u64,
+            fill_ring: u64::from(self.fill_ring_size - self.fill.nb_free_exact()),
+            rx_ring: u64::from(self.rx.nb_avail_exact()),
+            tx_ring: u64::from(self.tx_pending()),
+            completion_ring: u64::from(self.completion.nb_avail_exact()),
+            frames_lost: 0,
+        };
+        let placed = places.free + places.fill_ring + places.rx_ring + places.tx_ring + places.completion_ring;
+        FrameAccount { frames_lost: places.total as i64 - placed as i64, ..places }
     }
 
     /// Reads the socket's kernel statistics (one getsockopt).

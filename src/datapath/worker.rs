@@ -14,7 +14,7 @@ use std::{
 use xsk_rs::FrameDesc;
 
 use super::{
-    counters::{KernelSocketStats, WorkerShared, WorkerStats},
+    counters::{FrameAccount, KernelSocketStats, WorkerShared, WorkerStats},
     latency::WorkerLatency,
     meta, QueueSocket,
 };
@@ -52,13 +52,19 @@ pub struct Worker<H> {
 }
 
 /// What a worker hands back when it stops.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct WorkerExit {
     /// Final counters.
     pub stats: WorkerStats,
     /// Final kernel statistics of the socket.
     pub kernel: KernelSocketStats,
+    /// Where the UMEM's frames were when it stopped (`None` from a worker that did not stop cleanly).
+    pub frames: Option<FrameAccount>,
 }
+
+/// How long a stopping worker waits for the kernel to complete what is still being transmitted, so that
+/// the frame account covers every frame.
+const DRAIN: Duration = Duration::from_millis(200);
 
 impl<H: Handler> Worker<H> {
     /// Prepares a worker; nothing runs until [`Worker::run`].
@@ -237,7 +243,8 @@ impl<H: Handler> Worker<H> {
         if let Some(l) = latency {
             l.flush();
         }
-        WorkerExit { stats: *stats, kernel: *kernel }
+        let frames = Some(drain(s, completed, free));
+        WorkerExit { stats: *stats, kernel: *kernel, frames }
     }
 }
 
@@ -258,5 +265,22 @@ fn refresh_kernel_stats(
     if let Some(k) = s.kernel_stats() {
         *kernel = k;
         shared.kernel.publish(kernel);
+    }
+}
+
+/// Takes back every frame the kernel completes within [`DRAIN`] (kicking what is still on the TX ring), then
+/// counts where the frames are. A frame in none of the places after that is reported as lost.
+fn drain(s: &mut QueueSocket, completed: &mut [FrameDesc], free: &mut Vec<FrameDesc>) -> FrameAccount {
+    let deadline = std::time::Instant::now() + DRAIN;
+    loop {
+        s.reclaim(completed, free);
+        if s.tx_pending() > 0 {
+            s.kick_tx();
+        }
+        let account = s.frame_account(free.len());
+        if account.frames_lost == 0 || std::time::Instant::now() >= deadline {
+            return account;
+        }
+        std::hint::spin_loop();
     }
 }

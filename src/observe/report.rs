@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::latency::{human_ns, LatencyReport, Summary};
 use crate::{
     datapath::{
-        counters::{KernelSocketStats, WorkerStats},
+        counters::{FrameAccount, KernelSocketStats, WorkerStats},
         BindMode,
     },
     steer::{AttachMode, XdpCounters},
@@ -29,6 +29,8 @@ pub struct WorkerReport {
     pub fill_ring_empty: u64,
     /// The socket's kernel statistics.
     pub kernel: KernelSocketStats,
+    /// Where the UMEM's frames were at stop (absent if the worker did not stop cleanly).
+    pub frames: Option<FrameAccount>,
     /// In-server latency over the run (absent when measurement is off).
     pub latency: Option<LatencyReport>,
 }
@@ -52,6 +54,9 @@ pub struct Report {
     pub tx_packets: u64,
     /// The XDP program's counters.
     pub xdp: XdpCounters,
+    /// UMEM frames in no ring and not in the free pool at stop, over all workers (must be 0); absent when a
+    /// worker did not stop cleanly.
+    pub frames_lost: Option<i64>,
     /// In-server latency (XDP hook → TX ring) over all workers, in ns; all zero when measurement is off.
     pub latency_ns: Summary,
     /// Every latency metric over all workers (absent when measurement is off).
@@ -78,6 +83,7 @@ impl Report {
     ) -> Report {
         let rx_packets = workers.iter().map(|w| w.stats.rx_packets).sum();
         let tx_packets = workers.iter().map(|w| w.stats.tx_packets).sum();
+        let frames_lost = workers.iter().map(|w| w.frames.map(|f| f.frames_lost)).sum();
         Report {
             interface,
             handler,
@@ -86,6 +92,7 @@ impl Report {
             duration_secs,
             rx_packets,
             tx_packets,
+            frames_lost,
             xdp,
             latency_ns: latency.map(|l| l.total_ns).unwrap_or_default(),
             latency,
@@ -151,6 +158,21 @@ impl Report {
                 s.tx_kicks,
                 s.rx_packets as f64 / s.rx_batches.max(1) as f64
             );
+        }
+        for w in &self.workers {
+            match &w.frames {
+                Some(f) => {
+                    let _ = writeln!(
+                        out,
+                        "  queue {} frames at stop: {} = free {} + fill {} + rx {} + tx {} + completion {}; lost {}",
+                        w.queue, f.total, f.free, f.fill_ring, f.rx_ring, f.tx_ring, f.completion_ring, f.frames_lost
+                    );
+                }
+                None => {
+                    let _ =
+                        writeln!(out, "  queue {} frames at stop: unknown (the worker did not stop cleanly)", w.queue);
+                }
+            }
         }
         if let Some(total) = &self.latency {
             let _ = writeln!(out, "  in-server latency ({})", self.latency_clock);
