@@ -158,6 +158,28 @@ pub enum Outcome {
     Amplification,
 }
 
+/// Runs the handler on one request payload and applies the checks every datapath shares: a reply longer
+/// than the handler's declared bound is refused ([`Outcome::Amplification`]), one longer than the buffer is
+/// refused ([`Outcome::ReplyTooLarge`]). Returns the reply's payload length, or the outcome to count.
+///
+/// Datapaths that receive bare UDP payloads (kernel sockets) call this directly; [`respond`] calls it for
+/// whole frames.
+#[inline]
+pub fn answer<H: Handler + ?Sized>(
+    handler: &mut H,
+    request: &Request,
+    payload: &mut [u8],
+    len: usize,
+) -> Result<usize, Outcome> {
+    let room = payload.len();
+    match handler.handle(request, payload, len) {
+        Verdict::Drop => Err(Outcome::HandlerDrop),
+        Verdict::Reply { len: reply } if reply > handler.max_reply_len(len) => Err(Outcome::Amplification),
+        Verdict::Reply { len: reply } if reply > room => Err(Outcome::ReplyTooLarge),
+        Verdict::Reply { len: reply } => Ok(reply),
+    }
+}
+
 /// Runs one received frame through parse → checksum check → handler → reply.
 ///
 /// `frame` is the whole writable buffer of the frame and `len` the received length (`len <= frame.len()`; a
@@ -181,13 +203,10 @@ pub fn respond<H: Handler + ?Sized>(
     }
     let request = Request { src: d.src(), dst: d.dst(), now };
     let request_len = d.payload_len();
-    let reply_len = match handler.handle(&request, d.payload_room_mut(), request_len) {
-        Verdict::Drop => return Outcome::HandlerDrop,
-        Verdict::Reply { len } => len,
+    let reply_len = match answer(handler, &request, d.payload_room_mut(), request_len) {
+        Ok(len) => len,
+        Err(outcome) => return outcome,
     };
-    if reply_len > handler.max_reply_len(request_len) {
-        return Outcome::Amplification;
-    }
     match d.write_reply(reply_len) {
         Ok(n) => Outcome::Reply(n),
         Err(packet::ReplyError::TooLarge { .. }) => Outcome::ReplyTooLarge,
