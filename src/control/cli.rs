@@ -19,7 +19,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use super::{
-    config::{AttachMode, Config, ConfigError},
+    config::{AttachMode, Config, ConfigError, PollMode},
     serve, ServeError, StartOptions, WorkerInfo,
 };
 use crate::handler::Handler;
@@ -45,6 +45,9 @@ pub struct ServeArgs {
     /// Override `xdp.attach_mode`.
     #[arg(long, value_enum)]
     pub attach_mode: Option<AttachMode>,
+    /// Override `workers.poll_mode`.
+    #[arg(long, value_enum)]
+    pub poll_mode: Option<PollMode>,
     /// Override `workers.cores`: comma-separated core ids, one per queue.
     #[arg(long, value_delimiter = ',')]
     pub cores: Option<Vec<usize>>,
@@ -83,6 +86,9 @@ impl ServeArgs {
         }
         if let Some(q) = &self.queues {
             config.workers.queues = q.clone();
+        }
+        if let Some(p) = self.poll_mode {
+            config.workers.poll_mode = p;
         }
         if let Some(c) = &self.cores {
             config.workers.cores = c.clone();

@@ -68,10 +68,18 @@ pub enum BindMode {
 
 /// How a worker waits for packets (`workers.poll_mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum PollMode {
     /// Busy-poll the rings without ever sleeping: lowest latency, one core at 100 %.
     Spin,
+    /// Sleep in poll(2) whenever the RX ring is empty: no CPU when idle, a wake-up's latency after a pause.
+    Wakeup,
+    /// Spin for `workers.spin_us` after the last packet, then sleep like `wakeup`.
+    Adaptive,
+    /// Preferred busy polling (SO_PREFER_BUSY_POLL): the worker's own poll calls drive the NIC's NAPI poll.
+    /// Needs zero-copy AF_XDP on a real NIC; refused at start-up in copy mode.
+    BusyPoll,
 }
 
 /// The built-in handlers `shunt serve` chooses between (`handler`, `--handler`). A program that runs its own
@@ -179,13 +187,32 @@ pub struct WorkersConfig {
     pub cores: Vec<usize>,
     /// How workers wait for packets.
     pub poll_mode: PollMode,
-    /// Most descriptors taken from the RX ring per iteration.
+    /// `adaptive`: µs to keep spinning after the last packet; `busy_poll`: µs per busy poll (SO_BUSY_POLL).
+    pub spin_us: u32,
+    /// Most descriptors taken from the RX ring per iteration (and the busy-poll budget).
     pub batch_size: u32,
+}
+
+impl WorkersConfig {
+    /// The datapath's view of `poll_mode`, `spin_us` and `batch_size`.
+    pub fn poll_mode(&self) -> datapath::PollMode {
+        match self.poll_mode {
+            PollMode::Spin => datapath::PollMode::Spin,
+            PollMode::Wakeup => datapath::PollMode::Wakeup,
+            PollMode::Adaptive => {
+                datapath::PollMode::Adaptive { spin: std::time::Duration::from_micros(self.spin_us.into()) }
+            }
+            PollMode::BusyPoll => datapath::PollMode::BusyPoll {
+                usecs: self.spin_us,
+                budget: u16::try_from(self.batch_size).unwrap_or(u16::MAX),
+            },
+        }
+    }
 }
 
 impl Default for WorkersConfig {
     fn default() -> Self {
-        WorkersConfig { queues: vec![0], cores: vec![0], poll_mode: PollMode::Spin, batch_size: 64 }
+        WorkersConfig { queues: vec![0], cores: vec![0], poll_mode: PollMode::Spin, spin_us: 50, batch_size: 64 }
     }
 }
 
@@ -351,6 +378,9 @@ impl Config {
         }
         if let Some((i, c)) = first_repeat(&w.cores) {
             return Err(invalid(format!("workers.cores[{i}]"), format!("core {c} is used twice")));
+        }
+        if w.spin_us > 1_000_000 {
+            return Err(invalid("workers.spin_us", "must be at most 1000000 (1 s)"));
         }
         if w.batch_size == 0 || w.batch_size > 1024 {
             return Err(invalid("workers.batch_size", "must be between 1 and 1024"));

@@ -38,6 +38,10 @@ pub struct WorkerStats {
     pub fill_kicks: u64,
     /// RX batches that carried at least one frame.
     pub rx_batches: u64,
+    /// Times a waking worker (poll mode wakeup or adaptive) went to sleep in poll(2) on an empty ring.
+    pub sleeps: u64,
+    /// Busy-poll system calls made on an empty ring (poll mode busy_poll).
+    pub busy_polls: u64,
 }
 
 /// Where a socket's UMEM frames are: every frame is in exactly one place, so the places add up to `total`
@@ -115,6 +119,8 @@ published!(
         tx_backpressure,
         fill_kicks,
         rx_batches,
+        sleeps,
+        busy_polls,
     }
 );
 

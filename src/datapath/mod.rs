@@ -41,6 +41,31 @@ impl BindMode {
     }
 }
 
+/// How an AF_XDP worker waits when its RX ring is empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollMode {
+    /// Busy-poll the rings without ever sleeping: lowest latency, its core at 100 % whatever the load.
+    Spin,
+    /// Sleep in poll(2) on the socket until a packet arrives (or a timeout, to see the stop flag): no CPU
+    /// when idle, a wake-up's latency on the first packet after a quiet spell.
+    Wakeup,
+    /// Spin for `spin` after the last packet, then sleep as [`PollMode::Wakeup`] does: spinning's latency
+    /// under load, near-zero CPU when idle.
+    Adaptive {
+        /// How long to keep spinning after the last packet.
+        spin: std::time::Duration,
+    },
+    /// Preferred busy polling (SO_PREFER_BUSY_POLL): the worker's poll(2) calls drive the device's NAPI
+    /// poll instead of interrupts. Needs a zero-copy socket on a real NIC; in copy mode the socket has no
+    /// NAPI to drive, so the control plane refuses it there.
+    BusyPoll {
+        /// µs each poll may busy-poll (SO_BUSY_POLL).
+        usecs: u32,
+        /// Packets per busy-poll round (SO_BUSY_POLL_BUDGET).
+        budget: u16,
+    },
+}
+
 /// Per-queue packet memory and ring sizes. Ring sizes must be powers of two (xsk-rs refuses others).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UmemParams {

@@ -229,6 +229,19 @@ impl QueueSocket {
         })
     }
 
+    /// Sleeps in poll(2) until the RX ring has a packet or `timeout_ms` passes (a wake-up, not per packet).
+    pub(super) fn wait_for_rx(&mut self, timeout_ms: i32) {
+        // An error (EINTR) only ends this wait early; the loop looks at the ring either way.
+        let _ = self.rx.poll(timeout_ms);
+    }
+
+    /// Turns on preferred busy polling for this socket (see [`super::PollMode::BusyPoll`]).
+    pub fn enable_busy_poll(&self, usecs: u32, budget: u16) -> std::io::Result<()> {
+        // SAFETY: the descriptor is this socket's, open for as long as `self` lives, which outlives the borrow.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.raw_fd()) };
+        crate::sys::set_busy_poll(fd, usecs, budget)
+    }
+
     /// The socket's file descriptor, for the XSKMAP.
     pub fn raw_fd(&self) -> i32 {
         self.rx.fd().as_raw_fd()

@@ -16,7 +16,7 @@ use xsk_rs::FrameDesc;
 use super::{
     counters::{FrameAccount, KernelSocketStats, WorkerShared, WorkerStats},
     latency::WorkerLatency,
-    meta, QueueSocket,
+    meta, PollMode, QueueSocket,
 };
 use crate::{
     handler::{respond, Handler, Outcome, RespondOptions, Time},
@@ -47,6 +47,7 @@ pub struct Worker<H> {
     stamps: Vec<Option<meta::Stamp>>,
     latency: Option<WorkerLatency>,
     options: RespondOptions,
+    poll_mode: PollMode,
     stats: WorkerStats,
     kernel: KernelSocketStats,
 }
@@ -60,7 +61,13 @@ pub struct WorkerExit {
     pub kernel: KernelSocketStats,
     /// Where the UMEM's frames were when it stopped (`None` from a worker that did not stop cleanly).
     pub frames: Option<FrameAccount>,
+    /// The CPU time of the thread that ran the loop, read as it stopped (the thread's whole life so far).
+    pub cpu: Option<sys::CpuTimes>,
 }
+
+/// Longest sleep of a waking worker in one poll(2): bounds how long it takes to see the stop flag and to
+/// swap its latency histograms while idle.
+const IDLE_WAIT_MS: i32 = 100;
 
 /// How long a stopping worker waits for the kernel to complete what is still being transmitted, so that
 /// the frame account covers every frame.
@@ -83,6 +90,7 @@ impl<H: Handler> Worker<H> {
             shared,
             latency: None,
             options: RespondOptions::default(),
+            poll_mode: PollMode::Spin,
             stats: WorkerStats::default(),
             kernel: KernelSocketStats::default(),
         }
@@ -100,7 +108,15 @@ impl<H: Handler> Worker<H> {
         self
     }
 
-    /// Runs the busy-polling loop on the calling thread until `stop` is set, then returns the counters so far.
+    /// Sets how the worker waits when its RX ring is empty (default: [`PollMode::Spin`]). For
+    /// [`PollMode::BusyPoll`] the socket must already have busy polling enabled
+    /// ([`QueueSocket::enable_busy_poll`]).
+    pub fn with_poll_mode(mut self, poll_mode: PollMode) -> Self {
+        self.poll_mode = poll_mode;
+        self
+    }
+
+    /// Runs the loop on the calling thread until `stop` is set, then returns the counters so far.
     pub fn run(&mut self, stop: &AtomicBool) -> WorkerExit {
         let Worker {
             socket: s,
@@ -113,9 +129,18 @@ impl<H: Handler> Worker<H> {
             stamps,
             latency,
             options,
+            poll_mode,
             stats,
             kernel,
         } = self;
+        // After this long without a packet, a waking mode sleeps; `None`: never sleep.
+        let sleep_after_ns = match *poll_mode {
+            PollMode::Spin | PollMode::BusyPoll { .. } => None,
+            PollMode::Wakeup => Some(0),
+            PollMode::Adaptive { spin } => Some(spin.as_nanos() as u64),
+        };
+        let busy_poll = matches!(poll_mode, PollMode::BusyPoll { .. });
+        let mut last_packet_ns = sys::monotonic_ns();
         let frame_mask = s.frame_size - 1;
         let mut next_kernel_ns = 0u64;
         let mut spins: u32 = 0;
@@ -151,6 +176,30 @@ impl<H: Handler> Worker<H> {
                     }
                     refresh_kernel_stats(s, shared, kernel, now_ns, &mut next_kernel_ns);
                 }
+                if let Some(after) = sleep_after_ns {
+                    // Sleep only on a housekeeping turn (the rings were just serviced) and with nothing left
+                    // on the TX ring for the kernel to take.
+                    if spins.is_multiple_of(HOUSEKEEPING_EVERY)
+                        && s.tx_pending() == 0
+                        && sys::monotonic_ns().saturating_sub(last_packet_ns) >= after
+                    {
+                        stats.sleeps += 1;
+                        shared.stats.publish(stats);
+                        s.wait_for_rx(IDLE_WAIT_MS);
+                        let now_ns = sys::monotonic_ns();
+                        if let Some(l) = latency {
+                            l.maybe_swap(now_ns);
+                        }
+                        refresh_kernel_stats(s, shared, kernel, now_ns, &mut next_kernel_ns);
+                        continue;
+                    }
+                } else if busy_poll {
+                    // The poll itself runs the device's NAPI poll (preferred busy polling): by design one
+                    // system call per idle turn, and none when the ring has packets.
+                    stats.busy_polls += 1;
+                    s.wait_for_rx(0);
+                    continue;
+                }
                 std::hint::spin_loop();
                 continue;
             }
@@ -164,6 +213,7 @@ impl<H: Handler> Worker<H> {
             // the pick-up time for the latency histograms.
             let now = Time { unix_ns: sys::realtime_ns(), monotonic_ns: sys::monotonic_ns() };
             let picked_ns = now.monotonic_ns;
+            last_packet_ns = picked_ns;
 
             for desc in &mut rx_batch[..received] {
                 let offset_in_frame = desc.addr() & frame_mask;
@@ -244,7 +294,7 @@ impl<H: Handler> Worker<H> {
             l.flush();
         }
         let frames = Some(drain(s, completed, free));
-        WorkerExit { stats: *stats, kernel: *kernel, frames }
+        WorkerExit { stats: *stats, kernel: *kernel, frames, cpu: sys::thread_cpu_times().ok() }
     }
 }
 

@@ -1,8 +1,10 @@
-//! Observability, off the hot path: latency summaries ([`latency`]), the reporter thread that collects the
+//! Observability, off the hot path: CPU cost per packet ([`cpu`]), latency summaries ([`latency`]), the
+//! reporter thread that collects the
 //! workers' histograms and prints interval lines ([`reporter`]), the final report ([`report`]) and the
 //! Prometheus / JSON endpoint ([`metrics`]). Everything here reads what the datapath publishes; nothing here
 //! is read by it.
 
+pub mod cpu;
 pub mod latency;
 pub mod metrics;
 pub mod report;

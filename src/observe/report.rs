@@ -4,13 +4,17 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::latency::{human_ns, LatencyReport, Summary};
+use super::{
+    cpu::CpuReport,
+    latency::{human_ns, LatencyReport, Summary},
+};
 use crate::{
     datapath::{
         counters::{FrameAccount, KernelSocketStats, WorkerStats},
         BindMode,
     },
     steer::{AttachMode, XdpCounters},
+    sys::CpuTimes,
 };
 
 /// One worker's part of the report.
@@ -31,6 +35,9 @@ pub struct WorkerReport {
     pub kernel: KernelSocketStats,
     /// Where the UMEM's frames were at stop (absent if the worker did not stop cleanly).
     pub frames: Option<FrameAccount>,
+    /// The worker thread's CPU time (absent if the worker did not stop cleanly).
+    #[serde(skip)]
+    pub cpu: Option<CpuTimes>,
     /// In-server latency over the run (absent when measurement is off).
     pub latency: Option<LatencyReport>,
 }
@@ -63,6 +70,8 @@ pub struct Report {
     pub latency: Option<LatencyReport>,
     /// Which clocks the latency figures come from.
     pub latency_clock: String,
+    /// CPU cost: the worker threads' time and the machine's, per reply.
+    pub cpu: CpuReport,
     /// Per worker.
     pub workers: Vec<WorkerReport>,
 }
@@ -80,6 +89,7 @@ impl Report {
         workers: Vec<WorkerReport>,
         latency: Option<LatencyReport>,
         latency_clock: String,
+        cpu: CpuReport,
     ) -> Report {
         let rx_packets = workers.iter().map(|w| w.stats.rx_packets).sum();
         let tx_packets = workers.iter().map(|w| w.stats.tx_packets).sum();
@@ -97,6 +107,7 @@ impl Report {
             latency_ns: latency.map(|l| l.total_ns).unwrap_or_default(),
             latency,
             latency_clock,
+            cpu,
             workers,
         }
     }
@@ -159,6 +170,19 @@ impl Report {
                 s.rx_packets as f64 / s.rx_batches.max(1) as f64
             );
         }
+        let c = &self.cpu;
+        let ns = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+        let _ = writeln!(
+            out,
+            "  cpu per reply: workers {} ns (user {} + system {}), all cores {} ns (softirq {}) over {} replies",
+            ns(c.worker_ns_per_packet),
+            ns(c.worker_user_ns_per_packet),
+            ns(c.worker_system_ns_per_packet),
+            ns(c.system_ns_per_packet),
+            ns(c.softirq_ns_per_packet),
+            c.packets
+        );
+        let _ = writeln!(out, "    ({})", c.note);
         for w in &self.workers {
             match &w.frames {
                 Some(f) => {

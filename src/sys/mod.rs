@@ -152,3 +152,64 @@ pub fn avoid_cores(exclude: &[usize]) -> io::Result<()> {
     }
     rustix::thread::sched_setaffinity(None, &set).map_err(io::Error::from)
 }
+
+/// CPU time a thread has used, from the kernel's accounting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CpuTimes {
+    /// Time spent in user space, in ns.
+    pub user_ns: u64,
+    /// Time spent in the kernel on the thread's behalf (system calls, and in copy mode the TX kicks), in ns.
+    pub system_ns: u64,
+}
+
+/// The CPU time the calling thread has used so far (getrusage RUSAGE_THREAD, microsecond resolution).
+pub fn thread_cpu_times() -> io::Result<CpuTimes> {
+    // SAFETY: rusage is plain old data; all-zero is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes one rusage through a valid pointer that outlives the call.
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let ns =
+        |t: libc::timeval| (t.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_usec as u64 * 1_000);
+    Ok(CpuTimes { user_ns: ns(usage.ru_utime), system_ns: ns(usage.ru_stime) })
+}
+
+/// Clock ticks per second: the unit of the times in /proc/stat and /proc/PID/task/TID/stat.
+pub fn clock_ticks_per_second() -> u64 {
+    rustix::param::clock_ticks_per_second()
+}
+
+/// `SO_BUSY_POLL` (asm-generic/socket.h): µs to busy-poll the device queue in blocking calls.
+const SO_BUSY_POLL: libc::c_int = 46;
+/// `SO_PREFER_BUSY_POLL` (asm-generic/socket.h, Linux 5.11): prefer busy polling over softirq processing.
+const SO_PREFER_BUSY_POLL: libc::c_int = 69;
+/// `SO_BUSY_POLL_BUDGET` (asm-generic/socket.h, Linux 5.11): packets per busy-poll round.
+const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
+
+fn set_int_option(fd: std::os::fd::BorrowedFd<'_>, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: setsockopt reads one c_int through a valid pointer for the duration of the call; the fd is
+    // borrowed, so it stays open.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SOL_SOCKET,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Turns on preferred busy polling for socket `fd` (SO_PREFER_BUSY_POLL, SO_BUSY_POLL = `usecs`,
+/// SO_BUSY_POLL_BUDGET = `budget`): the application's own system calls then drive the device's NAPI poll,
+/// instead of interrupts and softirqs (Documentation/networking/af_xdp.rst, "busy polling").
+pub fn set_busy_poll(fd: std::os::fd::BorrowedFd<'_>, usecs: u32, budget: u16) -> io::Result<()> {
+    set_int_option(fd, SO_PREFER_BUSY_POLL, 1)?;
+    set_int_option(fd, SO_BUSY_POLL, libc::c_int::try_from(usecs).unwrap_or(libc::c_int::MAX))?;
+    set_int_option(fd, SO_BUSY_POLL_BUDGET, libc::c_int::from(budget))
+}

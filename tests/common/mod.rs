@@ -1248,3 +1248,27 @@ pub fn client_socket(lab: &Lab, v6: bool, port: u16) -> UdpSocket {
         s
     })
 }
+
+/// CPU time (utime + stime, in clock ticks) of the thread named `name` of process `pid`, read from
+/// /proc/PID/task/TID/stat — the kernel's accounting, independent of anything the server reports.
+pub fn thread_cpu_ticks(pid: u32, name: &str) -> Option<(u32, u64)> {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let tid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).ok()?;
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+        // After the parenthesised command name come the state (field 3) ... utime (14) and stime (15).
+        let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split_whitespace().collect();
+        let (utime, stime): (u64, u64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
+        return Some((tid, utime + stime));
+    }
+    None
+}
+
+/// Clock ticks per second (the unit of [`thread_cpu_ticks`]).
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as u64
+}
