@@ -16,7 +16,7 @@ use common::{
 fn report_cpu_agrees_with_proc_for_the_worker_thread() {
     require_lab();
     let lab = Lab::new(1);
-    let mut srv = lab.spawn_server(&lab.serve_args(&["--cores", "1", "--quiet"]));
+    let srv = lab.spawn_server(&lab.serve_args(&["--cores", "1", "--quiet"]));
     let sock = client_socket(&lab, false, 9000);
     let stats = echo_exchange(&sock, 0..20_000, echo_size, &EchoOpts::default()).expect("echo exchange");
     assert_eq!(stats.answered, 20_000);

@@ -14,7 +14,7 @@ use common::{
 /// Serves 2,000 echoes over IPv4 and IPv6 in `mode`, then returns the worker's CPU ticks over one quiet
 /// second (the measurement window is the point here, so it is a fixed second by design) and the report.
 fn serve_then_idle(lab: &Lab, mode: &str) -> (u64, serde_json::Value) {
-    let mut srv = lab.spawn_server(&lab.serve_args(&["--cores", "1", "--quiet", "--poll-mode", mode]));
+    let srv = lab.spawn_server(&lab.serve_args(&["--cores", "1", "--quiet", "--poll-mode", mode]));
     for v6 in [false, true] {
         let sock = client_socket(lab, v6, 9000);
         let st = echo_exchange(&sock, 0..2_000, echo_size, &EchoOpts::default())
