@@ -7,8 +7,10 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use shunt::packet;
-use shunt_fuzz::seeds::{self, Expect, Seed, TARGETS};
+use shunt::packet::field::{eth, ipv4, ipv6, udp, vlan};
+use shunt::packet::{self, ETHERTYPE_IPV4};
+use shunt_fuzz::seeds::{self, Expect, Seed, FRAME_TARGETS, TARGETS};
+use shunt_fuzz::{expected_build, set16, BuildInput};
 
 /// Random inputs per target.
 const RANDOM_INPUTS: usize = 20_000;
@@ -18,6 +20,8 @@ fn target_fn(name: &str) -> fn(&[u8]) {
         "parse" => shunt_fuzz::parse,
         "respond_echo" => shunt_fuzz::respond_echo,
         "respond_sockperf" => shunt_fuzz::respond_sockperf,
+        "write_request" => shunt_fuzz::write_request,
+        "checksum" => shunt_fuzz::checksum,
         other => panic!("unknown target {other}"),
     }
 }
@@ -46,7 +50,19 @@ fn seeds_are_committed_and_current() {
         if write {
             fs::create_dir_all(&dir).unwrap();
         }
-        for Seed { name, bytes } in seeds::for_target(target) {
+        let seeds = seeds::for_target(target);
+        let names: Vec<&str> = seeds.iter().map(|s| s.name.as_str()).collect();
+        // No file that src/seeds.rs no longer makes (a renamed or dropped seed).
+        for (name, _) in corpus(target) {
+            if !names.contains(&name.as_str()) {
+                if write {
+                    fs::remove_file(dir.join(&name)).unwrap();
+                } else {
+                    panic!("seeds/{target}/{name} is not in src/seeds.rs (SHUNT_FUZZ_WRITE_SEEDS=1?)");
+                }
+            }
+        }
+        for Seed { name, bytes } in seeds {
             let path = dir.join(&name);
             if write {
                 fs::write(&path, &bytes).unwrap();
@@ -59,22 +75,37 @@ fn seeds_are_committed_and_current() {
     }
 }
 
-/// Each seed is what its name says: a datagram, not ours, or malformed.
+/// Each frame seed is what its name says: a datagram, not ours, or malformed; each `write_request` seed builds
+/// or fails as its name says.
 #[test]
 fn seeds_mean_what_they_say() {
-    for target in TARGETS {
+    for target in FRAME_TARGETS {
         let seeds = seeds::for_target(target);
         assert!(seeds.len() >= 20, "{target}: {} seeds", seeds.len());
         for s in &seeds {
             let got = packet::parse(&s.bytes);
             let ok = match s.expect() {
                 Expect::Datagram => matches!(got, Ok(Some(_))),
-                Expect::NotOurs => got == Ok(None),
+                Expect::NotOurs => matches!(got, Ok(None)),
                 Expect::Malformed => got.is_err(),
+                Expect::Anything => false,
             };
             assert!(ok, "{target}/{}: parse gave {got:?}", s.name);
         }
     }
+    let seeds = seeds::for_target("write_request");
+    assert!(seeds.len() >= 10);
+    for s in &seeds {
+        let input = BuildInput::decode(&s.bytes);
+        let got = expected_build(&input.spec, input.buf_len, input.payload_len);
+        let ok = match s.expect() {
+            Expect::Datagram => got.is_ok(),
+            Expect::Malformed => got.is_err(),
+            Expect::NotOurs | Expect::Anything => false,
+        };
+        assert!(ok, "write_request/{}: {got:?} for {input:?}", s.name);
+    }
+    assert!(seeds::for_target("checksum").len() >= 5);
 }
 
 #[test]
@@ -82,7 +113,7 @@ fn targets_over_seed_corpus() {
     for target in TARGETS {
         let f = target_fn(target);
         let files = corpus(target);
-        assert!(files.len() >= 20, "seeds/{target} holds {} files", files.len());
+        assert!(files.len() >= 5, "seeds/{target} holds {} files", files.len());
         for (name, bytes) in &files {
             let r = std::panic::catch_unwind(|| f(bytes));
             assert!(r.is_ok(), "target {target} panicked on seeds/{target}/{name}");
@@ -108,17 +139,20 @@ impl Rng {
     }
 }
 
-/// Recomputes an IPv4 header checksum at offset 14 or 18 if the bytes there look like one, so that mutated
-/// headers get past the checksum check and reach the later branches.
+/// Recomputes an IPv4 header checksum where an untagged or single-tagged frame's IPv4 header would start, if
+/// the bytes there look like one, so that mutated headers get past the checksum check and reach the later
+/// branches.
 fn fix_ipv4_checksum(f: &mut [u8]) {
-    for l3 in [14usize, 18] {
-        if f.len() >= l3 + 20 && f[l3 - 2..l3] == [0x08, 0x00] && f[l3] >> 4 == 4 {
-            let ihl = usize::from(f[l3] & 0x0f) * 4;
-            if ihl >= 20 && f.len() >= l3 + ihl {
-                f[l3 + 10] = 0;
-                f[l3 + 11] = 0;
+    for l3 in [eth::HEADER_LEN, eth::HEADER_LEN + vlan::TAG_LEN] {
+        if f.len() >= l3 + ipv4::MIN_HEADER_LEN
+            && f[l3 - 2..l3] == ETHERTYPE_IPV4.to_be_bytes()
+            && f[l3 + ipv4::VER_IHL] >> 4 == 4
+        {
+            let ihl = usize::from(f[l3 + ipv4::VER_IHL] & 0x0f) * 4;
+            if ihl >= ipv4::MIN_HEADER_LEN && f.len() >= l3 + ihl {
+                set16(f, l3, ipv4::CHECKSUM, 0);
                 let c = !shunt_fuzz::naive_sum(&f[l3..l3 + ihl]);
-                f[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+                set16(f, l3, ipv4::CHECKSUM, c);
             }
         }
     }
@@ -161,29 +195,65 @@ fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
     f
 }
 
+/// Rewrites the UDP checksum of a frame that parses to the correct one, so that mutated datagrams also reach the
+/// handler when checksums are verified.
+fn fix_udp_checksum(f: &mut [u8]) {
+    let Ok(Some(v)) = shunt_fuzz::parse_view(f) else { return };
+    let (src, dst) = match v.ip {
+        packet::IpVersion::V4 => (shunt_fuzz::at(v.l3, ipv4::SRC), shunt_fuzz::at(v.l3, ipv4::DST)),
+        packet::IpVersion::V6 => (shunt_fuzz::at(v.l3, ipv6::SRC), shunt_fuzz::at(v.l3, ipv6::DST)),
+    };
+    let (src, dst) = (f[src].to_vec(), f[dst].to_vec());
+    set16(f, v.udp_at, udp::CHECKSUM, 0);
+    let c = shunt_fuzz::naive_udp_checksum(&src, &dst, &f[v.udp_at..v.payload_offset + v.payload_len]);
+    set16(f, v.udp_at, udp::CHECKSUM, c);
+}
+
+/// Whether `input` exercises the interesting path of `target`: a datagram that parses (for `write_request`, a
+/// build that succeeds).
+fn reaches_the_end(target: &str, input: &[u8]) -> bool {
+    match target {
+        "write_request" => {
+            let b = BuildInput::decode(input);
+            expected_build(&b.spec, b.buf_len, b.payload_len).is_ok()
+        }
+        "checksum" => true,
+        _ => matches!(packet::parse(input), Ok(Some(_))),
+    }
+}
+
 #[test]
 fn targets_over_random_inputs() {
     for (k, target) in TARGETS.into_iter().enumerate() {
         let f = target_fn(target);
         let seeds: Vec<Vec<u8>> = seeds::for_target(target).into_iter().map(|s| s.bytes).collect();
         let mut rng = Rng(0x5eed_0000_0000_0001 + k as u64);
-        let mut accepted = 0;
+        let (mut accepted, mut correct) = (0, 0);
         for i in 0..RANDOM_INPUTS {
-            let input = if i % 4 == 0 {
+            let mut input = if i % 4 == 0 {
                 let n = rng.below(200);
                 rng.bytes(n)
             } else {
                 let s = &seeds[rng.below(seeds.len())];
                 mutate(&mut rng, s)
             };
-            if matches!(packet::parse(&input), Ok(Some(_))) {
+            if FRAME_TARGETS.contains(&target) && rng.below(2) == 0 {
+                fix_udp_checksum(&mut input);
+            }
+            if reaches_the_end(target, &input) {
                 accepted += 1;
+            }
+            if let Ok(Some(v)) = shunt_fuzz::parse_view(&input) {
+                correct += usize::from(v.udp_checksum == packet::UdpChecksum::Correct);
             }
             let r = std::panic::catch_unwind(|| f(&input));
             assert!(r.is_ok(), "target {target} panicked on input #{i}: {input:02x?}");
         }
-        eprintln!("{target}: {RANDOM_INPUTS} inputs, {accepted} parsed as datagrams");
-        // The mutations must keep reaching the reply path, or this smoke test tests little.
-        assert!(accepted > RANDOM_INPUTS / 10, "{target}: only {accepted} of {RANDOM_INPUTS} inputs parsed");
+        eprintln!("{target}: {RANDOM_INPUTS} inputs, {accepted} reached the end, {correct} datagrams with a correct UDP checksum");
+        // The mutations must keep reaching the reply path (or a successful build), or this smoke test tests little.
+        assert!(accepted > RANDOM_INPUTS / 10, "{target}: only {accepted} of {RANDOM_INPUTS} inputs reached the end");
+        if FRAME_TARGETS.contains(&target) {
+            assert!(correct > RANDOM_INPUTS / 20, "{target}: only {correct} datagrams with a correct checksum");
+        }
     }
 }
