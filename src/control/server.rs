@@ -372,12 +372,13 @@ impl RunningServer {
         }
         if let Some(listen) = &self.config.metrics.listen {
             let sources = MetricsSources {
+                started: self.started,
                 workers: self.workers.iter().map(|w| (w.queue, w.shared.clone())).collect(),
                 xdp: self.program.counters_reader()?,
                 latency: self.latency.clone(),
             };
             let metrics = MetricsServer::start(listen, sources).map_err(StartError::Metrics)?;
-            tracing::info!(address = %metrics.local_addr, "metrics endpoint serving /metrics");
+            tracing::info!(address = %metrics.local_addr, "metrics endpoint serving /metrics and /stats.json");
             self.metrics = Some(metrics);
         }
         Ok(())

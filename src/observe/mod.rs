@@ -11,15 +11,15 @@ pub mod report;
 pub mod reporter;
 
 use latency::LatencyReport;
+use metrics::QueueLatency;
 
-/// Latest latency figures, published by the reporter for the metrics endpoint: run totals per worker (by
-/// queue) and merged.
+/// Latest latency figures, published by the reporter thread once per interval for the metrics endpoint and
+/// computed there (never on a worker): run totals per worker, as summaries and histogram buckets, and the
+/// summaries of all workers' histograms merged.
 #[derive(Debug, Clone, Default)]
 pub struct LatencySnapshot {
-    /// (queue, summary of the run so far).
-    pub per_worker: Vec<(u32, LatencyReport)>,
-    /// Merged over workers.
-    pub total: LatencyReport,
-    /// Sum of the total latency over the run, in ns.
-    pub total_sum_ns: f64,
+    /// One per watched worker, in the order the workers were started.
+    pub per_worker: Vec<QueueLatency>,
+    /// Merged over workers; `None` until the reporter's first interval.
+    pub total: Option<LatencyReport>,
 }

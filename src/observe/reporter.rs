@@ -16,6 +16,7 @@ use hdrhistogram::serialization::{interval_log, V2DeflateSerializer};
 
 use super::{
     latency::{human_ns, LatencyReport},
+    metrics::QueueLatency,
     LatencySnapshot,
 };
 use crate::datapath::{
@@ -154,16 +155,15 @@ fn interval_is_empty(stats: &[WorkerStats], last: &[WorkerStats], interval: &Lat
 }
 
 fn publish(workers: &[WatchedWorker], totals: &[LatencySet], snapshot: &Mutex<LatencySnapshot>) {
-    let per_worker: Vec<(u32, LatencyReport)> =
-        workers.iter().zip(totals).map(|(w, t)| (w.queue, LatencyReport::of(t))).collect();
+    // Summaries and buckets are computed here, before taking the lock, so a scrape never waits on them.
+    let per_worker: Vec<QueueLatency> = workers.iter().zip(totals).map(|(w, t)| QueueLatency::of(w.queue, t)).collect();
     let mut merged = LatencySet::new(totals.first().map(|t| t.total.high()).unwrap_or(1_000_000_000));
     for t in totals {
         merged.add(t);
     }
-    let total_sum_ns =
-        merged.total.iter_recorded().map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64).sum();
+    let published = LatencySnapshot { per_worker, total: Some(LatencyReport::of(&merged)) };
     if let Ok(mut s) = snapshot.lock() {
-        *s = LatencySnapshot { per_worker, total: LatencyReport::of(&merged), total_sum_ns };
+        *s = published;
     }
 }
 

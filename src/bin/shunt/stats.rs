@@ -1,124 +1,113 @@
-//! `shunt stats`: polls a running server's metrics endpoint and prints a live table.
+//! `shunt stats`: polls a running server's `/stats.json` and prints a live table.
+//!
+//! The endpoint serves a [`StatsSnapshot`] (the type is the library's, so client and server cannot disagree on
+//! field names); rates are differences between two snapshots over the server's own uptime clock.
 
 use std::{
-    collections::BTreeMap,
+    fmt::Write as _,
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-/// One scrape: series name with labels → value.
-pub type Scrape = BTreeMap<String, f64>;
+use shunt::{
+    datapath::counters::WorkerStats,
+    observe::{
+        latency::{human_ns, LatencyReport},
+        metrics::{drop_reasons, StatsSnapshot, WorkerSnapshot},
+    },
+};
 
-/// Fetches `/metrics` from `addr` (plain HTTP/1.0).
-pub fn fetch(addr: SocketAddr, timeout: Duration) -> std::io::Result<String> {
+/// Fetches and parses `/stats.json` from `addr` (plain HTTP/1.0).
+pub fn fetch(addr: SocketAddr, timeout: Duration) -> std::io::Result<StatsSnapshot> {
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
-    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    let status = body.lines().next().unwrap_or_default();
+    s.write_all(format!("GET /stats.json HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+    let mut response = String::new();
+    s.read_to_string(&mut response)?;
+    let status = response.lines().next().unwrap_or_default();
     if !status.contains(" 200 ") {
-        return Err(std::io::Error::other(format!("{addr}/metrics answered {status:?}")));
+        return Err(std::io::Error::other(format!("{addr}/stats.json answered {status:?}")));
     }
-    Ok(body.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    serde_json::from_str(body)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{addr}/stats.json: {e}")))
 }
 
-/// Parses the text exposition format into series → value (comments skipped).
-pub fn parse(text: &str) -> Scrape {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_string(), value.parse().ok()?))
-        })
-        .collect()
+fn drops(s: &WorkerStats) -> u64 {
+    drop_reasons(s).iter().map(|(_, n)| n).sum()
 }
 
-fn get(s: &Scrape, name: &str) -> f64 {
-    s.get(name).copied().unwrap_or(0.0)
+/// p50, p99, p99.9 and max of the in-server latency (`total` stage), or dashes when there is none.
+fn latency_columns(l: Option<&LatencyReport>) -> [String; 4] {
+    match l {
+        Some(l) if l.total_ns.count > 0 => {
+            let t = &l.total_ns;
+            [t.p50, t.p99, t.p999, t.max].map(human_ns)
+        }
+        _ => ["-", "-", "-", "-"].map(String::from),
+    }
 }
 
-fn queues(s: &Scrape) -> Vec<String> {
-    let mut q: Vec<String> = s
-        .keys()
-        .filter_map(|k| k.strip_prefix("shunt_rx_packets_total{queue=\""))
-        .filter_map(|r| r.split('"').next())
-        .map(str::to_string)
-        .collect();
-    q.sort_by_key(|q| q.parse::<u32>().unwrap_or(u32::MAX));
-    q
+fn row(out: &mut String, queue: &str, rates: [f64; 3], latency: [String; 4]) {
+    let [rx, tx, drops] = rates;
+    let [p50, p99, p999, max] = latency;
+    let _ = writeln!(out, "{queue:>6} {rx:>11.0} {tx:>11.0} {drops:>9.0} {p50:>10} {p99:>10} {p999:>10} {max:>10}");
 }
 
-/// Formats the table for one interval between two scrapes.
-pub fn table(prev: &Scrape, now: &Scrape, secs: f64) -> String {
+/// The table for the interval between two snapshots of the same server: per queue and summed over queues
+/// ("all"), rx and tx packets and drops per second over the interval, and the in-server latency since start.
+pub fn table(prev: &StatsSnapshot, now: &StatsSnapshot) -> String {
+    let secs = now.uptime_ns.saturating_sub(prev.uptime_ns) as f64 / 1e9;
+    let per_sec = |now: u64, prev: u64| now.saturating_sub(prev) as f64 / secs.max(1e-9);
+    let rates = |w: &WorkerSnapshot| -> [f64; 3] {
+        let before = prev.workers.iter().find(|p| p.queue == w.queue).map(|p| p.stats).unwrap_or_default();
+        let s = &w.stats;
+        [
+            per_sec(s.rx_packets, before.rx_packets),
+            per_sec(s.tx_packets, before.tx_packets),
+            per_sec(drops(s), drops(&before)),
+        ]
+    };
     let mut out = format!(
         "{:>6} {:>11} {:>11} {:>9} {:>10} {:>10} {:>10} {:>10}\n",
         "queue", "rx pps", "tx pps", "drops/s", "p50", "p99", "p99.9", "max"
     );
-    let rate = |name: String| (get(now, &name) - get(prev, &name)).max(0.0) / secs.max(1e-9);
-    let quantile = |queue: &str, q: &str| {
-        let v = get(now, &format!("shunt_latency_seconds{{queue=\"{queue}\",stage=\"total\",quantile=\"{q}\"}}"));
-        format!("{:.1}us", v * 1e6)
-    };
-    let mut rows = queues(now);
-    rows.push("all".into());
-    for q in rows {
-        let (rx, tx, drops) = if q == "all" {
-            let sum = |p: &str| queues(now).iter().map(|q| rate(format!("{p}{{queue=\"{q}\"}}"))).sum::<f64>();
-            let drop_sum = queues(now)
-                .iter()
-                .flat_map(|q| {
-                    ["malformed", "not_ours", "handler", "tx_ring_full"]
-                        .map(|r| format!("shunt_dropped_packets_total{{queue=\"{q}\",reason=\"{r}\"}}"))
-                })
-                .map(&rate)
-                .sum::<f64>();
-            (sum("shunt_rx_packets_total"), sum("shunt_tx_packets_total"), drop_sum)
-        } else {
-            let drops = ["malformed", "not_ours", "handler", "tx_ring_full"]
-                .iter()
-                .map(|r| rate(format!("shunt_dropped_packets_total{{queue=\"{q}\",reason=\"{r}\"}}")))
-                .sum::<f64>();
-            (
-                rate(format!("shunt_rx_packets_total{{queue=\"{q}\"}}")),
-                rate(format!("shunt_tx_packets_total{{queue=\"{q}\"}}")),
-                drops,
-            )
-        };
-        out.push_str(&format!(
-            "{:>6} {:>11.0} {:>11.0} {:>9.0} {:>10} {:>10} {:>10} {:>10}\n",
-            q,
-            rx,
-            tx,
-            drops,
-            quantile(&q, "0.5"),
-            quantile(&q, "0.99"),
-            quantile(&q, "0.999"),
-            quantile(&q, "1")
-        ));
+    let mut all = [0.0; 3];
+    for w in &now.workers {
+        let r = rates(w);
+        for (sum, v) in all.iter_mut().zip(r) {
+            *sum += v;
+        }
+        row(&mut out, &w.queue.to_string(), r, latency_columns(w.latency.as_ref()));
     }
-    out.push_str(&format!(
-        "xdp: redirected {:.0}/s passed {:.0}/s malformed {:.0}/s (latency columns: in-server, since start)\n",
-        rate("shunt_xdp_packets_total{verdict=\"redirected\"}".into()),
-        rate("shunt_xdp_packets_total{verdict=\"passed\"}".into()),
-        rate("shunt_xdp_packets_total{verdict=\"malformed\"}".into()),
-    ));
+    row(&mut out, "all", all, latency_columns(now.latency.as_ref()));
+    match (&prev.xdp, &now.xdp) {
+        (Some(p), Some(n)) => {
+            let _ = writeln!(
+                out,
+                "xdp: redirected {:.0}/s passed {:.0}/s malformed {:.0}/s no_socket {:.0}/s",
+                per_sec(n.redirected, p.redirected),
+                per_sec(n.passed, p.passed),
+                per_sec(n.malformed, p.malformed),
+                per_sec(n.no_socket, p.no_socket)
+            );
+        }
+        _ => out.push_str("xdp: counters unavailable\n"),
+    }
+    let _ = writeln!(out, "rates over the last {secs:.1} s; latency: in-server (XDP hook -> TX ring), since start");
     out
 }
 
 /// Polls `addr` every `interval`, `count` times (0 = until the endpoint goes away), printing a table each time.
 pub fn watch(addr: SocketAddr, interval: Duration, count: u64) -> std::io::Result<()> {
     let timeout = Duration::from_secs(2);
-    let mut prev = parse(&fetch(addr, timeout)?);
-    let mut last = Instant::now();
+    let mut prev = fetch(addr, timeout)?;
     let mut n = 0;
     while count == 0 || n < count {
         std::thread::sleep(interval);
-        let now = parse(&fetch(addr, timeout)?);
-        let secs = last.elapsed().as_secs_f64();
-        last = Instant::now();
-        println!("{}", table(&prev, &now, secs));
+        let now = fetch(addr, timeout)?;
+        println!("{}", table(&prev, &now));
         prev = now;
         n += 1;
     }
@@ -127,23 +116,80 @@ pub fn watch(addr: SocketAddr, interval: Duration, count: u64) -> std::io::Resul
 
 #[cfg(test)]
 mod tests {
+    use shunt::observe::latency::Summary;
+
     use super::*;
 
-    const TEXT: &str = "# HELP x\n# TYPE shunt_rx_packets_total counter\nshunt_rx_packets_total{queue=\"0\"} 100\n\
-        shunt_tx_packets_total{queue=\"0\"} 90\nshunt_latency_seconds{queue=\"0\",stage=\"total\",quantile=\"0.5\"} 0.0000025\n";
+    fn latency(p50: u64, p99: u64, p999: u64, max: u64) -> Option<LatencyReport> {
+        let total_ns = Summary { count: 10, p50, p99, p999, max, ..Summary::default() };
+        Some(LatencyReport { total_ns, ..LatencyReport::default() })
+    }
 
-    #[test]
-    fn parses_series_and_values() {
-        let s = parse(TEXT);
-        assert_eq!(s["shunt_rx_packets_total{queue=\"0\"}"], 100.0);
-        assert_eq!(queues(&s), vec!["0".to_string()]);
+    fn worker(queue: u32, stats: WorkerStats, latency: Option<LatencyReport>) -> WorkerSnapshot {
+        WorkerSnapshot { queue, stats, latency, ..WorkerSnapshot::default() }
+    }
+
+    /// The whitespace-separated cells of the row whose first cell is `queue`.
+    fn cells<'t>(table: &'t str, queue: &str) -> Vec<&'t str> {
+        let rows: Vec<Vec<&str>> = table
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|c| c.first() == Some(&queue))
+            .collect();
+        assert_eq!(rows.len(), 1, "one row for queue {queue} in\n{table}");
+        rows[0].clone()
     }
 
     #[test]
-    fn table_shows_rates() {
-        let prev = parse("shunt_rx_packets_total{queue=\"0\"} 0\n");
-        let t = table(&prev, &parse(TEXT), 2.0);
-        assert!(t.contains("50"), "{t}");
-        assert!(t.contains("2.5us"), "{t}");
+    fn table_shows_each_queues_rates_and_latency_and_their_sum() {
+        let prev = StatsSnapshot {
+            uptime_ns: 1_000_000_000,
+            workers: vec![
+                worker(0, WorkerStats { rx_packets: 100, tx_packets: 90, ..Default::default() }, None),
+                worker(1, WorkerStats::default(), None),
+            ],
+            ..StatsSnapshot::default()
+        };
+        // 2 s later: queue 0 took 2,000 more frames, answered 1,600, dropped 10 malformed and 4 with a bad
+        // checksum; queue 1 took and answered 600.
+        let q0 = WorkerStats {
+            rx_packets: 2_100,
+            tx_packets: 1_690,
+            dropped_malformed: 10,
+            dropped_bad_checksum: 4,
+            ..Default::default()
+        };
+        let q1 = WorkerStats { rx_packets: 600, tx_packets: 600, ..Default::default() };
+        let now = StatsSnapshot {
+            uptime_ns: 3_000_000_000,
+            workers: vec![
+                worker(0, q0, latency(2_500, 9_000, 40_000, 12_000_000)),
+                worker(1, q1, latency(700, 1_000, 1_500, 3_000)),
+            ],
+            latency: latency(1_200, 8_000, 39_000, 12_000_000),
+            ..StatsSnapshot::default()
+        };
+        let t = table(&prev, &now);
+        assert_eq!(cells(&t, "0"), ["0", "1000", "800", "7", "2.5us", "9.0us", "40.0us", "12.0ms"], "\n{t}");
+        assert_eq!(cells(&t, "1"), ["1", "300", "300", "0", "0.7us", "1.0us", "1.5us", "3.0us"], "\n{t}");
+        assert_eq!(cells(&t, "all"), ["all", "1300", "1100", "7", "1.2us", "8.0us", "39.0us", "12.0ms"], "\n{t}");
+        assert!(t.contains("rates over the last 2.0 s"), "{t}");
+        assert!(t.contains("xdp: counters unavailable"), "{t}");
+    }
+
+    #[test]
+    fn a_queue_without_latency_shows_dashes_and_xdp_rates_follow_the_uptime() {
+        let mut prev = StatsSnapshot {
+            uptime_ns: 0,
+            workers: vec![worker(4, WorkerStats::default(), None)],
+            ..Default::default()
+        };
+        prev.xdp = Some(Default::default());
+        let mut now = prev.clone();
+        now.uptime_ns = 500_000_000;
+        now.xdp = Some(shunt::steer::XdpCounters { redirected: 50, passed: 5, malformed: 1, no_socket: 0 });
+        let t = table(&prev, &now);
+        assert_eq!(cells(&t, "4"), ["4", "0", "0", "0", "-", "-", "-", "-"], "\n{t}");
+        assert!(t.contains("xdp: redirected 100/s passed 10/s malformed 2/s no_socket 0/s"), "{t}");
     }
 }
