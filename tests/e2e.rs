@@ -1,6 +1,7 @@
-//! End-to-end tests: the real binary in a two-namespace veth lab. Need root; run serially
-//! (`cargo test --release --test e2e -- --test-threads=1`): the server pins busy workers and the machine may
-//! have only 2 cores. Every test creates its own lab, which is torn down on drop, also on failure.
+//! End-to-end tests: the real binary in a two-namespace veth lab. Every test is a lab test: ignored by a plain
+//! `cargo test`, run by `make test` (`cargo test --release --test e2e -- --include-ignored --test-threads=1`);
+//! needs root; runs serially: the server pins busy workers and the machine may have only 2 cores. Every test
+//! creates its own lab, which is torn down on drop, also on failure.
 
 mod common;
 
@@ -83,10 +84,9 @@ fn echo_or_panic(
 // -----------------------------------------------------------------------------------------------------
 
 #[test]
+#[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
 fn lab_fixture_connectivity_and_teardown() {
-    if !require_root_or_skip() {
-        return;
-    }
+    require_lab();
     let lab = Lab::new(2);
     let (sns, cns) = (lab.server_ns(), lab.client_ns());
     assert!(netns_exists(&sns) && netns_exists(&cns));
@@ -151,10 +151,9 @@ fn lab_fixture_connectivity_and_teardown() {
 }
 
 #[test]
+#[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
 fn lab_fixture_teardown_on_panic() {
-    if !require_root_or_skip() {
-        return;
-    }
+    require_lab();
     let name = std::sync::Mutex::new(String::new());
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let lab = Lab::new(1);
@@ -177,10 +176,9 @@ fn lab_fixture_teardown_on_panic() {
 
 /// 10,000 datagrams of sizes 1..=1400 over IPv4 and IPv6 come back byte-identical; the report counts them.
 #[test]
+#[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
 fn echo_v4_v6_10000_datagrams() {
-    if !require_root_or_skip() {
-        return;
-    }
+    require_lab();
     let lab = Lab::new(1);
     let srv = lab.spawn_server(&lab.serve_args(&[]));
     let v4 = client_socket(&lab, false, ECHO_PORT);
@@ -216,10 +214,9 @@ fn echo_v4_v6_10000_datagrams() {
 
 /// While the server runs, ICMP and UDP to other ports still reach the kernel.
 #[test]
+#[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
 fn kernel_still_served() {
-    if !require_root_or_skip() {
-        return;
-    }
+    require_lab();
     let lab = Lab::new(1);
     let srv = lab.spawn_server(&lab.serve_args(&[]));
 
@@ -287,10 +284,9 @@ fn parse_sockperf(out: &str) -> Option<SockperfSummary> {
 }
 
 #[test]
+#[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
 fn sockperf_ping_pong() {
-    if !require_root_or_skip() {
-        return;
-    }
+    require_lab();
     let lab = Lab::new(1);
     let srv = lab.spawn_server(&lab.serve_args(&["--handler", "sockperf", "--port", "11111"]));
     let port = SOCKPERF_PORT.to_string();
@@ -341,10 +337,9 @@ fn sockperf_ping_pong() {
 /// Two queues, two pinned workers: traffic from client threads pinned to CPU 0 and CPU 1 (XPS maps client TX
 /// queue i to CPU i, and on veth the server RX queue is the client TX queue) reaches both workers.
 #[test]
+#[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
 fn two_queues_both_workers_serve() {
-    if !require_root_or_skip() {
-        return;
-    }
+    require_lab();
     assert!(num_cpus() >= 2, "this test needs at least 2 CPUs");
     let lab = Lab::new(2);
     // Only native XDP spreads veth traffic over RX queues: in generic (skb) mode veth records no RX queue
@@ -423,10 +418,9 @@ fn two_queues_both_workers_serve() {
 /// SIGKILL under load: the XDP program goes away with the process, the kernel gets the port back, and a new
 /// server can attach at once.
 #[test]
+#[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
 fn sigkill_under_load_detaches() {
-    if !require_root_or_skip() {
-        return;
-    }
+    require_lab();
     let lab = Lab::new(1);
     let args = lab.serve_args(&[]);
     let mut srv = lab.spawn_server(&args);
@@ -475,7 +469,12 @@ fn sigkill_under_load_detaches() {
     }
     let killed = srv.kill();
     assert_eq!(killed.status.signal(), Some(libc::SIGKILL), "server was not killed by SIGKILL\n{}", killed.describe());
-    std::thread::sleep(Duration::from_millis(200));
+    // Traffic keeps coming while the kernel takes the program away: let the load send another 1,000 datagrams.
+    let sent_at_kill = sent.load(Ordering::Relaxed);
+    let wait_until = Instant::now() + Duration::from_secs(5);
+    while sent.load(Ordering::Relaxed) < sent_at_kill + 1_000 && Instant::now() < wait_until {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     stop.store(true, Ordering::Relaxed);
     load.join().expect("load thread");
     eprintln!("load: sent {} echoes {}", sent.load(Ordering::Relaxed), echoes.load(Ordering::Relaxed));
@@ -528,10 +527,9 @@ fn assert_exit_2_naming(fin: &Finished, needle: &str) {
 }
 
 #[test]
+#[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
 fn startup_error_unknown_config_key() {
-    if !require_root_or_skip() {
-        return;
-    }
+    require_lab();
     let lab = Lab::new(1);
     let good = std::fs::read_to_string(lab_config()).expect("read config/lab.toml");
     let bad = lab.tmp_path("bad-config", "toml");
@@ -555,10 +553,9 @@ fn startup_error_unknown_config_key() {
 }
 
 #[test]
+#[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
 fn startup_error_unknown_interface() {
-    if !require_root_or_skip() {
-        return;
-    }
+    require_lab();
     let lab = Lab::new(1);
     let cfg = lab_config().display().to_string();
     let fin = lab.run_server_expect_exit(&["serve", "--config", &cfg, "--interface", "shuntnope0"], EXIT_TIMEOUT);
@@ -567,10 +564,9 @@ fn startup_error_unknown_interface() {
 }
 
 #[test]
+#[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
 fn startup_error_bad_queues_and_cores() {
-    if !require_root_or_skip() {
-        return;
-    }
+    require_lab();
     let lab = Lab::new(2);
     let absent_core = (num_cpus() + 64).to_string();
     let cases: Vec<(Vec<&str>, &str)> = vec![
@@ -586,10 +582,9 @@ fn startup_error_bad_queues_and_cores() {
 }
 
 #[test]
+#[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
 fn startup_error_missing_privilege() {
-    if !require_root_or_skip() {
-        return;
-    }
+    require_lab();
     let lab = Lab::new(1);
     // Root uid, but no capabilities at all after exec.
     let wrapper = ["setpriv", "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all", "--"];
@@ -605,10 +600,9 @@ fn startup_error_missing_privilege() {
 }
 
 #[test]
+#[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
 fn startup_error_queue_taken_by_another_server() {
-    if !require_root_or_skip() {
-        return;
-    }
+    require_lab();
     let lab = Lab::new(1);
     let first = lab.spawn_server(&lab.serve_args(&[]));
     // A second server on the same queue waits a bounded time for the queue to be released (it would be,

@@ -1,6 +1,6 @@
 //! End to end in a veth lab (deploy/lab.sh): short shunt-bench runs against the real shunt server and against
-//! `sockperf server` produce consistent JSON. Needs root: skipped with a message when not root and CI is unset,
-//! a failure when CI is set.
+//! `sockperf server` produce consistent JSON. Lab tests: ignored by a plain `cargo test`, run by `make test`
+//! (`--include-ignored`); they need root and fail, loudly, without it.
 
 use std::{
     path::{Path, PathBuf},
@@ -14,18 +14,12 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-fn ci_is_set() -> bool {
-    std::env::var("CI").is_ok_and(|v| !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false" | "no"))
-}
-
-fn require_root_or_skip() -> bool {
+/// Called first by every lab test (each is `#[ignore = ...]`, so it only runs when asked for): a lab test that
+/// was asked for and cannot run fails, it never passes without running.
+fn require_lab() {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(!ci_is_set(), "the lab tests need root, and CI is set: they must not be skipped in CI");
-    eprintln!("skipping: the lab tests need root");
-    false
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "lab tests need root (network namespaces, XDP, AF_XDP); run them through `make test` as root");
 }
 
 /// A lab from deploy/lab.sh, deleted on drop (also when the test panics).
@@ -192,10 +186,9 @@ fn run_both(lab: &Lab, target: &str) {
 }
 
 #[test]
+#[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
 fn runs_against_shunt_produce_consistent_json() {
-    if !require_root_or_skip() {
-        return;
-    }
+    require_lab();
     let shunt = shunt_bin();
     let lab = Lab::new();
     let config = repo().join("config/lab.toml");
@@ -218,15 +211,13 @@ fn runs_against_shunt_produce_consistent_json() {
 }
 
 #[test]
+#[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
 fn runs_against_sockperf_server_produce_consistent_json() {
-    if !require_root_or_skip() {
-        return;
-    }
-    if Command::new("sockperf").arg("--version").output().is_err() {
-        assert!(!ci_is_set(), "sockperf is not installed (make deps)");
-        eprintln!("skipping: sockperf is not installed");
-        return;
-    }
+    require_lab();
+    assert!(
+        Command::new("sockperf").arg("--version").output().is_ok(),
+        "sockperf is not installed (make deps installs it)"
+    );
     let lab = Lab::new();
     let _server = start_in(
         &lab.server_ns(),

@@ -55,13 +55,6 @@ pub fn lab_config() -> PathBuf {
     repo_path("config/lab.toml")
 }
 
-fn ci_is_set() -> bool {
-    match std::env::var("CI") {
-        Ok(v) => !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false" | "no"),
-        Err(_) => false,
-    }
-}
-
 /// The reason every lab test gives in its `#[ignore = ...]`: lab tests are ignored by a plain `cargo test`
 /// (so a run that cannot execute them shows them as ignored, never as passed), and `make test` runs them
 /// with `--include-ignored`.
@@ -74,20 +67,6 @@ pub fn require_lab() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     assert_eq!(euid, 0, "lab tests need root (network namespaces, XDP, AF_XDP); run them through `make test` as root");
-}
-
-/// True when the e2e tests can run (we are root). When not root: panics if `CI` is set (the e2e tests must run
-/// in CI), else prints a notice and returns false.
-pub fn require_root_or_skip() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if ci_is_set() {
-        panic!("e2e tests need root, and CI is set: they must not be skipped in CI");
-    }
-    eprintln!("skipping: e2e tests need root");
-    false
 }
 
 // ---------------------------------------------------------------------------------------------------------
