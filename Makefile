@@ -9,15 +9,21 @@ export DEBIAN_FRONTEND := noninteractive
 # Debian packages the build, the tests and the demo need.
 #   build: clang llvm libelf-dev zlib1g-dev m4 pkg-config libbpf-dev (libbpf-sys / libxdp build from source)
 #   tests + demo: iproute2 (ip netns), iputils-ping, ethtool, sockperf, python3, procps (sysctl),
-#                 util-linux (taskset, setpriv), tcpdump (debugging aid)
+#                 util-linux (taskset, setpriv), tcpdump (debugging aid), linux-perf (tests/syscalls.rs counts
+#                 the worker's system calls with `perf stat`)
 DEB_PACKAGES := clang llvm libelf-dev zlib1g-dev m4 pkg-config libbpf-dev \
-	iproute2 iputils-ping ethtool sockperf python3 procps util-linux tcpdump
+	iproute2 iputils-ping ethtool sockperf python3 procps util-linux tcpdump linux-perf
 
 
-# Integration-test files that use the lab fixture (tests/common: root, namespaces, the real binary) run
-# serially in the e2e step; the others run with the unit tests.
-LAB_TESTS := $(sort e2e $(basename $(notdir $(shell grep -l 'require_root_or_skip' tests/*.rs 2>/dev/null))))
+# Integration-test files with lab tests (tests/common: root, namespaces, the real binary) run serially in the
+# e2e step; the others run with the unit tests. Every lab test is `#[ignore = "lab test: ..."]` and calls
+# `common::require_lab()` first: a plain `cargo test` lists it as ignored (never as passed), the e2e step runs
+# it with --include-ignored, and run without root it fails, loudly.
+LAB_TESTS := $(sort e2e $(basename $(notdir $(shell grep -l 'require_lab()' tests/*.rs 2>/dev/null))))
 OTHER_TESTS := $(filter-out $(LAB_TESTS),$(basename $(notdir $(wildcard tests/*.rs))))
+
+# A shell condition: true when CI is set to anything but "", 0, false or no (as tests/common reads it).
+IN_CI = [[ -n "$${CI:-}" && ! "$${CI,,}" =~ ^(0|false|no)$$ ]]
 
 .PHONY: deps build test fmt-check clippy unit-test e2e fuzz-smoke fuzz-run demo clean-lab
 
@@ -38,6 +44,15 @@ deps:
 	fi
 	@$(CARGO) fmt --version >/dev/null 2>&1 || { echo "deps: rustfmt missing (rustup component add rustfmt)" >&2; exit 1; }
 	@$(CARGO) clippy --version >/dev/null 2>&1 || { echo "deps: clippy missing (rustup component add clippy)" >&2; exit 1; }
+	@if $(CARGO) fuzz --version >/dev/null 2>&1; then \
+		echo "deps: $$($(CARGO) fuzz --version) present"; \
+	else \
+		echo "deps: installing cargo-fuzz (cargo install cargo-fuzz --locked: built from crates.io, once)"; \
+		if ! $(CARGO) install cargo-fuzz --locked; then \
+			if $(IN_CI); then echo "deps: cargo-fuzz could not be installed, and CI is set" >&2; exit 1; fi; \
+			echo "deps: WARNING: cargo-fuzz could not be installed: make fuzz-run will skip the libFuzzer runs" >&2; \
+		fi; \
+	fi
 
 build:
 	$(CARGO) build --release --all-targets
@@ -48,39 +63,67 @@ fmt-check:
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# Unit and property tests (everything but the e2e suite).
+# Unit and property tests (everything but the e2e suite). An ignored test outside the lab files would never
+# run anywhere: refused.
 unit-test:
+	@for t in $(OTHER_TESTS); do \
+		if grep -q '#\[ignore' "tests/$$t.rs"; then \
+			echo "unit-test: tests/$$t.rs has #[ignore] tests but no require_lab(): nothing would run them" >&2; exit 1; \
+		fi; \
+	done
 	$(CARGO) test --release --lib --bins $(foreach t,$(OTHER_TESTS),--test $(t))
 	$(CARGO) test --release --doc
 
-# End-to-end tests (every test file using the lab fixture): serially, they spin pinned workers on 2 cores.
+# End-to-end tests (every test file with lab tests, and shunt-bench's): serially, they spin pinned workers on
+# 2 cores. --include-ignored runs the lab tests, which a plain `cargo test` lists as ignored.
 e2e:
-	$(CARGO) test --release $(foreach t,$(LAB_TESTS),--test $(t)) -- --test-threads=1
-	$(CARGO) test --release -p shunt-bench -- --test-threads=1
+	@[ "$$(id -u)" = 0 ] || { echo "e2e: FAILED: the lab tests need root (network namespaces, XDP, AF_XDP): run make test as root" >&2; exit 1; }
+	$(CARGO) test --release $(foreach t,$(LAB_TESTS),--test $(t)) -- --include-ignored --test-threads=1
+	$(CARGO) test --release -p shunt-bench -- --include-ignored --test-threads=1
 
 # The fuzz targets' logic over their committed seeds plus 20,000 generated inputs, on stable (always run).
 # The fuzz crate is its own workspace; it shares this target directory so the shunt crate is built once.
 fuzz-smoke:
 	cd fuzz && CARGO_TARGET_DIR=$(CURDIR)/target $(CARGO) test --release
 
-# Real libFuzzer runs, FUZZ_SECONDS per target, when cargo-fuzz is installed (`cargo install cargo-fuzz`);
-# RUSTC_BOOTSTRAP lets the stable toolchain build the sanitizer flags cargo-fuzz needs. Skipped otherwise.
+# Real libFuzzer runs, FUZZ_SECONDS per target (the command of fuzz/README.md, shorter); RUSTC_BOOTSTRAP lets
+# the stable toolchain build the sanitizer flags cargo-fuzz needs. cargo-fuzz comes from `make deps`; without
+# it the runs fail when CI is set and are skipped, with a loud SKIPPED line, otherwise.
 FUZZ_SECONDS ?= 15
 FUZZ_TARGETS := parse respond_echo respond_sockperf
 fuzz-run:
 	@if ! $(CARGO) fuzz --version >/dev/null 2>&1; then \
-		echo "fuzz: cargo-fuzz not installed, skipping the libFuzzer runs (the smoke test ran)"; \
-	else \
-		cd fuzz && for t in $(FUZZ_TARGETS); do \
-			mkdir -p corpus/$$t; \
-			log=$(CURDIR)/target/fuzz-$$t.log; \
-			if ! RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O $$t corpus/$$t seeds/$$t -- \
-				-max_total_time=$(FUZZ_SECONDS) -max_len=2048 >"$$log" 2>&1; then \
-				tail -n 60 "$$log"; echo "fuzz: $$t FAILED (artifacts in fuzz/artifacts/$$t)"; exit 1; \
-			fi; \
-			echo "fuzz: $$t: $$(grep -E '^Done [0-9]+ runs' "$$log" | tail -n 1)"; \
-		done; \
-	fi
+		if $(IN_CI); then \
+			echo "fuzz: FAILED: cargo-fuzz is not installed and CI is set: the libFuzzer runs must not be skipped (make deps installs it)" >&2; \
+			exit 1; \
+		fi; \
+		echo "fuzz: ******************************************************************************************"; \
+		echo "fuzz: SKIPPED: cargo-fuzz is not installed, so no libFuzzer run (make deps installs it; fuzz-smoke ran)"; \
+		echo "fuzz: ******************************************************************************************"; \
+		exit 0; \
+	fi; \
+	start=$$SECONDS; \
+	mkdir -p $(CURDIR)/target; \
+	cd fuzz; \
+	log=$(CURDIR)/target/fuzz-build.log; \
+	echo "fuzz: building the targets ($$($(CARGO) fuzz --version), log in $$log)"; \
+	if ! RUSTC_BOOTSTRAP=1 $(CARGO) fuzz build -O >"$$log" 2>&1; then \
+		tail -n 60 "$$log"; echo "fuzz: build FAILED" >&2; exit 1; \
+	fi; \
+	for t in $(FUZZ_TARGETS); do \
+		mkdir -p corpus/$$t; \
+		log=$(CURDIR)/target/fuzz-$$t.log; \
+		if ! RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O $$t corpus/$$t seeds/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -max_len=2048 >"$$log" 2>&1; then \
+			tail -n 60 "$$log"; echo "fuzz: $$t FAILED (artifacts in fuzz/artifacts/$$t, log in $$log)" >&2; exit 1; \
+		fi; \
+		done_line=$$(grep -E '^Done [0-9]+ runs' "$$log" | tail -n 1 || true); \
+		if [ -z "$$done_line" ]; then \
+			tail -n 30 "$$log"; echo "fuzz: $$t: libFuzzer printed no 'Done N runs' line (log in $$log)" >&2; exit 1; \
+		fi; \
+		echo "fuzz: $$t: $$done_line"; \
+	done; \
+	echo "fuzz: $(words $(FUZZ_TARGETS)) targets, $(FUZZ_SECONDS) s each: $$((SECONDS - start)) s with the build"
 
 test: deps
 	$(MAKE) --no-print-directory fmt-check
