@@ -20,7 +20,7 @@ for opt in CONFIG_BPF_SYSCALL CONFIG_XDP_SOCKETS CONFIG_BPF_JIT; do
   kconfig "$opt"; rc=$?
   case $rc in 0) pass "$opt";; 2) note "cannot read the kernel config to check $opt";; *) fail "$opt (rebuild the kernel with it)";; esac
 done
-[[ -e /sys/kernel/btf/vmlinux ]] && pass "BTF (/sys/kernel/btf/vmlinux)" || note "no kernel BTF (not required by shunt)"
+if [[ -e /sys/kernel/btf/vmlinux ]]; then pass "BTF (/sys/kernel/btf/vmlinux)"; else note "no kernel BTF (not required by shunt)"; fi
 major=$(uname -r | cut -d. -f1); minor=$(uname -r | cut -d. -f2)
 if (( major > 5 || (major == 5 && minor >= 15) )); then pass "kernel >= 5.15 (bpf_link XDP attach, need_wakeup, XDP metadata)"
 else fail "kernel >= 5.15 (this is $(uname -r))"; fi
@@ -45,15 +45,15 @@ if [[ -n ${1:-} ]]; then
       *) note "zero-copy unlikely with $driver: sockets will bind in copy mode";;
     esac
     ethtool -l "$ifc" 2>/dev/null | sed -n '/Current hardware settings/,$p' | sed 's/^/        /'
-    note "steer the served ports to the served queues, e.g.: ethtool -N $ifc flow-type udp4 dst-port 9000 action 0"
+    note "tune the queues, IRQs and flow steering for shunt: deploy/tune-nic.sh $ifc --workers N --cores LIST --dry-run"
   fi
 fi
 
 echo "latency tuning (bare metal; shunt's workers busy-poll their cores):"
 iso=$(cat /sys/devices/system/cpu/isolated 2>/dev/null)
-[[ -n $iso ]] && pass "isolated cores: $iso" || note "no isolated cores: boot with isolcpus=W nohz_full=W rcu_nocbs=W for the worker cores W"
-systemctl is-active --quiet irqbalance 2>/dev/null && note "irqbalance is running: pin the NIC queue IRQs (/proc/irq/N/smp_affinity_list) away from worker cores, or stop it" || pass "irqbalance not running"
+if [[ -n $iso ]]; then pass "isolated cores: $iso"; else note "no isolated cores: boot with isolcpus=W nohz_full=W rcu_nocbs=W for the worker cores W"; fi
+if systemctl is-active --quiet irqbalance 2>/dev/null; then note "irqbalance is running: keep it off the NIC queue IRQs and worker cores (shunt-tune-nic says how), or stop it"; else pass "irqbalance not running"; fi
 gov=$(cat /sys/devices/system/cpu/cpu0/cpufreq/scaling_governor 2>/dev/null || echo "n/a")
-[[ $gov == performance || $gov == n/a ]] && pass "cpufreq governor: $gov" || note "cpufreq governor is $gov: 'performance' avoids frequency ramp-up on the worker cores"
+if [[ $gov == performance || $gov == n/a ]]; then pass "cpufreq governor: $gov"; else note "cpufreq governor is $gov: 'performance' avoids frequency ramp-up on the worker cores"; fi
 
-(( ok )) && echo "host OK" || { echo "host is missing something shunt needs"; exit 1; }
+if (( ok )); then echo "host OK"; else echo "host is missing something shunt needs"; exit 1; fi

@@ -22,6 +22,7 @@ TMP=$(mktemp -d /tmp/shunt-demo.XXXXXX)
 SERVER_PID=""
 LAB_UP=0
 
+# shellcheck disable=SC2317  # (stop_server_quietly and cleanup run from the EXIT trap)
 stop_server_quietly() {
     [[ -n $SERVER_PID ]] || return 0
     if kill -0 "$SERVER_PID" 2>/dev/null; then
@@ -31,12 +32,13 @@ stop_server_quietly() {
             kill -0 "$SERVER_PID" 2>/dev/null || break
             sleep 0.1
         done
-        kill -0 "$SERVER_PID" 2>/dev/null && kill -KILL "$SERVER_PID" 2>/dev/null || true
+        if kill -0 "$SERVER_PID" 2>/dev/null; then kill -KILL "$SERVER_PID" 2>/dev/null || true; fi
     fi
     wait "$SERVER_PID" 2>/dev/null || true
     SERVER_PID=""
 }
 
+# shellcheck disable=SC2317
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM

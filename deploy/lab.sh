@@ -68,7 +68,7 @@ cmd_up() {
         *) die "unknown option for up: $1" ;;
         esac
     done
-    [[ $queues =~ ^[1-9][0-9]*$ ]] && ((queues <= 64)) || die "--queues must be 1..64, got '$queues'"
+    if ! [[ $queues =~ ^[1-9][0-9]*$ ]] || ((queues > 64)); then die "--queues must be 1..64, got '$queues'"; fi
 
     local sns="${name}s" cns="${name}c"
     local sif="${name}s" cif="${name}c"
@@ -136,7 +136,7 @@ mac_of() {
 cmd_info() {
     local name=$1
     local sns="${name}s" cns="${name}c"
-    ns_exists "$sns" && ns_exists "$cns" || die "lab '$name' does not exist"
+    if ! ns_exists "$sns" || ! ns_exists "$cns"; then die "lab '$name' does not exist"; fi
     echo "server_ns=$sns"
     echo "server_if=${name}s"
     echo "server_mac=$(mac_of "$sns" "${name}s")"
