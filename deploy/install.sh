@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs shunt on a bare-metal Debian host: build dependencies, the release binary, an example config and
-# the systemd unit. Re-running it upgrades the binary and unit and keeps an existing config.
+# Installs shunt on a bare-metal Debian host from source: build dependencies, the release binary, an example
+# config and the systemd unit. Re-running it upgrades the binary and unit and keeps an existing config.
+# The Debian package (`make deb`, deploy/README.md) is the other way, into /usr.
 #
 #   deploy/install.sh            install (as root)
 #   deploy/install.sh --uninstall
@@ -33,7 +34,11 @@ if [[ ! -e $etc/shunt.toml ]]; then
   install -Dm644 config/example.toml "$etc/shunt.toml"
   echo "wrote $etc/shunt.toml from config/example.toml: set interface, ports, queues and cores before starting"
 fi
-install -Dm644 deploy/shunt.service "$unit"
+# The unit names the package's paths (/usr/bin, /usr/share/doc); this install lives under $prefix.
+sed -e "s#/usr/bin/shunt#$prefix/bin/shunt#g" -e "s#/usr/share/doc/shunt#$prefix/share/doc/shunt#g" \
+  deploy/shunt.service >"$unit.tmp"
+install -Dm644 "$unit.tmp" "$unit"
+rm -f "$unit.tmp"
 systemctl daemon-reload
 echo "installed; check the config with: shunt check-config $etc/shunt.toml"
 echo "then: systemctl enable --now shunt.service; journalctl -u shunt -f"

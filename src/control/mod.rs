@@ -47,6 +47,11 @@ where
         signal_hook::flag::register(signal, signalled.clone()).map_err(ServeError::Signals)?;
     }
     let server = RunningServer::start(config, options, handler_name, make_handler)?;
+    // systemd Type=notify: ready now that the program is attached and every socket is bound (a no-op when
+    // NOTIFY_SOCKET is unset, i.e. not started by systemd).
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::debug!("sd_notify READY=1: {e}");
+    }
     while !signalled.load(std::sync::atomic::Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(20));
     }
