@@ -11,8 +11,12 @@ export DEBIAN_FRONTEND := noninteractive
 #   tests + demo: iproute2 (ip netns), iputils-ping, ethtool, sockperf, python3, procps (sysctl),
 #                 util-linux (taskset, setpriv), tcpdump (debugging aid), linux-perf (tests/syscalls.rs counts
 #                 the worker's system calls with `perf stat`)
+#   deploy (make deb, tests/deploy.rs): shellcheck, help2man (shunt.1), dpkg-dev (cargo-deb's dpkg-shlibdeps),
+#                 systemd (systemd-analyze verify/security), python3-seccomp (the unit's filter applied without
+#                 systemd as PID 1), python3-yaml (the fleet manifests), bird2 (bird -p on the fleet configs)
 DEB_PACKAGES := clang llvm libelf-dev zlib1g-dev m4 pkg-config libbpf-dev \
-	iproute2 iputils-ping ethtool sockperf python3 procps util-linux tcpdump linux-perf
+	iproute2 iputils-ping ethtool sockperf python3 procps util-linux tcpdump linux-perf \
+	shellcheck help2man dpkg-dev systemd python3-seccomp python3-yaml bird2
 
 
 # Integration-test files with lab tests (tests/common: root, namespaces, the real binary) run serially in the
@@ -129,12 +133,20 @@ test: deps
 	$(MAKE) --no-print-directory fmt-check
 	$(MAKE) --no-print-directory clippy
 	$(MAKE) --no-print-directory unit-test
+	$(MAKE) --no-print-directory deb
 	$(MAKE) --no-print-directory e2e
 	$(MAKE) --no-print-directory fuzz-smoke
 	$(MAKE) --no-print-directory fuzz-run
 
 demo: deps build
 	deploy/demo.sh
+
+# The Debian package: target/debian/shunt_<version>-1_<arch>.deb (deploy/build-deb.sh: release build, shunt.1
+# by help2man, `cargo deb --no-build --strip`; cargo-deb is installed with `cargo install cargo-deb --locked`
+# the first time). tests/deploy.rs installs it into a throw-away root, so `make test` builds it before e2e.
+.PHONY: deb
+deb: deps
+	CARGO=$(CARGO) deploy/build-deb.sh
 
 # Remove leftover lab namespaces (names starting with "shunt", or with CLEAN_LAB_PREFIX, which must itself
 # start with "shunt") owned by this user. Deleting a namespace removes the veth end in it and its peer.
