@@ -94,7 +94,7 @@ fuzz-smoke:
 # the stable toolchain build the sanitizer flags cargo-fuzz needs. cargo-fuzz comes from `make deps`; without
 # it the runs fail when CI is set and are skipped, with a loud SKIPPED line, otherwise.
 FUZZ_SECONDS ?= 15
-FUZZ_TARGETS := parse respond_echo respond_sockperf
+FUZZ_TARGETS := parse respond_echo respond_sockperf write_request checksum
 fuzz-run:
 	@if ! $(CARGO) fuzz --version >/dev/null 2>&1; then \
 		if $(IN_CI); then \
