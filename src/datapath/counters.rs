@@ -6,10 +6,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A snapshot of one worker's counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerStats {
     /// Frames taken off the RX ring.
     pub rx_packets: u64,
@@ -46,7 +46,7 @@ pub struct WorkerStats {
 
 /// Where a socket's UMEM frames are: every frame is in exactly one place, so the places add up to `total`
 /// and `frames_lost` is 0. Counted when a worker stops, after it has taken back what the kernel completed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FrameAccount {
     /// Frames in the UMEM.
     pub total: u64,
@@ -65,7 +65,7 @@ pub struct FrameAccount {
 }
 
 /// Kernel-side statistics of an AF_XDP socket (getsockopt XDP_STATISTICS).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelSocketStats {
     /// Dropped for reasons other than invalid descriptors (e.g. frame too small).
     pub rx_dropped: u64,

@@ -56,7 +56,7 @@ impl Summary {
 }
 
 /// The latency part of a report: one summary per metric.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencyReport {
     /// XDP hook → pick-up.
     pub ring_dwell_ns: Summary,

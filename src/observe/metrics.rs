@@ -145,13 +145,11 @@ pub struct StatsSnapshot {
     /// Nanoseconds between the start of serving and this snapshot, on the monotonic clock.
     pub uptime_ns: u64,
     /// The XDP program's counters (null when its map could not be read).
-    #[serde(with = "opt_xdp")]
     pub xdp: Option<XdpCounters>,
     /// One per worker, in the order of `workers.queues`.
     pub workers: Vec<WorkerSnapshot>,
     /// In-server latency since start over all workers (their histograms merged), as of the reporter's last
     /// interval; null when measurement is off or before the first interval.
-    #[serde(with = "opt_latency")]
     pub latency: Option<LatencyReport>,
 }
 
@@ -161,14 +159,11 @@ pub struct WorkerSnapshot {
     /// The NIC queue it serves.
     pub queue: u32,
     /// Its counters.
-    #[serde(with = "WorkerStatsDef")]
     pub stats: WorkerStats,
     /// Its socket's kernel statistics (refreshed by the worker about once a second).
-    #[serde(with = "KernelSocketStatsDef")]
     pub kernel: KernelSocketStats,
     /// Its in-server latency since start, as of the reporter's last interval; null when measurement is off
     /// or before the first interval.
-    #[serde(with = "opt_latency")]
     pub latency: Option<LatencyReport>,
 }
 
@@ -184,86 +179,6 @@ pub fn drop_reasons(s: &WorkerStats) -> [(&'static str, u64); 6] {
         ("tx_ring_full", s.tx_ring_full),
     ]
 }
-
-// The datapath's, steering's and the latency summaries' types derive only `Serialize`; these remote
-// definitions give the JSON snapshot `Deserialize` without touching those layers. Deserializing builds the
-// real struct with every field named, so a field added there and not here fails to compile.
-
-#[derive(Serialize, Deserialize)]
-#[serde(remote = "WorkerStats")]
-struct WorkerStatsDef {
-    rx_packets: u64,
-    tx_packets: u64,
-    dropped_malformed: u64,
-    dropped_bad_checksum: u64,
-    dropped_amplification: u64,
-    dropped_not_ours: u64,
-    dropped_by_handler: u64,
-    tx_ring_full: u64,
-    tx_kicks: u64,
-    tx_kick_errors: u64,
-    tx_backpressure: u64,
-    fill_kicks: u64,
-    rx_batches: u64,
-    sleeps: u64,
-    busy_polls: u64,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(remote = "KernelSocketStats")]
-struct KernelSocketStatsDef {
-    rx_dropped: u64,
-    rx_invalid_descs: u64,
-    tx_invalid_descs: u64,
-    rx_ring_full: u64,
-    rx_fill_ring_empty_descs: u64,
-    tx_ring_empty_descs: u64,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(remote = "XdpCounters")]
-struct XdpCountersDef {
-    redirected: u64,
-    passed: u64,
-    malformed: u64,
-    no_socket: u64,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(remote = "LatencyReport")]
-struct LatencyReportDef {
-    ring_dwell_ns: super::latency::Summary,
-    service_ns: super::latency::Summary,
-    total_ns: super::latency::Summary,
-    nic_to_hook_ns: super::latency::Summary,
-    tx_kick_ns: super::latency::Summary,
-    rx_batch_size: super::latency::Summary,
-    unstamped: u64,
-}
-
-/// `Option<T>` through a remote definition (serde's `with` does not reach inside an `Option`).
-macro_rules! optional_remote {
-    ($module:ident, $ty:ty, $def:literal) => {
-        mod $module {
-            use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-            use super::*;
-
-            #[derive(Serialize, Deserialize)]
-            struct Wrap(#[serde(with = $def)] $ty);
-
-            pub fn serialize<S: Serializer>(v: &Option<$ty>, s: S) -> Result<S::Ok, S::Error> {
-                v.map(Wrap).serialize(s)
-            }
-
-            pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<$ty>, D::Error> {
-                Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
-            }
-        }
-    };
-}
-optional_remote!(opt_xdp, XdpCounters, "XdpCountersDef");
-optional_remote!(opt_latency, LatencyReport, "LatencyReportDef");
 
 /// Everything a request reads.
 pub struct MetricsSources {

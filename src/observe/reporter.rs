@@ -179,7 +179,7 @@ fn interval_line(
         |f: fn(&WorkerStats) -> u64| -> u64 { stats.iter().zip(last).map(|(s, l)| f(s).saturating_sub(f(l))).sum() };
     let rx = delta(|s| s.rx_packets);
     let tx = delta(|s| s.tx_packets);
-    let drops = delta(|s| s.dropped_malformed + s.dropped_not_ours + s.dropped_by_handler + s.tx_ring_full);
+    let drops = delta(|s| super::metrics::drop_reasons(s).iter().map(|(_, n)| n).sum());
     let t = &interval.total;
     let latency = if t.is_empty() {
         "latency: no stamped packets".to_string()

@@ -91,7 +91,7 @@ pub enum XdpError {
 }
 
 /// Counters kept by the XDP program, summed over CPUs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct XdpCounters {
     /// Packets redirected to an AF_XDP socket.
     pub redirected: u64,
