@@ -1,4 +1,6 @@
-//! Compiles the XDP program in `bpf/` into a BPF object that the binary embeds.
+//! Compiles the XDP program in `bpf/` into a BPF object and generates its libbpf-rs skeleton
+//! (`$OUT_DIR/shunt.skel.rs`, included by `src/sys/skel.rs`): the object embedded in the binary, typed fields
+//! for its programs and maps, and its BTF types (`enum shunt_counter` among them) as Rust types.
 
 use std::{env, path::PathBuf};
 
@@ -15,7 +17,7 @@ fn main() {
         .source(SRC)
         .obj(out.join("shunt.bpf.o"))
         .clang_args(["-O2", "-g", "-Wall", "-Werror", multiarch.as_str()])
-        .build()
+        .build_and_generate(out.join("shunt.skel.rs"))
         .unwrap_or_else(|e| panic!("building {SRC} failed (is clang installed? `make deps`): {e:#}"));
     println!("cargo:rerun-if-changed={SRC}");
 }

@@ -22,7 +22,8 @@
 
 #define MAX_QUEUES 256
 
-/* Counter slots; must match `XdpCounter` in src/xdp.rs. */
+/* Counter slots: keys of `shunt_counters`. src/steer reads them by these names, through the type the
+ * generated skeleton makes of this enum (sys::skel::types::shunt_counter). */
 enum shunt_counter {
 	SHUNT_REDIRECTED = 0,   /* handed to an AF_XDP socket */
 	SHUNT_PASSED = 1,       /* not ours: left to the kernel */
@@ -31,7 +32,13 @@ enum shunt_counter {
 	SHUNT_COUNTER_MAX = 4,
 };
 
-/* Flags in `shunt_settings`; must match src/xdp.rs. */
+/* Clang puts a type into the object's BTF only if a global, a map or a program's signature uses it, and
+ * the enum above is used only for its constants. This variable carries it into the BTF, from which
+ * libbpf-cargo generates the Rust type. Its section is none libbpf knows, so libbpf skips it ("skipping
+ * unrecognized data section"): no map is created, nothing is loaded. */
+enum shunt_counter shunt_counter_type SEC(".shunt.types");
+
+/* Flags in `shunt_settings`; must match SETTING_* in src/steer/mod.rs. */
 #define SHUNT_STAMP_TIME (1u << 0)
 
 /* Written in front of the packet (XDP metadata) when stamping is on; AF_XDP

@@ -5,13 +5,26 @@
 //! link's file descriptor: when the process exits, by any means including SIGKILL, the kernel closes the fd and
 //! removes the program, and the interface goes back to the kernel stack. Nothing is ever steered into sockets
 //! that no longer exist.
+//!
+//! The program, its maps and its counter slots are reached through the skeleton that build.rs generates from
+//! bpf/shunt.bpf.c (`sys::skel`): a map or program renamed in the C file is a compile error here, not a
+//! failed lookup at start-up.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::{
+    mem::MaybeUninit,
+    os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
+};
 
-use libbpf_rs::{MapCore, MapFlags, MapHandle, Object, ObjectBuilder};
+use libbpf_rs::{
+    skel::{OpenSkel, SkelBuilder},
+    MapCore, MapFlags, MapHandle, MapMut,
+};
 use serde::Serialize;
 
-use crate::sys;
+use crate::sys::{
+    self,
+    skel::{types::shunt_counter, ShuntSkelBuilder},
+};
 
 /// Where the XDP program is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -36,11 +49,6 @@ impl AttachMode {
     }
 }
 
-/// The compiled program (bpf/shunt.bpf.c, built by build.rs).
-const OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/shunt.bpf.o"));
-const PROGRAM: &str = "shunt_steer";
-const PROGRAM_HW: &str = "shunt_steer_hw";
-
 /// Which build of the steering program to load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProgramVariant {
@@ -63,9 +71,6 @@ pub enum XdpError {
     /// libbpf could not open or load the object (the verifier log is in the debug output).
     #[error("loading the XDP program failed: {0} (SHUNT_LOG=libbpf=debug shows libbpf's log)")]
     Load(#[source] libbpf_rs::Error),
-    /// A map or program the object must contain is missing.
-    #[error("the XDP object has no {0}")]
-    Missing(&'static str),
     /// A map update or lookup failed.
     #[error("XDP map {map}: {source}")]
     Map {
@@ -103,10 +108,11 @@ pub struct XdpCounters {
     pub no_socket: u64,
 }
 
-/// The loaded (not yet attached) steering program and handles on its maps.
+/// The loaded (not yet attached) steering program and handles on its maps. It holds its own file descriptors
+/// of the program and the maps, which keep them in the kernel; the skeleton and libbpf's object are gone once
+/// [`XdpProgram::load`] returns.
 pub struct XdpProgram {
-    object: Object,
-    program: &'static str,
+    program: OwnedFd,
     /// The variant that was loaded.
     pub variant: ProgramVariant,
     xsks: MapHandle,
@@ -131,9 +137,9 @@ fn route_libbpf_logs() {
     });
 }
 
-fn map_handle(object: &Object, name: &'static str) -> Result<MapHandle, XdpError> {
-    let map = object.maps().find(|m| m.name() == name).ok_or(XdpError::Missing(name))?;
-    MapHandle::try_from(&map).map_err(|source| XdpError::Map { map: name, source })
+/// A handle of its own (a duplicated fd) on one of the skeleton's maps; `name` is for the error only.
+fn map_handle(map: &MapMut<'_>, name: &'static str) -> Result<MapHandle, XdpError> {
+    MapHandle::try_from(map).map_err(|source| XdpError::Map { map: name, source })
 }
 
 impl XdpProgram {
@@ -141,31 +147,29 @@ impl XdpProgram {
     /// the verifier log among them, go to the `libbpf` tracing target at DEBUG.
     pub fn load(variant: ProgramVariant) -> Result<XdpProgram, XdpError> {
         route_libbpf_logs();
-        let mut open = ObjectBuilder::default().open_memory(OBJECT).map_err(XdpError::Load)?;
-        let wanted = match variant {
-            ProgramVariant::Plain => PROGRAM,
-            ProgramVariant::DeviceBound { .. } => PROGRAM_HW,
+        let mut storage = MaybeUninit::uninit();
+        let mut open = ShuntSkelBuilder::default().open(&mut storage).map_err(XdpError::Load)?;
+        // Only the chosen variant is loaded (and verified).
+        let device_bound = matches!(variant, ProgramVariant::DeviceBound { .. });
+        open.progs.shunt_steer.set_autoload(!device_bound);
+        open.progs.shunt_steer_hw.set_autoload(device_bound);
+        if let ProgramVariant::DeviceBound { ifindex } = variant {
+            open.progs.shunt_steer_hw.set_ifindex(ifindex);
+            open.progs.shunt_steer_hw.set_flags(libbpf_sys::BPF_F_XDP_DEV_BOUND_ONLY);
+        }
+        let skel = open.load().map_err(XdpError::Load)?;
+        let program = match variant {
+            ProgramVariant::Plain => &skel.progs.shunt_steer,
+            ProgramVariant::DeviceBound { .. } => &skel.progs.shunt_steer_hw,
         };
-        for mut p in open.progs_mut() {
-            let name = p.name().to_string_lossy().into_owned();
-            p.set_autoload(name == wanted);
-            if let (true, ProgramVariant::DeviceBound { ifindex }) = (name == wanted, variant) {
-                p.set_ifindex(ifindex);
-                p.set_flags(libbpf_sys::BPF_F_XDP_DEV_BOUND_ONLY);
-            }
-        }
-        let object = open.load().map_err(XdpError::Load)?;
-        if !object.progs().any(|p| p.name() == wanted) {
-            return Err(XdpError::Missing("steering program"));
-        }
+        let program = program.as_fd().try_clone_to_owned().map_err(|e| XdpError::Load(e.into()))?;
         Ok(XdpProgram {
-            program: wanted,
+            program,
             variant,
-            xsks: map_handle(&object, "shunt_xsks")?,
-            ports: map_handle(&object, "shunt_ports")?,
-            counters: map_handle(&object, "shunt_counters")?,
-            settings: map_handle(&object, "shunt_settings")?,
-            object,
+            xsks: map_handle(&skel.maps.shunt_xsks, "shunt_xsks")?,
+            ports: map_handle(&skel.maps.shunt_ports, "shunt_ports")?,
+            counters: map_handle(&skel.maps.shunt_counters, "shunt_counters")?,
+            settings: map_handle(&skel.maps.shunt_settings, "shunt_settings")?,
         })
     }
 
@@ -205,17 +209,17 @@ impl XdpProgram {
             .map(XdpCountersReader)
             .map_err(|source| XdpError::Map { map: "shunt_counters", source })
     }
+
     /// Attaches the program to `ifindex` as a bpf_link in the given mode. The program stays attached as long
     /// as the returned [`XdpLink`] (or the process) lives.
     pub fn attach(&self, interface: &str, ifindex: u32, mode: AttachMode) -> Result<XdpLink, XdpError> {
-        let prog = self.object.progs().find(|p| p.name() == self.program).ok_or(XdpError::Missing("program"))?;
         let flags = match mode {
             AttachMode::Native => sys::XDP_FLAGS_DRV_MODE,
             AttachMode::Generic => sys::XDP_FLAGS_SKB_MODE,
             AttachMode::Auto => 0,
         };
         let mode_name = mode.name();
-        let fd = sys::create_xdp_link(prog.as_fd().as_raw_fd(), ifindex, flags).map_err(|source| {
+        let fd = sys::create_xdp_link(self.program.as_raw_fd(), ifindex, flags).map_err(|source| {
             let hint = match source.raw_os_error() {
                 Some(libc::EBUSY) | Some(libc::EEXIST) => {
                     " (another XDP program is attached: remove it with `ip link set dev IF xdp off`)"
@@ -243,17 +247,22 @@ impl XdpCountersReader {
     }
 }
 
+/// Reads the counters by the slots of `enum shunt_counter` (bpf/shunt.bpf.c), as the skeleton generates them
+/// from the object's BTF. `XdpCounters` has one field per slot (see the test below).
 fn read_counters(map: &MapHandle) -> Result<XdpCounters, XdpError> {
-    let mut sums = [0u64; 4];
-    for (slot, sum) in sums.iter_mut().enumerate() {
+    let sum = |slot: shunt_counter| -> Result<u64, XdpError> {
         let per_cpu = map
-            .lookup_percpu(&(slot as u32).to_ne_bytes(), MapFlags::ANY)
+            .lookup_percpu(&slot.0.to_ne_bytes(), MapFlags::ANY)
             .map_err(|source| XdpError::Map { map: "shunt_counters", source })?
             .unwrap_or_default();
-        *sum =
-            per_cpu.iter().filter_map(|v| v.get(..8).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))).sum();
-    }
-    Ok(XdpCounters { redirected: sums[0], passed: sums[1], malformed: sums[2], no_socket: sums[3] })
+        Ok(per_cpu.iter().filter_map(|v| v.first_chunk::<8>()).map(|b| u64::from_ne_bytes(*b)).sum())
+    };
+    Ok(XdpCounters {
+        redirected: sum(shunt_counter::SHUNT_REDIRECTED)?,
+        passed: sum(shunt_counter::SHUNT_PASSED)?,
+        malformed: sum(shunt_counter::SHUNT_MALFORMED)?,
+        no_socket: sum(shunt_counter::SHUNT_NO_SOCKET)?,
+    })
 }
 
 /// An attached program. Dropping it detaches the program from the interface.
@@ -264,4 +273,25 @@ pub struct XdpLink {
     pub ifindex: u32,
     /// The mode it was attached in.
     pub mode: AttachMode,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `read_counters` reads four slots into four fields; a slot added to `enum shunt_counter` must get a field
+    /// too. The enum and the map both come from the BPF object, so this also checks that the counters map has
+    /// room for every slot. Opening the skeleton parses the embedded object only: no privileges needed.
+    #[test]
+    fn counters_cover_every_slot_of_the_program() {
+        assert_eq!(
+            shunt_counter::SHUNT_COUNTER_MAX.0,
+            4,
+            "bpf/shunt.bpf.c has a new counter slot: add it to XdpCounters and read_counters"
+        );
+        route_libbpf_logs();
+        let mut storage = MaybeUninit::uninit();
+        let open = ShuntSkelBuilder::default().open(&mut storage).expect("open the embedded BPF object");
+        assert_eq!(open.maps.shunt_counters.max_entries(), shunt_counter::SHUNT_COUNTER_MAX.0);
+    }
 }

@@ -1,13 +1,16 @@
 //! The one OS module: the raw system calls the datapath, the XDP steering and the control plane need, each
 //! behind a safe function (bpf_link creation, rlimits, clocks, CPU affinity, interface and ethtool queries).
 //! Where `rustix` has a safe wrapper it is used; what is left (bpf_link_create, if_nametoindex, the ethtool
-//! ioctl) is `unsafe` here and nowhere else outside the datapath.
+//! ioctl) is `unsafe` here and nowhere else outside the datapath. The XDP program's generated libbpf-rs
+//! skeleton (`skel`), whose generated code has `unsafe` blocks of its own, is included here for that reason.
 #![allow(unsafe_code)]
 
 use std::{
     io,
     os::fd::{FromRawFd, OwnedFd, RawFd},
 };
+
+pub(crate) mod skel;
 
 /// `XDP_FLAGS_SKB_MODE`: attach in the generic hook.
 pub const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
