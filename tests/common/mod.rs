@@ -1251,3 +1251,115 @@ pub fn clock_ticks_per_second() -> u64 {
     // SAFETY: sysconf has no preconditions.
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as u64
 }
+
+/// An AF_PACKET socket on one of the lab's veth ends: sends whole frames and receives every frame that
+/// arrives on that interface (ETH_P_ALL), tagged ones included — for tests that need frames the kernel's
+/// UDP sockets cannot make or see (malformed ones, VLAN tags the test kernel cannot terminate).
+pub struct RawPort(std::os::fd::OwnedFd);
+
+impl RawPort {
+    /// Opens the port on `side`'s veth end.
+    pub fn open(lab: &Lab, side: Side) -> RawPort {
+        use std::os::fd::FromRawFd;
+        let ifname = std::ffi::CString::new(if side == Side::Client { lab.client_if() } else { lab.server_if() })
+            .expect("interface name");
+        let ns = lab.ns(side);
+        in_netns(&ns, move || {
+            // SAFETY: if_nametoindex reads a NUL-terminated name.
+            let ifindex = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
+            assert_ne!(ifindex, 0, "if_nametoindex: {}", std::io::Error::last_os_error());
+            let all = (libc::ETH_P_ALL as u16).to_be();
+            // SAFETY: plain socket(2); the descriptor is owned right away.
+            let fd = unsafe {
+                libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, all.into())
+            };
+            assert!(fd >= 0, "socket(AF_PACKET): {}", std::io::Error::last_os_error());
+            // SAFETY: fd is a new descriptor nobody else owns.
+            let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+            // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = all;
+            sll.sll_ifindex = ifindex as i32;
+            // SAFETY: bind reads a sockaddr_ll of the given size through a valid pointer.
+            let rc = unsafe {
+                libc::bind(
+                    std::os::fd::AsRawFd::as_raw_fd(&fd),
+                    (&sll as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0, "bind(AF_PACKET): {}", std::io::Error::last_os_error());
+            RawPort(fd)
+        })
+    }
+
+    /// Sends one frame as it is; the kernel's error if it refuses it (e.g. EMSGSIZE above the MTU).
+    pub fn send(&self, frame: &[u8]) -> std::io::Result<()> {
+        // SAFETY: send reads frame.len() bytes from a live slice.
+        let n = unsafe { libc::send(std::os::fd::AsRawFd::as_raw_fd(&self.0), frame.as_ptr().cast(), frame.len(), 0) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        assert_eq!(n as usize, frame.len(), "short send on AF_PACKET");
+        Ok(())
+    }
+
+    /// The next frame that arrived on the interface (not one this host sent), if any is waiting, with the
+    /// VLAN tag control information the kernel took out of it (it moves a received tag into metadata before
+    /// packet taps see the frame; PACKET_AUXDATA gives it back).
+    pub fn try_recv(&self, buf: &mut [u8]) -> Option<(usize, Option<u16>)> {
+        use std::os::fd::AsRawFd;
+        let fd = self.0.as_raw_fd();
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt reads one c_int through a valid pointer.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_PACKET,
+                libc::PACKET_AUXDATA,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        loop {
+            // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut control = [0u64; 16];
+            let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+            // SAFETY: msghdr is plain data; all-zero is valid.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_name = (&mut from as *mut libc::sockaddr_ll).cast();
+            msg.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = std::mem::size_of_val(&control);
+            // SAFETY: every pointer in `msg` refers to a live buffer of the length given.
+            let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+            if n < 0 {
+                return None;
+            }
+            if from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+                continue;
+            }
+            let mut tci = None;
+            // SAFETY: CMSG_FIRSTHDR/NXTHDR walk the control buffer the kernel filled, within msg_controllen.
+            let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+            while !cmsg.is_null() {
+                // SAFETY: `cmsg` points at a complete header inside the control buffer.
+                let (level, kind) = unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type) };
+                if level == libc::SOL_PACKET && kind == libc::PACKET_AUXDATA {
+                    // SAFETY: a PACKET_AUXDATA message carries one tpacket_auxdata; read unaligned.
+                    let aux: libc::tpacket_auxdata = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast()) };
+                    if aux.tp_status & libc::TP_STATUS_VLAN_VALID != 0 {
+                        tci = Some(aux.tp_vlan_tci);
+                    }
+                }
+                // SAFETY: as above.
+                cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
+            }
+            return Some((n as usize, tci));
+        }
+    }
+}
