@@ -1,5 +1,6 @@
 //! Compiles the comparison's in-kernel XDP responder (bpf/reflect.bpf.c), which `shunt-bench xdp-reflector`
-//! embeds and loads.
+//! embeds and loads, and generates its libbpf-rs skeleton (`$OUT_DIR/reflect.skel.rs`, included by
+//! src/reflector.rs).
 
 use std::{env, path::PathBuf};
 
@@ -15,7 +16,7 @@ fn main() {
         .source(SRC)
         .obj(out.join("reflect.bpf.o"))
         .clang_args(["-O2", "-g", "-Wall", "-Werror", multiarch.as_str()])
-        .build()
+        .build_and_generate(out.join("reflect.skel.rs"))
         .unwrap_or_else(|e| panic!("building {SRC} failed (is clang installed? `make deps`): {e:#}"));
     println!("cargo:rerun-if-changed={SRC}");
 }

@@ -1,7 +1,10 @@
 //! `shunt-bench xdp-reflector`: loads the in-kernel XDP responder (bpf/reflect.bpf.c) on an interface and
 //! keeps it attached until SIGINT/SIGTERM, then prints its counters. For comparisons only.
+//!
+//! The object, its program and maps, and `struct reflect_config` come from the skeleton build.rs generates.
 
 use std::{
+    mem::MaybeUninit,
     os::fd::{AsFd, AsRawFd},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -10,28 +13,46 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{anyhow, Context, Result};
-use libbpf_rs::{MapCore, MapFlags, ObjectBuilder};
+use anyhow::{Context, Result};
+use libbpf_rs::{
+    skel::{OpenSkel, SkelBuilder},
+    MapCore, MapFlags,
+};
 use shunt::sys;
 
-const OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/reflect.bpf.o"));
+/// The generated skeleton of bpf/reflect.bpf.c (build.rs).
+#[allow(clippy::all, clippy::undocumented_unsafe_blocks, unreachable_pub)]
+mod skel {
+    include!(concat!(env!("OUT_DIR"), "/reflect.skel.rs"));
+}
+
+use skel::{types::reflect_config, ReflectSkelBuilder};
+
+/// Slots of `reflect_counters`, as bpf/reflect.bpf.c documents them (its counters are plain numbers there).
+const ANSWERED: u32 = 0;
+const DROPPED: u32 = 1;
+const PASSED: u32 = 2;
+
+// The map value is written field by field below: `struct reflect_config` must be exactly those two u32s.
+const _: () = assert!(std::mem::size_of::<reflect_config>() == 8);
 
 /// Runs the responder on `interface` for UDP `port` until signalled.
 pub fn run(interface: &str, port: u16, sockperf: bool, generic: bool) -> Result<()> {
     let ifindex = sys::interface_index(interface).with_context(|| format!("interface {interface}"))?;
-    let object = ObjectBuilder::default()
-        .open_memory(OBJECT)
+    let mut storage = MaybeUninit::uninit();
+    let skel = ReflectSkelBuilder::default()
+        .open(&mut storage)
         .context("opening the reflector object")?
         .load()
         .context("loading the reflector (needs root)")?;
-    let config = object.maps().find(|m| m.name() == "reflect_config").ok_or(anyhow!("no reflect_config map"))?;
-    let mut value = Vec::with_capacity(8);
-    value.extend_from_slice(&u32::from(port).to_ne_bytes());
-    value.extend_from_slice(&u32::from(sockperf).to_ne_bytes());
-    config.update(&0u32.to_ne_bytes(), &value, MapFlags::ANY).context("writing the reflector config")?;
-    let prog = object.progs().find(|p| p.name() == "reflect").ok_or(anyhow!("no reflect program"))?;
+    let config = reflect_config { port: u32::from(port), sockperf: u32::from(sockperf) };
+    let value = [config.port.to_ne_bytes(), config.sockperf.to_ne_bytes()].concat();
+    skel.maps
+        .reflect_config
+        .update(&0u32.to_ne_bytes(), &value, MapFlags::ANY)
+        .context("writing the reflector config")?;
     let flags = if generic { sys::XDP_FLAGS_SKB_MODE } else { sys::XDP_FLAGS_DRV_MODE };
-    let link = sys::create_xdp_link(prog.as_fd().as_raw_fd(), ifindex, flags)
+    let link = sys::create_xdp_link(skel.progs.reflect.as_fd().as_raw_fd(), ifindex, flags)
         .with_context(|| format!("attaching the reflector to {interface}"))?;
     eprintln!("xdp-reflector: ready on {interface} port {port} ({} mode)", if generic { "generic" } else { "native" });
 
@@ -43,13 +64,10 @@ pub fn run(interface: &str, port: u16, sockperf: bool, generic: bool) -> Result<
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(link);
-    let counters = object.maps().find(|m| m.name() == "reflect_counters").ok_or(anyhow!("no counters map"))?;
-    let mut sums = [0u64; 3];
-    for (slot, sum) in sums.iter_mut().enumerate() {
-        let per_cpu = counters.lookup_percpu(&(slot as u32).to_ne_bytes(), MapFlags::ANY)?.unwrap_or_default();
-        *sum =
-            per_cpu.iter().filter_map(|v| v.get(..8)).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]))).sum();
-    }
-    println!("xdp-reflector: answered {} dropped {} passed {}", sums[0], sums[1], sums[2]);
+    let sum = |slot: u32| -> Result<u64> {
+        let per_cpu = skel.maps.reflect_counters.lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)?.unwrap_or_default();
+        Ok(per_cpu.iter().filter_map(|v| v.first_chunk::<8>()).map(|b| u64::from_ne_bytes(*b)).sum())
+    };
+    println!("xdp-reflector: answered {} dropped {} passed {}", sum(ANSWERED)?, sum(DROPPED)?, sum(PASSED)?);
     Ok(())
 }
