@@ -628,7 +628,7 @@ fn startup_error_queue_taken_by_another_server() {
 }
 
 // -----------------------------------------------------------------------------------------------------
-// UDP checksum validation: frames built byte for byte and sent through an AF_PACKET socket
+// UDP checksum validation: frames built byte for byte and sent through an AF_PACKET socket (RawPort)
 // -----------------------------------------------------------------------------------------------------
 
 /// Source port of the hand-built requests; a kernel UDP socket in the client namespace receives the replies.
@@ -683,52 +683,11 @@ fn checksum_request(lab: &Lab, v6: bool, payload: &[u8], sum: UdpSum) -> (Vec<u8
     (frame, wire_payload)
 }
 
-/// An AF_PACKET socket bound to the client's veth end (made in the client namespace): sends whole frames,
-/// receives nothing (protocol 0).
-struct FrameSender(std::os::fd::OwnedFd);
-
-impl FrameSender {
-    fn open(lab: &Lab) -> FrameSender {
-        use std::os::fd::FromRawFd;
-        let ifname = std::ffi::CString::new(lab.client_if()).unwrap();
-        lab.in_client(move || {
-            // SAFETY: if_nametoindex reads a NUL-terminated name.
-            let ifindex = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
-            assert_ne!(ifindex, 0, "if_nametoindex: {}", std::io::Error::last_os_error());
-            // SAFETY: plain socket(2); the descriptor is owned right away.
-            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-            assert!(fd >= 0, "socket(AF_PACKET): {}", std::io::Error::last_os_error());
-            // SAFETY: fd is a new descriptor nobody else owns.
-            let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-            // SAFETY: sockaddr_ll is plain data; all-zero is valid.
-            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            sll.sll_family = libc::AF_PACKET as u16;
-            sll.sll_ifindex = ifindex as i32;
-            // SAFETY: bind reads a sockaddr_ll of the given size through a valid pointer.
-            let rc = unsafe {
-                libc::bind(
-                    std::os::fd::AsRawFd::as_raw_fd(&fd),
-                    (&sll as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-                )
-            };
-            assert_eq!(rc, 0, "bind(AF_PACKET): {}", std::io::Error::last_os_error());
-            FrameSender(fd)
-        })
-    }
-
-    fn send(&self, frame: &[u8]) {
-        // SAFETY: send reads frame.len() bytes from a live slice.
-        let n = unsafe { libc::send(std::os::fd::AsRawFd::as_raw_fd(&self.0), frame.as_ptr().cast(), frame.len(), 0) };
-        assert_eq!(n, frame.len() as isize, "send on AF_PACKET: {}", std::io::Error::last_os_error());
-    }
-}
-
 /// Sends one hand-built request per case (IPv4 or IPv6, checksum kind) and then an IPv4 sentinel with a full
 /// checksum; the server answers in order on its one queue, so once the sentinel's reply is in, every reply
 /// that was coming has come. Returns, per case, whether it was answered (an echo of its wire payload).
 fn checksum_cases(lab: &Lab, srv: &ServerProcess, cases: &[(bool, UdpSum)]) -> Vec<bool> {
-    let sender = FrameSender::open(lab);
+    let sender = RawPort::open(lab, Side::Client);
     let (r4, r6) = lab.in_client(|| {
         let r4 = UdpSocket::bind((CLIENT_V4, CSUM_CLIENT_PORT)).expect("bind v4 reply socket");
         let r6 = UdpSocket::bind((CLIENT_V6, CSUM_CLIENT_PORT)).expect("bind v6 reply socket");
@@ -741,11 +700,11 @@ fn checksum_cases(lab: &Lab, srv: &ServerProcess, cases: &[(bool, UdpSum)]) -> V
         let mut p = format!("checksum case {i}: {sum:?} over IPv{}", if v6 { 6 } else { 4 }).into_bytes();
         p.resize(48, b'.');
         let (frame, on_wire) = checksum_request(lab, v6, &p, sum);
-        sender.send(&frame);
+        sender.send(&frame).expect("send on AF_PACKET");
         wire.push(on_wire);
     }
     let sentinel = b"checksum sentinel: the last request, answered last".to_vec();
-    sender.send(&checksum_request(lab, false, &sentinel, UdpSum::Full).0);
+    sender.send(&checksum_request(lab, false, &sentinel, UdpSum::Full).0).expect("send on AF_PACKET");
 
     let mut replies: Vec<Vec<u8>> = Vec::new();
     let mut buf = [0u8; 2048];

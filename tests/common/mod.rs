@@ -1340,7 +1340,7 @@ impl RawPort {
             if n < 0 {
                 return None;
             }
-            if from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+            if from.sll_pkttype == libc::PACKET_OUTGOING {
                 continue;
             }
             let mut tci = None;
