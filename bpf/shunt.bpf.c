@@ -29,7 +29,9 @@ enum shunt_counter {
 	SHUNT_PASSED = 1,       /* not ours: left to the kernel */
 	SHUNT_MALFORMED = 2,    /* claimed to be IP/UDP but headers were inconsistent */
 	SHUNT_NO_SOCKET = 3,    /* our port, but no socket on this queue: passed */
-	SHUNT_COUNTER_MAX = 4,
+	SHUNT_FILTERED = 4,     /* our port, from a source that is never served: dropped */
+	SHUNT_RATE_LIMITED = 5, /* our port, over its source's rate: dropped */
+	SHUNT_COUNTER_MAX = 6,
 };
 
 /* Clang puts a type into the object's BTF only if a global, a map or a program's signature uses it, and
@@ -39,7 +41,10 @@ enum shunt_counter {
 enum shunt_counter shunt_counter_type SEC(".shunt.types");
 
 /* Flags in `shunt_settings`; must match SETTING_* in src/steer/mod.rs. */
-#define SHUNT_STAMP_TIME (1u << 0)
+#define SHUNT_STAMP_TIME    (1u << 0)
+#define SHUNT_FILTER_SOURCE (1u << 1) /* drop bogus sources (see source_filtered) */
+#define SHUNT_RATE_LIMIT    (1u << 2) /* per-source rate limit (shunt_rate, shunt_buckets) */
+#define SHUNT_ALLOW_LIST    (1u << 3) /* serve only sources in shunt_allow */
 
 /* Written in front of the packet (XDP metadata) when stamping is on; AF_XDP
  * copies it into the UMEM right before the packet. Must match
@@ -86,6 +91,61 @@ struct {
 	__type(value, __u32);
 } shunt_settings SEC(".maps");
 
+/* Source addresses as 16 bytes, IPv4 as ::ffff:a.b.c.d, for the maps below. */
+struct shunt_prefix {
+	__u32 prefixlen; /* bits of addr that count (an IPv4 /24 is 96 + 24) */
+	__u8 addr[16];
+};
+
+/* Sources served despite nothing else (allow) or never (deny), by prefix. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct shunt_prefix);
+	__type(value, __u8);
+} shunt_allow SEC(".maps"), shunt_deny SEC(".maps");
+
+/* The server's own addresses: a request "from" one is forged. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u8[16]);
+	__type(value, __u8);
+} shunt_own SEC(".maps");
+
+/* One byte per UDP source port: non-zero means "never answer" (reflection-prone services). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u8);
+} shunt_deny_sport SEC(".maps");
+
+/* The per-source limit as a GCRA: one packet per interval_ns, up to burst at once (tolerance_ns =
+ * interval_ns * (burst - 1)). */
+struct shunt_rate {
+	__u64 interval_ns;
+	__u64 tolerance_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct shunt_rate);
+} shunt_rate SEC(".maps");
+
+/* Per source: the theoretical arrival time of its next packet (GCRA). Least recently seen sources are
+ * evicted, so a flood of forged sources costs each one a fresh bucket, never memory. User space sets
+ * max_entries from limits.table_size before loading. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u8[16]);
+	__type(value, __u64);
+} shunt_buckets SEC(".maps");
+
 static __always_inline int count(__u32 slot, int verdict)
 {
 	__u64 *c = bpf_map_lookup_elem(&shunt_counters, &slot);
@@ -97,7 +157,7 @@ static __always_inline int count(__u32 slot, int verdict)
 /* Returns the UDP header if the packet is IPv4/IPv6 + UDP with consistent
  * headers, NULL if it is not ours, and sets *malformed when it claimed to be
  * IP/UDP but its headers did not hold together. */
-static __always_inline struct udphdr *find_udp(void *data, void *data_end, int *malformed)
+static __always_inline struct udphdr *find_udp(void *data, void *data_end, int *malformed, __u8 src[16])
 {
 	struct ethhdr *eth = data;
 	__u64 off = sizeof(*eth);
@@ -133,6 +193,10 @@ static __always_inline struct udphdr *find_udp(void *data, void *data_end, int *
 		/* fragments are the kernel's to reassemble */
 		if (ip->frag_off & bpf_htons(0x3fff))
 			return NULL;
+		__builtin_memset(src, 0, 10);
+		src[10] = 0xff;
+		src[11] = 0xff;
+		__builtin_memcpy(src + 12, &ip->saddr, 4);
 		off += ihl;
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = data + off;
@@ -144,6 +208,7 @@ static __always_inline struct udphdr *find_udp(void *data, void *data_end, int *
 		/* extension headers (and fragments) are the kernel's business */
 		if (ip6->nexthdr != IPPROTO_UDP)
 			return NULL;
+		__builtin_memcpy(src, &ip6->saddr, 16);
 		off += sizeof(*ip6);
 	} else {
 		return NULL;
@@ -160,12 +225,73 @@ static __always_inline struct udphdr *find_udp(void *data, void *data_end, int *
 	return udp;
 }
 
+/* A source no real client has: unspecified, loopback, multicast or broadcast, this host's own addresses,
+ * source port 0 or a reflection-prone service's port, a denied prefix, or outside the allow-list when there
+ * is one. */
+static __always_inline int source_filtered(const __u8 src[16], __u16 sport, __u32 settings)
+{
+	__u32 port = sport;
+	__u64 hi, lo;
+
+	if (sport == 0)
+		return 1;
+	__builtin_memcpy(&hi, src, 8);
+	__builtin_memcpy(&lo, src + 8, 8);
+	if (hi == 0 && (lo & bpf_cpu_to_be64(0xffffffff00000000ULL)) == bpf_cpu_to_be64(0x0000ffff00000000ULL)) {
+		/* IPv4: 0/8 "this network", 127/8 loopback, 224/4 multicast, 240/4 and 255.255.255.255 */
+		if (src[12] == 0 || src[12] == 127 || src[12] >= 224)
+			return 1;
+	} else {
+		/* IPv6: :: and ::1, ff00::/8 multicast */
+		if (hi == 0 && (lo == 0 || lo == bpf_cpu_to_be64(1)))
+			return 1;
+		if (src[0] == 0xff)
+			return 1;
+	}
+	if (bpf_map_lookup_elem(&shunt_own, src))
+		return 1;
+	__u8 *bad_port = bpf_map_lookup_elem(&shunt_deny_sport, &port);
+	if (bad_port && *bad_port)
+		return 1;
+	struct shunt_prefix key = {.prefixlen = 128};
+	__builtin_memcpy(key.addr, src, 16);
+	if (bpf_map_lookup_elem(&shunt_deny, &key))
+		return 1;
+	if ((settings & SHUNT_ALLOW_LIST) && !bpf_map_lookup_elem(&shunt_allow, &key))
+		return 1;
+	return 0;
+}
+
+/* GCRA per source: 1 when this packet is over its source's rate. Concurrent updates for one source from
+ * several CPUs are not atomic: a few packets more than the limit may pass when one source's traffic is
+ * spread over queues. */
+static __always_inline int rate_limited(const __u8 src[16])
+{
+	__u32 zero = 0;
+	struct shunt_rate *rate = bpf_map_lookup_elem(&shunt_rate, &zero);
+	if (!rate || rate->interval_ns == 0)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 *tat = bpf_map_lookup_elem(&shunt_buckets, src);
+	if (!tat) {
+		__u64 next = now + rate->interval_ns;
+		bpf_map_update_elem(&shunt_buckets, src, &next, BPF_ANY);
+		return 0;
+	}
+	__u64 t = *tat > now ? *tat : now;
+	if (t - now > rate->tolerance_ns)
+		return 1;
+	*tat = t + rate->interval_ns;
+	return 0;
+}
+
 static __always_inline int steer(struct xdp_md *ctx, const int hw_stamp)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	int malformed = 0;
-	struct udphdr *udp = find_udp(data, data_end, &malformed);
+	__u8 src[16] = {};
+	struct udphdr *udp = find_udp(data, data_end, &malformed, src);
 
 	if (!udp)
 		return count(malformed ? SHUNT_MALFORMED : SHUNT_PASSED, XDP_PASS);
@@ -177,7 +303,14 @@ static __always_inline int steer(struct xdp_md *ctx, const int hw_stamp)
 
 	__u32 zero = 0;
 	__u32 *settings = bpf_map_lookup_elem(&shunt_settings, &zero);
-	if (settings && (*settings & SHUNT_STAMP_TIME)) {
+	__u32 bits = settings ? *settings : 0;
+	/* Abuse never reaches user space, nor the kernel's stack. */
+	if ((bits & SHUNT_FILTER_SOURCE) && source_filtered(src, bpf_ntohs(udp->source), bits))
+		return count(SHUNT_FILTERED, XDP_DROP);
+	if ((bits & SHUNT_RATE_LIMIT) && rate_limited(src))
+		return count(SHUNT_RATE_LIMITED, XDP_DROP);
+
+	if (bits & SHUNT_STAMP_TIME) {
 		__u64 hw_ns = 0;
 		int have_hw = hw_stamp && bpf_xdp_metadata_rx_timestamp(ctx, &hw_ns) == 0 && hw_ns != 0;
 		/* Best effort: a driver without metadata support keeps the packet

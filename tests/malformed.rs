@@ -290,15 +290,27 @@ impl XorShift {
     }
 }
 
-/// Random IPv4 frames to the served port that the XDP program redirects (version, IHL, protocol, total
-/// length and fragment bits fixed), everything else random, in four strata that reach each of the worker's
-/// checks and its handler. Returns the frames and how many the worker's pure step answers,
-/// rejects as malformed, and rejects for the checksum.
-fn random_redirected(lab: &Lab, rng: &mut XorShift, n: usize) -> (Vec<Vec<u8>>, [u64; 3]) {
+/// Whether the XDP program's source filter (limits.filter_sources, on in the lab config with the default
+/// deny_source_ports) drops a request from `src`:`sport` (README "Abuse resistance").
+fn filtered(src: std::net::Ipv4Addr, sport: u16) -> bool {
+    let first = src.octets()[0];
+    first == 0
+        || first == 127
+        || first >= 224
+        || src == SERVER_V4
+        || sport == 0
+        || [17, 19, 53, 123, 161, 389, 1900, 11211].contains(&sport)
+}
+
+/// Random IPv4 frames to the served port that the XDP program redirects unless their random source is
+/// filtered (version, IHL, protocol, total length and fragment bits fixed), everything else random, in four
+/// strata that reach each of the worker's checks and its handler. Returns the frames and how many the
+/// worker's pure step answers, rejects as malformed, rejects for the checksum, and the filter drops.
+fn random_redirected(lab: &Lab, rng: &mut XorShift, n: usize) -> (Vec<Vec<u8>>, [u64; 4]) {
     let l3 = eth::HEADER_LEN;
     let u4 = l3 + ipv4::MIN_HEADER_LEN;
     let mut frames = Vec::new();
-    let mut predicted = [0u64; 3];
+    let mut predicted = [0u64; 4];
     for i in 0..n {
         let mut f = request(lab, false, None, &[0u8; 64]);
         // A quarter each: random IPv4 header checksum; correct header checksum with a random UDP length;
@@ -317,6 +329,12 @@ fn random_redirected(lab: &Lab, rng: &mut XorShift, n: usize) -> (Vec<Vec<u8>>, 
         }
         if i % 4 == 3 {
             fix_udp_checksum_v4(&mut f);
+        }
+        let src = std::net::Ipv4Addr::new(f[l3 + 12], f[l3 + 13], f[l3 + 14], f[l3 + 15]);
+        if filtered(src, u16::from_be_bytes([f[u4], f[u4 + 1]])) {
+            predicted[3] += 1;
+            frames.push(f);
+            continue;
         }
         let mut copy = f.clone();
         copy.resize(4096, 0);
@@ -398,7 +416,7 @@ fn exchange(lab: &Lab, port: &RawPort, frames: &[Vec<u8>]) -> Vec<Reply> {
             replies.remove(i);
             return replies;
         }
-        assert!(Instant::now() < deadline, "no reply to the sentinel within 10 s");
+        assert!(Instant::now() < deadline, "no reply to the sentinel within 10 s ({} replies before it)", replies.len());
         std::thread::yield_now();
     }
 }
@@ -437,7 +455,7 @@ fn every_malformed_frame_is_counted_where_it_falls_and_none_is_answered() {
     }
     eprintln!(
         "corpus: {} hand-made cases {by_place:?}, {} random redirected (predicted reply/malformed/bad checksum \
-         {predicted:?}), {} random other; {} replies",
+         /filtered {predicted:?}), {} random other; {} replies",
         cases.len(),
         random.len(),
         other.len(),
@@ -470,6 +488,7 @@ fn every_malformed_frame_is_counted_where_it_falls_and_none_is_answered() {
     let get = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"));
     let sentinel = 1;
     assert_eq!(get(&r["xdp"], "malformed"), count(Place::XdpMalformed), "xdp.malformed\n{}", fin.describe());
+    assert_eq!(get(&r["xdp"], "filtered"), predicted[3], "xdp.filtered\n{}", fin.describe());
     assert!(get(&r["xdp"], "passed") >= count(Place::XdpPassed) + other.len() as u64, "xdp.passed\n{}", fin.describe());
     assert_eq!(get(&w["kernel"], "rx_dropped"), count(Place::KernelDropped), "kernel rx_dropped");
     assert_eq!(get(w, "dropped_malformed"), count(Place::WorkerMalformed) + predicted[1], "dropped_malformed");
@@ -481,6 +500,7 @@ fn every_malformed_frame_is_counted_where_it_falls_and_none_is_answered() {
         + count(Place::BadChecksum)
         + count(Place::KernelDropped)
         + random.len() as u64
+        - predicted[3]
         + sentinel;
     assert_eq!(get(&r["xdp"], "redirected"), redirected, "xdp.redirected\n{}", fin.describe());
     assert_eq!(get(w, "rx_packets") + get(&w["kernel"], "rx_dropped"), redirected, "worker rx + kernel drops");

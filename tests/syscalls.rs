@@ -13,6 +13,10 @@
 //!   keeps up, so its batches stay small (a few packets) and so does the saving; the test checks the
 //!   accounting (perf's count is exactly the worker's own `tx_kicks` + `fill_kicks` plus the per-second calls)
 //!   and the batching bound (at most one kick per RX batch plus one per 32 replies), and prints the figure.
+//! - **steady load, coalesced kicks**: the same load with `workers.tx_kick_batch = 32` (replies wait on the
+//!   TX ring until 32 do, or 200 µs pass): the policy an operator picks when system calls per packet matter
+//!   more than the first held reply's latency. Here the test asserts the claim: at most one system call per
+//!   16 packets in steady state.
 //! - **backlog**: the server is stopped (SIGSTOP) while 1,536 requests queue up on its RX ring (the XDP
 //!   program's `redirected` counter, read from its map, says when they are all there), then continued: the
 //!   worker finds full rings and serves them in 64-frame batches, two kicks each. Here the test asserts the
@@ -672,7 +676,30 @@ impl Measured {
 }
 
 fn measure(lab: &Lab, what: &'static str, load: impl FnOnce(&Lab, &Target) -> Result<u64, String>) -> Measured {
-    let srv = lab.spawn_server(&lab.serve_args(&["--handler", "echo", "--port", &PORT.to_string()]));
+    measure_with(lab, what, &[], load)
+}
+
+/// [`measure`] with lab config keys overridden (see `Lab::lab_config_with`).
+fn measure_with(
+    lab: &Lab,
+    what: &'static str,
+    config: &[(&str, &str)],
+    load: impl FnOnce(&Lab, &Target) -> Result<u64, String>,
+) -> Measured {
+    let cfg = lab.lab_config_with(config);
+    let port = PORT.to_string();
+    let args = [
+        "serve",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--interface",
+        &lab.server_if(),
+        "--handler",
+        "echo",
+        "--port",
+        &port,
+    ];
+    let srv = lab.spawn_server(&args);
     let target = Target::find(&srv);
     let breakdown = Path::new("/sys/kernel/tracing/events/syscalls/sys_enter_sendto").exists();
     let mut events = vec![TOTAL_EVENT];
@@ -733,6 +760,39 @@ fn worker_system_calls_counted_by_perf_are_per_batch_not_per_packet() {
         failure.map_or(Ok(answered), Err)
     });
     steady.check_accounting(STEADY_TOTAL);
+
+    // The same load with replies held on the TX ring until 32 wait (or 200 µs pass): the kick policy an
+    // operator chooses when system calls per packet matter more than the first reply's latency.
+    let coalesced = measure_with(
+        &lab,
+        "steady load, tx_kick_batch = 32",
+        &[("tx_kick_batch", "32"), ("tx_kick_delay_us", "200")],
+        |lab, _| {
+            let per_thread = STEADY_TOTAL / STEADY_THREADS;
+            let handles: Vec<_> = (0..STEADY_THREADS)
+                .map(|t| lab.spawn_in_client(move || steady_client((t + 8) << 40, per_thread)))
+                .collect();
+            let mut answered = 0;
+            for (t, h) in handles.into_iter().enumerate() {
+                match h.join() {
+                    Ok(Ok(n)) => answered += n,
+                    Ok(Err(e)) => return Err(format!("client thread {t}: {e}")),
+                    Err(p) => std::panic::resume_unwind(p),
+                }
+            }
+            Ok(answered)
+        },
+    );
+    coalesced.check_accounting(STEADY_TOTAL);
+    let syscalls = coalesced.syscalls();
+    assert!(
+        syscalls * PACKETS_PER_SYSCALL <= coalesced.tx,
+        "steady load with coalesced kicks: {syscalls} system calls for {} packets, more than one per \
+         {PACKETS_PER_SYSCALL}\n{}\n{}",
+        coalesced.tx,
+        coalesced.figure(),
+        coalesced.describe
+    );
 
     let backlog = measure(&lab, "backlog", |lab, target| lab.in_client(|| backlog_client(target)));
     backlog.check_accounting(BACKLOG * BACKLOG_CYCLES);

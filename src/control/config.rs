@@ -155,6 +155,9 @@ pub struct Config {
     /// The Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Which sources are served, and how fast (enforced in XDP).
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 fn default_handler() -> HandlerKind {
@@ -191,9 +194,18 @@ pub struct WorkersConfig {
     pub spin_us: u32,
     /// Most descriptors taken from the RX ring per iteration (and the busy-poll budget).
     pub batch_size: u32,
+    /// Kick the kernel to transmit once this many replies wait on the TX ring (1: after every batch).
+    pub tx_kick_batch: u32,
+    /// ... or once the oldest waiting reply has waited this many µs (with `tx_kick_batch` > 1).
+    pub tx_kick_delay_us: u32,
 }
 
 impl WorkersConfig {
+    /// The datapath's view of `tx_kick_batch` and `tx_kick_delay_us`.
+    pub fn kick_policy(&self) -> datapath::KickPolicy {
+        datapath::KickPolicy { batch: self.tx_kick_batch, delay_ns: u64::from(self.tx_kick_delay_us) * 1_000 }
+    }
+
     /// The datapath's view of `poll_mode`, `spin_us` and `batch_size`.
     pub fn poll_mode(&self) -> datapath::PollMode {
         match self.poll_mode {
@@ -212,7 +224,15 @@ impl WorkersConfig {
 
 impl Default for WorkersConfig {
     fn default() -> Self {
-        WorkersConfig { queues: vec![0], cores: vec![0], poll_mode: PollMode::Spin, spin_us: 50, batch_size: 64 }
+        WorkersConfig {
+            queues: vec![0],
+            cores: vec![0],
+            poll_mode: PollMode::Spin,
+            spin_us: 50,
+            batch_size: 64,
+            tx_kick_batch: 1,
+            tx_kick_delay_us: 50,
+        }
     }
 }
 
@@ -319,6 +339,61 @@ impl Default for ReportConfig {
     }
 }
 
+/// `[limits]`: abuse resistance, enforced in the XDP program before a request is steered, so abuse never
+/// reaches the workers: filtered and over-rate requests are dropped and counted (`xdp.filtered`,
+/// `xdp.rate_limited`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Drop requests from sources no real client has: unspecified, loopback, multicast and broadcast
+    /// addresses, this host's own addresses, source port 0, `deny_source_ports`, `deny`, and (when `allow`
+    /// is not empty) anything outside `allow`.
+    pub filter_sources: bool,
+    /// Source ports of reflection-prone services, whose "requests" are replies being reflected at us.
+    pub deny_source_ports: Vec<u16>,
+    /// When not empty, the only source prefixes served (CIDR, IPv4 or IPv6).
+    pub allow: Vec<ipnet::IpNet>,
+    /// Source prefixes never served.
+    pub deny: Vec<ipnet::IpNet>,
+    /// Requests per second each source address may send (a token bucket in XDP); 0: no limit.
+    pub per_source_pps: u64,
+    /// Requests a source may send at once above its rate.
+    pub per_source_burst: u64,
+    /// Sources the rate limiter tracks at once (least recently seen ones are evicted).
+    pub table_size: u32,
+}
+
+/// The default reflection-prone source ports: echo, chargen, DNS, NTP, SNMP, CLDAP, SSDP, memcached.
+pub const DEFAULT_DENY_SOURCE_PORTS: [u16; 8] = [17, 19, 53, 123, 161, 389, 1900, 11211];
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            filter_sources: true,
+            deny_source_ports: DEFAULT_DENY_SOURCE_PORTS.to_vec(),
+            allow: Vec::new(),
+            deny: Vec::new(),
+            per_source_pps: 10_000,
+            per_source_burst: 1_000,
+            table_size: 65_536,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The steering program's view of these limits, with this host's `own` addresses.
+    pub fn source_policy(&self, own: Vec<std::net::IpAddr>) -> steer::SourcePolicy {
+        steer::SourcePolicy {
+            filter: self.filter_sources,
+            deny_source_ports: self.deny_source_ports.clone(),
+            allow: self.allow.clone(),
+            deny: self.deny.clone(),
+            own,
+            rate: (self.per_source_pps > 0).then_some((self.per_source_pps, self.per_source_burst)),
+        }
+    }
+}
+
 /// `[metrics]`: the Prometheus endpoint.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -382,6 +457,12 @@ impl Config {
         if w.spin_us > 1_000_000 {
             return Err(invalid("workers.spin_us", "must be at most 1000000 (1 s)"));
         }
+        if w.tx_kick_batch == 0 || w.tx_kick_batch > self.umem.tx_ring {
+            return Err(invalid("workers.tx_kick_batch", "must be between 1 and umem.tx_ring"));
+        }
+        if w.tx_kick_delay_us > 1_000_000 {
+            return Err(invalid("workers.tx_kick_delay_us", "must be at most 1000000 (1 s)"));
+        }
         if w.batch_size == 0 || w.batch_size > 1024 {
             return Err(invalid("workers.batch_size", "must be between 1 and 1024"));
         }
@@ -430,6 +511,31 @@ impl Config {
         }
         if !(10..=3_600_000).contains(&self.report.interval_ms) {
             return Err(invalid("report.interval_ms", "must be between 10 and 3600000"));
+        }
+        let l = &self.limits;
+        if l.per_source_pps > 1_000_000_000 {
+            return Err(invalid("limits.per_source_pps", "must be at most 1000000000 (0 turns the limit off)"));
+        }
+        if l.per_source_pps > 0 && !(1..=1_000_000_000).contains(&l.per_source_burst) {
+            return Err(invalid("limits.per_source_burst", "must be between 1 and 1000000000 when a rate is set"));
+        }
+        if !(1..=16_777_216).contains(&l.table_size) {
+            return Err(invalid("limits.table_size", "must be between 1 and 16777216"));
+        }
+        if let Some(i) = l.deny_source_ports.iter().position(|&p| p == 0) {
+            return Err(invalid(
+                format!("limits.deny_source_ports[{i}]"),
+                "port 0 is always filtered; list real ports",
+            ));
+        }
+        if l.allow.len() > 1024 || l.deny.len() > 1024 {
+            return Err(invalid(
+                if l.allow.len() > 1024 { "limits.allow" } else { "limits.deny" },
+                "at most 1024 prefixes",
+            ));
+        }
+        if !l.allow.is_empty() && !l.filter_sources {
+            return Err(invalid("limits.allow", "an allow-list needs limits.filter_sources = true"));
         }
         if let Some(addr) = &self.metrics.listen {
             addr.parse::<std::net::SocketAddr>()
@@ -485,6 +591,8 @@ mod tests {
         assert!(e.contains("ports"), "{e}");
         let e = parse(&format!("{MINIMAL}[packet]\nverify_udp_checksum = 1\n")).unwrap_err().to_string();
         assert!(e.contains("verify_udp_checksum"), "{e}");
+        let e = parse(&format!("{MINIMAL}[limits]\ndeny = [\"198.18.0.0/33\"]\n")).unwrap_err().to_string();
+        assert!(e.contains("deny"), "{e}");
         let e = parse(&format!("{MINIMAL}handler = \"nope\"\n")).unwrap_err().to_string();
         assert!(e.contains("handler") && e.contains("nope"), "{e}");
     }
@@ -508,6 +616,10 @@ mod tests {
             (&format!("{MINIMAL}[latency]\nhighest_ns = 5\n"), "latency.highest_ns"),
             (&format!("{MINIMAL}[report]\ninterval_ms = 0\n"), "report.interval_ms"),
             (&format!("{MINIMAL}[metrics]\nlisten = \"localhost\"\n"), "metrics.listen"),
+            (&format!("{MINIMAL}[limits]\nper_source_burst = 0\n"), "limits.per_source_burst"),
+            (&format!("{MINIMAL}[limits]\ntable_size = 0\n"), "limits.table_size"),
+            (&format!("{MINIMAL}[limits]\ndeny_source_ports = [53, 0]\n"), "limits.deny_source_ports[1]"),
+            (&format!("{MINIMAL}[limits]\nfilter_sources = false\nallow = [\"198.18.0.0/15\"]\n"), "limits.allow"),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err().to_string();

@@ -121,6 +121,9 @@ pub enum StartError {
     /// The metrics endpoint could not be served.
     #[error("{0}")]
     Metrics(String),
+    /// The source limits could not be set up.
+    #[error("config table `[limits]`: {0}")]
+    Limits(String),
     /// The configured poll mode cannot work with how the socket was bound.
     #[error("config key `workers.poll_mode`: {0}")]
     PollMode(String),
@@ -220,12 +223,12 @@ fn check_machine(config: &Config) -> Result<u32, StartError> {
 /// or when the device-bound load is refused.
 fn load_program(config: &Config, ifindex: u32) -> Result<XdpProgram, StartError> {
     if config.latency.enabled && config.xdp.attach_mode == AttachMode::Native {
-        match XdpProgram::load(ProgramVariant::DeviceBound { ifindex }) {
+        match XdpProgram::load_with(ProgramVariant::DeviceBound { ifindex }, config.limits.table_size) {
             Ok(p) => return Ok(p),
             Err(e) => tracing::info!("no device-bound program ({e}); RX hardware timestamps will not be read"),
         }
     }
-    Ok(XdpProgram::load(ProgramVariant::Plain)?)
+    Ok(XdpProgram::load_with(ProgramVariant::Plain, config.limits.table_size)?)
 }
 
 impl RunningServer {
@@ -260,7 +263,11 @@ impl RunningServer {
         let program = load_program(&config, ifindex)?;
         program.set_ports(&config.ports)?;
         let measure = config.latency.enabled;
-        program.set_settings(if measure { SETTING_STAMP_TIME } else { 0 })?;
+        let own =
+            sys::host_addresses().map_err(|e| StartError::Limits(format!("listing this host's addresses: {e}")))?;
+        let policy = config.limits.source_policy(own);
+        program.set_source_policy(&policy)?;
+        program.set_settings(policy.setting_bits() | if measure { SETTING_STAMP_TIME } else { 0 })?;
 
         let mut sockets = Vec::with_capacity(config.workers.queues.len());
         for &queue in &config.workers.queues {
@@ -398,7 +405,8 @@ impl RunningServer {
         let shared = Arc::new(WorkerShared::default());
         let mut worker = Worker::new(socket, handler, shared.clone(), self.config.workers.batch_size)
             .with_options(self.config.packet.respond_options())
-            .with_poll_mode(self.config.workers.poll_mode());
+            .with_poll_mode(self.config.workers.poll_mode())
+            .with_kick_policy(self.config.workers.kick_policy());
         if let Some(l) = latency {
             worker = worker.with_latency(l);
         }

@@ -15,6 +15,9 @@ use super::meta::Stamp;
 pub const SIGNIFICANT_DIGITS: u8 = 3;
 /// The names reports, interval-log tags and metric labels give the stages, in report order.
 pub const STAGE_NAMES: [&str; 4] = ["total", "ring_dwell", "service", "tx_kick"];
+/// How long a stopping worker waits for an empty histogram set (see [`WorkerLatency::flush`]).
+pub const FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Largest RX batch recorded.
 pub const MAX_BATCH: u64 = 1024;
 
@@ -185,9 +188,11 @@ impl WorkerLatency {
         self.next_swap_ns = now_ns + self.interval_ns;
     }
 
-    /// Sends whatever was recorded since the last swap (at stop).
+    /// Sends whatever was recorded since the last swap (at stop). It waits up to [`FLUSH_WAIT`] for the
+    /// reporter to hand an empty set back, so that the worker does not allocate one even when it stops; only
+    /// if none comes (the reporter is gone) is one made.
     pub fn flush(&mut self) {
-        let fresh = self.empty.try_recv().unwrap_or_else(|_| {
+        let fresh = self.empty.recv_timeout(FLUSH_WAIT).unwrap_or_else(|_| {
             let mut empty = self.current.clone();
             empty.reset();
             empty

@@ -66,6 +66,23 @@ pub enum PollMode {
     },
 }
 
+/// When a worker wakes the kernel to transmit the replies it put on the TX ring (copy mode and any driver that
+/// asks for TX wake-ups; one `sendto` per kick).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KickPolicy {
+    /// Kick once this many replies wait on the TX ring unkicked (1: after every RX batch, the default).
+    pub batch: u32,
+    /// ... or once the oldest of them has waited this long, in ns: the most a reply is held back.
+    pub delay_ns: u64,
+}
+
+impl Default for KickPolicy {
+    /// Kick after every batch: the lowest latency, one system call per batch however small.
+    fn default() -> Self {
+        KickPolicy { batch: 1, delay_ns: 0 }
+    }
+}
+
 /// Per-queue packet memory and ring sizes. Ring sizes must be powers of two (xsk-rs refuses others).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UmemParams {

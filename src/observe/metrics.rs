@@ -287,6 +287,8 @@ impl Collector for Scrape {
                 ("passed", x.passed),
                 ("malformed", x.malformed),
                 ("no_socket", x.no_socket),
+                ("filtered", x.filtered),
+                ("rate_limited", x.rate_limited),
             ] {
                 counter(&mut verdicts, &[("verdict", verdict)], n)?;
             }
@@ -444,7 +446,14 @@ mod tests {
         let q = QueueLatency::of(3, &set);
         let stats = StatsSnapshot {
             uptime_ns: 5,
-            xdp: Some(XdpCounters { redirected: 11, passed: 2, malformed: 1, no_socket: 0 }),
+            xdp: Some(XdpCounters {
+                redirected: 11,
+                passed: 2,
+                malformed: 1,
+                no_socket: 0,
+                filtered: 3,
+                rate_limited: 4,
+            }),
             workers: vec![
                 WorkerSnapshot {
                     queue: 3,

@@ -131,8 +131,8 @@ impl Report {
         let x = &self.xdp;
         let _ = writeln!(
             out,
-            "  xdp:   redirected {} passed {} malformed {} no_socket {}",
-            x.redirected, x.passed, x.malformed, x.no_socket
+            "  xdp:   redirected {} passed {} malformed {} no_socket {} filtered {} rate_limited {}",
+            x.redirected, x.passed, x.malformed, x.no_socket, x.filtered, x.rate_limited
         );
         let _ = writeln!(
             out,

@@ -64,6 +64,69 @@ pub enum ProgramVariant {
 
 /// Bit in the settings map: stamp each redirected packet with the XDP-hook time (see `struct shunt_meta`).
 pub const SETTING_STAMP_TIME: u32 = 1 << 0;
+/// Bit in the settings map: drop requests from sources no real client has (see [`SourcePolicy`]).
+pub const SETTING_FILTER_SOURCE: u32 = 1 << 1;
+/// Bit in the settings map: limit each source's request rate.
+pub const SETTING_RATE_LIMIT: u32 = 1 << 2;
+/// Bit in the settings map: serve only sources in the allow-list.
+pub const SETTING_ALLOW_LIST: u32 = 1 << 3;
+
+/// Which sources the program serves, and how fast: checked in XDP before a request is steered, so abuse
+/// never reaches user space (nor the kernel's stack: filtered and over-rate requests are dropped).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourcePolicy {
+    /// Drop requests from unspecified, loopback, multicast and broadcast addresses, from `own` addresses,
+    /// from source port 0 and from `deny_source_ports`, and from `deny`; and, when `allow` is not empty, from
+    /// anything outside it.
+    pub filter: bool,
+    /// Source ports of reflection-prone services (their "requests" are replies being reflected at us).
+    pub deny_source_ports: Vec<u16>,
+    /// When not empty, the only prefixes served.
+    pub allow: Vec<ipnet::IpNet>,
+    /// Prefixes never served.
+    pub deny: Vec<ipnet::IpNet>,
+    /// This host's addresses: a request "from" one is forged.
+    pub own: Vec<std::net::IpAddr>,
+    /// Per-source limit: (requests per second, burst); `None`: no limit.
+    pub rate: Option<(u64, u64)>,
+}
+
+impl SourcePolicy {
+    /// The settings bits this policy turns on.
+    pub fn setting_bits(&self) -> u32 {
+        let mut bits = 0;
+        if self.filter {
+            bits |= SETTING_FILTER_SOURCE;
+            if !self.allow.is_empty() {
+                bits |= SETTING_ALLOW_LIST;
+            }
+        }
+        if self.rate.is_some() {
+            bits |= SETTING_RATE_LIMIT;
+        }
+        bits
+    }
+}
+
+/// An address as the program's maps key it: 16 bytes, IPv4 as ::ffff:a.b.c.d.
+fn map_addr(ip: std::net::IpAddr) -> [u8; 16] {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// An LPM-trie key (`struct shunt_prefix`): prefix length in bits, then the mapped address.
+fn prefix_key(net: &ipnet::IpNet) -> [u8; 20] {
+    let bits = match net {
+        ipnet::IpNet::V4(n) => 96 + u32::from(n.prefix_len()),
+        ipnet::IpNet::V6(n) => u32::from(n.prefix_len()),
+    };
+    let mut key = [0u8; 20];
+    key[..4].copy_from_slice(&bits.to_ne_bytes());
+    key[4..].copy_from_slice(&map_addr(net.network()));
+    key
+}
 
 /// Errors from loading, configuring or attaching the XDP program.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +169,10 @@ pub struct XdpCounters {
     pub malformed: u64,
     /// Packets for a served port on a queue with no socket; passed to the kernel.
     pub no_socket: u64,
+    /// Requests for a served port from a source that is never served ([`SourcePolicy`]): dropped.
+    pub filtered: u64,
+    /// Requests for a served port over their source's rate: dropped.
+    pub rate_limited: u64,
 }
 
 /// The loaded (not yet attached) steering program and handles on its maps. It holds its own file descriptors
@@ -119,6 +186,11 @@ pub struct XdpProgram {
     ports: MapHandle,
     counters: MapHandle,
     settings: MapHandle,
+    allow: MapHandle,
+    deny: MapHandle,
+    own: MapHandle,
+    deny_sport: MapHandle,
+    rate: MapHandle,
 }
 
 impl std::fmt::Debug for XdpProgram {
@@ -146,10 +218,17 @@ impl XdpProgram {
     /// Opens and loads the embedded program into the kernel (the verifier runs here). libbpf's own messages,
     /// the verifier log among them, go to the `libbpf` tracing target at DEBUG.
     pub fn load(variant: ProgramVariant) -> Result<XdpProgram, XdpError> {
+        Self::load_with(variant, DEFAULT_RATE_TABLE)
+    }
+
+    /// [`XdpProgram::load`] with room for `rate_table` sources in the per-source rate limiter (least recently
+    /// seen ones are evicted when it is full).
+    pub fn load_with(variant: ProgramVariant, rate_table: u32) -> Result<XdpProgram, XdpError> {
         route_libbpf_logs();
         let mut storage = MaybeUninit::uninit();
         let mut open = ShuntSkelBuilder::default().open(&mut storage).map_err(XdpError::Load)?;
         // Only the chosen variant is loaded (and verified).
+        open.maps.shunt_buckets.set_max_entries(rate_table.max(1)).map_err(XdpError::Load)?;
         let device_bound = matches!(variant, ProgramVariant::DeviceBound { .. });
         open.progs.shunt_steer.set_autoload(!device_bound);
         open.progs.shunt_steer_hw.set_autoload(device_bound);
@@ -170,6 +249,11 @@ impl XdpProgram {
             ports: map_handle(&skel.maps.shunt_ports, "shunt_ports")?,
             counters: map_handle(&skel.maps.shunt_counters, "shunt_counters")?,
             settings: map_handle(&skel.maps.shunt_settings, "shunt_settings")?,
+            allow: map_handle(&skel.maps.shunt_allow, "shunt_allow")?,
+            deny: map_handle(&skel.maps.shunt_deny, "shunt_deny")?,
+            own: map_handle(&skel.maps.shunt_own, "shunt_own")?,
+            deny_sport: map_handle(&skel.maps.shunt_deny_sport, "shunt_deny_sport")?,
+            rate: map_handle(&skel.maps.shunt_rate, "shunt_rate")?,
         })
     }
 
@@ -189,6 +273,44 @@ impl XdpProgram {
         self.settings
             .update(&0u32.to_ne_bytes(), &bits.to_ne_bytes(), MapFlags::ANY)
             .map_err(|source| XdpError::Map { map: "shunt_settings", source })
+    }
+
+    /// Fills the source filter's and the rate limiter's maps from `policy`. The settings bits that turn them
+    /// on are [`SourcePolicy::setting_bits`]; write them with [`XdpProgram::set_settings`].
+    pub fn set_source_policy(&self, policy: &SourcePolicy) -> Result<(), XdpError> {
+        let one = [1u8];
+        for net in &policy.allow {
+            self.allow
+                .update(&prefix_key(net), &one, MapFlags::ANY)
+                .map_err(|source| XdpError::Map { map: "shunt_allow", source })?;
+        }
+        for net in &policy.deny {
+            self.deny
+                .update(&prefix_key(net), &one, MapFlags::ANY)
+                .map_err(|source| XdpError::Map { map: "shunt_deny", source })?;
+        }
+        for ip in &policy.own {
+            self.own
+                .update(&map_addr(*ip), &one, MapFlags::ANY)
+                .map_err(|source| XdpError::Map { map: "shunt_own", source })?;
+        }
+        for port in &policy.deny_source_ports {
+            self.deny_sport
+                .update(&u32::from(*port).to_ne_bytes(), &one, MapFlags::ANY)
+                .map_err(|source| XdpError::Map { map: "shunt_deny_sport", source })?;
+        }
+        if let Some((pps, burst)) = policy.rate {
+            // GCRA: one request per interval, a burst of `burst` at once.
+            let interval = 1_000_000_000 / pps.max(1);
+            let tolerance = interval.saturating_mul(burst.max(1) - 1);
+            let mut value = [0u8; 16];
+            value[..8].copy_from_slice(&interval.to_ne_bytes());
+            value[8..].copy_from_slice(&tolerance.to_ne_bytes());
+            self.rate
+                .update(&0u32.to_ne_bytes(), &value, MapFlags::ANY)
+                .map_err(|source| XdpError::Map { map: "shunt_rate", source })?;
+        }
+        Ok(())
     }
 
     /// Registers the AF_XDP socket `fd` for receive queue `queue`.
@@ -262,8 +384,13 @@ fn read_counters(map: &MapHandle) -> Result<XdpCounters, XdpError> {
         passed: sum(shunt_counter::SHUNT_PASSED)?,
         malformed: sum(shunt_counter::SHUNT_MALFORMED)?,
         no_socket: sum(shunt_counter::SHUNT_NO_SOCKET)?,
+        filtered: sum(shunt_counter::SHUNT_FILTERED)?,
+        rate_limited: sum(shunt_counter::SHUNT_RATE_LIMITED)?,
     })
 }
+
+/// Sources the per-source rate limiter keeps by default ([`XdpProgram::load`]).
+pub const DEFAULT_RATE_TABLE: u32 = 65_536;
 
 /// An attached program. Dropping it detaches the program from the interface.
 #[derive(Debug)]
@@ -279,14 +406,14 @@ pub struct XdpLink {
 mod tests {
     use super::*;
 
-    /// `read_counters` reads four slots into four fields; a slot added to `enum shunt_counter` must get a field
+    /// `read_counters` reads six slots into six fields; a slot added to `enum shunt_counter` must get a field
     /// too. The enum and the map both come from the BPF object, so this also checks that the counters map has
     /// room for every slot. Opening the skeleton parses the embedded object only: no privileges needed.
     #[test]
     fn counters_cover_every_slot_of_the_program() {
         assert_eq!(
             shunt_counter::SHUNT_COUNTER_MAX.0,
-            4,
+            6,
             "bpf/shunt.bpf.c has a new counter slot: add it to XdpCounters and read_counters"
         );
         route_libbpf_logs();

@@ -216,3 +216,37 @@ pub fn set_busy_poll(fd: std::os::fd::BorrowedFd<'_>, usecs: u32, budget: u16) -
     set_int_option(fd, SO_BUSY_POLL, libc::c_int::try_from(usecs).unwrap_or(libc::c_int::MAX))?;
     set_int_option(fd, SO_BUSY_POLL_BUDGET, libc::c_int::from(budget))
 }
+
+/// Every IPv4 and IPv6 address of every interface in the calling thread's network namespace (getifaddrs).
+pub fn host_addresses() -> io::Result<Vec<std::net::IpAddr>> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs stores a list it allocated in `list`, freed below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = list;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, which stays valid until freeifaddrs.
+        let node = unsafe { &*cur };
+        if !node.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points at a sockaddr whose family says which struct it is.
+            let family = i32::from(unsafe { (*node.ifa_addr).sa_family });
+            if family == libc::AF_INET {
+                // SAFETY: an AF_INET address is a sockaddr_in.
+                let sin = unsafe { &*node.ifa_addr.cast::<libc::sockaddr_in>() };
+                out.push(std::net::IpAddr::V4(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+            } else if family == libc::AF_INET6 {
+                // SAFETY: an AF_INET6 address is a sockaddr_in6.
+                let sin6 = unsafe { &*node.ifa_addr.cast::<libc::sockaddr_in6>() };
+                out.push(std::net::IpAddr::V6(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+            }
+        }
+        cur = node.ifa_next;
+    }
+    // SAFETY: `list` came from getifaddrs and is freed once; no reference into it outlives this call.
+    unsafe { libc::freeifaddrs(list) };
+    out.sort();
+    out.dedup();
+    Ok(out)
+}

@@ -1290,6 +1290,20 @@ impl RawPort {
                 )
             };
             assert_eq!(rc, 0, "bind(AF_PACKET): {}", std::io::Error::last_os_error());
+            // Room for every reply of a burst even when the test thread is slow to drain (a busy machine):
+            // a reply dropped here would look like one the server never sent.
+            let bytes: libc::c_int = 32 << 20;
+            // SAFETY: setsockopt reads one c_int through a valid pointer.
+            let rc = unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&fd),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUFFORCE,
+                    (&bytes as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
             RawPort(fd)
         })
     }

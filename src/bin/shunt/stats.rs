@@ -86,11 +86,14 @@ pub fn table(prev: &StatsSnapshot, now: &StatsSnapshot) -> String {
         (Some(p), Some(n)) => {
             let _ = writeln!(
                 out,
-                "xdp: redirected {:.0}/s passed {:.0}/s malformed {:.0}/s no_socket {:.0}/s",
+                "xdp: redirected {:.0}/s passed {:.0}/s malformed {:.0}/s no_socket {:.0}/s filtered {:.0}/s \
+                 rate_limited {:.0}/s",
                 per_sec(n.redirected, p.redirected),
                 per_sec(n.passed, p.passed),
                 per_sec(n.malformed, p.malformed),
-                per_sec(n.no_socket, p.no_socket)
+                per_sec(n.no_socket, p.no_socket),
+                per_sec(n.filtered, p.filtered),
+                per_sec(n.rate_limited, p.rate_limited)
             );
         }
         _ => out.push_str("xdp: counters unavailable\n"),
@@ -187,9 +190,19 @@ mod tests {
         prev.xdp = Some(Default::default());
         let mut now = prev.clone();
         now.uptime_ns = 500_000_000;
-        now.xdp = Some(shunt::steer::XdpCounters { redirected: 50, passed: 5, malformed: 1, no_socket: 0 });
+        now.xdp = Some(shunt::steer::XdpCounters {
+            redirected: 50,
+            passed: 5,
+            malformed: 1,
+            no_socket: 0,
+            filtered: 3,
+            rate_limited: 2,
+        });
         let t = table(&prev, &now);
         assert_eq!(cells(&t, "4"), ["4", "0", "0", "0", "-", "-", "-", "-"], "\n{t}");
-        assert!(t.contains("xdp: redirected 100/s passed 10/s malformed 2/s no_socket 0/s"), "{t}");
+        assert!(
+            t.contains("xdp: redirected 100/s passed 10/s malformed 2/s no_socket 0/s filtered 6/s rate_limited 4/s"),
+            "{t}"
+        );
     }
 }
