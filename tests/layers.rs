@@ -11,7 +11,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("sys", &[]),
     ("datapath", &["packet", "handler", "sys"]),
     ("steer", &["sys"]),
-    ("observe", &["packet", "handler", "datapath", "steer"]),
+    ("observe", &["packet", "handler", "sys", "datapath", "steer"]),
     ("control", &["packet", "handler", "sys", "datapath", "steer", "observe"]),
 ];
 

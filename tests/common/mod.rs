@@ -833,13 +833,7 @@ where
 
 /// Pin the calling thread to one CPU.
 pub fn pin_current_thread(cpu: usize) {
-    // SAFETY: cpu_set_t is plain data; sched_setaffinity(0) applies to the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        assert_eq!(rc, 0, "sched_setaffinity({cpu}): {}", std::io::Error::last_os_error());
-    }
+    shunt::sys::pin_to_core(cpu).unwrap_or_else(|e| panic!("pinning to CPU {cpu}: {e}"));
 }
 
 // ---------------------------------------------------------------------------------------------------------
