@@ -82,6 +82,17 @@ pub enum StartError {
     /// The configured interface does not exist in this network namespace.
     #[error("config key `interface`: no interface named {0:?} in this network namespace")]
     NoInterface(String),
+    /// The UMEMs cannot be locked in memory.
+    #[error(
+        "missing capability CAP_IPC_LOCK: the UMEMs need {umem_bytes} bytes of locked memory and RLIMIT_MEMLOCK \
+         allows {limit} (grant CAP_IPC_LOCK, raise the limit, e.g. LimitMEMLOCK=infinity, or shrink umem.frame_count)"
+    )]
+    MemLock {
+        /// Bytes all UMEMs need.
+        umem_bytes: u64,
+        /// RLIMIT_MEMLOCK's soft limit.
+        limit: u64,
+    },
     /// A configured queue does not exist on the interface.
     #[error("config key `{key}`: {interface} has no receive queue {queue} (it has {available})")]
     NoQueue {
@@ -172,8 +183,11 @@ const CAPABILITIES: [(u32, &str, &str); 4] = [
     (38, "CAP_PERFMON", "needed for the verifier to accept the XDP program's packet pointer arithmetic"),
 ];
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_IPC_LOCK: u32 = 14;
 
-fn check_privileges() -> Result<(), StartError> {
+/// Checks the capabilities shunt needs, and that the UMEMs can be locked in memory: with CAP_IPC_LOCK, or
+/// within RLIMIT_MEMLOCK (which the kernel charges UMEMs to otherwise). `umem_bytes` is all queues' UMEMs.
+fn check_privileges(umem_bytes: u64) -> Result<(), StartError> {
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
     let Some(eff) =
         status.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
@@ -186,6 +200,12 @@ fn check_privileges() -> Result<(), StartError> {
         let covered = has(bit) || ((bit == 38 || bit == 39) && has(CAP_SYS_ADMIN));
         if !covered {
             return Err(StartError::Privilege { capability, why });
+        }
+    }
+    if !has(CAP_IPC_LOCK) {
+        let limit = sys::memlock_limit().unwrap_or(Some(0));
+        if limit.is_some_and(|bytes| bytes < umem_bytes) {
+            return Err(StartError::MemLock { umem_bytes, limit: limit.unwrap_or(0) });
         }
     }
     Ok(())
@@ -246,11 +266,14 @@ impl RunningServer {
         F: FnMut(WorkerInfo) -> H,
     {
         config.validate()?;
-        check_privileges()?;
-        let ifindex = check_machine(&config)?;
+        let umem_bytes =
+            config.workers.queues.len() as u64 * u64::from(config.umem.frame_count) * u64::from(config.umem.frame_size);
+        // Raised first, so that a process allowed to raise it (CAP_SYS_RESOURCE) needs no CAP_IPC_LOCK.
         if let Err(e) = sys::raise_memlock_limit() {
             tracing::debug!("could not raise RLIMIT_MEMLOCK: {e}");
         }
+        check_privileges(umem_bytes)?;
+        let ifindex = check_machine(&config)?;
 
         if config.xdp.attach_mode == AttachMode::Generic && config.workers.queues.len() > 1 {
             tracing::warn!(

@@ -250,3 +250,8 @@ pub fn host_addresses() -> io::Result<Vec<std::net::IpAddr>> {
     out.dedup();
     Ok(out)
 }
+
+/// RLIMIT_MEMLOCK's soft limit in bytes, `None` when unlimited.
+pub fn memlock_limit() -> io::Result<Option<u64>> {
+    Ok(rustix::process::getrlimit(rustix::process::Resource::Memlock).current)
+}
