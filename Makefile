@@ -15,7 +15,7 @@ export DEBIAN_FRONTEND := noninteractive
 #                 systemd (systemd-analyze verify/security), python3-seccomp (the unit's filter applied without
 #                 systemd as PID 1), python3-yaml (the fleet manifests), bird2 (bird -p on the fleet configs)
 DEB_PACKAGES := clang llvm libelf-dev zlib1g-dev m4 pkg-config libbpf-dev \
-	iproute2 iputils-ping ethtool sockperf python3 procps util-linux tcpdump linux-perf \
+	iproute2 iputils-ping ethtool sockperf sntp python3 procps util-linux tcpdump linux-perf \
 	shellcheck help2man dpkg-dev systemd python3-seccomp python3-yaml bird2
 
 

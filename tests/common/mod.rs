@@ -1371,3 +1371,46 @@ impl RawPort {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Other server programs (built on shunt's API, e.g. examples/)
+// ---------------------------------------------------------------------------------------------------------
+
+impl Lab {
+    /// Starts `bin`, a program that takes `shunt serve`'s flags (`--config`, `--interface`, ... through
+    /// `shunt::control::cli::ServeArgs`), with `args` in the server namespace, `--report <file in lab dir>`
+    /// added unless `args` has one, and waits up to [`READY_TIMEOUT`] for its `ready` line.
+    pub fn spawn_program<S: AsRef<OsStr>>(&self, bin: &Path, args: &[S]) -> ServerProcess {
+        let mut args = to_strings(args);
+        let report = match args.iter().position(|a| a == "--report") {
+            Some(i) => args.get(i + 1).map(PathBuf::from),
+            None => {
+                let p = self.tmp_path("report", "json");
+                args.push("--report".into());
+                args.push(p.display().to_string());
+                Some(p)
+            }
+        };
+        let stdout_path = self.tmp_path("server", "stdout");
+        let stderr_path = self.tmp_path("server", "stderr");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.server_ns()])
+            .arg(bin)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout_path).expect("create server stdout file"))
+            .stderr(File::create(&stderr_path).expect("create server stderr file"));
+        if std::env::var_os("NO_COLOR").is_none() {
+            cmd.env("NO_COLOR", "1");
+        }
+        die_with_parent(&mut cmd);
+        let shown = format!("ip netns exec {} {} {}", self.server_ns(), bin.display(), args.join(" "));
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start `{shown}`: {e}"));
+        let pid = child.id();
+        register(&format!("pid-{pid}"));
+        let mut srv =
+            ServerProcess { child: Some(child), pid, cmdline: shown, stdout_path, stderr_path, report_path: report };
+        srv.wait_ready(READY_TIMEOUT);
+        srv
+    }
+}
