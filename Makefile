@@ -75,13 +75,14 @@ unit-test:
 			echo "unit-test: tests/$$t.rs has #[ignore] tests but no require_lab(): nothing would run them" >&2; exit 1; \
 		fi; \
 	done
-	$(CARGO) test --release --lib --bins $(foreach t,$(OTHER_TESTS),--test $(t))
+	$(CARGO) test --release --lib --bins --examples $(foreach t,$(OTHER_TESTS),--test $(t))
 	$(CARGO) test --release --doc
 
 # End-to-end tests (every test file with lab tests, and shunt-bench's): serially, they spin pinned workers on
 # 2 cores. --include-ignored runs the lab tests, which a plain `cargo test` lists as ignored.
 e2e:
 	@[ "$$(id -u)" = 0 ] || { echo "e2e: FAILED: the lab tests need root (network namespaces, XDP, AF_XDP): run make test as root" >&2; exit 1; }
+	$(CARGO) build --release --examples
 	$(CARGO) test --release $(foreach t,$(LAB_TESTS),--test $(t)) -- --include-ignored --test-threads=1
 	$(CARGO) test --release -p shunt-bench -- --include-ignored --test-threads=1
 

@@ -416,7 +416,11 @@ fn exchange(lab: &Lab, port: &RawPort, frames: &[Vec<u8>]) -> Vec<Reply> {
             replies.remove(i);
             return replies;
         }
-        assert!(Instant::now() < deadline, "no reply to the sentinel within 10 s ({} replies before it)", replies.len());
+        assert!(
+            Instant::now() < deadline,
+            "no reply to the sentinel within 10 s ({} replies before it)",
+            replies.len()
+        );
         std::thread::yield_now();
     }
 }
