@@ -28,12 +28,11 @@ const TX_BATCH: usize = 32;
 pub struct AfXdpOptions {
     /// The client interface.
     pub interface: String,
-    /// Queues to open a socket on (flows are spread over them).
-    pub queues: Vec<u32>,
-    /// Source port of flow 0; flow i uses `src_port_base + i`.
+    /// Per sender thread: the queues it opens a socket on (its flows are spread over them) and its flow count.
+    /// Thread i's source ports follow thread i-1's.
+    pub threads: Vec<ThreadQueues>,
+    /// Source port of flow 0 of thread 0; the flows of all threads use consecutive ports from here.
     pub src_port_base: u16,
-    /// Flows.
-    pub flows: usize,
     /// The server.
     pub target: SocketAddr,
     /// Our address (None: the interface's address of the target's family).
@@ -42,19 +41,35 @@ pub struct AfXdpOptions {
     pub src_mac: Option<[u8; 6]>,
     /// Ethernet destination (None: from the kernel's neighbour table, resolved if needed).
     pub dst_mac: Option<[u8; 6]>,
-    /// XDP attach mode (generic on veth).
+    /// XDP attach mode (generic on veth for one queue; native for several, since the generic hook sees every
+    /// veth packet on queue 0).
     pub attach_mode: AttachMode,
 }
 
-/// AF_XDP sockets with the steering program attached.
+/// One sender thread's share of the AF_XDP client.
+#[derive(Debug, Clone)]
+pub struct ThreadQueues {
+    /// Queues it owns a socket on (no two threads share a queue).
+    pub queues: Vec<u32>,
+    /// Flows (source ports) it sends from.
+    pub flows: usize,
+}
+
+/// The steering program on the client interface, shared by every thread's sockets (one XSKMAP entry per queue,
+/// every thread's source ports steered). Dropping it detaches the program: keep it for as long as the transports.
+pub struct AfXdpShared {
+    // Dropping the link detaches the program; keep the program (and its maps) alive as long.
+    _link: XdpLink,
+    _program: XdpProgram,
+}
+
+/// One thread's AF_XDP sockets: replies come back on the queue the request left from (on veth the peer's
+/// receive queue is the sender's transmit queue, and the server answers on the queue it received on), so each
+/// thread receives exactly its own replies.
 pub struct AfXdpTransport {
     ports: Vec<XskPort>,
     flows: Vec<FlowSpec>,
     src_ports: Vec<u16>,
-    epoch: Instant,
-    // Dropping the link detaches the program; keep the program (and its maps) alive as long.
-    _link: XdpLink,
-    _program: XdpProgram,
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
@@ -157,8 +172,9 @@ pub fn resolve_dst_mac(target: SocketAddr, interface: &str) -> anyhow::Result<[u
 }
 
 impl AfXdpTransport {
-    /// Opens the sockets, loads the program, steers the source ports and attaches it.
-    pub fn open(o: &AfXdpOptions) -> anyhow::Result<AfXdpTransport> {
+    /// Opens every thread's sockets, loads the program, steers all source ports and attaches it. Returns the
+    /// shared program (keep it) and one transport per thread, in order.
+    pub fn open(o: &AfXdpOptions) -> anyhow::Result<(AfXdpShared, Vec<AfXdpTransport>)> {
         let src_ip = match o.src_ip {
             Some(ip) => ip,
             None => route_source(o.target)?,
@@ -174,49 +190,66 @@ impl AfXdpTransport {
             None => resolve_dst_mac(o.target, &o.interface)?,
         };
         let _ = sys::raise_memlock_limit();
-        let flows = o.flows.max(1);
-        if usize::from(o.src_port_base) + flows > 65_536 {
-            bail!("source ports {} + {flows} flows exceed 65535", o.src_port_base);
+        if o.threads.is_empty() {
+            bail!("no sender threads");
         }
-        let src_ports: Vec<u16> = (0..flows).map(|i| o.src_port_base + i as u16).collect();
+        let total_flows: usize = o.threads.iter().map(|t| t.flows.max(1)).sum();
+        if usize::from(o.src_port_base) + total_flows > 65_536 {
+            bail!("source ports {} + {total_flows} flows exceed 65535", o.src_port_base);
+        }
+        let all_queues: Vec<u32> = o.threads.iter().flat_map(|t| t.queues.iter().copied()).collect();
+        let mut distinct = all_queues.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.len() != all_queues.len() {
+            bail!("a queue can hold one AF_XDP socket: the threads' queues {all_queues:?} repeat one");
+        }
+        let all_ports: Vec<u16> = (0..total_flows).map(|i| o.src_port_base + i as u16).collect();
         let program = XdpProgram::load(ProgramVariant::Plain).context("loading shunt's XDP program")?;
-        program.set_ports(&src_ports).context("steering the client's source ports")?;
-        let mut ports = Vec::new();
-        for &q in &o.queues {
-            let socket = QueueSocket::open(&SocketOptions {
-                interface: o.interface.clone(),
-                queue: q,
-                bind_mode: BindMode::Copy,
-                umem: UmemParams {
-                    frame_count: 4096,
-                    frame_size: 2048,
-                    fill_ring: 2048,
-                    completion_ring: 2048,
-                    rx_ring: 2048,
-                    tx_ring: 2048,
-                },
-                metadata_room: 0,
-            })
-            .with_context(|| format!("opening an AF_XDP socket on {} queue {q}", o.interface))?;
-            program.register_socket(q, socket.raw_fd())?;
-            ports.push(XskPort::new(socket, 64));
-        }
-        if ports.is_empty() {
-            bail!("no queues given");
+        program.set_ports(&all_ports).context("steering the client's source ports")?;
+        let mut transports = Vec::new();
+        let mut next_port = 0usize;
+        for t in &o.threads {
+            let mut ports = Vec::new();
+            for &q in &t.queues {
+                let socket = QueueSocket::open(&SocketOptions {
+                    interface: o.interface.clone(),
+                    queue: q,
+                    bind_mode: BindMode::Copy,
+                    umem: UmemParams {
+                        frame_count: 4096,
+                        frame_size: 2048,
+                        fill_ring: 2048,
+                        completion_ring: 2048,
+                        rx_ring: 2048,
+                        tx_ring: 2048,
+                    },
+                    metadata_room: 0,
+                })
+                .with_context(|| format!("opening an AF_XDP socket on {} queue {q}", o.interface))?;
+                program.register_socket(q, socket.raw_fd())?;
+                ports.push(XskPort::new(socket, 64));
+            }
+            if ports.is_empty() {
+                bail!("a sender thread has no queue");
+            }
+            let src_ports = all_ports[next_port..next_port + t.flows.max(1)].to_vec();
+            next_port += t.flows.max(1);
+            let flows = src_ports
+                .iter()
+                .map(|&p| FlowSpec { src_mac, dst_mac, vlan_tci: None, src: SocketAddr::new(src_ip, p), dst: o.target })
+                .collect();
+            transports.push(AfXdpTransport { ports, flows, src_ports });
         }
         let ifindex = sys::interface_index(&o.interface).with_context(|| format!("interface {}", o.interface))?;
         let link = program.attach(&o.interface, ifindex, o.attach_mode)?;
-        let flows = src_ports
-            .iter()
-            .map(|&p| FlowSpec { src_mac, dst_mac, vlan_tci: None, src: SocketAddr::new(src_ip, p), dst: o.target })
-            .collect();
-        Ok(AfXdpTransport { ports, flows, src_ports, epoch: Instant::now(), _link: link, _program: program })
+        Ok((AfXdpShared { _link: link, _program: program }, transports))
     }
 }
 
 impl Transport for AfXdpTransport {
     fn now(&mut self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
+        crate::engine::clock_ns()
     }
 
     fn flows(&self) -> usize {

@@ -2,13 +2,21 @@
 //! whatever the replies do) and [`ping_pong`] (one request outstanding). Both run on one thread against a
 //! [`Transport`] and feed a [`Recorder`].
 
-use std::io;
+use std::{io, sync::OnceLock, time::Instant};
 
 use crate::{
     payload::{self, Request, MAX_PAYLOAD},
     record::Recorder,
     schedule::{Distribution, Schedule},
 };
+
+/// The generator's clock: ns since the first call in this process (CLOCK_MONOTONIC through `Instant`). Every
+/// transport and every sender thread reads this one clock, so the threads of one run share a start time and their
+/// send spans and latencies can be merged.
+pub fn clock_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
 
 /// Moves request payloads out and reply payloads in. Times are ns on one monotonic clock.
 pub trait Transport {
@@ -61,6 +69,19 @@ pub struct LoopEnd {
     pub hit_deadline: bool,
     /// `send` calls that could not send everything they were given.
     pub partial_sends: u64,
+}
+
+impl LoopEnd {
+    /// The span of two sender threads' runs together: earliest start, latest end, counts summed.
+    pub fn merge(self, o: &LoopEnd) -> LoopEnd {
+        LoopEnd {
+            start_ns: self.start_ns.min(o.start_ns),
+            end_ns: self.end_ns.max(o.end_ns),
+            sent_total: self.sent_total + o.sent_total,
+            hit_deadline: self.hit_deadline || o.hit_deadline,
+            partial_sends: self.partial_sends + o.partial_sends,
+        }
+    }
 }
 
 /// Called now and then (about every 100 ms) with the recorder and the time, e.g. to draw a progress bar.

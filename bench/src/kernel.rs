@@ -5,7 +5,6 @@ use std::{
     mem::zeroed,
     net::{IpAddr, SocketAddr},
     os::fd::{AsRawFd, OwnedFd},
-    time::Instant,
 };
 
 use rustix::net::{self as rnet, sockopt, AddressFamily, SocketFlags, SocketType};
@@ -46,7 +45,6 @@ pub fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
 /// Kernel UDP sockets, one per flow.
 pub struct KernelTransport {
     socks: Vec<OwnedFd>,
-    epoch: Instant,
     send_iov: Vec<libc::iovec>,
     send_hdr: Vec<libc::mmsghdr>,
     recv_bufs: Vec<Vec<u8>>,
@@ -74,7 +72,6 @@ impl KernelTransport {
         let zero_hdr: libc::mmsghdr = unsafe { zeroed() };
         Ok(KernelTransport {
             socks,
-            epoch: Instant::now(),
             send_iov: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; batch],
             send_hdr: vec![zero_hdr; batch],
             recv_bufs,
@@ -107,9 +104,14 @@ impl KernelTransport {
     }
 }
 
+// SAFETY: the raw pointers in the iovec and mmsghdr arrays point into this transport's own heap buffers
+// (`recv_bufs`, `send_iov`, `recv_iov`), which move with it, and are rewritten before every call; nothing is
+// shared with another thread. A sender thread takes the whole transport with it for a run.
+unsafe impl Send for KernelTransport {}
+
 impl Transport for KernelTransport {
     fn now(&mut self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
+        crate::engine::clock_ns()
     }
 
     fn flows(&self) -> usize {
@@ -189,7 +191,10 @@ impl Transport for KernelTransport {
 
 #[cfg(test)]
 mod tests {
-    use std::{net::UdpSocket, time::Duration};
+    use std::{
+        net::UdpSocket,
+        time::{Duration, Instant},
+    };
 
     use super::*;
 

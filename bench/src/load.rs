@@ -5,20 +5,24 @@ use std::{
     io::IsTerminal,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Barrier,
+    },
     time::Duration,
 };
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use serde::{Deserialize, Serialize};
 use shunt::steer::AttachMode;
 
 use crate::{
-    afxdp::{parse_mac, AfXdpOptions, AfXdpTransport},
+    afxdp::{parse_mac, AfXdpOptions, AfXdpShared, AfXdpTransport, ThreadQueues},
     engine::{self, LoadParams, LoopEnd, Transport},
     kernel::{pin_to_core, KernelTransport},
     plot,
-    record::{Interval, Recorder},
-    report::{self, BehindPolicy, RunMeta, RunReport},
+    record::{merge_intervals, Interval, Recorder},
+    report::{self, BehindPolicy, RunMeta, RunReport, ThreadReport},
     schedule::Distribution,
 };
 
@@ -30,6 +34,8 @@ pub const MAX_PACKETS: u64 = 100_000_000;
 pub const MAX_RATE: f64 = 20_000_000.0;
 /// Hard cap on the drain time after the last request.
 pub const MAX_DRAIN_MS: u64 = 5_000;
+/// Hard cap on sender threads.
+pub const MAX_THREADS: usize = 64;
 
 /// Which sockets send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
@@ -84,7 +90,8 @@ pub struct LoadArgs {
     /// AF_XDP: client interface (default: the one holding the source address).
     #[arg(long)]
     pub interface: Option<String>,
-    /// AF_XDP: queues to open sockets on, comma-separated (default 0).
+    /// AF_XDP: queues to open sockets on, comma-separated (default 0; with several threads, one per thread:
+    /// 0,1,...). One thread: all of them, flows spread over them; several threads: thread i owns the i-th.
     #[arg(long, value_delimiter = ',')]
     pub queues: Option<Vec<u32>>,
     /// Source port of flow 0 (default: AF_XDP 40000, kernel ephemeral).
@@ -99,12 +106,22 @@ pub struct LoadArgs {
     /// AF_XDP: Ethernet destination (default: the neighbour table).
     #[arg(long)]
     pub dst_mac: Option<String>,
-    /// AF_XDP: native XDP attach instead of generic (real NICs).
+    /// AF_XDP: native XDP attach (`true`) or generic (`false`). Default: generic for one queue, native for several
+    /// (on veth the generic hook sees every packet on queue 0, so replies would all reach queue 0's socket).
     #[arg(long)]
     pub native: Option<bool>,
-    /// Pin the generator thread to this core (default 0; -1: no pinning).
+    /// Pin the generator thread to this core (default 0; -1: no pinning). With several threads and no --cores:
+    /// the first thread's core, the others on the next allowed cores in turn.
     #[arg(long, allow_hyphen_values = true)]
     pub core: Option<i64>,
+    /// Sender threads (default 1, or one per --cores entry). Each is pinned to its own core and sends from its
+    /// own sockets (an AF_XDP socket on its own queue, or its own kernel sockets) and its own flows; the rate,
+    /// the request count and the flows are split evenly. The report shows each thread and the merged figures.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Cores of the sender threads, comma-separated, one per thread.
+    #[arg(long, value_delimiter = ',')]
+    pub cores: Option<Vec<usize>>,
     /// Requests per send call (default 32).
     #[arg(long)]
     pub batch: Option<usize>,
@@ -167,6 +184,8 @@ impl LoadArgs {
                 dst_mac,
                 native,
                 core,
+                threads,
+                cores,
                 batch,
                 drain_ms,
                 reply_timeout_ms,
@@ -202,8 +221,10 @@ pub struct Resolved {
     pub distribution: Distribution,
     /// Sender.
     pub sender: Sender,
-    /// Core to pin to.
-    pub core: Option<usize>,
+    /// Sender threads.
+    pub threads: usize,
+    /// Core of each sender thread (None: not pinned).
+    pub cores: Vec<Option<usize>>,
     /// Send batch.
     pub batch: usize,
     /// Drain.
@@ -248,6 +269,16 @@ pub fn resolve(a: &LoadArgs, ping_pong: bool) -> anyhow::Result<Resolved> {
     if drain > MAX_DRAIN_MS {
         notes.push(format!("drain capped at {MAX_DRAIN_MS} ms"));
     }
+    let threads = a.threads.or(a.cores.as_ref().map(Vec::len)).unwrap_or(1);
+    if !(1..=MAX_THREADS).contains(&threads) {
+        bail!("--threads must be 1..={MAX_THREADS}");
+    }
+    let cores = thread_cores(a, threads, &mut notes)?;
+    let mut flows = a.flows.unwrap_or(threads).clamp(1, 4096);
+    if flows < threads {
+        notes.push(format!("{flows} flow(s) for {threads} threads: raised to one per thread"));
+        flows = threads;
+    }
     Ok(Resolved {
         target,
         rate,
@@ -255,14 +286,12 @@ pub fn resolve(a: &LoadArgs, ping_pong: bool) -> anyhow::Result<Resolved> {
         warmup,
         count: a.count,
         size,
-        flows: a.flows.unwrap_or(1).clamp(1, 4096),
+        flows,
         flow_block: a.flow_block.unwrap_or(32).max(1),
         distribution: a.distribution.unwrap_or_default(),
         sender: a.sender.unwrap_or_default(),
-        core: match a.core.unwrap_or(0) {
-            c if c < 0 => None,
-            c => Some(c as usize),
-        },
+        threads,
+        cores,
         batch: a.batch.unwrap_or(32).clamp(1, 256),
         drain_ns: drain.min(MAX_DRAIN_MS) * 1_000_000,
         reply_timeout_ns: a.reply_timeout_ms.unwrap_or(100).clamp(1, 10_000) * 1_000_000,
@@ -272,13 +301,97 @@ pub fn resolve(a: &LoadArgs, ping_pong: bool) -> anyhow::Result<Resolved> {
     })
 }
 
-/// Opens the transport the settings ask for (in the current network namespace).
-pub fn open_transport(a: &LoadArgs, r: &Resolved) -> anyhow::Result<Box<dyn DynTransport>> {
+/// The core of each sender thread: `--cores`, or `--core` for the first and the next allowed cores in turn.
+fn thread_cores(a: &LoadArgs, threads: usize, notes: &mut Vec<String>) -> anyhow::Result<Vec<Option<usize>>> {
+    let cores: Vec<Option<usize>> = match (&a.cores, a.core.unwrap_or(0)) {
+        (Some(list), _) => {
+            if list.len() != threads {
+                bail!("--cores lists {} core(s) for {threads} thread(s): give one per thread", list.len());
+            }
+            list.iter().map(|&c| Some(c)).collect()
+        }
+        (None, c) if c < 0 => vec![None; threads],
+        (None, c) if threads == 1 => vec![Some(c as usize)],
+        (None, c) => {
+            let allowed = shunt::sys::allowed_cores().unwrap_or_default();
+            match allowed.iter().position(|&x| x == c as usize) {
+                Some(first) => (0..threads).map(|i| Some(allowed[(first + i) % allowed.len()])).collect(),
+                None => (0..threads).map(|i| Some(c as usize + i)).collect(),
+            }
+        }
+    };
+    let mut pinned: Vec<usize> = cores.iter().flatten().copied().collect();
+    pinned.sort_unstable();
+    pinned.dedup();
+    if threads > 1 && cores.iter().all(Option::is_some) && pinned.len() < threads {
+        notes.push(format!(
+            "{threads} sender threads on {} distinct core(s): threads share a core and may not keep their rate",
+            pinned.len()
+        ));
+    }
+    Ok(cores)
+}
+
+/// One sender thread: where it runs and what it owns.
+#[derive(Debug, Clone)]
+pub struct ThreadInfo {
+    /// Core it is pinned to (None: not pinned).
+    pub core: Option<usize>,
+    /// AF_XDP queues it owns (empty for kernel sockets).
+    pub queues: Vec<u32>,
+    /// Flows (source ports) it sends from.
+    pub flows: usize,
+    /// Its first source port (None: ephemeral kernel ports).
+    pub first_src_port: Option<u16>,
+}
+
+/// The sender threads' transports, opened once and used for every run (a sweep's rates included).
+pub struct Generator {
+    // Dropped in declaration order: the sockets first, then the shared XDP program.
+    transports: Vec<Box<dyn DynTransport>>,
+    /// Per thread, in order.
+    pub threads: Vec<ThreadInfo>,
+    _shared: Option<AfXdpShared>,
+}
+
+/// Flows of thread `i` of `n` when `total` are split evenly (the last ones get the remainder).
+fn flows_of_thread(total: usize, n: usize, i: usize) -> usize {
+    (i + 1) * total / n - i * total / n
+}
+
+/// Opens every sender thread's transport (in the current network namespace).
+pub fn open_generator(a: &LoadArgs, r: &Resolved) -> anyhow::Result<Generator> {
+    let n = r.threads;
+    let mut split = Vec::new(); // (first flow, flows) per thread
+    let mut first = 0usize;
+    for i in 0..n {
+        let f = flows_of_thread(r.flows, n, i);
+        split.push((first, f));
+        first += f;
+    }
+    let mut threads = Vec::new();
     Ok(match r.sender {
-        Sender::Kernel => Box::new(
-            KernelTransport::new(r.target, r.flows, a.src_port_base.unwrap_or(0), r.batch)
-                .with_context(|| format!("opening UDP sockets to {}", r.target))?,
-        ),
+        Sender::Kernel => {
+            let base = a.src_port_base.unwrap_or(0);
+            if base != 0 && usize::from(base) + r.flows > 65_536 {
+                bail!("source ports {base} + {} flows exceed 65535", r.flows);
+            }
+            let mut transports: Vec<Box<dyn DynTransport>> = Vec::new();
+            for (i, &(first, f)) in split.iter().enumerate() {
+                let port = if base == 0 { 0 } else { base + first as u16 };
+                transports.push(Box::new(
+                    KernelTransport::new(r.target, f, port, r.batch)
+                        .with_context(|| format!("opening UDP sockets to {} (thread {i})", r.target))?,
+                ));
+                threads.push(ThreadInfo {
+                    core: r.cores[i],
+                    queues: vec![],
+                    flows: f,
+                    first_src_port: (base != 0).then_some(port),
+                });
+            }
+            Generator { transports, threads, _shared: None }
+        }
         Sender::Afxdp => {
             let src_ip = match a.src_ip {
                 Some(ip) => ip,
@@ -288,23 +401,53 @@ pub fn open_transport(a: &LoadArgs, r: &Resolved) -> anyhow::Result<Box<dyn DynT
                 Some(i) => i.clone(),
                 None => crate::afxdp::interface_of(src_ip)?,
             };
-            Box::new(AfXdpTransport::open(&AfXdpOptions {
+            let queues: Vec<Vec<u32>> = match (&a.queues, n) {
+                (None, 1) => vec![vec![0]],
+                (Some(q), 1) => vec![q.clone()],
+                (None, n) => (0..n as u32).map(|q| vec![q]).collect(),
+                (Some(q), n) if q.len() == n => q.iter().map(|&q| vec![q]).collect(),
+                (Some(q), n) => bail!("--queues lists {} queue(s) for {n} threads: give one per thread", q.len()),
+            };
+            let several = queues.iter().map(Vec::len).sum::<usize>() > 1;
+            let native = a.native.unwrap_or(several);
+            if several && !native {
+                eprintln!(
+                    "shunt-bench: warning: several queues with generic XDP: on veth the generic hook sees every \
+                     reply on queue 0, so the other queues' sockets get none (use --native true)"
+                );
+            }
+            let base = a.src_port_base.unwrap_or(40_000);
+            let (shared, ts) = AfXdpTransport::open(&AfXdpOptions {
                 interface,
-                queues: a.queues.clone().unwrap_or_else(|| vec![0]),
-                src_port_base: a.src_port_base.unwrap_or(40_000),
-                flows: r.flows,
+                threads: queues
+                    .iter()
+                    .zip(&split)
+                    .map(|(q, &(_, flows))| ThreadQueues { queues: q.clone(), flows })
+                    .collect(),
+                src_port_base: base,
                 target: r.target,
                 src_ip: Some(src_ip),
                 src_mac: a.src_mac.as_deref().map(parse_mac).transpose()?,
                 dst_mac: a.dst_mac.as_deref().map(parse_mac).transpose()?,
-                attach_mode: if a.native.unwrap_or(false) { AttachMode::Native } else { AttachMode::Generic },
-            })?)
+                attach_mode: if native { AttachMode::Native } else { AttachMode::Generic },
+            })?;
+            let mut transports: Vec<Box<dyn DynTransport>> = Vec::new();
+            for (i, t) in ts.into_iter().enumerate() {
+                transports.push(Box::new(t));
+                threads.push(ThreadInfo {
+                    core: r.cores[i],
+                    queues: queues[i].clone(),
+                    flows: split[i].1,
+                    first_src_port: Some(base + split[i].0 as u16),
+                });
+            }
+            Generator { transports, threads, _shared: Some(shared) }
         }
     })
 }
 
-/// Object-safe wrapper so both transports can sit in one `Box`.
-pub trait DynTransport {
+/// Object-safe wrapper so both transports can sit in one `Box` (and go to a sender thread for a run).
+pub trait DynTransport: Send {
     /// Runs one load on this transport.
     fn run(
         &mut self,
@@ -318,7 +461,7 @@ pub trait DynTransport {
     fn clock(&mut self) -> u64;
 }
 
-impl<T: Transport> DynTransport for T {
+impl<T: Transport + Send> DynTransport for T {
     fn run(
         &mut self,
         p: &LoadParams,
@@ -353,37 +496,33 @@ pub struct Outcome {
     pub intervals: Vec<Interval>,
 }
 
-/// Runs one load at `rate` on `t`.
+/// Requests of thread `i` of `n` when `total` are split evenly.
+fn count_of_thread(total: u64, n: usize, i: usize) -> u64 {
+    total / n as u64 + u64::from((i as u64) < total % n as u64)
+}
+
+/// Runs one load at `rate` (the sum over the sender threads): every thread runs the same loop on its own
+/// transport, pinned to its core, at `rate / threads`, from one common start time on one clock. Returns the
+/// merged report (counters summed, histograms added) with each thread's own figures in `threads`.
 pub fn run_one(
-    t: &mut dyn DynTransport,
+    g: &mut Generator,
     r: &Resolved,
     rate: f64,
     ping_pong: bool,
     command: &str,
     show_progress: bool,
 ) -> anyhow::Result<Outcome> {
-    let run_id = new_run_id();
+    let n = g.transports.len().max(1);
+    let base_id = new_run_id();
     let total_secs = r.warmup + r.duration;
     let mut count = if ping_pong && rate <= 0.0 { MAX_PACKETS } else { (rate * total_secs).ceil() as u64 };
     if let Some(c) = r.count {
         count = count.min(c + (rate * r.warmup).ceil() as u64);
     }
-    count = count.clamp(1, MAX_PACKETS);
-    let start = t.clock() + 1_000_000;
+    count = count.clamp(n as u64, MAX_PACKETS);
     let warmup_ns = (r.warmup * 1e9) as u64;
-    let mut rec = Recorder::new(run_id, count, start, start + warmup_ns, r.policy.late_threshold_ns);
     let deadline_s = if ping_pong { total_secs } else { (total_secs * 1.5 + 1.0).min(MAX_RUN_SECONDS) };
-    let p = LoadParams {
-        rate,
-        distribution: r.distribution,
-        count,
-        size: r.size,
-        flow_block: r.flow_block,
-        drain_ns: r.drain_ns,
-        deadline_ns: (deadline_s * 1e9) as u64 + r.drain_ns,
-        reply_timeout_ns: r.reply_timeout_ns,
-        seed: r.seed.unwrap_or(run_id),
-    };
+    let thread_rate = rate / n as f64;
     let bar = (show_progress && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new((total_secs * 10.0) as u64);
         b.set_style(
@@ -392,31 +531,78 @@ pub fn run_one(
         );
         b
     });
-    let mut last = (start, 0u64);
-    let mut progress = |rec: &Recorder, now: u64| {
-        if let Some(b) = &bar {
-            let sent = rec.sent + rec.warmup_sent;
-            let dt = (now - last.0) as f64 / 1e9;
-            let rate_now = if dt > 0.0 { (sent - last.1) as f64 / dt } else { 0.0 };
-            last = (now, sent);
-            b.set_position((now.saturating_sub(start) / 100_000_000).min((total_secs * 10.0) as u64));
-            b.set_message(format!(
-                "{rate_now:>9.0} req/s  p99 {} us  lost {}",
-                rec.recent_p99().map(report::us).unwrap_or_else(|| "-".into()),
-                rec.lost()
-            ));
-        }
-    };
-    // Let the transport settle (AF_XDP: the first frames after attach).
-    while t.clock() < start {
-        std::hint::spin_loop();
-    }
-    let end = t.run(&p, &mut rec, start, ping_pong, &mut progress).context("running the load")?;
+    // Every thread pins itself; then all wait for one start time, set a little after the last is ready.
+    let barrier = Barrier::new(n + 1);
+    let start_at = AtomicU64::new(0);
+    let results: Vec<anyhow::Result<(Recorder, LoopEnd)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = g
+            .transports
+            .iter_mut()
+            .zip(&g.threads)
+            .enumerate()
+            .map(|(i, (t, info))| {
+                let (barrier, start_at, bar) = (&barrier, &start_at, if i == 0 { bar.as_ref() } else { None });
+                s.spawn(move || -> anyhow::Result<(Recorder, LoopEnd)> {
+                    if let Some(c) = info.core {
+                        if let Err(e) = pin_to_core(c) {
+                            eprintln!("shunt-bench: cannot pin sender thread {i} to core {c}: {e}");
+                        }
+                    }
+                    barrier.wait();
+                    barrier.wait();
+                    let start = start_at.load(Ordering::Acquire);
+                    let run_id = crate::schedule::Rng::new(base_id ^ i as u64).next_u64();
+                    let count_i = count_of_thread(count, n, i);
+                    let mut rec = Recorder::new(run_id, count_i, start, start + warmup_ns, r.policy.late_threshold_ns);
+                    let p = LoadParams {
+                        rate: thread_rate,
+                        distribution: r.distribution,
+                        count: count_i,
+                        size: r.size,
+                        flow_block: r.flow_block,
+                        drain_ns: r.drain_ns,
+                        deadline_ns: (deadline_s * 1e9) as u64 + r.drain_ns,
+                        reply_timeout_ns: r.reply_timeout_ns,
+                        seed: r.seed.map(|s| s.wrapping_add(i as u64)).unwrap_or(run_id),
+                    };
+                    let mut last = (start, 0u64);
+                    let mut progress = |rec: &Recorder, now: u64| {
+                        if let Some(b) = bar {
+                            let sent = rec.sent + rec.warmup_sent;
+                            let dt = now.saturating_sub(last.0) as f64 / 1e9;
+                            let rate_now = if dt > 0.0 { (sent - last.1) as f64 / dt } else { 0.0 };
+                            last = (now, sent);
+                            b.set_position((now.saturating_sub(start) / 100_000_000).min((total_secs * 10.0) as u64));
+                            b.set_message(format!(
+                                "{rate_now:>9.0} req/s  p99 {} us  lost {}{}",
+                                rec.recent_p99().map(report::us).unwrap_or_else(|| "-".into()),
+                                rec.lost(),
+                                if n > 1 { format!("  (thread 0 of {n})") } else { String::new() }
+                            ));
+                        }
+                    };
+                    // Let the transport settle (AF_XDP: the first frames after attach).
+                    while t.clock() < start {
+                        std::hint::spin_loop();
+                    }
+                    let end = t.run(&p, &mut rec, start, ping_pong, &mut progress).context("running the load")?;
+                    Ok((rec, end))
+                })
+            })
+            .collect();
+        barrier.wait();
+        start_at.store(engine::clock_ns() + 1_000_000, Ordering::Release);
+        barrier.wait();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| h.join().unwrap_or_else(|_| Err(anyhow!("sender thread {i} panicked"))))
+            .collect()
+    });
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let intervals = rec.take_intervals(end.end_ns);
-    let meta = RunMeta {
+    let meta = |rate: f64, flows: usize| RunMeta {
         mode: if ping_pong { "ping-pong" } else { "open-loop" },
         sender: match r.sender {
             Sender::Kernel => "kernel",
@@ -426,21 +612,40 @@ pub fn run_one(
         rate,
         distribution: format!("{:?}", r.distribution).to_lowercase(),
         size: r.size,
-        flows: r.flows,
+        flows,
         duration_s: r.duration,
         warmup_s: r.warmup,
         command: command.to_string(),
     };
-    Ok(Outcome { report: report::build(&meta, &rec, &end, &r.policy), intervals })
-}
-
-/// Pins the current thread as asked (warning on failure).
-pub fn pin(r: &Resolved) {
-    if let Some(c) = r.core {
-        if let Err(e) = pin_to_core(c) {
-            eprintln!("shunt-bench: cannot pin to core {c}: {e}");
-        }
+    let mut merged: Option<(Recorder, LoopEnd)> = None;
+    let mut intervals: Vec<Interval> = Vec::new();
+    let mut threads = Vec::new();
+    for (i, res) in results.into_iter().enumerate() {
+        let (mut rec, end) = res.with_context(|| format!("sender thread {i}"))?;
+        merge_intervals(&mut intervals, rec.take_intervals(end.end_ns));
+        let info = &g.threads[i];
+        let one = report::build(&meta(thread_rate, info.flows), &rec, &end, &r.policy);
+        threads.push(ThreadReport::of(i, info.core, &info.queues, info.first_src_port, &one));
+        merged = Some(match merged {
+            None => (rec, end),
+            Some((mut m, e)) => {
+                m.absorb(&rec);
+                (m, e.merge(&end))
+            }
+        });
     }
+    let (rec, end) = merged.context("no sender thread")?;
+    let mut report = report::build(&meta(rate, r.flows), &rec, &end, &r.policy);
+    if n > 1 {
+        for t in &threads {
+            for why in &t.behind_reasons {
+                report.behind_reasons.push(format!("thread {}: {why}", t.thread));
+            }
+        }
+        report.generator_behind = !report.behind_reasons.is_empty();
+    }
+    report.threads = threads;
+    Ok(Outcome { report, intervals })
 }
 
 /// A sweep: one open-loop run per rate, and where the server stops keeping up.
@@ -586,4 +791,31 @@ pub fn probe(target: SocketAddr, timeout: Duration) -> anyhow::Result<Duration> 
         }
     }
     bail!("no reply from {target} within {timeout:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flows_and_requests_split_evenly_over_threads() {
+        assert_eq!((0..3).map(|i| flows_of_thread(7, 3, i)).collect::<Vec<_>>(), vec![2, 2, 3]);
+        assert_eq!((0..2).map(|i| flows_of_thread(4, 2, i)).sum::<usize>(), 4);
+        assert_eq!((0..3).map(|i| count_of_thread(10, 3, i)).collect::<Vec<_>>(), vec![4, 3, 3]);
+        assert_eq!((0..4).map(|i| count_of_thread(1_000_001, 4, i)).sum::<u64>(), 1_000_001);
+    }
+
+    #[test]
+    fn threads_get_cores_and_flows() {
+        let base = LoadArgs { target: Some("198.18.0.1:9000".parse().unwrap()), rate: Some(1e4), ..Default::default() };
+        let r = resolve(&base, false).unwrap();
+        assert_eq!((r.threads, r.cores.clone(), r.flows), (1, vec![Some(0)], 1));
+        let r = resolve(&LoadArgs { cores: Some(vec![1, 0]), ..base.clone() }, false).unwrap();
+        assert_eq!((r.threads, r.cores.clone(), r.flows), (2, vec![Some(1), Some(0)], 2));
+        let r = resolve(&LoadArgs { threads: Some(2), core: Some(-1), flows: Some(1), ..base.clone() }, false).unwrap();
+        assert_eq!((r.cores.clone(), r.flows), (vec![None, None], 2));
+        assert!(!r.notes.is_empty(), "flows raised to one per thread is noted");
+        assert!(resolve(&LoadArgs { threads: Some(3), cores: Some(vec![0, 1]), ..base.clone() }, false).is_err());
+        assert!(resolve(&LoadArgs { threads: Some(0), ..base }, false).is_err());
+    }
 }

@@ -121,9 +121,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
             for n in &r.notes {
                 eprintln!("shunt-bench: note: {n}");
             }
-            load::pin(&r);
-            let mut t = load::open_transport(&load, &r)?;
-            let out = load::run_one(t.as_mut(), &r, r.rate, ping_pong, &cmd, !quiet)?;
+            let mut g = load::open_generator(&load, &r)?;
+            let out = load::run_one(&mut g, &r, r.rate, ping_pong, &cmd, !quiet)?;
             report::print_run(&out.report);
             if let Some(p) = json {
                 report::write_json(&p, &out.report)?;
@@ -143,12 +142,14 @@ fn real_main() -> anyhow::Result<ExitCode> {
             if rates.is_empty() || rates.iter().any(|&x| x <= 0.0) {
                 anyhow::bail!("--rates must be positive");
             }
-            load::pin(&r);
-            let mut t = load::open_transport(&load, &r)?;
+            for n in &r.notes {
+                eprintln!("shunt-bench: note: {n}");
+            }
+            let mut g = load::open_generator(&load, &r)?;
             let mut points = Vec::new();
             for &rate in &rates {
                 let rate = rate.min(load::MAX_RATE);
-                let out = load::run_one(t.as_mut(), &r, rate, false, &cmd, !quiet)?;
+                let out = load::run_one(&mut g, &r, rate, false, &cmd, !quiet)?;
                 eprintln!("{}", report::table_row(&out.report));
                 report::warn_if_behind(&out.report);
                 points.push(out.report);

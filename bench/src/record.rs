@@ -242,6 +242,55 @@ impl Recorder {
     pub fn intended_span(&self) -> Option<(u64, u64)> {
         self.first_intended_ns.map(|f| (f, self.last_intended_ns))
     }
+
+    /// Adds another sender thread's run (same clock, same start) into this one: counters summed, histograms
+    /// added (HdrHistogram `add`), send spans widened. Afterwards this recorder describes the merged run; its
+    /// per-request bitmap and interval histograms stay its own (merge those with [`merge_intervals`]).
+    pub fn absorb(&mut self, o: &Recorder) {
+        self.sent += o.sent;
+        self.warmup_sent += o.warmup_sent;
+        self.received += o.received;
+        self.duplicates += o.duplicates;
+        self.reordered += o.reordered;
+        self.foreign += o.foreign;
+        self.client_cleared += o.client_cleared;
+        self.sent_late += o.sent_late;
+        for (mine, theirs) in [
+            (&mut self.from_intended, &o.from_intended),
+            (&mut self.from_sent, &o.from_sent),
+            (&mut self.send_lag, &o.send_lag),
+        ] {
+            mine.add(theirs).expect("histograms of the same bounds add");
+        }
+        let widen = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, y) => x.or(y),
+        };
+        if o.first_sent_ns.is_some() {
+            self.last_sent_ns =
+                if self.first_sent_ns.is_some() { self.last_sent_ns.max(o.last_sent_ns) } else { o.last_sent_ns };
+            self.last_intended_ns = if self.first_intended_ns.is_some() {
+                self.last_intended_ns.max(o.last_intended_ns)
+            } else {
+                o.last_intended_ns
+            };
+        }
+        self.first_sent_ns = widen(self.first_sent_ns, o.first_sent_ns);
+        self.first_intended_ns = widen(self.first_intended_ns, o.first_intended_ns);
+    }
+}
+
+/// Adds `more` (one thread's intervals, from the same start) into `into`, interval by interval.
+pub fn merge_intervals(into: &mut Vec<Interval>, more: Vec<Interval>) {
+    for (k, iv) in more.into_iter().enumerate() {
+        match into.get_mut(k) {
+            Some(mine) => {
+                mine.hist.add(&iv.hist).expect("histograms of the same bounds add");
+                mine.duration_ns = mine.duration_ns.max(iv.duration_ns);
+            }
+            None => into.push(iv),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -297,6 +346,47 @@ mod tests {
         let counts: Vec<u64> = iv.iter().map(|i| i.hist.len()).collect();
         assert_eq!(counts, vec![2, 2]);
         assert_eq!(iv[1].start_ns, 1_000_000_000);
+    }
+
+    #[test]
+    fn absorbing_another_thread_sums_counts_and_adds_histograms() {
+        let mut a = Recorder::new(1, 10, 0, 0, 1_000);
+        let mut b = Recorder::new(2, 10, 0, 0, 1_000);
+        for s in 0..4 {
+            a.on_sent(100 + s * 100, 100 + s * 100);
+            b.on_sent(50 + s * 200, 5_050 + s * 200); // late
+        }
+        for s in 0..3 {
+            a.on_reply(s, 100 + s * 100, 100 + s * 100, 1_000 + s * 100, true);
+        }
+        b.on_reply(0, 50, 5_050, 9_000, false);
+        a.absorb(&b);
+        assert_eq!((a.sent, a.received, a.lost()), (8, 4, 4));
+        assert_eq!(a.from_intended.len(), 4);
+        assert_eq!(a.from_sent.len(), 4);
+        assert_eq!(a.send_lag.len(), 8);
+        assert_eq!((a.sent_late, a.client_cleared), (4, 3));
+        assert_eq!(a.send_span(), Some((100, 5_650)));
+        assert_eq!(a.intended_span(), Some((50, 650)));
+        // Absorbing into an empty recorder takes the other's spans.
+        let mut e = Recorder::new(3, 1, 0, 0, 1_000);
+        e.absorb(&a);
+        assert_eq!((e.send_span(), e.intended_span()), (a.send_span(), a.intended_span()));
+    }
+
+    #[test]
+    fn intervals_merge_by_position() {
+        let mut a = Recorder::new(1, 10, 0, 0, 1_000);
+        let mut b = Recorder::new(2, 10, 0, 0, 1_000);
+        a.on_sent(0, 0);
+        a.on_reply(0, 0, 0, 10, true);
+        for s in 0..2u64 {
+            b.on_sent(s * 1_500_000_000, s * 1_500_000_000);
+            b.on_reply(s, s * 1_500_000_000, s * 1_500_000_000, s * 1_500_000_000 + 10, true);
+        }
+        let mut merged = a.take_intervals(500_000_000);
+        merge_intervals(&mut merged, b.take_intervals(2_000_000_000));
+        assert_eq!(merged.iter().map(|i| i.hist.len()).collect::<Vec<_>>(), vec![2, 1]);
     }
 
     #[test]

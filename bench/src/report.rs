@@ -55,6 +55,9 @@ pub struct RunReport {
     pub achieved_rate: f64,
     /// Latency from the intended send time (open loop) or the send time (ping-pong), ns.
     pub latency_ns: Summary,
+    /// Values in the latency histogram (one per measured reply); merged: the sum of the threads'.
+    #[serde(default)]
+    pub latency_samples: u64,
     /// Latency from the actual send time, ns.
     pub latency_from_send_ns: Summary,
     /// How late requests left: actual - intended send time, ns.
@@ -73,6 +76,74 @@ pub struct RunReport {
     pub run_id: u64,
     /// The command line that produced this report.
     pub command: String,
+    /// Per sender thread (`--threads`): what it sent and got back. The figures above merge them (counters
+    /// summed, latency histograms added).
+    #[serde(default)]
+    pub threads: Vec<ThreadReport>,
+}
+
+/// One sender thread's share of a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ThreadReport {
+    /// Index (0-based).
+    pub thread: usize,
+    /// Core it was pinned to (None: not pinned).
+    pub core: Option<usize>,
+    /// AF_XDP queues it sent and received on (empty: kernel sockets).
+    pub queues: Vec<u32>,
+    /// Flows (source ports) it used.
+    pub flows: usize,
+    /// Its first source port (None: ephemeral kernel ports).
+    pub first_src_port: Option<u16>,
+    /// Its share of the rate, requests/s.
+    pub offered_rate: f64,
+    /// Measured requests sent.
+    pub sent: u64,
+    /// Distinct measured requests answered.
+    pub received: u64,
+    /// `sent - received`.
+    pub lost: u64,
+    /// Requests actually sent per second.
+    pub send_rate: f64,
+    /// Replies per second.
+    pub achieved_rate: f64,
+    /// Values in its latency histogram.
+    pub latency_samples: u64,
+    /// Its latency summary, ns.
+    pub latency_ns: Summary,
+    /// Replies that were not this thread's.
+    pub foreign: u64,
+    /// Whether it fell behind its share of the schedule.
+    pub generator_behind: bool,
+    /// Why.
+    pub behind_reasons: Vec<String>,
+    /// Its run id.
+    pub run_id: u64,
+}
+
+impl ThreadReport {
+    /// Thread `thread`'s figures from its own report.
+    pub fn of(thread: usize, core: Option<usize>, queues: &[u32], first_src_port: Option<u16>, r: &RunReport) -> Self {
+        ThreadReport {
+            thread,
+            core,
+            queues: queues.to_vec(),
+            flows: r.flows,
+            first_src_port,
+            offered_rate: r.offered_rate,
+            sent: r.sent,
+            received: r.received,
+            lost: r.lost,
+            send_rate: r.send_rate,
+            achieved_rate: r.achieved_rate,
+            latency_samples: r.latency_samples,
+            latency_ns: r.latency_ns,
+            foreign: r.foreign,
+            generator_behind: r.generator_behind,
+            behind_reasons: r.behind_reasons.clone(),
+            run_id: r.run_id,
+        }
+    }
 }
 
 /// How far behind the generator may fall before the run is flagged.
@@ -145,7 +216,12 @@ pub fn build(meta: &RunMeta, rec: &Recorder, end: &LoopEnd, policy: &BehindPolic
             ));
         }
         if meta.rate > 0.0 && send_rate < meta.rate * policy.min_rate_fraction {
-            reasons.push(format!("sent {:.0}/s of the {:.0}/s offered", send_rate, meta.rate));
+            reasons.push(format!(
+                "sent {:.0}/s of the {:.0}/s requested ({:.1} % short)",
+                send_rate,
+                meta.rate,
+                (1.0 - send_rate / meta.rate) * 100.0
+            ));
         }
         if end.hit_deadline {
             reasons.push("the hard time cap cut the run short".into());
@@ -172,6 +248,7 @@ pub fn build(meta: &RunMeta, rec: &Recorder, end: &LoopEnd, policy: &BehindPolic
         send_rate,
         achieved_rate,
         latency_ns: Summary::of(&rec.from_intended),
+        latency_samples: rec.from_intended.len(),
         latency_from_send_ns: Summary::of(&rec.from_sent),
         send_lag_ns: Summary::of(&rec.send_lag),
         sent_late: rec.sent_late,
@@ -181,6 +258,7 @@ pub fn build(meta: &RunMeta, rec: &Recorder, end: &LoopEnd, policy: &BehindPolic
         spectrum: spectrum(&rec.from_intended),
         run_id: rec.run_id(),
         command: meta.command.clone(),
+        threads: Vec::new(),
     }
 }
 
@@ -196,15 +274,24 @@ pub fn us(ns: u64) -> String {
     }
 }
 
+/// The one-line verdict of a run the generator limited (None when it kept its schedule).
+pub fn generator_limit_line(r: &RunReport) -> Option<String> {
+    r.generator_behind.then(|| {
+        format!(
+            "the generator, not the server, is the limit at {:.0}/s requested ({:.0}/s sent): {}",
+            r.offered_rate,
+            r.send_rate,
+            r.behind_reasons.first().map(String::as_str).unwrap_or("behind its schedule")
+        )
+    })
+}
+
 /// Prints the generator-behind banner to stderr.
 pub fn warn_if_behind(r: &RunReport) {
-    if r.generator_behind {
+    if let Some(line) = generator_limit_line(r) {
         eprintln!("\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
-        eprintln!(
-            "!!! GENERATOR FELL BEHIND ITS SCHEDULE at {:.0}/s: the generator, not the server, is",
-            r.offered_rate
-        );
-        eprintln!("!!! the limit of this run. Latency from the intended time still counts the delay.");
+        eprintln!("!!! {line}.");
+        eprintln!("!!! Latency from the intended time still counts the delay.");
         for why in &r.behind_reasons {
             eprintln!("!!!   - {why}");
         }
@@ -264,7 +351,42 @@ pub fn print_run(r: &RunReport) {
     if r.duplicates + r.reordered + r.foreign > 0 {
         println!("  duplicates {}, reordered {}, foreign {}", r.duplicates, r.reordered, r.foreign);
     }
+    print_threads(r);
+    if let Some(line) = generator_limit_line(r) {
+        println!("  {line}");
+    }
     warn_if_behind(r);
+}
+
+/// Per-thread rows (when there is more than one sender thread).
+pub fn print_threads(r: &RunReport) {
+    if r.threads.len() < 2 {
+        return;
+    }
+    println!("  per sender thread (the row above merges them):");
+    println!("  thread  core  queues  flows   offered/s    sent/s       sent   received     lost   p50(us)   p99(us)");
+    for t in &r.threads {
+        let q = if t.queues.is_empty() {
+            "-".to_string()
+        } else {
+            t.queues.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+        };
+        println!(
+            "  {:>6} {:>5} {:>7} {:>6} {:>11.0} {:>9.0} {:>10} {:>10} {:>8} {:>9} {:>9}{}",
+            t.thread,
+            t.core.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+            q,
+            t.flows,
+            t.offered_rate,
+            t.send_rate,
+            t.sent,
+            t.received,
+            t.lost,
+            us(t.latency_ns.p50),
+            us(t.latency_ns.p99),
+            if t.generator_behind { "  BEHIND" } else { "" }
+        );
+    }
 }
 
 /// Writes `intervals` as an HdrHistogram interval log (V2, deflate-compressed; values in ns).
