@@ -13,6 +13,7 @@ mod record;
 mod reflector;
 mod report;
 mod schedule;
+mod verdict;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
