@@ -8,6 +8,7 @@
 #![allow(unsafe_code)]
 
 pub mod counters;
+pub mod kernel;
 pub mod latency;
 pub mod meta;
 mod port;

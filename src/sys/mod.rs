@@ -255,3 +255,210 @@ pub fn host_addresses() -> io::Result<Vec<std::net::IpAddr>> {
 pub fn memlock_limit() -> io::Result<Option<u64>> {
     Ok(rustix::process::getrlimit(rustix::process::Resource::Memlock).current)
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Kernel-socket datapath (crate::datapath::kernel): the socket options and the signal-driven I/O calls that
+// neither socket2 nor rustix wraps.
+// ---------------------------------------------------------------------------------------------------------
+
+/// `SO_TIMESTAMPING_NEW` (asm-generic/socket.h, Linux 5.1): like SO_TIMESTAMPING, but the control message it
+/// produces (`SCM_TIMESTAMPING_NEW`, the same number) always carries 64-bit `__kernel_timespec`s, whatever
+/// the architecture's `time_t`.
+pub const SO_TIMESTAMPING_NEW: libc::c_int = 65;
+
+/// Sets an integer socket option at any level (`setsockopt(fd, level, name, &value, sizeof(int))`).
+fn set_int_option_at(
+    fd: std::os::fd::BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: setsockopt reads one c_int through a valid pointer for the duration of the call; the fd is
+    // borrowed, so it stays open.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Asks a dual-stack UDP socket for each datagram's destination address and arrival interface: IP_PKTINFO
+/// (an `in_pktinfo` for IPv4 datagrams) and IPV6_RECVPKTINFO (an `in6_pktinfo`, v4-mapped for IPv4 ones).
+pub fn enable_packet_info(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    set_int_option_at(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
+    set_int_option_at(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)
+}
+
+/// Turns on the kernel's software receive timestamps for socket `fd`, delivered with each datagram as an
+/// `SCM_TIMESTAMPING_NEW` control message (CLOCK_REALTIME, taken as the packet entered the stack):
+/// SO_TIMESTAMPING_NEW with SOF_TIMESTAMPING_RX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE.
+pub fn enable_rx_software_timestamps(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    let flags = libc::SOF_TIMESTAMPING_RX_SOFTWARE | libc::SOF_TIMESTAMPING_SOFTWARE;
+    set_int_option_at(fd, libc::SOL_SOCKET, SO_TIMESTAMPING_NEW, flags as libc::c_int)
+}
+
+/// `F_SETSIG` (linux/fcntl.h): the signal sent when I/O becomes possible on an O_ASYNC descriptor.
+const F_SETSIG: libc::c_int = 10;
+/// `F_SETOWN_EX` (linux/fcntl.h): who receives that signal.
+const F_SETOWN_EX: libc::c_int = 15;
+/// `F_OWNER_TID` (linux/fcntl.h): the owner is one thread, not a process or process group.
+const F_OWNER_TID: libc::c_int = 0;
+
+/// `struct f_owner_ex` (linux/fcntl.h).
+#[repr(C)]
+struct FOwnerEx {
+    kind: libc::c_int,
+    pid: libc::pid_t,
+}
+
+/// Directs descriptor `fd`'s I/O-readiness notifications: real-time signal `signal` (F_SETSIG, so the
+/// siginfo names the descriptor in `si_fd`) to thread `tid` alone (F_SETOWN_EX with F_OWNER_TID). Nothing
+/// is sent until O_ASYNC is turned on ([`set_async`]).
+pub fn set_io_signal(fd: std::os::fd::BorrowedFd<'_>, signal: i32, tid: i32) -> io::Result<()> {
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    // SAFETY: F_SETSIG takes an int argument; the fd is borrowed, so it stays open.
+    if unsafe { libc::fcntl(raw, F_SETSIG, signal) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let owner = FOwnerEx { kind: F_OWNER_TID, pid: tid };
+    // SAFETY: F_SETOWN_EX reads one f_owner_ex through a valid pointer for the duration of the call.
+    if unsafe { libc::fcntl(raw, F_SETOWN_EX, &owner as *const FOwnerEx) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Turns signal-driven I/O (O_ASYNC) on or off for `fd`, keeping its other file status flags.
+pub fn set_async(fd: std::os::fd::BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    // SAFETY: F_GETFL takes no argument; the fd is borrowed, so it stays open.
+    let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let flags = if on { flags | libc::O_ASYNC } else { flags & !libc::O_ASYNC };
+    // SAFETY: F_SETFL takes an int argument.
+    if unsafe { libc::fcntl(raw, libc::F_SETFL, flags) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The real-time signal `offset` places above SIGRTMIN (as the C library defines it, after the signals it
+/// keeps for itself), if that is still at most SIGRTMAX.
+pub fn realtime_signal(offset: i32) -> Option<i32> {
+    let signal = libc::SIGRTMIN().checked_add(offset)?;
+    (offset >= 0 && signal <= libc::SIGRTMAX()).then_some(signal)
+}
+
+/// A set of signals (`sigset_t`).
+#[derive(Clone, Copy)]
+pub struct SignalSet(libc::sigset_t);
+
+impl std::fmt::Debug for SignalSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let members: Vec<i32> = (1..=libc::SIGRTMAX()).filter(|&s| self.contains(s)).collect();
+        f.debug_tuple("SignalSet").field(&members).finish()
+    }
+}
+
+impl SignalSet {
+    /// The set holding exactly `signals`.
+    pub fn of(signals: &[i32]) -> io::Result<SignalSet> {
+        let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        // SAFETY: sigemptyset initialises the set it is given a valid pointer to.
+        if unsafe { libc::sigemptyset(set.as_mut_ptr()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: initialised by sigemptyset just above.
+        let mut set = unsafe { set.assume_init() };
+        for &signal in signals {
+            // SAFETY: sigaddset updates an initialised set through a valid pointer.
+            if unsafe { libc::sigaddset(&mut set, signal) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(SignalSet(set))
+    }
+
+    /// Whether `signal` is in the set.
+    pub fn contains(&self, signal: i32) -> bool {
+        // SAFETY: sigismember reads an initialised set through a valid pointer.
+        unsafe { libc::sigismember(&self.0, signal) == 1 }
+    }
+}
+
+/// Blocks the signals of `set` in the calling thread (pthread_sigmask SIG_BLOCK), so that they stay pending
+/// for [`take_signal`] instead of being delivered; returns the thread's previous mask.
+pub fn block_signals(set: &SignalSet) -> io::Result<SignalSet> {
+    let mut old = SignalSet::of(&[])?;
+    // SAFETY: both pointers refer to initialised sets that outlive the call.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set.0, &mut old.0) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(old)
+}
+
+/// A signal [`take_signal`] took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TakenSignal {
+    /// The signal number.
+    pub signal: i32,
+    /// The descriptor an I/O-readiness signal was sent for (`si_fd`: set when `si_code` is one of the
+    /// POLL_* codes, as for a signal chosen with F_SETSIG); `None` for any other signal, such as the plain
+    /// SIGIO the kernel falls back to when the real-time signal queue is full.
+    pub fd: Option<i32>,
+}
+
+/// The start of a `siginfo_t` as the kernel fills it for SIGPOLL-kind signals: `si_signo`, `si_errno`,
+/// `si_code`, then the `_sigpoll` member of the union (`si_band`, `si_fd`), which is aligned as a `long`.
+/// Only `code` and `fd` are read; the others hold the layout.
+#[repr(C)]
+#[allow(dead_code)]
+struct SigInfoPoll {
+    signo: libc::c_int,
+    errno: libc::c_int,
+    code: libc::c_int,
+    band: libc::c_long,
+    fd: libc::c_int,
+}
+
+/// `POLL_IN` ..= `POLL_HUP` (asm-generic/siginfo.h): the `si_code`s of an I/O-readiness signal.
+const POLL_CODES: std::ops::RangeInclusive<libc::c_int> = 1..=6;
+
+/// Waits up to `timeout` for a signal of `set` (which the calling thread must have blocked) to be pending,
+/// and takes it (sigtimedwait). `Ok(None)` when the time passed or another signal's handler interrupted
+/// the wait.
+pub fn take_signal(set: &SignalSet, timeout: std::time::Duration) -> io::Result<Option<TakenSignal>> {
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        // Below 10^9: fits a 32-bit long too.
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::zeroed();
+    // SAFETY: sigtimedwait reads the set and the timeout and writes one siginfo_t, all through valid pointers
+    // that outlive the call.
+    let signal = unsafe { libc::sigtimedwait(&set.0, info.as_mut_ptr(), &ts) };
+    if signal < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    const _: () = assert!(std::mem::size_of::<SigInfoPoll>() <= std::mem::size_of::<libc::siginfo_t>());
+    // SAFETY: `info` was zeroed and then filled by the kernel; SigInfoPoll is a prefix of siginfo_t's layout
+    // (checked to fit above) made of plain integers, for which any bit pattern is valid.
+    let poll = unsafe { info.as_ptr().cast::<SigInfoPoll>().read_unaligned() };
+    let fd = POLL_CODES.contains(&poll.code).then_some(poll.fd);
+    Ok(Some(TakenSignal { signal, fd }))
+}

@@ -1,0 +1,639 @@
+//! The kernel-socket worker: one loop per I/O model around the same per-datagram step (control messages →
+//! [`Request`] → [`answer`] → reply from the request's destination), with the AF_XDP worker's counters and
+//! latency conventions (see the module docs of [`super`]).
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
+    os::fd::{AsFd, AsRawFd, OwnedFd},
+    sync::{
+        atomic::{AtomicBool, Ordering::Relaxed},
+        Arc,
+    },
+    time::Duration,
+};
+
+use rustix::event::epoll;
+
+use super::{
+    cmsg,
+    msg::{self, Batch, Slot},
+    socket::{self, PortSocket},
+    KernelSocketError, KernelSocketOptions, SocketIo, IO_SIGNAL_OFFSET, MAX_BATCH,
+};
+use crate::{
+    datapath::{
+        counters::{KernelSocketStats, WorkerShared, WorkerStats},
+        latency::WorkerLatency,
+        meta::Stamp,
+        WorkerExit,
+    },
+    handler::{answer, Handler, Outcome, Request, Time},
+    sys,
+};
+
+/// How long the waiting models wait (epoll_wait, sigtimedwait) before looking at the stop flag again.
+const WAIT: Duration = Duration::from_millis(100);
+/// Empty passes of the non-blocking model between clock reads (for the latency histograms' swaps).
+const SPINS_PER_CLOCK: u32 = 1 << 12;
+
+/// Serves one or more UDP ports through kernel sockets with one handler, in one [`SocketIo`] model, until told
+/// to stop.
+///
+/// Every buffer the loop needs is allocated by [`KernelWorker::open`]; [`KernelWorker::run`] allocates nothing,
+/// so it can be stopped and run again (counters carry on).
+pub struct KernelWorker<H> {
+    sockets: Vec<PortSocket>,
+    io: SocketIo,
+    batch: usize,
+    /// The epoll instance and its event buffer (Epoll and Mmsg).
+    poll: Option<Poll>,
+    /// The real-time signal and the set the worker waits on (Signal).
+    signal: Option<IoSignal>,
+    /// recvmmsg/sendmmsg headers (Mmsg; empty otherwise).
+    batch_headers: Batch,
+    core: Core<H>,
+}
+
+struct Poll {
+    fd: OwnedFd,
+}
+
+/// Events taken per epoll_wait, into a buffer on the loop's stack (rustix's events are not `Send`, so the
+/// worker keeps none). With more ready sockets than this, level triggering brings the rest on the next call.
+const EVENTS: usize = 64;
+
+/// An empty event buffer.
+fn events() -> [epoll::Event; EVENTS] {
+    [epoll::Event { flags: epoll::EventFlags::empty(), data: epoll::EventData::new_u64(0) }; EVENTS]
+}
+
+struct IoSignal {
+    signal: i32,
+    /// `signal` and SIGIO (the kernel's fallback when the real-time signal queue is full).
+    set: sys::SignalSet,
+}
+
+/// What every model shares: the handler, the counters, the latency histograms and the datagram buffers.
+struct Core<H> {
+    handler: H,
+    shared: Arc<WorkerShared>,
+    latency: Option<WorkerLatency>,
+    stats: WorkerStats,
+    /// One slot per datagram of a batch (Mmsg), or one.
+    slots: Vec<Slot>,
+}
+
+/// One wake-up's datagrams, and the clock when the latest was in hand.
+#[derive(Default)]
+struct Wake {
+    now: Option<Time>,
+    taken: usize,
+}
+
+impl<H: Handler> KernelWorker<H> {
+    /// Opens one socket per port of `options` and everything the loop needs; nothing runs until
+    /// [`KernelWorker::run`].
+    pub fn open(
+        options: KernelSocketOptions,
+        handler: H,
+        shared: Arc<WorkerShared>,
+    ) -> Result<Self, KernelSocketError> {
+        if options.ports.is_empty() {
+            return Err(KernelSocketError::NoPorts);
+        }
+        if options.io == SocketIo::Blocking && options.ports.len() != 1 {
+            return Err(KernelSocketError::BlockingNeedsOnePort { ports: options.ports.len() });
+        }
+        if options.batch > MAX_BATCH {
+            return Err(KernelSocketError::BatchTooLarge { batch: options.batch });
+        }
+        let batch = options.batch.max(1) as usize;
+        sys::interface_index(&options.interface)
+            .map_err(|source| KernelSocketError::Interface { interface: options.interface.clone(), source })?;
+        let sockets = socket::open_all(&options)?;
+
+        let poll = match options.io {
+            SocketIo::Epoll | SocketIo::Mmsg => {
+                let fail = |what| move |e: rustix::io::Errno| KernelSocketError::Epoll { what, source: e.into() };
+                let fd = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(fail("epoll_create1"))?;
+                for (i, ps) in sockets.iter().enumerate() {
+                    epoll::add(&fd, &ps.socket, epoll::EventData::new_u64(i as u64), epoll::EventFlags::IN)
+                        .map_err(fail("epoll_ctl(EPOLL_CTL_ADD)"))?;
+                }
+                Some(Poll { fd })
+            }
+            SocketIo::Blocking | SocketIo::Nonblocking | SocketIo::Signal => None,
+        };
+
+        let signal = if options.io == SocketIo::Signal {
+            let signal = sys::realtime_signal(IO_SIGNAL_OFFSET).ok_or(KernelSocketError::NoSignal)?;
+            let set = sys::SignalSet::of(&[signal, libc::SIGIO]).map_err(|source| KernelSocketError::Socket {
+                port: 0,
+                what: "sigset",
+                source,
+            })?;
+            // The signal and its owner are set now to find out early whether the kernel takes them; the owner
+            // becomes the thread that runs the loop when it starts. Without O_ASYNC (also turned on by `run`)
+            // nothing is sent.
+            for ps in &sockets {
+                sys::set_io_signal(ps.socket.as_fd(), signal, sys::thread_id()).map_err(|source| {
+                    KernelSocketError::Socket { port: ps.port, what: "F_SETSIG / F_SETOWN_EX", source }
+                })?;
+            }
+            Some(IoSignal { signal, set })
+        } else {
+            None
+        };
+
+        let slots = if options.io == SocketIo::Mmsg { batch } else { 1 };
+        Ok(KernelWorker {
+            sockets,
+            io: options.io,
+            batch,
+            poll,
+            signal,
+            batch_headers: Batch::new(if options.io == SocketIo::Mmsg { batch } else { 0 }),
+            core: Core {
+                handler,
+                shared,
+                latency: None,
+                stats: WorkerStats::default(),
+                slots: (0..slots).map(|_| Slot::new()).collect(),
+            },
+        })
+    }
+
+    /// Records in-server latency into `latency`'s histograms (with `timestamps` on, the kernel's receive
+    /// stamps start `ring_dwell` and `total`; without, only `service` is recorded).
+    pub fn with_latency(mut self, latency: WorkerLatency) -> Self {
+        self.core.latency = Some(latency);
+        self
+    }
+
+    /// The I/O model this worker runs.
+    pub fn io(&self) -> SocketIo {
+        self.io
+    }
+
+    /// The ports served, one socket each.
+    pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.sockets.iter().map(|ps| ps.port)
+    }
+
+    /// Runs the loop on the calling thread until `stop` is set (seen within about 100 ms in the models that
+    /// wait), then returns the counters so far.
+    pub fn run(&mut self, stop: &AtomicBool) -> WorkerExit {
+        match self.io {
+            SocketIo::Blocking => self.run_blocking(stop),
+            SocketIo::Nonblocking => self.run_nonblocking(stop),
+            SocketIo::Epoll => self.run_epoll(stop),
+            SocketIo::Signal => self.run_signal(stop),
+            SocketIo::Mmsg => self.run_mmsg(stop),
+            // io_uring, when it comes, gets a loop of its own here.
+        }
+        let core = &mut self.core;
+        core.shared.stats.publish(&core.stats);
+        if let Some(l) = &mut core.latency {
+            l.flush();
+        }
+        WorkerExit {
+            stats: core.stats,
+            kernel: KernelSocketStats::default(),
+            frames: None,
+            cpu: sys::thread_cpu_times().ok(),
+        }
+    }
+
+    /// One blocking recvmsg per datagram (SO_RCVTIMEO bounds each wait), one blocking sendmsg per reply.
+    fn run_blocking(&mut self, stop: &AtomicBool) {
+        let Some(ps) = self.sockets.first() else { return };
+        let core = &mut self.core;
+        while !stop.load(Relaxed) {
+            let Some(slot) = core.slots.first_mut() else { return };
+            match msg::receive(ps.socket.as_fd(), slot) {
+                Ok(()) => {}
+                Err(e) if would_block(e) => {
+                    // SO_RCVTIMEO passed with nothing received.
+                    core.stats.sleeps += 1;
+                    core.idle();
+                    continue;
+                }
+                Err(libc::EINTR) => continue,
+                Err(_) => {
+                    core.stats.tx_kick_errors += 1;
+                    core.idle();
+                    continue;
+                }
+            }
+            let mut wake = Wake::default();
+            core.on_datagram(ps, &mut wake);
+            core.finish(&wake);
+        }
+    }
+
+    /// Spins over the sockets with non-blocking recvmsg, up to `batch` datagrams from each per pass.
+    fn run_nonblocking(&mut self, stop: &AtomicBool) {
+        let mut spins: u32 = 0;
+        while !stop.load(Relaxed) {
+            let mut wake = Wake::default();
+            for ps in &self.sockets {
+                self.core.drain(ps, self.batch, &mut wake, stop);
+            }
+            if wake.taken > 0 {
+                self.core.finish(&wake);
+            } else {
+                spins = spins.wrapping_add(1);
+                if spins.is_multiple_of(SPINS_PER_CLOCK) {
+                    self.core.idle();
+                }
+            }
+        }
+    }
+
+    /// Level-triggered epoll_wait, then every ready socket drained to EAGAIN.
+    fn run_epoll(&mut self, stop: &AtomicBool) {
+        let Some(poll) = &self.poll else { return };
+        let timeout = wait_timespec();
+        let mut events = events();
+        while !stop.load(Relaxed) {
+            let ready = self.core.wait(poll, &mut events, &timeout);
+            if ready == 0 {
+                self.core.idle();
+                continue;
+            }
+            let mut wake = Wake::default();
+            for event in events.get(..ready).unwrap_or_default() {
+                if let Some(ps) = self.sockets.get(event.data.u64() as usize) {
+                    self.core.drain(ps, usize::MAX, &mut wake, stop);
+                }
+            }
+            self.core.finish(&wake);
+        }
+    }
+
+    /// sigtimedwait for the sockets' real-time signal, then the socket it names drained to EAGAIN.
+    fn run_signal(&mut self, stop: &AtomicBool) {
+        let Some(sig) = &self.signal else { return };
+        let core = &mut self.core;
+        // Block the signals before any can be raised: an unblocked real-time signal (or SIGIO) would kill the
+        // process. They stay blocked after the loop (see SocketIo::Signal).
+        if sys::block_signals(&sig.set).is_err() {
+            core.stats.tx_kick_errors += 1;
+            return;
+        }
+        let tid = sys::thread_id();
+        for ps in &self.sockets {
+            let fd = ps.socket.as_fd();
+            if sys::set_io_signal(fd, sig.signal, tid).and_then(|()| sys::set_async(fd, true)).is_err() {
+                core.stats.tx_kick_errors += 1;
+                disarm(&self.sockets, sig);
+                return;
+            }
+        }
+        // Datagrams that arrived before O_ASYNC was on raised no signal.
+        let mut wake = Wake::default();
+        for ps in &self.sockets {
+            core.drain(ps, usize::MAX, &mut wake, stop);
+        }
+        core.finish(&wake);
+
+        while !stop.load(Relaxed) {
+            core.stats.sleeps += 1;
+            let taken = match sys::take_signal(&sig.set, WAIT) {
+                Ok(Some(taken)) => taken,
+                Ok(None) => {
+                    core.idle();
+                    continue;
+                }
+                Err(_) => {
+                    core.stats.tx_kick_errors += 1;
+                    core.idle();
+                    continue;
+                }
+            };
+            let mut wake = Wake::default();
+            let named = match taken.fd {
+                Some(fd) if taken.signal == sig.signal => self.sockets.iter().find(|ps| ps.socket.as_raw_fd() == fd),
+                _ => None,
+            };
+            match named {
+                Some(ps) => core.drain(ps, usize::MAX, &mut wake, stop),
+                // SIGIO: the real-time queue overflowed and which sockets are ready is lost: drain them all.
+                None => {
+                    for ps in &self.sockets {
+                        core.drain(ps, usize::MAX, &mut wake, stop);
+                    }
+                }
+            }
+            core.finish(&wake);
+        }
+        disarm(&self.sockets, sig);
+    }
+
+    /// Level-triggered epoll_wait, then recvmmsg batches from every ready socket until a short one, each
+    /// batch's replies sent with sendmmsg.
+    fn run_mmsg(&mut self, stop: &AtomicBool) {
+        let Some(poll) = &self.poll else { return };
+        let timeout = wait_timespec();
+        let mut events = events();
+        while !stop.load(Relaxed) {
+            let ready = self.core.wait(poll, &mut events, &timeout);
+            if ready == 0 {
+                self.core.idle();
+                continue;
+            }
+            for event in events.get(..ready).unwrap_or_default() {
+                let Some(ps) = self.sockets.get(event.data.u64() as usize) else { continue };
+                loop {
+                    match msg::receive_batch(ps.socket.as_fd(), &mut self.core.slots, &mut self.batch_headers) {
+                        Ok(0) => {
+                            self.core.stats.busy_polls += 1;
+                            break;
+                        }
+                        Ok(got) => {
+                            self.core.serve_batch(ps, got, &mut self.batch_headers);
+                            if got < self.batch || stop.load(Relaxed) {
+                                break;
+                            }
+                        }
+                        Err(e) if would_block(e) => {
+                            self.core.stats.busy_polls += 1;
+                            break;
+                        }
+                        Err(libc::EINTR) => {}
+                        Err(_) => {
+                            self.core.stats.tx_kick_errors += 1;
+                            break;
+                        }
+                    }
+                }
+            }
+            self.core.shared.stats.publish(&self.core.stats);
+        }
+    }
+}
+
+impl<H: Handler> Core<H> {
+    /// One epoll_wait; returns how many events it brought (0 on timeout or error).
+    fn wait(&mut self, poll: &Poll, events: &mut [epoll::Event], timeout: &rustix::time::Timespec) -> usize {
+        self.stats.sleeps += 1;
+        match epoll::wait(&poll.fd, events, Some(timeout)) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => 0,
+            Err(_) => {
+                self.stats.tx_kick_errors += 1;
+                0
+            }
+        }
+    }
+
+    /// Receives from `ps` datagram by datagram, answering each as it comes, until EAGAIN, `limit` datagrams or
+    /// `stop`.
+    fn drain(&mut self, ps: &PortSocket, limit: usize, wake: &mut Wake, stop: &AtomicBool) {
+        let mut taken = 0;
+        while taken < limit {
+            let Some(slot) = self.slots.first_mut() else { return };
+            match msg::receive(ps.socket.as_fd(), slot) {
+                Ok(()) => {}
+                Err(e) if would_block(e) => {
+                    self.stats.busy_polls += 1;
+                    return;
+                }
+                Err(libc::EINTR) => continue,
+                Err(_) => {
+                    self.stats.tx_kick_errors += 1;
+                    return;
+                }
+            }
+            taken += 1;
+            self.on_datagram(ps, wake);
+            if stop.load(Relaxed) {
+                return;
+            }
+        }
+    }
+
+    /// Answers the datagram just received into slot 0 with one sendmsg.
+    ///
+    /// In these models every recvmsg is a pick-up of its own, so the clock is read for each datagram (vDSO, no
+    /// system call): a clock read once per wake-up would predate the datagrams that arrive while the worker
+    /// drains the socket, and their kernel stamps would lie in its future.
+    fn on_datagram(&mut self, ps: &PortSocket, wake: &mut Wake) {
+        self.stats.rx_packets += 1;
+        wake.taken += 1;
+        let now = read_time();
+        wake.now = Some(now);
+        let Some(slot) = self.slots.first_mut() else { return };
+        if !serve(&mut self.handler, slot, ps.port, now, &mut self.stats) {
+            return;
+        }
+        loop {
+            self.stats.tx_kicks += 1;
+            match msg::send(ps.socket.as_fd(), slot) {
+                Ok(()) => {
+                    self.stats.tx_packets += 1;
+                    if let Some(l) = &mut self.latency {
+                        l.current.record_packet(slot.stamp, now.monotonic_ns, sys::monotonic_ns());
+                    }
+                }
+                Err(libc::EINTR) => continue,
+                Err(e) => count_send_error(e, &mut self.stats),
+            }
+            return;
+        }
+    }
+
+    /// Answers the first `got` slots (one recvmmsg batch) and sends the replies with sendmmsg.
+    fn serve_batch(&mut self, ps: &PortSocket, got: usize, b: &mut Batch) {
+        let now = read_time();
+        self.stats.rx_packets += got as u64;
+        self.stats.rx_batches += 1;
+        b.send_slot.clear();
+        for (k, slot) in self.slots.iter_mut().enumerate().take(got) {
+            if serve(&mut self.handler, slot, ps.port, now, &mut self.stats)
+                && b.send_slot.len() < b.send_slot.capacity()
+            {
+                b.send_slot.push(k);
+            }
+        }
+        let mut from = 0;
+        while from < b.send_slot.len() {
+            self.stats.tx_kicks += 1;
+            match msg::send_batch(ps.socket.as_fd(), &self.slots, b, from) {
+                Ok(0) => break,
+                Ok(sent) => {
+                    self.stats.tx_packets += sent as u64;
+                    if let Some(l) = &mut self.latency {
+                        let queued_ns = sys::monotonic_ns();
+                        for &k in b.send_slot.get(from..from + sent).unwrap_or_default() {
+                            let stamp = self.slots.get(k).and_then(|s| s.stamp);
+                            l.current.record_packet(stamp, now.monotonic_ns, queued_ns);
+                        }
+                    }
+                    from += sent;
+                }
+                Err(libc::EINTR) => {}
+                Err(e) => {
+                    // The first reply of the rest was refused: count it and send the others.
+                    count_send_error(e, &mut self.stats);
+                    from += 1;
+                }
+            }
+        }
+        if let Some(l) = &mut self.latency {
+            l.current.record_batch(got);
+            l.maybe_swap(now.monotonic_ns);
+        }
+        self.shared.stats.publish(&self.stats);
+    }
+
+    /// Closes a wake-up: counts its batch, publishes the counters.
+    fn finish(&mut self, wake: &Wake) {
+        if let (Some(now), true) = (wake.now, wake.taken > 0) {
+            self.stats.rx_batches += 1;
+            if let Some(l) = &mut self.latency {
+                l.current.record_batch(wake.taken);
+                l.maybe_swap(now.monotonic_ns);
+            }
+        }
+        self.shared.stats.publish(&self.stats);
+    }
+
+    /// Between packets: swaps the histograms when due and publishes the counters.
+    fn idle(&mut self) {
+        if let Some(l) = &mut self.latency {
+            l.maybe_swap(sys::monotonic_ns());
+        }
+        self.shared.stats.publish(&self.stats);
+    }
+}
+
+/// Runs the handler on the datagram in `slot`, received on `port`. Returns true with the reply and its source
+/// control message ready in the slot, or false having counted why there is none.
+fn serve<H: Handler>(handler: &mut H, slot: &mut Slot, port: u16, now: Time, stats: &mut WorkerStats) -> bool {
+    if slot.flags & libc::MSG_TRUNC != 0 {
+        // Longer than the buffer: cannot happen with a 65,535-byte buffer, but never answer a truncation.
+        stats.dropped_malformed += 1;
+        return false;
+    }
+    let info = cmsg::parse(slot.received_control());
+    let src = sender(&slot.name);
+    let local = info.dst.unwrap_or(match src {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    });
+    let request = Request::new(src, SocketAddr::new(local, port), now);
+    // Kernel receive time on the monotonic clock: realtime stamp − (realtime − monotonic), read with `now`.
+    slot.stamp = info
+        .rx_realtime_ns
+        .and_then(|rt| rt.checked_add(now.monotonic_ns)?.checked_sub(now.unix_ns))
+        .map(|hook_ns| Stamp { hook_ns, nic_to_hook_ns: None });
+    let len = slot.len.min(slot.payload.len());
+    match answer(handler, &request, &mut slot.payload, len) {
+        Ok(n) => {
+            slot.reply_len = n;
+            slot.reply_control_len = match info.dst {
+                Some(ip) => cmsg::write_source(&mut slot.reply_control, ip, info.ifindex).unwrap_or(0),
+                None => 0,
+            };
+            true
+        }
+        Err(outcome) => {
+            match outcome {
+                Outcome::Amplification => stats.dropped_amplification += 1,
+                Outcome::Malformed(_) => stats.dropped_malformed += 1,
+                Outcome::BadChecksum => stats.dropped_bad_checksum += 1,
+                Outcome::NotOurs => stats.dropped_not_ours += 1,
+                Outcome::HandlerDrop | Outcome::ReplyTooLarge | Outcome::Reply(_) => stats.dropped_by_handler += 1,
+            }
+            false
+        }
+    }
+}
+
+/// The sender of a datagram on the dual-stack socket, IPv4 senders unmapped.
+fn sender(name: &libc::sockaddr_in6) -> SocketAddr {
+    let ip = Ipv6Addr::from(name.sin6_addr.s6_addr);
+    let port = u16::from_be(name.sin6_port);
+    match ip.to_ipv4_mapped() {
+        Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, port)),
+        None => SocketAddr::V6(SocketAddrV6::new(ip, port, name.sin6_flowinfo, name.sin6_scope_id)),
+    }
+}
+
+/// The handler's clock, read once per batch (vDSO, no system call).
+fn read_time() -> Time {
+    Time { unix_ns: sys::realtime_ns(), monotonic_ns: sys::monotonic_ns() }
+}
+
+fn would_block(errno: i32) -> bool {
+    errno == libc::EAGAIN || errno == libc::EWOULDBLOCK
+}
+
+/// A refused reply: no room (send buffer full, SO_SNDTIMEO, no memory) counts as `tx_ring_full`, anything
+/// else as `tx_kick_errors`.
+fn count_send_error(errno: i32, stats: &mut WorkerStats) {
+    if would_block(errno) || errno == libc::ENOBUFS {
+        stats.tx_ring_full += 1;
+    } else {
+        stats.tx_kick_errors += 1;
+    }
+}
+
+fn wait_timespec() -> rustix::time::Timespec {
+    rustix::time::Timespec { tv_sec: WAIT.as_secs() as _, tv_nsec: WAIT.subsec_nanos() as _ }
+}
+
+/// Turns O_ASYNC off on every socket and takes the signals still pending, which stay blocked.
+fn disarm(sockets: &[PortSocket], sig: &IoSignal) {
+    for ps in sockets {
+        let _ = sys::set_async(ps.socket.as_fd(), false);
+    }
+    while let Ok(Some(_)) = sys::take_signal(&sig.set, Duration::ZERO) {}
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::handler::Echo;
+
+    fn options(io: SocketIo, ports: Vec<u16>, batch: u32) -> KernelSocketOptions {
+        KernelSocketOptions { interface: "lo".into(), ports, io, batch, timestamps: false }
+    }
+
+    fn open(o: KernelSocketOptions) -> Result<KernelWorker<Echo>, KernelSocketError> {
+        KernelWorker::open(o, Echo, Arc::new(WorkerShared::default()))
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_serve_and_says_why() {
+        let e = open(options(SocketIo::Epoll, vec![], 8)).err().unwrap();
+        assert!(matches!(e, KernelSocketError::NoPorts), "{e}");
+        let e = open(options(SocketIo::Blocking, vec![1, 2], 8)).err().unwrap();
+        assert!(e.to_string().contains("one port per worker"), "{e}");
+        let e = open(options(SocketIo::Mmsg, vec![1], MAX_BATCH + 1)).err().unwrap();
+        assert!(e.to_string().contains("1025"), "{e}");
+        let mut o = options(SocketIo::Epoll, vec![1], 8);
+        o.interface = "shunt-none0".into();
+        let e = open(o).err().unwrap();
+        assert!(e.to_string().contains("interface shunt-none0"), "{e}");
+    }
+
+    #[test]
+    fn a_worker_can_be_opened_on_one_thread_and_run_on_another() {
+        fn send<T: Send>() {}
+        send::<KernelWorker<Echo>>();
+    }
+
+    #[test]
+    fn senders_are_unmapped() {
+        // SAFETY: sockaddr_in6 is plain data; all-zero is valid.
+        let mut name: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        name.sin6_port = 4000u16.to_be();
+        name.sin6_addr.s6_addr = Ipv4Addr::new(198, 18, 0, 2).to_ipv6_mapped().octets();
+        assert_eq!(sender(&name), "198.18.0.2:4000".parse().unwrap());
+        name.sin6_addr.s6_addr = "2001:2::2".parse::<Ipv6Addr>().unwrap().octets();
+        assert_eq!(sender(&name), "[2001:2::2]:4000".parse().unwrap());
+    }
+}
