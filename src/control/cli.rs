@@ -19,7 +19,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use super::{
-    config::{AttachMode, Config, ConfigError, PollMode},
+    config::{AttachMode, Config, ConfigError, Mode, PollMode, SocketIo},
     serve, ServeError, StartOptions, WorkerInfo,
 };
 use crate::handler::Handler;
@@ -45,6 +45,12 @@ pub struct ServeArgs {
     /// Override `xdp.attach_mode`.
     #[arg(long, value_enum)]
     pub attach_mode: Option<AttachMode>,
+    /// Override `mode`: afxdp (kernel bypass) or socket (kernel UDP sockets, for comparison).
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// Override `socket.io` (with `--mode socket`).
+    #[arg(long, value_enum)]
+    pub io: Option<SocketIo>,
     /// Override `workers.poll_mode`.
     #[arg(long, value_enum)]
     pub poll_mode: Option<PollMode>,
@@ -86,6 +92,12 @@ impl ServeArgs {
         }
         if let Some(q) = &self.queues {
             config.workers.queues = q.clone();
+        }
+        if let Some(m) = self.mode {
+            config.mode = m;
+        }
+        if let Some(io) = self.io {
+            config.socket.io = io;
         }
         if let Some(p) = self.poll_mode {
             config.workers.poll_mode = p;

@@ -82,6 +82,96 @@ pub enum PollMode {
     BusyPoll,
 }
 
+/// Which datapath serves the ports (`mode`, `--mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// XDP steers the ports into AF_XDP sockets served by pinned workers: the kernel's stack is skipped.
+    Afxdp,
+    /// Kernel UDP sockets (one SO_REUSEPORT socket per port per worker), with the I/O model `socket.io`:
+    /// the classic server, for comparison, with the same handlers.
+    Socket,
+}
+
+impl SocketIo {
+    /// The lowercase name used in the config and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            SocketIo::Blocking => "blocking",
+            SocketIo::Nonblocking => "nonblocking",
+            SocketIo::Epoll => "epoll",
+            SocketIo::Signal => "signal",
+            SocketIo::Mmsg => "mmsg",
+        }
+    }
+}
+
+impl PollMode {
+    /// The snake_case name used in the config and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            PollMode::Spin => "spin",
+            PollMode::Wakeup => "wakeup",
+            PollMode::Adaptive => "adaptive",
+            PollMode::BusyPoll => "busy_poll",
+        }
+    }
+}
+
+impl Mode {
+    /// The lowercase name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Afxdp => "afxdp",
+            Mode::Socket => "socket",
+        }
+    }
+}
+
+/// The kernel-socket I/O models (`socket.io`, `--io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SocketIo {
+    /// recvmsg/sendmsg on a blocking socket (one port per worker).
+    Blocking,
+    /// Non-blocking sockets, spinning on EAGAIN.
+    Nonblocking,
+    /// epoll_wait for readiness, then drain each ready socket.
+    Epoll,
+    /// Signal-driven I/O: O_ASYNC + F_SETSIG, the worker waits in sigtimedwait.
+    Signal,
+    /// recvmmsg/sendmmsg batches of `socket.batch`.
+    Mmsg,
+}
+
+impl From<SocketIo> for datapath::kernel::SocketIo {
+    fn from(io: SocketIo) -> Self {
+        match io {
+            SocketIo::Blocking => datapath::kernel::SocketIo::Blocking,
+            SocketIo::Nonblocking => datapath::kernel::SocketIo::Nonblocking,
+            SocketIo::Epoll => datapath::kernel::SocketIo::Epoll,
+            SocketIo::Signal => datapath::kernel::SocketIo::Signal,
+            SocketIo::Mmsg => datapath::kernel::SocketIo::Mmsg,
+        }
+    }
+}
+
+/// `[socket]`: the kernel-socket datapath (`mode = "socket"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketConfig {
+    /// The I/O model.
+    pub io: SocketIo,
+    /// Datagrams per recvmmsg/sendmmsg (`mmsg`), and the most taken from one socket in a row.
+    pub batch: u32,
+}
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        SocketConfig { io: SocketIo::Epoll, batch: 64 }
+    }
+}
+
 /// The built-in handlers `shunt serve` chooses between (`handler`, `--handler`). A program that runs its own
 /// handler through [`crate::control::serve`] ignores this key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -134,6 +224,12 @@ pub struct Config {
     /// The handler that answers requests.
     #[serde(default = "default_handler")]
     pub handler: HandlerKind,
+    /// Which datapath serves the ports.
+    #[serde(default = "default_mode")]
+    pub mode: Mode,
+    /// The kernel-socket datapath's settings (`mode = "socket"`).
+    #[serde(default)]
+    pub socket: SocketConfig,
     /// XDP attach and AF_XDP bind settings.
     #[serde(default)]
     pub xdp: XdpConfig,
@@ -158,6 +254,10 @@ pub struct Config {
     /// Which sources are served, and how fast (enforced in XDP).
     #[serde(default)]
     pub limits: LimitsConfig,
+}
+
+fn default_mode() -> Mode {
+    Mode::Afxdp
 }
 
 fn default_handler() -> HandlerKind {
@@ -536,6 +636,14 @@ impl Config {
         }
         if !l.allow.is_empty() && !l.filter_sources {
             return Err(invalid("limits.allow", "an allow-list needs limits.filter_sources = true"));
+        }
+        if self.mode == Mode::Socket {
+            if self.socket.io == SocketIo::Blocking && self.ports.len() != 1 {
+                return Err(invalid("socket.io", "\"blocking\" waits on one socket, so it serves exactly one port"));
+            }
+            if !(1..=1024).contains(&self.socket.batch) {
+                return Err(invalid("socket.batch", "must be between 1 and 1024"));
+            }
         }
         if let Some(addr) = &self.metrics.listen {
             addr.parse::<std::net::SocketAddr>()

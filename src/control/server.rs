@@ -13,11 +13,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::config::{AttachMode, Config};
+use super::config::{AttachMode, Config, Mode};
 use crate::{
     datapath::{
         counters::{WorkerShared, WorkerStats},
-        latency::{self, LatencySet, WorkerLatency},
+        kernel::{KernelSocketError, KernelSocketOptions, KernelWorker},
+        latency::{self, LatencySet},
         BindMode, DatapathError, PollMode, QueueSocket, SocketOptions, Worker, WorkerExit,
     },
     handler::Handler,
@@ -33,11 +34,14 @@ use crate::{
     sys,
 };
 
-fn latency_clock(variant: ProgramVariant) -> String {
+fn latency_clock(variant: Option<ProgramVariant>) -> String {
     let base = "CLOCK_MONOTONIC: bpf_ktime_get_ns() at the XDP hook, clock_gettime() in the worker";
     match variant {
-        ProgramVariant::Plain => format!("{base}; no NIC hardware timestamps (plain program)"),
-        ProgramVariant::DeviceBound { .. } => format!(
+        None => "kernel software RX timestamps (SO_TIMESTAMPING, CLOCK_REALTIME, moved onto CLOCK_MONOTONIC once \
+                 per batch) and clock_gettime() in the worker"
+            .to_string(),
+        Some(ProgramVariant::Plain) => format!("{base}; no NIC hardware timestamps (plain program)"),
+        Some(ProgramVariant::DeviceBound { .. }) => format!(
             "{base}; NIC RX hardware timestamps requested (bpf_xdp_metadata_rx_timestamp), nic_to_hook compares \
              them with CLOCK_TAI at the hook"
         ),
@@ -132,6 +136,9 @@ pub enum StartError {
     /// The metrics endpoint could not be served.
     #[error("{0}")]
     Metrics(String),
+    /// A kernel socket could not be opened.
+    #[error("mode \"socket\": {0}")]
+    KernelSocket(#[from] KernelSocketError),
     /// The source limits could not be set up.
     #[error("config table `[limits]`: {0}")]
     Limits(String),
@@ -153,7 +160,7 @@ pub enum StartError {
 struct WorkerSlot {
     queue: u32,
     core: usize,
-    bind_mode: BindMode,
+    bind_mode: Option<BindMode>,
     shared: Arc<WorkerShared>,
     thread: JoinHandle<WorkerExit>,
 }
@@ -162,7 +169,8 @@ struct WorkerSlot {
 pub struct RunningServer {
     config: Config,
     handler_name: &'static str,
-    program: XdpProgram,
+    /// The steering program (AF_XDP mode only).
+    program: Option<XdpProgram>,
     link: Option<XdpLink>,
     workers: Vec<WorkerSlot>,
     stop: Arc<AtomicBool>,
@@ -207,6 +215,30 @@ fn check_privileges(umem_bytes: u64) -> Result<(), StartError> {
         if limit.is_some_and(|bytes| bytes < umem_bytes) {
             return Err(StartError::MemLock { umem_bytes, limit: limit.unwrap_or(0) });
         }
+    }
+    Ok(())
+}
+
+/// `mode = "socket"`: binding to the interface (SO_BINDTODEVICE) needs CAP_NET_RAW, and ports below 1024
+/// CAP_NET_BIND_SERVICE.
+fn check_socket_privileges(ports: &[u16]) -> Result<(), StartError> {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let Some(eff) =
+        status.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+    else {
+        return Ok(()); // cannot tell; the kernel will say EPERM
+    };
+    if eff & (1 << 13) == 0 {
+        return Err(StartError::Privilege {
+            capability: "CAP_NET_RAW",
+            why: "needed to bind the sockets to the interface (SO_BINDTODEVICE)",
+        });
+    }
+    if ports.iter().any(|&p| p < 1024) && eff & (1 << 10) == 0 {
+        return Err(StartError::Privilege {
+            capability: "CAP_NET_BIND_SERVICE",
+            why: "needed to bind a UDP port below 1024",
+        });
     }
     Ok(())
 }
@@ -266,6 +298,9 @@ impl RunningServer {
         F: FnMut(WorkerInfo) -> H,
     {
         config.validate()?;
+        if config.mode == Mode::Socket {
+            return Self::start_sockets(config, options, handler_name, make_handler);
+        }
         let umem_bytes =
             config.workers.queues.len() as u64 * u64::from(config.umem.frame_count) * u64::from(config.umem.frame_size);
         // Raised first, so that a process allowed to raise it (CAP_SYS_RESOURCE) needs no CAP_IPC_LOCK.
@@ -326,7 +361,7 @@ impl RunningServer {
         let mut server = RunningServer {
             config,
             handler_name,
-            program,
+            program: Some(program),
             link: Some(link),
             workers: Vec::new(),
             stop,
@@ -351,16 +386,106 @@ impl RunningServer {
                 (None, None)
             };
             let handler = make_handler(WorkerInfo { index: i, queue, core });
-            let slot = server.spawn(i, core, socket, handler, worker_side, ready_tx.clone());
+            let bind_mode = socket.bind_mode;
+            let shared = Arc::new(WorkerShared::default());
+            let mut worker = Worker::new(socket, handler, shared.clone(), server.config.workers.batch_size)
+                .with_options(server.config.packet.respond_options())
+                .with_poll_mode(server.config.workers.poll_mode())
+                .with_kick_policy(server.config.workers.kick_policy());
+            if let Some(l) = worker_side {
+                worker = worker.with_latency(l);
+            }
+            let slot = server.spawn(i, core, queue, Some(bind_mode), shared, ready_tx.clone(), move || {
+                Ok(move |stop: &AtomicBool| worker.run(stop))
+            });
             if let Some(latency) = reporter_side {
                 watched.push(WatchedWorker { queue, shared: slot.shared.clone(), latency });
             }
             server.workers.push(slot);
         }
+        server.finish_start(ready_rx, watched, &options)
+    }
+
+    /// Starts one kernel-socket worker per configured core (`mode = "socket"`): no XDP program, no AF_XDP.
+    fn start_sockets<H, F>(
+        config: Config,
+        options: StartOptions,
+        handler_name: &'static str,
+        mut make_handler: F,
+    ) -> Result<RunningServer, StartError>
+    where
+        H: Handler + 'static,
+        F: FnMut(WorkerInfo) -> H,
+    {
+        check_socket_privileges(&config.ports)?;
+        check_machine(&config)?;
+        let measure = config.latency.enabled;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut server = RunningServer {
+            config,
+            handler_name,
+            program: None,
+            link: None,
+            workers: Vec::new(),
+            stop,
+            started: Instant::now(),
+            reporter: None,
+            reporter_finish: Arc::new(AtomicBool::new(false)),
+            latency: Arc::new(Mutex::new(LatencySnapshot::default())),
+            metrics: None,
+            cpu_start: SystemCpu::default(),
+        };
+        let n = server.config.workers.cores.len();
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), StartError>>(n);
+        let highest_ns = server.config.latency.highest_ns;
+        let interval = Duration::from_millis(server.config.report.interval_ms);
+        let mut watched = Vec::new();
+        for i in 0..n {
+            let core = server.config.workers.cores[i];
+            let queue = server.config.workers.queues.get(i).copied().unwrap_or(i as u32);
+            let opts = KernelSocketOptions {
+                interface: server.config.interface.clone(),
+                ports: server.config.ports.clone(),
+                io: server.config.socket.io.into(),
+                batch: server.config.socket.batch,
+                timestamps: measure,
+            };
+            let handler = make_handler(WorkerInfo { index: i, queue, core });
+            let shared = Arc::new(WorkerShared::default());
+            let mut worker_latency = None;
+            if measure {
+                let (w, r) = latency::hand_off(highest_ns, interval.as_nanos() as u64, SPARE_LATENCY_SETS);
+                worker_latency = Some(w);
+                watched.push(WatchedWorker { queue, shared: shared.clone(), latency: r });
+            }
+            // Opened on the worker's own thread: its buffers stay there, and the signal-driven model
+            // directs the sockets' signals at that thread.
+            let for_worker = shared.clone();
+            let slot = server.spawn(i, core, queue, None, shared, ready_tx.clone(), move || {
+                let mut worker = KernelWorker::open(opts, handler, for_worker)?;
+                if let Some(l) = worker_latency {
+                    worker = worker.with_latency(l);
+                }
+                Ok(move |stop: &AtomicBool| worker.run(stop))
+            });
+            server.workers.push(slot);
+        }
+        server.finish_start(ready_rx, watched, &options)
+    }
+
+    /// Waits for every worker to be pinned and running, keeps the control threads off their cores, and
+    /// starts the reporter and the metrics endpoint.
+    fn finish_start(
+        mut self,
+        ready_rx: crossbeam_channel::Receiver<Result<(), StartError>>,
+        watched: Vec<WatchedWorker>,
+        options: &StartOptions,
+    ) -> Result<RunningServer, StartError> {
+        let server = &mut self;
         for _ in 0..server.workers.len() {
             let result = ready_rx.recv().unwrap_or(Ok(()));
             if let Err(e) = result {
-                server.stop();
+                self.stop();
                 return Err(e);
             }
         }
@@ -370,18 +495,19 @@ impl RunningServer {
             tracing::warn!("could not keep control threads off the worker cores: {e}");
         }
         server.cpu_start = SystemCpu::read();
-        if let Err(e) = server.start_observers(watched, &options) {
-            server.stop();
+        if let Err(e) = server.start_observers(watched, options) {
+            self.stop();
             return Err(e);
         }
         tracing::info!(
-            interface = %server.config.interface,
-            ports = ?server.config.ports,
-            handler = server.handler_name,
-            workers = server.workers.len(),
+            interface = %self.config.interface,
+            ports = ?self.config.ports,
+            mode = self.config.mode.name(),
+            handler = self.handler_name,
+            workers = self.workers.len(),
             "ready: serving"
         );
-        Ok(server)
+        Ok(self)
     }
 
     fn start_observers(&mut self, watched: Vec<WatchedWorker>, options: &StartOptions) -> Result<(), StartError> {
@@ -404,7 +530,7 @@ impl RunningServer {
             let sources = MetricsSources {
                 started: self.started,
                 workers: self.workers.iter().map(|w| (w.queue, w.shared.clone())).collect(),
-                xdp: self.program.counters_reader()?,
+                xdp: self.program.as_ref().map(XdpProgram::counters_reader).transpose()?,
                 latency: self.latency.clone(),
             };
             let metrics = MetricsServer::start(listen, sources).map_err(StartError::Metrics)?;
@@ -414,25 +540,23 @@ impl RunningServer {
         Ok(())
     }
 
-    fn spawn<H: Handler + 'static>(
+    /// Starts worker `index` on its own thread, pinned to `core`: `make` builds its loop there (an error is
+    /// reported through `ready`), which then runs until the stop flag is set.
+    #[allow(clippy::too_many_arguments)]
+    fn spawn<M, R>(
         &self,
         index: usize,
         core: usize,
-        socket: QueueSocket,
-        handler: H,
-        latency: Option<WorkerLatency>,
+        queue: u32,
+        bind_mode: Option<BindMode>,
+        shared: Arc<WorkerShared>,
         ready: crossbeam_channel::Sender<Result<(), StartError>>,
-    ) -> WorkerSlot {
-        let queue = socket.queue;
-        let bind_mode = socket.bind_mode;
-        let shared = Arc::new(WorkerShared::default());
-        let mut worker = Worker::new(socket, handler, shared.clone(), self.config.workers.batch_size)
-            .with_options(self.config.packet.respond_options())
-            .with_poll_mode(self.config.workers.poll_mode())
-            .with_kick_policy(self.config.workers.kick_policy());
-        if let Some(l) = latency {
-            worker = worker.with_latency(l);
-        }
+        make: M,
+    ) -> WorkerSlot
+    where
+        M: FnOnce() -> Result<R, StartError> + Send + 'static,
+        R: FnOnce(&AtomicBool) -> WorkerExit,
+    {
         let stop = self.stop.clone();
         let thread = std::thread::Builder::new()
             .name(format!("shunt-q{queue}"))
@@ -441,11 +565,17 @@ impl RunningServer {
                     let _ = ready.send(Err(StartError::Pin { key: format!("workers.cores[{index}]"), core }));
                     return WorkerExit::default();
                 }
+                let run = match make() {
+                    Ok(run) => run,
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return WorkerExit::default();
+                    }
+                };
                 tracing::debug!(queue, core, tid = sys::thread_id(), ?bind_mode, "worker started");
                 let _ = ready.send(Ok(()));
                 drop(ready);
-                let mut worker = worker;
-                worker.run(&stop)
+                run(&stop)
             })
             .expect("spawning a worker thread");
         WorkerSlot { queue, core, bind_mode, shared, thread }
@@ -458,7 +588,7 @@ impl RunningServer {
 
     /// The XDP program's counters now.
     pub fn xdp_counters(&self) -> XdpCounters {
-        self.program.counters().unwrap_or_default()
+        self.program.as_ref().and_then(|p| p.counters().ok()).unwrap_or_default()
     }
 
     /// Live snapshots of each worker's counters: (queue, stats).
@@ -520,7 +650,7 @@ impl RunningServer {
         let replies = workers.iter().map(|w| w.stats.tx_packets).sum();
         let cpu = CpuReport::new(cpu_workers, &self.cpu_start, &cpu_stop, replies);
         let c = &self.config;
-        Report::new(
+        let mut report = Report::new(
             c.interface.clone(),
             self.handler_name,
             c.ports.clone(),
@@ -529,8 +659,14 @@ impl RunningServer {
             xdp,
             workers,
             merged.map(|m| LatencyReport::of(&m)),
-            latency_clock(self.program.variant),
+            latency_clock(self.program.as_ref().map(|p| p.variant)),
             cpu,
-        )
+        );
+        report.mode = c.mode.name();
+        report.io = match c.mode {
+            Mode::Socket => self.config.socket.io.name(),
+            Mode::Afxdp => c.workers.poll_mode.name(),
+        };
+        report
     }
 }

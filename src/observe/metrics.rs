@@ -186,8 +186,8 @@ pub struct MetricsSources {
     pub started: Instant,
     /// (queue, published counters) per worker.
     pub workers: Vec<(u32, Arc<WorkerShared>)>,
-    /// The XDP program's counters.
-    pub xdp: XdpCountersReader,
+    /// The XDP program's counters (none in `mode = "socket"`).
+    pub xdp: Option<XdpCountersReader>,
     /// The reporter's latest latency figures.
     pub latency: Arc<Mutex<LatencySnapshot>>,
 }
@@ -207,7 +207,12 @@ impl MetricsSources {
                 latency: latency.per_worker.iter().find(|l| l.queue == *queue).map(|l| l.report),
             })
             .collect();
-        let stats = StatsSnapshot { uptime_ns, xdp: self.xdp.read().ok(), workers, latency: latency.total };
+        let stats = StatsSnapshot {
+            uptime_ns,
+            xdp: self.xdp.as_ref().and_then(|x| x.read().ok()),
+            workers,
+            latency: latency.total,
+        };
         (stats, latency)
     }
 }

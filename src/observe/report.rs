@@ -24,8 +24,8 @@ pub struct WorkerReport {
     pub queue: u32,
     /// The core it was pinned to.
     pub core: usize,
-    /// `zerocopy` or `copy`.
-    pub bind_mode: BindMode,
+    /// `zerocopy` or `copy` (absent for kernel sockets).
+    pub bind_mode: Option<BindMode>,
     /// Its counters.
     #[serde(flatten)]
     pub stats: WorkerStats,
@@ -49,6 +49,10 @@ pub struct Report {
     pub interface: String,
     /// The handler's name.
     pub handler: &'static str,
+    /// The datapath: `afxdp` or `socket`.
+    pub mode: &'static str,
+    /// The kernel-socket I/O model (`mode = "socket"`), or the AF_XDP workers' poll mode.
+    pub io: &'static str,
     /// Served UDP ports.
     pub ports: Vec<u16>,
     /// How the XDP program was attached.
@@ -97,6 +101,8 @@ impl Report {
         Report {
             interface,
             handler,
+            mode: "afxdp",
+            io: "spin",
             ports,
             attach_mode,
             duration_secs,
@@ -118,8 +124,8 @@ impl Report {
         let secs = self.duration_secs.max(1e-9);
         let _ = writeln!(
             out,
-            "shunt report: {} handler on {} ports {:?}, {:.1} s",
-            self.handler, self.interface, self.ports, self.duration_secs
+            "shunt report: {} handler on {} ports {:?}, {} datapath ({}), {:.1} s",
+            self.handler, self.interface, self.ports, self.mode, self.io, self.duration_secs
         );
         let _ = writeln!(
             out,
@@ -152,7 +158,7 @@ impl Report {
         );
         for w in &self.workers {
             let s = &w.stats;
-            let mode = w.bind_mode.name();
+            let mode = w.bind_mode.map_or("socket", BindMode::name);
             let _ = writeln!(
                 out,
                 "  {:>5} {:>4} {:>8} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10.2}",

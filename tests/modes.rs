@@ -1,0 +1,92 @@
+//! Every datapath and I/O model serves the same handlers, through the real binary in the lab: the
+//! 10,000-datagram echo over IPv4 and IPv6 (byte for byte) and `sockperf ping-pong` against the sockperf
+//! handler, for `--mode afxdp` (each poll mode is covered by tests/poll_modes.rs) and `--mode socket` with each
+//! `--io` model. The report names the mode and I/O model and carries CPU per packet in all of them.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{client_socket, echo_exchange, echo_size, require_lab, EchoOpts, Lab, Side};
+
+const IOS: [&str; 5] = ["blocking", "nonblocking", "epoll", "signal", "mmsg"];
+
+/// `--mode` and `--io` arguments of every combination.
+fn combinations() -> Vec<(&'static str, Option<&'static str>)> {
+    let mut v = vec![("afxdp", None)];
+    v.extend(IOS.iter().map(|io| ("socket", Some(*io))));
+    v
+}
+
+fn mode_args(mode: &'static str, io: Option<&'static str>) -> Vec<&'static str> {
+    let mut a = vec!["--cores", "1", "--quiet", "--mode", mode];
+    if let Some(io) = io {
+        a.extend(["--io", io]);
+    }
+    a
+}
+
+#[test]
+#[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
+fn ten_thousand_echoes_over_ipv4_and_ipv6_in_every_mode_and_io_model() {
+    require_lab();
+    let lab = Lab::new(1);
+    for (mode, io) in combinations() {
+        let srv = lab.spawn_server(&lab.serve_args(&mode_args(mode, io)));
+        for v6 in [false, true] {
+            let sock = client_socket(&lab, v6, 9000);
+            let st = echo_exchange(&sock, 0..10_000, echo_size, &EchoOpts::default()).unwrap_or_else(|e| {
+                panic!("{mode}/{io:?} over IPv{}: {e}\n{}", if v6 { 6 } else { 4 }, srv.describe())
+            });
+            assert_eq!(st.answered, 10_000, "{mode}/{io:?}");
+        }
+        let fin = srv.stop();
+        fin.assert_clean_exit();
+        let r = fin.report();
+        assert_eq!(r["mode"].as_str(), Some(mode), "{}", fin.describe());
+        if let Some(io) = io {
+            assert_eq!(r["io"].as_str(), Some(io), "{}", fin.describe());
+        }
+        assert!(fin.report_u64("tx_packets") >= 20_000, "{mode}/{io:?}: {}", fin.describe());
+        assert!(r["cpu"]["worker_ns_per_packet"].as_f64().is_some_and(|v| v > 0.0), "{mode}/{io:?}: no CPU figure");
+        assert_eq!(r["frames_lost"].as_i64(), if mode == "afxdp" { Some(0) } else { None }, "{mode}/{io:?}");
+        // In-server latency: every reply timed from its pick-up (service), and from the XDP stamp (AF_XDP) or
+        // the kernel's receive timestamp (sockets) where the packet carried one (the rest are `unstamped`).
+        let tx = fin.report_u64("tx_packets");
+        let service = fin.report_u64("latency.service_ns.count");
+        let stamped = fin.report_u64("latency.total_ns.count");
+        let unstamped = fin.report_u64("latency.unstamped");
+        assert_eq!(service, tx, "{mode}/{io:?}: replies timed\n{}", fin.describe());
+        assert_eq!(stamped + unstamped, tx, "{mode}/{io:?}: stamped + unstamped\n{}", fin.describe());
+        assert!(stamped * 100 >= tx * 99, "{mode}/{io:?}: only {stamped} of {tx} replies carried a receive stamp");
+        if mode == "afxdp" {
+            lab.assert_no_xdp_within(Duration::from_secs(5));
+        }
+    }
+}
+
+#[test]
+#[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
+fn sockperf_ping_pong_completes_in_every_mode_and_io_model() {
+    require_lab();
+    let lab = Lab::new(1);
+    for (mode, io) in combinations() {
+        let mut args = mode_args(mode, io);
+        args.extend(["--handler", "sockperf", "--port", "11111"]);
+        let srv = lab.spawn_server(&lab.serve_args(&args));
+        let out = lab.exec(
+            Side::Client,
+            &["taskset", "-c", "0", "sockperf", "ping-pong", "-i", "198.18.0.1", "-p", "11111", "-t", "1", "-m", "64"],
+            Duration::from_secs(30),
+        );
+        let text = format!("{}\n{}", out.stdout, out.stderr);
+        assert!(out.success(), "{mode}/{io:?}: sockperf failed:\n{text}\n{}", srv.describe());
+        let summary = text.lines().find(|l| l.contains("Summary: Latency is")).unwrap_or_else(|| {
+            panic!("{mode}/{io:?}: sockperf printed no latency summary (no replies?):\n{text}\n{}", srv.describe())
+        });
+        eprintln!("{mode}/{}: {}", io.unwrap_or("-"), summary.trim());
+        let fin = srv.stop();
+        fin.assert_clean_exit();
+        assert!(fin.report_u64("tx_packets") > 100, "{mode}/{io:?}: {}", fin.describe());
+    }
+}
