@@ -284,6 +284,24 @@ fn load_program(config: &Config, ifindex: u32) -> Result<XdpProgram, StartError>
 }
 
 impl RunningServer {
+    /// A server with no workers yet, serving through `program` and `link` (none for kernel sockets).
+    fn new(config: Config, handler_name: &'static str, program: Option<XdpProgram>, link: Option<XdpLink>) -> Self {
+        RunningServer {
+            config,
+            handler_name,
+            program,
+            link,
+            workers: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            started: Instant::now(),
+            reporter: None,
+            reporter_finish: Arc::new(AtomicBool::new(false)),
+            latency: Arc::new(Mutex::new(LatencySnapshot::default())),
+            metrics: None,
+            cpu_start: SystemCpu::default(),
+        }
+    }
+
     /// Checks, loads, binds, attaches and starts one worker per queue, each with its own handler from
     /// `make_handler` (called once per worker, in queue order, on this thread). `handler_name` names it in
     /// logs and reports. On error nothing stays attached.
@@ -357,21 +375,7 @@ impl RunningServer {
         }
         let link = program.attach(&config.interface, ifindex, config.xdp.attach_mode.into())?;
 
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut server = RunningServer {
-            config,
-            handler_name,
-            program: Some(program),
-            link: Some(link),
-            workers: Vec::new(),
-            stop,
-            started: Instant::now(),
-            reporter: None,
-            reporter_finish: Arc::new(AtomicBool::new(false)),
-            latency: Arc::new(Mutex::new(LatencySnapshot::default())),
-            metrics: None,
-            cpu_start: SystemCpu::default(),
-        };
+        let mut server = RunningServer::new(config, handler_name, Some(program), Some(link));
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), StartError>>(sockets.len());
         let highest_ns = server.config.latency.highest_ns;
         let interval = Duration::from_millis(server.config.report.interval_ms);
@@ -420,21 +424,7 @@ impl RunningServer {
         check_socket_privileges(&config.ports)?;
         check_machine(&config)?;
         let measure = config.latency.enabled;
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut server = RunningServer {
-            config,
-            handler_name,
-            program: None,
-            link: None,
-            workers: Vec::new(),
-            stop,
-            started: Instant::now(),
-            reporter: None,
-            reporter_finish: Arc::new(AtomicBool::new(false)),
-            latency: Arc::new(Mutex::new(LatencySnapshot::default())),
-            metrics: None,
-            cpu_start: SystemCpu::default(),
-        };
+        let mut server = RunningServer::new(config, handler_name, None, None);
         let n = server.config.workers.cores.len();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), StartError>>(n);
         let highest_ns = server.config.latency.highest_ns;
