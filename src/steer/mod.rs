@@ -10,6 +10,8 @@
 //! bpf/shunt.bpf.c (`sys::skel`): a map or program renamed in the C file is a compile error here, not a
 //! failed lookup at start-up.
 
+pub mod answer;
+
 use std::{
     mem::MaybeUninit,
     os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},

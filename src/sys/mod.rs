@@ -10,6 +10,7 @@ use std::{
     os::fd::{FromRawFd, OwnedFd, RawFd},
 };
 
+pub(crate) mod answer_skel;
 pub(crate) mod skel;
 
 /// `XDP_FLAGS_SKB_MODE`: attach in the generic hook.
