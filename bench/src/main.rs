@@ -69,8 +69,8 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
-    /// Run the in-kernel XDP responder (bench/bpf/reflect.bpf.c) on an interface until SIGINT/SIGTERM: the
-    /// "server inside the kernel" that the comparison measures shunt against.
+    /// Run shunt's in-kernel server (`shunt::steer::answer`, bpf/answer.bpf.c) on an interface until
+    /// SIGINT/SIGTERM: the "server inside the kernel" that the comparison measures shunt against.
     XdpReflector {
         /// Interface to attach to.
         #[arg(long)]
@@ -81,7 +81,8 @@ enum Command {
         /// Speak sockperf's protocol (clear CLIENT, answer only PONG_REQUEST messages).
         #[arg(long)]
         sockperf: bool,
-        /// Attach in the generic hook instead of the driver (faster on veth, see README).
+        /// Attach in the generic hook instead of the driver (faster on veth, see README; over veth, native
+        /// replies reach the peer only if it has an XDP program attached too).
         #[arg(long)]
         generic: bool,
     },
