@@ -1,7 +1,7 @@
 //! Every datapath and I/O model serves the same handlers, through the real binary in the lab: the
 //! 10,000-datagram echo over IPv4 and IPv6 (byte for byte) and `sockperf ping-pong` against the sockperf
-//! handler, for `--mode afxdp` (each poll mode is covered by tests/poll_modes.rs) and `--mode socket` with each
-//! `--io` model. The report names the mode and I/O model and carries CPU per packet in all of them.
+//! handler, for `--mode afxdp` (each poll mode is covered by tests/poll_modes.rs), `--mode xdp` (the server
+//! inside the kernel) and `--mode socket` with each `--io` model. The report names the mode and I/O model and carries CPU per packet in all of them.
 
 mod common;
 
@@ -13,7 +13,7 @@ const IOS: [&str; 5] = ["blocking", "nonblocking", "epoll", "signal", "mmsg"];
 
 /// `--mode` and `--io` arguments of every combination.
 fn combinations() -> Vec<(&'static str, Option<&'static str>)> {
-    let mut v = vec![("afxdp", None)];
+    let mut v = vec![("afxdp", None), ("xdp", None)];
     v.extend(IOS.iter().map(|io| ("socket", Some(*io))));
     v
 }
@@ -48,6 +48,14 @@ fn ten_thousand_echoes_over_ipv4_and_ipv6_in_every_mode_and_io_model() {
             assert_eq!(r["io"].as_str(), Some(io), "{}", fin.describe());
         }
         assert!(fin.report_u64("tx_packets") >= 20_000, "{mode}/{io:?}: {}", fin.describe());
+        if mode == "xdp" {
+            // The server inside the kernel: no workers, no in-server latency; its own counters and the
+            // machine's CPU per reply.
+            assert!(fin.report_u64("in_kernel.answered") >= 20_000, "{}", fin.describe());
+            assert!(r["cpu"]["system_ns_per_packet"].as_f64().is_some_and(|v| v > 0.0), "xdp: no CPU figure");
+            lab.assert_no_xdp_within(Duration::from_secs(5));
+            continue;
+        }
         assert!(r["cpu"]["worker_ns_per_packet"].as_f64().is_some_and(|v| v > 0.0), "{mode}/{io:?}: no CPU figure");
         assert_eq!(r["frames_lost"].as_i64(), if mode == "afxdp" { Some(0) } else { None }, "{mode}/{io:?}");
         // In-server latency: every reply timed from its pick-up (service), and from the XDP stamp (AF_XDP) or

@@ -19,10 +19,13 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use super::{
-    config::{AttachMode, Config, ConfigError, Mode, PollMode, SocketIo},
+    config::{AttachMode, Config, ConfigError, HandlerKind, Mode, PollMode, SocketIo},
     serve, ServeError, StartOptions, WorkerInfo,
 };
-use crate::handler::Handler;
+use crate::{
+    handler::{Echo, Handler, Sockperf},
+    observe::report::Report,
+};
 
 /// Exit code for a bad config, an unusable interface/queue/core or a missing privilege.
 pub const EXIT_SETUP: u8 = 2;
@@ -166,7 +169,33 @@ where
     };
     let json_path = config.report.json.clone();
     let options = StartOptions { print_intervals: !args.quiet };
-    let report = match serve(config, options, handler_name, make_handler) {
+    conclude(serve(config, options, handler_name, make_handler), args.quiet, json_path)
+}
+
+/// `shunt serve` with a built-in handler: on the configured datapath, or inside the kernel when `mode` is
+/// `"xdp"` (which only the built-in handlers can do). Logging must be set up.
+pub fn run_builtin(args: ServeArgs, kind: HandlerKind) -> ExitCode {
+    let config = match args.load_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("shunt: {e}");
+            return ExitCode::from(EXIT_SETUP);
+        }
+    };
+    if config.mode == Mode::Xdp {
+        let json_path = config.report.json.clone();
+        let options = StartOptions { print_intervals: !args.quiet };
+        return conclude(super::serve_in_kernel(config, options, kind), args.quiet, json_path);
+    }
+    match kind {
+        HandlerKind::Echo => run_with_logging(args, kind.name(), |_| Echo),
+        HandlerKind::Sockperf => run_with_logging(args, kind.name(), |_| Sockperf),
+    }
+}
+
+/// Prints the report (unless quiet), writes its JSON, and turns the outcome into the exit code.
+fn conclude(result: Result<Report, ServeError>, quiet: bool, json_path: Option<String>) -> ExitCode {
+    let report = match result {
         Ok(r) => r,
         Err(e @ ServeError::Start(_)) => {
             eprintln!("shunt: {e}");
@@ -177,7 +206,7 @@ where
             return ExitCode::FAILURE;
         }
     };
-    if !args.quiet {
+    if !quiet {
         print!("{}", report.text());
     }
     if let Some(path) = json_path {

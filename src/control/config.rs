@@ -91,6 +91,9 @@ pub enum Mode {
     /// Kernel UDP sockets (one SO_REUSEPORT socket per port per worker), with the I/O model `socket.io`:
     /// the classic server, for comparison, with the same handlers.
     Socket,
+    /// The server inside the kernel: the XDP program answers the ports itself (XDP_TX). Built-in handlers
+    /// only (echo, sockperf), written in C; a custom Rust handler cannot run there.
+    Xdp,
 }
 
 impl SocketIo {
@@ -124,6 +127,7 @@ impl Mode {
         match self {
             Mode::Afxdp => "afxdp",
             Mode::Socket => "socket",
+            Mode::Xdp => "xdp",
         }
     }
 }
@@ -189,6 +193,15 @@ impl HandlerKind {
         match self {
             HandlerKind::Echo => "echo",
             HandlerKind::Sockperf => "sockperf",
+        }
+    }
+}
+
+impl From<HandlerKind> for steer::answer::InKernelHandler {
+    fn from(kind: HandlerKind) -> Self {
+        match kind {
+            HandlerKind::Echo => steer::answer::InKernelHandler::Echo,
+            HandlerKind::Sockperf => steer::answer::InKernelHandler::Sockperf,
         }
     }
 }

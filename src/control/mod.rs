@@ -26,6 +26,24 @@ pub enum ServeError {
     Signals(#[source] std::io::Error),
 }
 
+/// Runs the server inside the kernel (`mode = "xdp"`) with the built-in handler `kind` until SIGINT or
+/// SIGTERM, then detaches it and returns the final report.
+pub fn serve_in_kernel(config: Config, options: StartOptions, kind: config::HandlerKind) -> Result<Report, ServeError> {
+    let signalled = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, signalled.clone()).map_err(ServeError::Signals)?;
+    }
+    let server = RunningServer::start_in_kernel(config, options, kind)?;
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::debug!("sd_notify READY=1: {e}");
+    }
+    while !signalled.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tracing::info!("stopping");
+    Ok(server.stop())
+}
+
 /// Runs a server with `make_handler`'s handlers (one per worker) until SIGINT or SIGTERM, then detaches the
 /// XDP program, stops the workers and returns the final report.
 ///

@@ -30,7 +30,7 @@ use crate::{
         reporter::{self, ReporterExit, ReporterOptions, WatchedWorker},
         LatencySnapshot,
     },
-    steer::{ProgramVariant, XdpCounters, XdpError, XdpLink, XdpProgram, SETTING_STAMP_TIME},
+    steer::{answer::InKernelServer, ProgramVariant, XdpCounters, XdpError, XdpLink, XdpProgram, SETTING_STAMP_TIME},
     sys,
 };
 
@@ -139,6 +139,12 @@ pub enum StartError {
     /// A kernel socket could not be opened.
     #[error("mode \"socket\": {0}")]
     KernelSocket(#[from] KernelSocketError),
+    /// `mode = "xdp"` was asked of a custom handler.
+    #[error(
+        "config key `mode`: \"xdp\" answers inside the kernel with the built-in echo or sockperf handler, written \
+         in C; the custom handler {0} cannot run there (use mode \"afxdp\")"
+    )]
+    InKernelCustomHandler(&'static str),
     /// The source limits could not be set up.
     #[error("config table `[limits]`: {0}")]
     Limits(String),
@@ -171,6 +177,8 @@ pub struct RunningServer {
     handler_name: &'static str,
     /// The steering program (AF_XDP mode only).
     program: Option<XdpProgram>,
+    /// The in-kernel server (`mode = "xdp"` only).
+    in_kernel: Option<InKernelServer>,
     link: Option<XdpLink>,
     workers: Vec<WorkerSlot>,
     stop: Arc<AtomicBool>,
@@ -290,6 +298,7 @@ impl RunningServer {
             config,
             handler_name,
             program,
+            in_kernel: None,
             link,
             workers: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
@@ -316,8 +325,10 @@ impl RunningServer {
         F: FnMut(WorkerInfo) -> H,
     {
         config.validate()?;
-        if config.mode == Mode::Socket {
-            return Self::start_sockets(config, options, handler_name, make_handler);
+        match config.mode {
+            Mode::Socket => return Self::start_sockets(config, options, handler_name, make_handler),
+            Mode::Xdp => return Err(StartError::InKernelCustomHandler(handler_name)),
+            Mode::Afxdp => {}
         }
         let umem_bytes =
             config.workers.queues.len() as u64 * u64::from(config.umem.frame_count) * u64::from(config.umem.frame_size);
@@ -408,6 +419,33 @@ impl RunningServer {
             server.workers.push(slot);
         }
         server.finish_start(ready_rx, watched, &options)
+    }
+
+    /// Starts the server inside the kernel (`mode = "xdp"`): the XDP program answers the ports itself with
+    /// the built-in handler `kind`; there are no workers, and no in-server latency to record.
+    pub fn start_in_kernel(
+        config: Config,
+        options: StartOptions,
+        kind: super::config::HandlerKind,
+    ) -> Result<RunningServer, StartError> {
+        config.validate()?;
+        check_privileges(0)?;
+        let ifindex = check_machine(&config)?;
+        let server = InKernelServer::load(kind.into())?;
+        server.set_ports(&config.ports)?;
+        let link = server.attach(&config.interface, ifindex, config.xdp.attach_mode.into())?;
+        let mut running = RunningServer::new(config, kind.name(), None, Some(link));
+        running.in_kernel = Some(server);
+        running.cpu_start = SystemCpu::read();
+        let _ = options;
+        tracing::info!(
+            interface = %running.config.interface,
+            ports = ?running.config.ports,
+            mode = "xdp",
+            handler = running.handler_name,
+            "ready: serving"
+        );
+        Ok(running)
     }
 
     /// Starts one kernel-socket worker per configured core (`mode = "socket"`): no XDP program, no AF_XDP.
@@ -590,6 +628,7 @@ impl RunningServer {
     pub fn stop(mut self) -> Report {
         let duration = self.started.elapsed().as_secs_f64();
         let xdp = self.xdp_counters();
+        let in_kernel = self.in_kernel.as_ref().and_then(|k| k.counters().ok());
         let cpu_stop = SystemCpu::read();
         // Detach first: from here on the kernel answers (or refuses) the served ports itself.
         self.link.take();
@@ -637,7 +676,7 @@ impl RunningServer {
             .iter()
             .filter_map(|w| w.cpu.map(|times| WorkerCpu { queue: w.queue, core: w.core, times }))
             .collect();
-        let replies = workers.iter().map(|w| w.stats.tx_packets).sum();
+        let replies = workers.iter().map(|w| w.stats.tx_packets).sum::<u64>() + in_kernel.map_or(0, |k| k.answered);
         let cpu = CpuReport::new(cpu_workers, &self.cpu_start, &cpu_stop, replies);
         let c = &self.config;
         let mut report = Report::new(
@@ -653,9 +692,15 @@ impl RunningServer {
             cpu,
         );
         report.mode = c.mode.name();
+        if let Some(k) = in_kernel {
+            report.in_kernel = Some(k);
+            report.tx_packets = k.answered;
+            report.rx_packets = k.answered + k.bad_checksum + k.dropped_by_handler;
+        }
         report.io = match c.mode {
             Mode::Socket => self.config.socket.io.name(),
             Mode::Afxdp => c.workers.poll_mode.name(),
+            Mode::Xdp => "xdp_tx",
         };
         report
     }

@@ -13,7 +13,7 @@ use crate::{
         counters::{FrameAccount, KernelSocketStats, WorkerStats},
         BindMode,
     },
-    steer::{AttachMode, XdpCounters},
+    steer::{answer::InKernelCounters, AttachMode, XdpCounters},
     sys::CpuTimes,
 };
 
@@ -65,6 +65,8 @@ pub struct Report {
     pub tx_packets: u64,
     /// The XDP program's counters.
     pub xdp: XdpCounters,
+    /// The in-kernel server's counters (`mode = "xdp"`).
+    pub in_kernel: Option<InKernelCounters>,
     /// UMEM frames in no ring and not in the free pool at stop, over all workers (must be 0); absent when a
     /// worker did not stop cleanly.
     pub frames_lost: Option<i64>,
@@ -109,6 +111,7 @@ impl Report {
             rx_packets,
             tx_packets,
             frames_lost,
+            in_kernel: None,
             xdp,
             latency_ns: latency.map(|l| l.total_ns).unwrap_or_default(),
             latency,

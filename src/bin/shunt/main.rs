@@ -6,12 +6,9 @@ mod stats;
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use shunt::{
-    control::{
-        cli::{self, ServeArgs, EXIT_SETUP},
-        config::{Config, HandlerKind},
-    },
-    handler::{Echo, Sockperf},
+use shunt::control::{
+    cli::{self, ServeArgs, EXIT_SETUP},
+    config::{Config, HandlerKind},
 };
 
 #[derive(Parser)]
@@ -83,10 +80,7 @@ fn main() -> ExitCode {
                     }
                 },
             };
-            match kind {
-                HandlerKind::Echo => cli::run_with_logging(args, kind.name(), |_| Echo),
-                HandlerKind::Sockperf => cli::run_with_logging(args, kind.name(), |_| Sockperf),
-            }
+            cli::run_builtin(args, kind)
         }
         Command::Stats { metrics, interval, count } => {
             match stats::watch(metrics, Duration::from_secs_f64(interval.max(0.05)), count) {
