@@ -277,3 +277,37 @@ fn sntp_example_flags_reach_the_wire_and_the_alarm_is_refused_by_the_client() {
     assert_eq!(fin.report_u64("tx_packets"), 2, "{}", fin.describe());
     assert_eq!(fin.report_u64("workers.0.dropped_by_handler"), 3, "{}", fin.describe());
 }
+
+/// A custom handler cannot run inside the kernel: `--mode xdp` is refused at start-up with exit 2, naming the
+/// key, and nothing is attached.
+#[test]
+#[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
+fn a_custom_handler_is_refused_the_in_kernel_mode() {
+    require_lab();
+    let lab = Lab::new(1);
+    let bin = example_bin();
+    let cfg = lab_config().display().to_string();
+    let ns = lab.server_ns();
+    let sif = lab.server_if();
+    let out = run_cmd(
+        &[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            bin.to_str().unwrap(),
+            "--config",
+            &cfg,
+            "--interface",
+            &sif,
+            "--port",
+            "123",
+            "--mode",
+            "xdp",
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code(), Some(2), "{}", out.combined());
+    assert!(out.stderr.contains("`mode`") && out.stderr.contains("custom handler sntp"), "{}", out.combined());
+    lab.assert_no_xdp_within(Duration::from_secs(1));
+}
