@@ -189,8 +189,8 @@ impl WorkerLatency {
     }
 
     /// Sends whatever was recorded since the last swap (at stop). It waits up to [`FLUSH_WAIT`] for the
-    /// reporter to hand an empty set back, so that the worker does not allocate one even when it stops; only
-    /// if none comes (the reporter is gone) is one made.
+    /// reporter to hand an empty set back, so that the worker does not allocate one even when it stops (only
+    /// if none comes, the reporter being gone, is one made), and up to as long for room to send the last one.
     pub fn flush(&mut self) {
         let fresh = self.empty.recv_timeout(FLUSH_WAIT).unwrap_or_else(|_| {
             let mut empty = self.current.clone();
@@ -198,7 +198,9 @@ impl WorkerLatency {
             empty
         });
         let done = std::mem::replace(&mut self.current, fresh);
-        let _ = self.full.try_send(done);
+        // Waits, like the receive above, for room: a reporter that is behind (a busy machine) would otherwise
+        // lose the last interval. Only a reporter that is gone loses it.
+        let _ = self.full.send_timeout(done, FLUSH_WAIT);
     }
 }
 
@@ -260,6 +262,34 @@ mod tests {
         w.maybe_swap(1_000);
         assert!(r.full.try_recv().is_err());
         assert_eq!(w.current.total.len(), 1);
+    }
+
+    #[test]
+    fn flush_waits_for_a_reporter_that_is_behind_instead_of_losing_the_last_interval() {
+        let (mut w, r) = hand_off(1_000_000, 1, 2);
+        // Fill the reporter's side: it is behind and has not taken anything yet.
+        for _ in 0..2 {
+            w.current.record_packet(Some(stamp(10)), 20, 30);
+            w.maybe_swap(u64::MAX / 2);
+            w.next_swap_ns = 0;
+        }
+        w.current.record_packet(Some(stamp(10)), 20, 30);
+        let reporter = std::thread::spawn(move || {
+            // Catches up a little later, returning empty sets as it goes.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let mut total = 0;
+            while let Ok(mut set) = r.full.recv_timeout(std::time::Duration::from_secs(5)) {
+                total += set.total.len();
+                set.reset();
+                let _ = r.empty.send(set);
+                if total == 3 {
+                    break;
+                }
+            }
+            total
+        });
+        w.flush();
+        assert_eq!(reporter.join().unwrap(), 3, "every recorded packet reached the reporter");
     }
 
     #[test]

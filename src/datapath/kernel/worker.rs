@@ -561,9 +561,26 @@ fn sender(name: &libc::sockaddr_in6) -> SocketAddr {
     }
 }
 
-/// The handler's clock, read once per batch (vDSO, no system call).
+/// The handler's clock (vDSO, no system call), as a consistent pair: the realtime reading is bracketed by
+/// two monotonic ones and paired with their midpoint, retried while the bracket is wide (a preemption
+/// between the reads). Kernel receive stamps are moved onto the monotonic clock with this pair, so a stamp
+/// (taken before the realtime reading) never lands after the pick-up time.
 fn read_time() -> Time {
-    Time { unix_ns: sys::realtime_ns(), monotonic_ns: sys::monotonic_ns() }
+    let mut best = None;
+    for _ in 0..4 {
+        let before = sys::monotonic_ns();
+        let unix_ns = sys::realtime_ns();
+        let after = sys::monotonic_ns();
+        let gap = after.saturating_sub(before);
+        let pair = (gap, Time { unix_ns, monotonic_ns: before + gap / 2 });
+        if best.is_none_or(|(g, _): (u64, Time)| gap < g) {
+            best = Some(pair);
+        }
+        if gap <= 2_000 {
+            break;
+        }
+    }
+    best.map_or_else(|| Time { unix_ns: sys::realtime_ns(), monotonic_ns: sys::monotonic_ns() }, |(_, t)| t)
 }
 
 fn would_block(errno: i32) -> bool {
