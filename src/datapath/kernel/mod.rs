@@ -59,7 +59,9 @@
 //! it reads with the clock, below) so that [`WorkerLatency`](super::latency::WorkerLatency) records the same stages
 //! as for AF_XDP: `ring_dwell` = kernel receive → the worker has the datagram, `service` = that → the reply's
 //! send call returned, `total` = both. Without timestamps only `service` is recorded (the replies count as
-//! `unstamped`).
+//! `unstamped`). The kernel starts stamping a while after the first socket asks (its global switch is flipped
+//! from a work item), so [`KernelWorker::open`] waits, up to two seconds, until a datagram it sends itself
+//! over loopback comes back stamped: requests are stamped from the moment the server is ready.
 //!
 //! The clock ([`Time`](crate::handler::Time), the handler's `now` and the pick-up time) is read once per
 //! recvmmsg batch in [`SocketIo::Mmsg`], every datagram of which was queued before the call returned. In the

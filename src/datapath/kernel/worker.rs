@@ -111,6 +111,13 @@ impl<H: Handler> KernelWorker<H> {
         sys::interface_index(&options.interface)
             .map_err(|source| KernelSocketError::Interface { interface: options.interface.clone(), source })?;
         let sockets = socket::open_all(&options)?;
+        if options.timestamps && !socket::await_rx_stamping(socket::STAMPING_DEADLINE) {
+            tracing::warn!(
+                "the kernel did not start stamping received datagrams within {:?} (or no loopback to check it \
+                 on): the first requests may count as unstamped",
+                socket::STAMPING_DEADLINE
+            );
+        }
 
         let poll = match options.io {
             SocketIo::Epoll | SocketIo::Mmsg => {
