@@ -309,6 +309,16 @@ fn every_io_model_echoes_ipv4_and_ipv6_from_the_right_address() {
                 assert!(s.tx_kicks <= s.rx_batches, "{name}: at most one sendmmsg per recvmmsg batch: {s:?}");
                 assert!(s.sleeps >= 1, "{name}: {s:?}");
             }
+            SocketIo::IoUring => {
+                // One io_uring_enter submits a turn's replies; the first also arms the receives, and a
+                // receive that ran out of buffers is armed again in a turn of its own at most.
+                assert!(
+                    s.tx_kicks <= s.rx_batches + 1 + s.tx_backpressure,
+                    "{name}: at most one submitting enter per turn that received: {s:?}"
+                );
+                assert!(s.sleeps >= 1, "{name}: an idle worker waits in io_uring_enter: {s:?}");
+                assert_eq!(s.busy_polls, 0, "{name}: never spins: {s:?}");
+            }
         }
 
         // Latency: every reply timed from the kernel's receive stamp.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{client_socket, echo_exchange, echo_size, require_lab, EchoOpts, Lab, Side};
 
-const IOS: [&str; 5] = ["blocking", "nonblocking", "epoll", "signal", "mmsg"];
+const IOS: [&str; 6] = ["blocking", "nonblocking", "epoll", "signal", "mmsg", "io_uring"];
 
 /// `--mode` and `--io` arguments of every combination.
 fn combinations() -> Vec<(&'static str, Option<&'static str>)> {

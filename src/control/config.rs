@@ -105,6 +105,7 @@ impl SocketIo {
             SocketIo::Epoll => "epoll",
             SocketIo::Signal => "signal",
             SocketIo::Mmsg => "mmsg",
+            SocketIo::IoUring => "io_uring",
         }
     }
 }
@@ -146,6 +147,10 @@ pub enum SocketIo {
     Signal,
     /// recvmmsg/sendmmsg batches of `socket.batch`.
     Mmsg,
+    /// io_uring: multishot recvmsg into provided buffers (2 x `socket.batch`), sends batched per turn.
+    #[serde(rename = "io_uring")]
+    #[value(name = "io_uring")]
+    IoUring,
 }
 
 impl From<SocketIo> for datapath::kernel::SocketIo {
@@ -156,6 +161,7 @@ impl From<SocketIo> for datapath::kernel::SocketIo {
             SocketIo::Epoll => datapath::kernel::SocketIo::Epoll,
             SocketIo::Signal => datapath::kernel::SocketIo::Signal,
             SocketIo::Mmsg => datapath::kernel::SocketIo::Mmsg,
+            SocketIo::IoUring => datapath::kernel::SocketIo::IoUring,
         }
     }
 }
@@ -166,7 +172,8 @@ impl From<SocketIo> for datapath::kernel::SocketIo {
 pub struct SocketConfig {
     /// The I/O model.
     pub io: SocketIo,
-    /// Datagrams per recvmmsg/sendmmsg (`mmsg`), and the most taken from one socket in a row.
+    /// Datagrams per recvmmsg/sendmmsg (`mmsg`), the most taken from one socket in a row (`nonblocking`), and
+    /// half the provided buffers of `io_uring`.
     pub batch: u32,
 }
 

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::config::{AttachMode, Config, Mode};
+use super::config::{self, AttachMode, Config, Mode, SocketIo};
 use crate::{
     datapath::{
         counters::{WorkerShared, WorkerStats},
@@ -23,7 +23,7 @@ use crate::{
     },
     handler::Handler,
     observe::{
-        cpu::{CpuReport, SystemCpu, WorkerCpu},
+        cpu::{self, CpuReport, SystemCpu, WorkerCpu},
         latency::LatencyReport,
         metrics::{MetricsServer, MetricsSources},
         report::{Report, WorkerReport},
@@ -677,8 +677,13 @@ impl RunningServer {
             .filter_map(|w| w.cpu.map(|times| WorkerCpu { queue: w.queue, core: w.core, times }))
             .collect();
         let replies = workers.iter().map(|w| w.stats.tx_packets).sum::<u64>() + in_kernel.map_or(0, |k| k.answered);
-        let cpu = CpuReport::new(cpu_workers, &self.cpu_start, &cpu_stop, replies);
         let c = &self.config;
+        let note = match (c.mode, c.socket.io, c.workers.poll_mode) {
+            (Mode::Xdp, _, _) => cpu::IN_KERNEL_NOTE,
+            (Mode::Socket, SocketIo::Nonblocking, _) | (Mode::Afxdp, _, config::PollMode::Spin) => cpu::SPIN_NOTE,
+            _ => cpu::WAIT_NOTE,
+        };
+        let cpu = CpuReport::new(cpu_workers, &self.cpu_start, &cpu_stop, replies, note);
         let mut report = Report::new(
             c.interface.clone(),
             self.handler_name,

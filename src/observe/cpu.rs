@@ -94,13 +94,27 @@ pub struct CpuReport {
     pub note: &'static str,
 }
 
-/// What spinning means for the figures (in every report).
-pub const SPIN_NOTE: &str = "workers busy-poll (poll_mode = spin): a worker's CPU time is its whole run, \
-    whatever the load, so worker_ns_per_packet falls as load rises; compare it between servers at equal offered load";
+/// How to read the figures when the workers spin (poll_mode = spin, socket.io = nonblocking).
+pub const SPIN_NOTE: &str = "the workers spin (poll_mode = spin or socket.io = nonblocking): a worker's CPU time is \
+    its whole run, whatever the load, so worker_ns_per_packet falls as load rises; compare it between servers at \
+    equal offered load";
+/// How to read the figures when the workers sleep while there is no work.
+pub const WAIT_NOTE: &str = "the workers sleep when there is no work: their CPU time follows the load; compare \
+    worker_ns_per_packet between servers at equal offered load";
+/// How to read the figures of the in-kernel server, which has no worker threads.
+pub const IN_KERNEL_NOTE: &str = "no worker threads: replies are made in the XDP hook, in softirq, and show in \
+    system_ns_per_packet and softirq_ns_per_packet";
 
 impl CpuReport {
-    /// Builds the report from the workers' times, the machine's readings at start and stop, and the replies.
-    pub fn new(workers: Vec<WorkerCpu>, start: &SystemCpu, stop: &SystemCpu, packets: u64) -> CpuReport {
+    /// Builds the report from the workers' times, the machine's readings at start and stop, the replies, and
+    /// the note on how to read them ([`SPIN_NOTE`], [`WAIT_NOTE`] or [`IN_KERNEL_NOTE`]).
+    pub fn new(
+        workers: Vec<WorkerCpu>,
+        start: &SystemCpu,
+        stop: &SystemCpu,
+        packets: u64,
+        note: &'static str,
+    ) -> CpuReport {
         let tick_ns = 1_000_000_000 / sys::clock_ticks_per_second().max(1);
         let cores: Vec<CoreCpu> = stop
             .cores
@@ -126,7 +140,7 @@ impl CpuReport {
             softirq_ns_per_packet: per(cores.iter().map(|c| c.softirq_ns).sum()),
             workers,
             cores,
-            note: SPIN_NOTE,
+            note,
         }
     }
 }
@@ -149,11 +163,11 @@ mod tests {
         let stop = SystemCpu::parse("cpu0 14 1 3 50 2 1 2 0 0 0\ncpu1 6 0 7 50 0 0 13 0 0 0\n");
         let tick = 1_000_000_000 / sys::clock_ticks_per_second();
         let w = WorkerCpu { queue: 0, core: 1, times: CpuTimes { user_ns: 3_000, system_ns: 1_000 } };
-        let r = CpuReport::new(vec![w], &start, &stop, 100);
+        let r = CpuReport::new(vec![w], &start, &stop, 100, SPIN_NOTE);
         assert_eq!(r.worker_ns_per_packet, Some(40.0));
         assert_eq!(r.worker_system_ns_per_packet, Some(10.0));
         assert_eq!(r.system_ns_per_packet, Some((20 * tick) as f64 / 100.0));
         assert_eq!(r.softirq_ns_per_packet, Some((10 * tick) as f64 / 100.0));
-        assert_eq!(CpuReport::new(vec![], &start, &stop, 0).worker_ns_per_packet, None);
+        assert_eq!(CpuReport::new(vec![], &start, &stop, 0, SPIN_NOTE).worker_ns_per_packet, None);
     }
 }

@@ -201,10 +201,12 @@ impl Report {
                         w.queue, f.total, f.free, f.fill_ring, f.rx_ring, f.tx_ring, f.completion_ring, f.frames_lost
                     );
                 }
-                None => {
+                // Kernel sockets have no UMEM; an AF_XDP worker without an account did not stop cleanly.
+                None if w.bind_mode.is_some() => {
                     let _ =
                         writeln!(out, "  queue {} frames at stop: unknown (the worker did not stop cleanly)", w.queue);
                 }
+                None => {}
             }
         }
         if let Some(total) = &self.latency {
@@ -248,7 +250,7 @@ impl Report {
             let b = &total.rx_batch_size;
             let _ = writeln!(
                 out,
-                "  rx batch size: mean {:.2} p50 {} p99 {} max {}; replies without an XDP stamp: {}",
+                "  rx batch size: mean {:.2} p50 {} p99 {} max {}; replies without a receive stamp: {}",
                 b.mean, b.p50, b.p99, b.max, total.unstamped
             );
         }

@@ -23,6 +23,7 @@
 //! | [`SocketIo::Epoll`] | epoll_wait (100 ms) | recvmsg + sendmsg | epoll_wait + one recvmsg → EAGAIN per ready socket |
 //! | [`SocketIo::Signal`] | sigtimedwait (100 ms) | recvmsg + sendmsg | sigtimedwait + one recvmsg → EAGAIN |
 //! | [`SocketIo::Mmsg`] | epoll_wait (100 ms) | | recvmmsg + sendmmsg per batch of up to `batch` |
+//! | [`SocketIo::IoUring`] | io_uring_enter (100 ms) | | one io_uring_enter per turn: submits the turn's replies, reaps every completion |
 //!
 //! # Counters
 //!
@@ -45,11 +46,18 @@
 //! - `dropped_by_handler`, `dropped_amplification`: as on the AF_XDP path (handler said no / reply too large;
 //!   reply over the handler's declared bound). `dropped_malformed` counts datagrams longer than the 65,535-byte
 //!   buffer (which UDP cannot carry, so it stays 0). The kernel has checked headers and checksums: the
-//!   other drop counters stay 0, and so do `tx_backpressure` and `fill_kicks`.
+//!   other drop counters stay 0, and so does `fill_kicks`; `tx_backpressure` is 0 but in
+//!   [`SocketIo::IoUring`], where it counts multishot receives that ended with ENOBUFS: every provided buffer
+//!   was held by a request or a reply in flight, and the datagrams waited in the socket until buffers came
+//!   back and the receive was armed again.
+//! - In [`SocketIo::IoUring`]: `rx_batches` counts turns that completed at least one receive, `tx_kicks` the
+//!   io_uring_enter calls that submitted replies (or re-armed receives), `sleeps` those that had nothing to
+//!   submit and only waited, and `tx_ring_full` the sends that completed with EAGAIN/ENOBUFS.
 //!
 //! So the system calls of a run add up from the counters: `rx_packets + busy_polls + sleeps + tx_kicks` for
-//! the per-datagram models (plus the blocking model's timeouts, counted in `sleeps` and not as receives), and
-//! `rx_batches + busy_polls + sleeps + tx_kicks` for [`SocketIo::Mmsg`].
+//! the per-datagram models (plus the blocking model's timeouts, counted in `sleeps` and not as receives),
+//! `rx_batches + busy_polls + sleeps + tx_kicks` for [`SocketIo::Mmsg`], and `sleeps + tx_kicks` for
+//! [`SocketIo::IoUring`].
 //!
 //! # Latency
 //!
@@ -73,13 +81,12 @@
 mod cmsg;
 mod msg;
 mod socket;
+mod uring;
 mod worker;
 
 pub use worker::KernelWorker;
 
-/// The kernel socket I/O model a [`KernelWorker`] uses. (io_uring is the next model to come: it will be a
-/// variant here, opened by `socket::open_all` like the others and served by a loop of its own in
-/// `worker.rs`, next to the recvmmsg one.)
+/// The kernel socket I/O model a [`KernelWorker`] uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SocketIo {
     /// Blocking recvmsg/sendmsg, one datagram per call, the receive bounded by SO_RCVTIMEO (100 ms) so that
@@ -106,12 +113,23 @@ pub enum SocketIo {
     /// BUGS), so the stop flag would need SO_RCVTIMEO anyway. epoll costs one epoll_wait per wake-up, and
     /// none while a socket keeps filling whole batches (the worker receives again until a short batch).
     Mmsg,
+    /// io_uring: a multishot recvmsg armed on each socket takes datagrams into a ring of provided buffers
+    /// (Linux 6.0+), each reply is queued as an IORING_OP_SENDMSG out of the buffer its request came in, and
+    /// one io_uring_enter per turn submits the turn's replies and waits (100 ms at most) for completions.
+    /// `batch` sizes the provided-buffer ring (twice the batch, 64 ..= 512 buffers of 64 KiB each).
+    IoUring,
 }
 
 impl SocketIo {
     /// Every model, in the order of the table above.
-    pub const ALL: [SocketIo; 5] =
-        [SocketIo::Blocking, SocketIo::Nonblocking, SocketIo::Epoll, SocketIo::Signal, SocketIo::Mmsg];
+    pub const ALL: [SocketIo; 6] = [
+        SocketIo::Blocking,
+        SocketIo::Nonblocking,
+        SocketIo::Epoll,
+        SocketIo::Signal,
+        SocketIo::Mmsg,
+        SocketIo::IoUring,
+    ];
 
     /// The lowercase name used in reports, logs and the config (`socket.io`).
     pub fn name(self) -> &'static str {
@@ -121,6 +139,7 @@ impl SocketIo {
             SocketIo::Epoll => "epoll",
             SocketIo::Signal => "signal",
             SocketIo::Mmsg => "mmsg",
+            SocketIo::IoUring => "io_uring",
         }
     }
 }
@@ -219,6 +238,15 @@ pub enum KernelSocketError {
     /// Setting up epoll failed.
     #[error("epoll: {what}: {source}")]
     Epoll {
+        /// What was being done.
+        what: &'static str,
+        /// The system call's error.
+        source: std::io::Error,
+    },
+    /// Setting up io_uring failed (io_uring_setup refused with EPERM: see the `kernel.io_uring_disabled`
+    /// sysctl; EINVAL from the provided-buffer ring: the kernel is older than 5.19).
+    #[error("io_uring: {what}: {source}")]
+    Uring {
         /// What was being done.
         what: &'static str,
         /// The system call's error.

@@ -52,6 +52,9 @@ fn open(options: &KernelSocketOptions, port: u16) -> Result<Socket, KernelSocket
         SocketIo::Nonblocking | SocketIo::Epoll | SocketIo::Signal | SocketIo::Mmsg => {
             socket.set_nonblocking(true).map_err(fail("O_NONBLOCK"))?;
         }
+        // io_uring tries each operation without blocking and waits on the socket's readiness itself; an
+        // O_NONBLOCK socket would have it complete receives with EAGAIN instead of waiting.
+        SocketIo::IoUring => {}
     }
     let any = SockAddr::from(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)));
     socket.bind(&any).map_err(|source| KernelSocketError::Bind { port, source })?;

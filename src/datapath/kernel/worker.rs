@@ -18,6 +18,7 @@ use super::{
     cmsg,
     msg::{self, Batch, Slot},
     socket::{self, PortSocket},
+    uring::{Completion, Uring},
     KernelSocketError, KernelSocketOptions, SocketIo, IO_SIGNAL_OFFSET, MAX_BATCH,
 };
 use crate::{
@@ -51,6 +52,8 @@ pub struct KernelWorker<H> {
     signal: Option<IoSignal>,
     /// recvmmsg/sendmmsg headers (Mmsg; empty otherwise).
     batch_headers: Batch,
+    /// The ring and its provided buffers (IoUring).
+    uring: Option<Uring>,
     core: Core<H>,
 }
 
@@ -129,7 +132,15 @@ impl<H: Handler> KernelWorker<H> {
                 }
                 Some(Poll { fd })
             }
-            SocketIo::Blocking | SocketIo::Nonblocking | SocketIo::Signal => None,
+            SocketIo::Blocking | SocketIo::Nonblocking | SocketIo::Signal | SocketIo::IoUring => None,
+        };
+        let uring = if options.io == SocketIo::IoUring {
+            let fds = sockets.iter().map(|ps| ps.socket.as_raw_fd()).collect();
+            // Twice the batch, so a turn's replies in flight leave a batch of buffers to receive into.
+            let entries = (2 * batch).next_power_of_two().clamp(64, 512) as u16;
+            Some(Uring::open(fds, entries).map_err(|(what, source)| KernelSocketError::Uring { what, source })?)
+        } else {
+            None
         };
 
         let signal = if options.io == SocketIo::Signal {
@@ -160,6 +171,7 @@ impl<H: Handler> KernelWorker<H> {
             poll,
             signal,
             batch_headers: Batch::new(if options.io == SocketIo::Mmsg { batch } else { 0 }),
+            uring,
             core: Core {
                 handler,
                 shared,
@@ -196,7 +208,7 @@ impl<H: Handler> KernelWorker<H> {
             SocketIo::Epoll => self.run_epoll(stop),
             SocketIo::Signal => self.run_signal(stop),
             SocketIo::Mmsg => self.run_mmsg(stop),
-            // io_uring, when it comes, gets a loop of its own here.
+            SocketIo::IoUring => self.run_uring(stop),
         }
         let core = &mut self.core;
         core.shared.stats.publish(&core.stats);
@@ -378,6 +390,82 @@ impl<H: Handler> KernelWorker<H> {
             self.core.shared.stats.publish(&self.core.stats);
         }
     }
+
+    /// One io_uring_enter per turn (submit the replies queued, wait for a completion), then every completion
+    /// handled: datagrams answered into sends out of their own buffers, sent buffers given back to the kernel.
+    fn run_uring(&mut self, stop: &AtomicBool) {
+        let Some(u) = &mut self.uring else { return };
+        let core = &mut self.core;
+        let timeout = io_uring::types::Timespec::from(WAIT);
+        while !stop.load(Relaxed) {
+            u.arm();
+            if u.has_queued() {
+                core.stats.tx_kicks += 1;
+            } else {
+                core.stats.sleeps += 1;
+            }
+            if u.enter(&timeout).is_err() {
+                core.stats.tx_kick_errors += 1;
+            }
+            // Every datagram reaped now is picked up now, and every send reaped completed by now.
+            let now = read_time();
+            let mut taken = 0;
+            for k in 0..u.reap() {
+                match u.completion(k) {
+                    Completion::Received { socket, result: Ok(bid), .. } => {
+                        taken += 1;
+                        core.stats.rx_packets += 1;
+                        let port = self.sockets.get(socket).map_or(0, |ps| ps.port);
+                        let reply = match u.take(bid) {
+                            Some(t) => serve_datagram(
+                                &mut core.handler,
+                                t.received,
+                                t.payload,
+                                t.reply_control,
+                                port,
+                                now,
+                                &mut core.stats,
+                            ),
+                            None => None,
+                        };
+                        match reply {
+                            Some(r) => {
+                                if !u.send(socket, bid, r.len, r.control_len, r.stamp, now.monotonic_ns) {
+                                    core.stats.tx_ring_full += 1;
+                                    u.give_back(bid);
+                                }
+                            }
+                            None => u.give_back(bid),
+                        }
+                    }
+                    Completion::Received { result: Err(libc::ENOBUFS), .. } => core.stats.tx_backpressure += 1,
+                    Completion::Received { result: Err(_), .. } => core.stats.tx_kick_errors += 1,
+                    Completion::Sent { bid, result } => {
+                        match result {
+                            Ok(()) => {
+                                core.stats.tx_packets += 1;
+                                if let Some(l) = &mut core.latency {
+                                    let (stamp, picked_ns) = u.times(bid);
+                                    l.current.record_packet(stamp, picked_ns, now.monotonic_ns);
+                                }
+                            }
+                            Err(e) => count_send_error(e, &mut core.stats),
+                        }
+                        u.give_back(bid);
+                    }
+                    Completion::Other => {}
+                }
+            }
+            u.publish();
+            if taken > 0 {
+                core.stats.rx_batches += 1;
+                if let Some(l) = &mut core.latency {
+                    l.current.record_batch(taken);
+                }
+            }
+            core.idle();
+        }
+    }
 }
 
 impl<H: Handler> Core<H> {
@@ -518,32 +606,81 @@ impl<H: Handler> Core<H> {
 /// Runs the handler on the datagram in `slot`, received on `port`. Returns true with the reply and its source
 /// control message ready in the slot, or false having counted why there is none.
 fn serve<H: Handler>(handler: &mut H, slot: &mut Slot, port: u16, now: Time, stats: &mut WorkerStats) -> bool {
-    if slot.flags & libc::MSG_TRUNC != 0 {
+    let received = Received {
+        flags: slot.flags,
+        control: slot.control.get(..slot.control_len).unwrap_or_default(),
+        name: &slot.name,
+        len: slot.len,
+    };
+    match serve_datagram(handler, received, &mut slot.payload, &mut slot.reply_control, port, now, stats) {
+        Some(reply) => {
+            slot.reply_len = reply.len;
+            slot.reply_control_len = reply.control_len;
+            slot.stamp = reply.stamp;
+            true
+        }
+        None => false,
+    }
+}
+
+/// A received datagram's metadata, wherever the kernel put it (a [`Slot`], or an io_uring provided buffer).
+pub(super) struct Received<'a> {
+    /// `msg_flags` of the receive (MSG_TRUNC).
+    pub flags: i32,
+    /// The control messages received.
+    pub control: &'a [u8],
+    /// The sender (v4-mapped for IPv4 on the dual-stack socket).
+    pub name: &'a libc::sockaddr_in6,
+    /// Payload bytes received.
+    pub len: usize,
+}
+
+/// What [`serve_datagram`] made: a reply of `len` bytes in the payload buffer, `control_len` bytes of source
+/// control message, and the request's kernel receive time.
+pub(super) struct Reply {
+    pub len: usize,
+    pub control_len: usize,
+    pub stamp: Option<Stamp>,
+}
+
+/// Runs the handler on one received datagram whose payload is in `payload`, received on `port`: the reply is
+/// written over the request in `payload` and its source control message into `reply_control`. `None` when
+/// there is no reply, having counted why.
+pub(super) fn serve_datagram<H: Handler>(
+    handler: &mut H,
+    received: Received<'_>,
+    payload: &mut [u8],
+    reply_control: &mut [u8],
+    port: u16,
+    now: Time,
+    stats: &mut WorkerStats,
+) -> Option<Reply> {
+    if received.flags & libc::MSG_TRUNC != 0 {
         // Longer than the buffer: cannot happen with a 65,535-byte buffer, but never answer a truncation.
         stats.dropped_malformed += 1;
-        return false;
+        return None;
     }
-    let info = cmsg::parse(slot.received_control());
-    let src = sender(&slot.name);
+    let info = cmsg::parse(received.control);
+    let src = sender(received.name);
     let local = info.dst.unwrap_or(match src {
         SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     });
     let request = Request::new(src, SocketAddr::new(local, port), now);
-    // Kernel receive time on the monotonic clock: realtime stamp − (realtime − monotonic), read with `now`.
-    slot.stamp = info
-        .rx_realtime_ns
-        .and_then(|rt| rt.checked_add(now.monotonic_ns)?.checked_sub(now.unix_ns))
-        .map(|hook_ns| Stamp { hook_ns, nic_to_hook_ns: None });
-    let len = slot.len.min(slot.payload.len());
-    match answer(handler, &request, &mut slot.payload, len) {
+    let len = received.len.min(payload.len());
+    match answer(handler, &request, payload, len) {
         Ok(n) => {
-            slot.reply_len = n;
-            slot.reply_control_len = match info.dst {
-                Some(ip) => cmsg::write_source(&mut slot.reply_control, ip, info.ifindex).unwrap_or(0),
+            // Kernel receive time on the monotonic clock: realtime stamp − (realtime − monotonic), read with
+            // `now`.
+            let stamp = info
+                .rx_realtime_ns
+                .and_then(|rt| rt.checked_add(now.monotonic_ns)?.checked_sub(now.unix_ns))
+                .map(|hook_ns| Stamp { hook_ns, nic_to_hook_ns: None });
+            let control_len = match info.dst {
+                Some(ip) => cmsg::write_source(reply_control, ip, info.ifindex).unwrap_or(0),
                 None => 0,
             };
-            true
+            Some(Reply { len: n, control_len, stamp })
         }
         Err(outcome) => {
             match outcome {
@@ -553,13 +690,13 @@ fn serve<H: Handler>(handler: &mut H, slot: &mut Slot, port: u16, now: Time, sta
                 Outcome::NotOurs => stats.dropped_not_ours += 1,
                 Outcome::HandlerDrop | Outcome::ReplyTooLarge | Outcome::Reply(_) => stats.dropped_by_handler += 1,
             }
-            false
+            None
         }
     }
 }
 
 /// The sender of a datagram on the dual-stack socket, IPv4 senders unmapped.
-fn sender(name: &libc::sockaddr_in6) -> SocketAddr {
+pub(super) fn sender(name: &libc::sockaddr_in6) -> SocketAddr {
     let ip = Ipv6Addr::from(name.sin6_addr.s6_addr);
     let port = u16::from_be(name.sin6_port);
     match ip.to_ipv4_mapped() {
