@@ -74,6 +74,13 @@ pub struct CompareArgs {
     /// Sweep: cores of the generator threads (default: the client core, then the next allowed cores).
     #[arg(long, value_delimiter = ',')]
     pub sweep_cores: Option<Vec<usize>>,
+    /// CPU cost: the fixed offered rate (k/M suffixes) of the run during which the server's CPU time is read
+    /// (the same for every target, so that work-conserving servers compare at equal load); 0 skips the phase.
+    #[arg(long, value_parser = parse_rate, default_value = "20k")]
+    pub cpu_rate: f64,
+    /// CPU cost: seconds of that run.
+    #[arg(long, default_value_t = 3.0)]
+    pub cpu_duration: f64,
     /// UDP payload bytes.
     #[arg(long, default_value_t = 64)]
     pub size: usize,
@@ -322,6 +329,11 @@ impl Server {
         Ok(Server { child: Some(child), log })
     }
 
+    /// The server's PID while it runs (the plan's command is exec'd, so this is the server itself).
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     fn alive(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
@@ -450,6 +462,9 @@ pub struct Round {
     pub alternations: Vec<Alternation>,
     /// shunt-bench open-loop sweep.
     pub sweep: Option<SweepReport>,
+    /// The CPU time spent during the fixed-load run.
+    #[serde(default)]
+    pub cpu: Option<CpuCost>,
     /// What went wrong, if anything.
     pub errors: Vec<String>,
 }
@@ -498,6 +513,58 @@ pub struct Comparison {
     pub findings: Vec<Finding>,
 }
 
+/// CPU time read around one open-loop run at a fixed offered rate, from the kernel's accounting (outside the
+/// server, so it is the same reading for every target, shunt or not).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CpuCost {
+    /// Offered rate (pps).
+    pub rate: f64,
+    /// Replies the generator received in the run.
+    pub replies: u64,
+    /// Wall time between the two readings, s.
+    pub wall_s: f64,
+    /// CPU time of the server's process (every thread, user + system, /proc/PID/task/*/schedstat), ns.
+    pub server_ns: u64,
+    /// Busy time (everything but idle and iowait, softirq included) of the server's core, ns (/proc/stat).
+    pub server_core_ns: u64,
+    /// Busy time of every core, the generator's included, ns.
+    pub all_cores_ns: u64,
+}
+
+/// CPU time (ns on CPU, every thread) of process `pid` and its descendants, from schedstat.
+fn process_tree_cpu_ns(pid: u32) -> u64 {
+    let mut total = 0;
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else { continue };
+        for task in tasks.flatten() {
+            let path = task.path();
+            let stat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
+            total += stat.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            let children = std::fs::read_to_string(path.join("children")).unwrap_or_default();
+            todo.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+        }
+    }
+    total
+}
+
+/// Busy time of each core (cpuN lines of /proc/stat: user + nice + system + irq + softirq + steal), ns.
+fn core_busy_ns() -> BTreeMap<usize, u64> {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    stat.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let cpu: usize = f.next()?.strip_prefix("cpu")?.parse().ok()?;
+            let v: Vec<u64> = f.filter_map(|x| x.parse().ok()).collect();
+            // user nice system idle iowait irq softirq steal ...
+            let busy = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| v.get(i)).sum::<u64>();
+            Some((cpu, busy * 1_000_000_000 / hz))
+        })
+        .collect()
+}
+
 fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
@@ -529,6 +596,11 @@ fn summarize(t: &Target, rounds: &[Round], rates: &[f64]) -> TargetSummary {
     let sw: Vec<&SweepReport> = rounds.iter().filter_map(|r| r.sweep.as_ref()).collect();
     put("max_rate_loss_lt_0.1pct", sw.iter().map(|s| s.max_rate_loss_below_0_1pct.unwrap_or(0.0)).collect());
     put("p99_knee_rate", sw.iter().filter_map(|s| s.p99_knee_rate).collect());
+    let cpu: Vec<&CpuCost> = rounds.iter().filter_map(|r| r.cpu.as_ref()).filter(|c| c.replies > 0).collect();
+    let per = |f: fn(&CpuCost) -> u64| cpu.iter().map(|c| f(c) as f64 / c.replies as f64).collect::<Vec<_>>();
+    put("cpu_server_ns", per(|c| c.server_ns));
+    put("cpu_server_core_ns", per(|c| c.server_core_ns));
+    put("cpu_all_cores_ns", per(|c| c.all_cores_ns));
     let mut sweep = Vec::new();
     let mut behind = Vec::new();
     for &rate in rates {
@@ -541,6 +613,7 @@ fn summarize(t: &Target, rounds: &[Round], rates: &[f64]) -> TargetSummary {
             median(pts.iter().map(|p| us(p.latency_ns.p99)).collect()),
             median(pts.iter().map(|p| p.loss_ratio * 100.0).collect()),
         ) {
+            figures.insert(format!("sweep_p99_us@{rate:.0}"), p99);
             sweep.push((rate, p99, loss));
         }
     }
@@ -821,6 +894,8 @@ pub fn run(a: CompareArgs) -> anyhow::Result<ExitCode> {
     params.insert("sweep_sender".into(), format!("{:?}", a.sweep_sender).to_lowercase());
     params.insert("sweep_flows".into(), a.flows.to_string());
     params.insert("size".into(), a.size.to_string());
+    params.insert("cpu_rate".into(), format!("{:.0}", a.cpu_rate));
+    params.insert("cpu_duration_s".into(), a.cpu_duration.to_string());
     let mut machine = machine;
     machine
         .push(format!("load average at end: {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()));
@@ -849,8 +924,13 @@ pub fn run(a: CompareArgs) -> anyhow::Result<ExitCode> {
     report::write_json(&base.with_extension("json"), &cmp)?;
     let pp_svg = a.out_dir.join(format!("{}-pingpong.svg", a.name));
     let sweep_svg = a.out_dir.join(format!("{}-sweep.svg", a.name));
+    let cost_svg = a.out_dir.join(format!("{}-cost.svg", a.name));
     write_plots(&cmp, &pp_svg, &sweep_svg)?;
-    let md = markdown(&cmp, &a, &pp_svg, &sweep_svg);
+    let with_cost = a.cpu_rate > 0.0;
+    if with_cost {
+        write_cost_plot(&cmp, &cost_svg)?;
+    }
+    let md = markdown(&cmp, &a, &pp_svg, &sweep_svg, with_cost.then_some(cost_svg.as_path()));
     std::fs::write(base.with_extension("md"), &md)?;
     println!("{md}");
     eprintln!("compare: wrote {}.md, .json, {}, {}", base.display(), pp_svg.display(), sweep_svg.display());
@@ -1092,11 +1172,86 @@ fn round_inner(
     } else {
         round.errors.push(format!("sweep failed ({}): {}", out.status, out.stderr.trim()));
     }
+    if a.cpu_rate > 0.0 && server.alive() {
+        check_stop()?;
+        round.cpu = cpu_cost(a, vars, &target, &server, &client, &b, work, &tag, cmds, round)?;
+    }
     if !server.alive() {
         round.errors.push(format!("{} exited during the run:\n{}", t.name, server.log_tail()));
     }
     server.stop();
     Ok(())
+}
+
+/// The CPU phase: one open-loop run at `--cpu-rate` (one generator thread, the sweep's sender), with the
+/// server's process CPU time and the cores' busy time read just before it starts and just after it ends.
+#[allow(clippy::too_many_arguments)]
+fn cpu_cost(
+    a: &CompareArgs,
+    vars: &Vars,
+    target: &str,
+    server: &Server,
+    client: &dyn Fn(Vec<String>) -> Vec<String>,
+    bench: &str,
+    work: &Path,
+    tag: &str,
+    cmds: &mut Vec<String>,
+    round: &mut Round,
+) -> anyhow::Result<Option<CpuCost>> {
+    let Some(pid) = server.pid() else { return Ok(None) };
+    let json = work.join(format!("{tag}-cpu.json"));
+    let mut args: Vec<String> = vec![
+        bench.into(),
+        "run".into(),
+        "--sender".into(),
+        format!("{:?}", a.sweep_sender).to_lowercase(),
+        "--target".into(),
+        target.into(),
+        "--rate".into(),
+        format!("{:.0}", a.cpu_rate),
+        "--duration".into(),
+        a.cpu_duration.to_string(),
+        "--warmup".into(),
+        "0".into(),
+        "--size".into(),
+        a.size.to_string(),
+        "--flows".into(),
+        a.flows.to_string(),
+        "--core".into(),
+        "-1".into(),
+        "--quiet".into(),
+        "--json".into(),
+        json.display().to_string(),
+    ];
+    if a.sweep_sender == crate::load::Sender::Afxdp {
+        for (flag, key) in [("--interface", "client_if"), ("--src-mac", "client_mac"), ("--dst-mac", "server_mac")] {
+            args.push(flag.into());
+            args.push(vars[key].clone());
+        }
+    }
+    let argv = client(args);
+    cmds.push(format!(
+        "# CPU cost at a fixed load (shunt-bench; server CPU read from /proc around it)\n{}",
+        shown(&argv)
+    ));
+    let server_core: usize = vars["server_core"].parse().unwrap_or(usize::MAX);
+    let (cores0, proc0, t0) = (core_busy_ns(), process_tree_cpu_ns(pid), Instant::now());
+    let out = run_bounded(&argv, Duration::from_secs_f64(a.cpu_duration + 30.0))?;
+    let (cores1, proc1, wall) = (core_busy_ns(), process_tree_cpu_ns(pid), t0.elapsed());
+    if !out.ok {
+        round.errors.push(format!("CPU-cost run failed ({}): {}", out.status, out.stderr.trim()));
+        return Ok(None);
+    }
+    let run: RunReport = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+    let delta = |k: &usize| cores1.get(k).unwrap_or(&0).saturating_sub(*cores0.get(k).unwrap_or(&0));
+    Ok(Some(CpuCost {
+        rate: a.cpu_rate,
+        replies: run.received,
+        wall_s: wall.as_secs_f64(),
+        server_ns: proc1.saturating_sub(proc0),
+        server_core_ns: delta(&server_core),
+        all_cores_ns: cores1.keys().map(delta).sum(),
+    }))
 }
 
 /// The sweep threads' cores: `--sweep-cores`, or the client core and the next allowed cores in turn.
@@ -1109,6 +1264,37 @@ fn sweep_cores(a: &CompareArgs, client_core: usize) -> Vec<usize> {
         Some(i) => (0..a.sweep_threads).map(|k| allowed[(i + k) % allowed.len()]).collect(),
         None => (0..a.sweep_threads).map(|k| client_core + k).collect(),
     }
+}
+
+/// Latency against CPU per reply, one point per target with a server process doing the work. A server whose
+/// process used under 1 % of the machine's busy time per reply (the in-kernel one) is left out: on veth its
+/// work runs in softirq on the generator's core, where it cannot be told apart from the generator's.
+fn write_cost_plot(c: &Comparison, path: &Path) -> anyhow::Result<()> {
+    let points: Vec<plot::CostPoint> = c
+        .summaries
+        .iter()
+        .filter_map(|s| {
+            let f = |k: &str| s.figures.get(k).copied();
+            let (p50, p99, server) = (f("pp_p50_us")?, f("pp_p99_us")?, f("cpu_server_ns")?);
+            let all = f("cpu_all_cores_ns").unwrap_or(0.0);
+            (server * 100.0 >= all).then(|| plot::CostPoint {
+                name: s.name.clone(),
+                cpu_ns: server,
+                p50_us: p50,
+                p99_us: p99,
+            })
+        })
+        .collect();
+    plot::cost_latency(
+        path,
+        &format!(
+            "{}: ping-pong latency vs server CPU per reply at {} pps",
+            c.name,
+            c.params.get("cpu_rate").map(String::as_str).unwrap_or("?")
+        ),
+        "server CPU per reply (ns, log)",
+        &points,
+    )
 }
 
 fn write_plots(c: &Comparison, pp_svg: &Path, sweep_svg: &Path) -> anyhow::Result<()> {
@@ -1158,7 +1344,11 @@ fn fmt_fig(v: Option<f64>, base: Option<f64>, unit: &str) -> String {
     match v {
         None => "–".into(),
         Some(v) => {
-            let val = if unit == "kpps" { format!("{:.0}", v / 1e3) } else { format!("{v:.2}") };
+            let val = match unit {
+                "kpps" => format!("{:.0}", v / 1e3),
+                "ns" => format!("{v:.0}"),
+                _ => format!("{v:.2}"),
+            };
             match base {
                 Some(b) if b > 0.0 => format!("{val} ({:.2}x)", v / b),
                 _ => val,
@@ -1167,7 +1357,7 @@ fn fmt_fig(v: Option<f64>, base: Option<f64>, unit: &str) -> String {
     }
 }
 
-fn markdown(c: &Comparison, a: &CompareArgs, pp_svg: &Path, sweep_svg: &Path) -> String {
+fn markdown(c: &Comparison, a: &CompareArgs, pp_svg: &Path, sweep_svg: &Path, cost_svg: Option<&Path>) -> String {
     let mut m = String::new();
     let base = c.summaries.iter().find(|s| s.name == c.plan.baseline);
     let p = &c.params;
@@ -1213,16 +1403,31 @@ fn markdown(c: &Comparison, a: &CompareArgs, pp_svg: &Path, sweep_svg: &Path) ->
          from the intended send time.\n\n",
         c.plan.lab.client_core, p["size"], p["pp_rate"], p["pp_duration_s"], p["sweep_sender"], p["sweep_flows"], p["sweep_duration_s"]
     );
-    let cols: [(&str, &str, &str); 8] = [
+    // The one table: latency unloaded (ping-pong), p99 at two fixed offered loads (the sweep's lowest and
+    // middle rates), the highest loss-free rate, and CPU per reply at the fixed CPU-phase load.
+    let rate_label = |r: f64| if r >= 1e6 { format!("{:.1}M", r / 1e6) } else { format!("{:.0}k", r / 1e3) };
+    let mut fixed: Vec<f64> = a.rates.first().copied().into_iter().collect();
+    if let Some(&mid) = a.rates.get(a.rates.len() / 2) {
+        if a.rates.len() > 1 {
+            fixed.push(mid);
+        }
+    }
+    let p99_keys: Vec<(String, String)> =
+        fixed.iter().map(|&r| (format!("sweep_p99_us@{r:.0}"), format!("p99 µs @ {} pps", rate_label(r)))).collect();
+    let cpu_rate = rate_label(a.cpu_rate);
+    let cpu_server = format!("server CPU ns/reply @ {cpu_rate} pps");
+    let cpu_all = format!("all cores ns/reply @ {cpu_rate} pps");
+    let mut cols: Vec<(&str, &str, &str)> = vec![
         ("pp_p50_us", "ping-pong p50 µs", "us"),
         ("pp_p99_us", "ping-pong p99 µs", "us"),
         ("pp_p999_us", "ping-pong p99.9 µs", "us"),
-        ("sockperf_p50_us", "sockperf p50 µs", "us"),
-        ("sockperf_p99_us", "sockperf p99 µs", "us"),
-        ("max_rate_loss_lt_0.1pct", "max rate, loss < 0.1 % (kpps)", "kpps"),
-        ("p99_knee_rate", "p99 bend (kpps)", "kpps"),
-        ("pp_rate", "ping-pong rate (req/s)", "rate"),
     ];
+    cols.extend(p99_keys.iter().map(|(k, h)| (k.as_str(), h.as_str(), "us")));
+    cols.push(("max_rate_loss_lt_0.1pct", "max rate, loss < 0.1 % (kpps)", "kpps"));
+    if a.cpu_rate > 0.0 {
+        cols.push(("cpu_server_ns", cpu_server.as_str(), "ns"));
+        cols.push(("cpu_all_cores_ns", cpu_all.as_str(), "ns"));
+    }
     m += "| target | ";
     m += &cols.iter().map(|c| c.1).collect::<Vec<_>>().join(" | ");
     m += " | cross-check |\n|---|";
@@ -1257,10 +1462,38 @@ fn markdown(c: &Comparison, a: &CompareArgs, pp_svg: &Path, sweep_svg: &Path) ->
         );
     }
     m += &format!(
-        "\n`p99 bend`: the lowest offered rate whose p99 exceeds {} x the p99 at the lowest rate of the sweep; `–` \
-         means it did not bend within the sweep. `max rate`: highest offered rate with loss < 0.1 % (0: none).\n\n",
+        "\n`p99 µs @ R pps`: the sweep's p99 at that offered rate (from the intended send time). `max rate`: highest \
+         offered rate with loss < 0.1 % (0: none). The CPU columns come from a run of their own at {} pps offered \
+         ({} s, one generator thread, the sweep's sender), the same for every target: `server CPU` is the time the \
+         server's process spent on CPU (every thread, user + system, from /proc/PID/task/*/schedstat) and `all \
+         cores` the busy time of every core (/proc/stat, softirq included, and the generator's core with it), each \
+         divided by the replies the generator received. A server that spins (AF_XDP `spin`, the non-blocking \
+         socket model, testpmd) burns its core whatever the load, so its figure is a core's time divided by the \
+         load; the in-kernel server has no process on the CPU at all and shows only in `all cores` (on veth its \
+         work runs on the generator's core, so it is left off the cost plot). Per-rate \
+         detail, the p99 bend and sockperf's own figures are below.\n\n",
+        c.params.get("cpu_rate").map(String::as_str).unwrap_or("-"),
+        c.params.get("cpu_duration_s").map(String::as_str).unwrap_or("-"),
+    );
+    m += &format!(
+        "`p99 bend` (per target): the lowest offered rate whose p99 exceeds {} x the p99 at the lowest rate of the \
+         sweep.\n\n",
         crate::load::KNEE_FACTOR
     );
+    m += "| target | p99 bend (kpps) | sockperf p50 µs | sockperf p99 µs |\n|---|---|---|---|\n";
+    for s in &c.summaries {
+        let f = |k: &str, unit: &str| {
+            fmt_fig(s.figures.get(k).copied(), base.and_then(|b| b.figures.get(k).copied()), unit)
+        };
+        m += &format!(
+            "| {} | {} | {} | {} |\n",
+            s.name,
+            f("p99_knee_rate", "kpps"),
+            f("sockperf_p50_us", "us"),
+            f("sockperf_p99_us", "us")
+        );
+    }
+    m += "\n";
     m += "### Cross-check against sockperf\n\n";
     m += &format!(
         "shunt-bench ping-pong p50 vs `sockperf ping-pong --full-rtt` p50 against the same server start, same rate and \
@@ -1327,7 +1560,7 @@ fn markdown(c: &Comparison, a: &CompareArgs, pp_svg: &Path, sweep_svg: &Path) ->
         m += "\n";
     }
     m += "\n## Plots\n\n";
-    for f in [pp_svg, sweep_svg] {
+    for f in [Some(pp_svg), Some(sweep_svg), cost_svg].into_iter().flatten() {
         let n = f.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         m += &format!("![{n}]({n})\n\n");
     }

@@ -154,6 +154,67 @@ pub fn load_sweep(path: &Path, title: &str, latency: &[Series], loss: &[Series])
     Ok(())
 }
 
+/// One target on the cost/latency plane: its name, CPU per reply (ns) and ping-pong p50 and p99 (µs).
+#[derive(Debug, Clone)]
+pub struct CostPoint {
+    /// Label.
+    pub name: String,
+    /// CPU per reply, ns.
+    pub cpu_ns: f64,
+    /// Latency p50, µs.
+    pub p50_us: f64,
+    /// Latency p99, µs.
+    pub p99_us: f64,
+}
+
+/// Latency against CPU cost, both on log axes: one labelled point per target at (CPU ns per reply, p50), with
+/// a bar up to its p99. Down and left is better on both counts.
+pub fn cost_latency(path: &Path, title: &str, x_desc: &str, points: &[CostPoint]) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (960, 640)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let pos = |v: f64| v.is_finite() && v > 0.0;
+    let pts: Vec<&CostPoint> = points.iter().filter(|p| pos(p.cpu_ns) && pos(p.p50_us)).collect();
+    let (xlo, xhi) = pts.iter().fold((f64::MAX, 0f64), |(lo, hi), p| (lo.min(p.cpu_ns), hi.max(p.cpu_ns)));
+    let (ylo, yhi) =
+        pts.iter().fold((f64::MAX, 0f64), |(lo, hi), p| (lo.min(p.p50_us), hi.max(p.p99_us.max(p.p50_us))));
+    let (xlo, xhi) = if pts.is_empty() { (1.0, 10.0) } else { (xlo / 2.0, xhi * 3.0) };
+    let (ylo, yhi) = if pts.is_empty() { (1.0, 10.0) } else { (ylo / 1.5, yhi * 1.5) };
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d((xlo..xhi).log_scale(), (ylo..yhi).log_scale())
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc("ping-pong RTT p50, bar to p99 (us)")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.1}"))
+        .draw()
+        .map_err(err)?;
+    for (i, p) in pts.iter().enumerate() {
+        let c = color(i);
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(p.cpu_ns, p.p50_us), (p.cpu_ns, p.p99_us.max(p.p50_us))],
+                c.stroke_width(2),
+            )))
+            .map_err(err)?;
+        chart.draw_series(std::iter::once(Circle::new((p.cpu_ns, p.p50_us), 5, c.filled()))).map_err(err)?;
+        chart
+            .draw_series(std::iter::once(Text::new(
+                p.name.clone(),
+                (p.cpu_ns * 1.12, p.p50_us),
+                ("sans-serif", 13).into_font().color(&c),
+            )))
+            .map_err(err)?;
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +249,15 @@ mod tests {
         load_sweep(&q, "sweep title", &l, &[Series { name: "t".into(), points: vec![(10.0, 0.0), (100.0, 2.0)] }])
             .unwrap();
         assert!(std::fs::read_to_string(&q).unwrap().contains("offered load (kpps)"));
+        let c = dir.join("cost.svg");
+        let pts = [
+            CostPoint { name: "spinner".into(), cpu_ns: 50_000.0, p50_us: 6.0, p99_us: 10.0 },
+            CostPoint { name: "sleeper".into(), cpu_ns: 9_000.0, p50_us: 20.0, p99_us: 60.0 },
+            CostPoint { name: "nothing measured".into(), cpu_ns: 0.0, p50_us: 5.0, p99_us: 6.0 },
+        ];
+        cost_latency(&c, "cost title", "CPU ns per reply", &pts).unwrap();
+        let svg = std::fs::read_to_string(&c).unwrap();
+        assert!(svg.contains("spinner") && svg.contains("sleeper") && !svg.contains("nothing measured"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
