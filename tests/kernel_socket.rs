@@ -173,7 +173,14 @@ impl Server {
 }
 
 fn options(lab: &Lab, io: SocketIo, port: u16, batch: u32, timestamps: bool) -> KernelSocketOptions {
-    KernelSocketOptions { interface: lab.server_if(), ports: vec![port], io, batch, timestamps }
+    KernelSocketOptions {
+        interface: lab.server_if(),
+        ports: vec![port],
+        io,
+        batch,
+        timestamps,
+        receive_buffer: 4 << 20,
+    }
 }
 
 /// Runs `f` on a thread pinned to core 0 (away from the worker's core).

@@ -175,11 +175,15 @@ pub struct SocketConfig {
     /// Datagrams per recvmmsg/sendmmsg (`mmsg`), the most taken from one socket in a row (`nonblocking`), and
     /// half the provided buffers of `io_uring`.
     pub batch: u32,
+    /// Each socket's receive buffer, bytes (SO_RCVBUFFORCE, so beyond net.core.rmem_max; the kernel doubles
+    /// it for its bookkeeping). Datagrams that find it full are dropped by the kernel and counted at stop as
+    /// the worker's `kernel.rx_dropped`.
+    pub receive_buffer: u32,
 }
 
 impl Default for SocketConfig {
     fn default() -> Self {
-        SocketConfig { io: SocketIo::Epoll, batch: 64 }
+        SocketConfig { io: SocketIo::Epoll, batch: 64, receive_buffer: 4 << 20 }
     }
 }
 
@@ -663,6 +667,9 @@ impl Config {
             }
             if !(1..=1024).contains(&self.socket.batch) {
                 return Err(invalid("socket.batch", "must be between 1 and 1024"));
+            }
+            if !(4096..=(1 << 30)).contains(&self.socket.receive_buffer) {
+                return Err(invalid("socket.receive_buffer", "must be between 4096 and 1073741824 bytes"));
             }
         }
         if let Some(addr) = &self.metrics.listen {

@@ -476,6 +476,7 @@ impl RunningServer {
                 ports: server.config.ports.clone(),
                 io: server.config.socket.io.into(),
                 batch: server.config.socket.batch,
+                receive_buffer: server.config.socket.receive_buffer,
                 timestamps: measure,
             };
             let handler = make_handler(WorkerInfo { index: i, queue, core });

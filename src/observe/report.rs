@@ -206,7 +206,13 @@ impl Report {
                     let _ =
                         writeln!(out, "  queue {} frames at stop: unknown (the worker did not stop cleanly)", w.queue);
                 }
-                None => {}
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "  queue {} sockets: {} datagrams dropped by the kernel (receive buffer full)",
+                        w.queue, w.kernel.rx_dropped
+                    );
+                }
             }
         }
         if let Some(total) = &self.latency {

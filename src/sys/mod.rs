@@ -298,6 +298,37 @@ pub fn enable_packet_info(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     set_int_option_at(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)
 }
 
+/// Sets socket `fd`'s receive buffer to `bytes` with SO_RCVBUFFORCE, beyond net.core.rmem_max (needs
+/// CAP_NET_ADMIN; EPERM without it).
+pub fn force_receive_buffer(fd: std::os::fd::BorrowedFd<'_>, bytes: u32) -> io::Result<()> {
+    set_int_option_at(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, bytes.min(i32::MAX as u32) as libc::c_int)
+}
+
+/// `SK_MEMINFO_DROPS`: the index of the drop count in SO_MEMINFO's array (linux/sock_diag.h).
+const SK_MEMINFO_DROPS: usize = 8;
+/// Entries of SO_MEMINFO's array (`SK_MEMINFO_VARS`).
+const SK_MEMINFO_VARS: usize = 9;
+
+/// How many datagrams the kernel has dropped on this socket (receive buffer full, filter), from SO_MEMINFO.
+pub fn socket_drops(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<u64> {
+    let mut info = [0u32; SK_MEMINFO_VARS];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which is that long; the fd is borrowed.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u64::from(info.get(SK_MEMINFO_DROPS).copied().unwrap_or(0)))
+}
+
 /// Turns on the kernel's software receive timestamps for socket `fd`, delivered with each datagram as an
 /// `SCM_TIMESTAMPING_NEW` control message (CLOCK_REALTIME, taken as the packet entered the stack):
 /// SO_TIMESTAMPING_NEW with SOF_TIMESTAMPING_RX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE.

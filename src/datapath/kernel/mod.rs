@@ -169,6 +169,10 @@ pub struct KernelSocketOptions {
     pub batch: u32,
     /// Kernel software receive timestamps (SO_TIMESTAMPING), for the `ring_dwell` and `total` histograms.
     pub timestamps: bool,
+    /// Each socket's receive buffer, bytes: SO_RCVBUFFORCE (CAP_NET_ADMIN) where allowed, else SO_RCVBUF
+    /// (capped by net.core.rmem_max). Datagrams that find it full are dropped by the kernel; the worker
+    /// reads how many (SO_MEMINFO) when it stops, into [`KernelSocketStats::rx_dropped`](super::counters::KernelSocketStats).
+    pub receive_buffer: u32,
 }
 
 /// Why a [`KernelWorker`] could not be opened.

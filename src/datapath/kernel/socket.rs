@@ -41,6 +41,11 @@ fn open(options: &KernelSocketOptions, port: u16) -> Result<Socket, KernelSocket
         source,
     })?;
     sys::enable_packet_info(socket.as_fd()).map_err(fail("IP_PKTINFO / IPV6_RECVPKTINFO"))?;
+    // Beyond net.core.rmem_max where the process may (CAP_NET_ADMIN); within it otherwise.
+    let size = options.receive_buffer as usize;
+    if sys::force_receive_buffer(socket.as_fd(), options.receive_buffer).is_err() {
+        socket.set_recv_buffer_size(size).map_err(fail("SO_RCVBUF"))?;
+    }
     if options.timestamps {
         sys::enable_rx_software_timestamps(socket.as_fd()).map_err(fail("SO_TIMESTAMPING (RX software)"))?;
     }

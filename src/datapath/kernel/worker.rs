@@ -215,9 +215,11 @@ impl<H: Handler> KernelWorker<H> {
         if let Some(l) = &mut core.latency {
             l.flush();
         }
+        // Datagrams the kernel dropped because a socket's receive buffer was full.
+        let rx_dropped = self.sockets.iter().filter_map(|ps| sys::socket_drops(ps.socket.as_fd()).ok()).sum();
         WorkerExit {
             stats: core.stats,
-            kernel: KernelSocketStats::default(),
+            kernel: KernelSocketStats { rx_dropped, ..KernelSocketStats::default() },
             frames: None,
             cpu: sys::thread_cpu_times().ok(),
         }
@@ -407,10 +409,13 @@ impl<H: Handler> KernelWorker<H> {
             if u.enter(&timeout).is_err() {
                 core.stats.tx_kick_errors += 1;
             }
-            // Every datagram reaped now is picked up now, and every send reaped completed by now.
+            // Completions are copied out of the ring first and the clock read after: a completion posted in
+            // between (task work run on the way back from an interrupt) would otherwise carry a kernel stamp
+            // later than its pick-up. Every datagram reaped is picked up now; every send reaped is done by now.
+            let reaped = u.reap();
             let now = read_time();
             let mut taken = 0;
-            for k in 0..u.reap() {
+            for k in 0..reaped {
                 match u.completion(k) {
                     Completion::Received { socket, result: Ok(bid), .. } => {
                         taken += 1;
@@ -760,7 +765,7 @@ mod tests {
     use crate::handler::Echo;
 
     fn options(io: SocketIo, ports: Vec<u16>, batch: u32) -> KernelSocketOptions {
-        KernelSocketOptions { interface: "lo".into(), ports, io, batch, timestamps: false }
+        KernelSocketOptions { interface: "lo".into(), ports, io, batch, timestamps: false, receive_buffer: 1 << 20 }
     }
 
     fn open(o: KernelSocketOptions) -> Result<KernelWorker<Echo>, KernelSocketError> {
