@@ -182,6 +182,14 @@ bench: bench-deps
 	$(CARGO) build --release -p shunt -p shunt-bench
 	target/release/shunt-bench compare --plan $(BENCH_PLAN) --name $(BENCH_NAME) $(BENCH_FLAGS)
 
+# The same comparison for a machine with 16 cores or more (bench/plans/many-core.toml): four queues, four shunt
+# workers, a four-thread generator, and sweep rates up to 3 Mpps.
+MANY_CORE_FLAGS ?= --sweep-threads 4 --sweep-cores 8,9,10,11 --rates 100k,300k,1M,2M,3M
+.PHONY: bench-many-core
+bench-many-core: bench-deps
+	$(CARGO) build --release -p shunt -p shunt-bench
+	target/release/shunt-bench compare --plan bench/plans/many-core.toml --name many-core $(MANY_CORE_FLAGS) $(BENCH_FLAGS)
+
 # The cost of in-server latency measurement: histograms on vs off, interleaved (bench/plans/latency-overhead.toml).
 .PHONY: bench-overhead
 bench-overhead: deps

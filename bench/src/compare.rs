@@ -96,6 +96,10 @@ pub struct CompareArgs {
     /// Keep the per-run logs and JSON (printed path) even on success.
     #[arg(long)]
     pub keep_logs: bool,
+    /// Measure nothing: rewrite the page and plots of an earlier run from its JSON (<out-dir>/<name>.json,
+    /// the rates and CPU rate it was run with).
+    #[arg(long)]
+    pub replot: bool,
 }
 
 /// The plan file.
@@ -741,6 +745,9 @@ fn now_utc() -> String {
 
 /// Runs the comparison.
 pub fn run(a: CompareArgs) -> anyhow::Result<ExitCode> {
+    if a.replot {
+        return replot(a);
+    }
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
         signal_hook::flag::register(sig, STOP.get().clone()).context("installing signal handlers")?;
     }
@@ -922,18 +929,9 @@ pub fn run(a: CompareArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&a.out_dir)?;
     let base = a.out_dir.join(&a.name);
     report::write_json(&base.with_extension("json"), &cmp)?;
-    let pp_svg = a.out_dir.join(format!("{}-pingpong.svg", a.name));
-    let sweep_svg = a.out_dir.join(format!("{}-sweep.svg", a.name));
-    let cost_svg = a.out_dir.join(format!("{}-cost.svg", a.name));
-    write_plots(&cmp, &pp_svg, &sweep_svg)?;
-    let with_cost = a.cpu_rate > 0.0;
-    if with_cost {
-        write_cost_plot(&cmp, &cost_svg)?;
-    }
-    let md = markdown(&cmp, &a, &pp_svg, &sweep_svg, with_cost.then_some(cost_svg.as_path()));
-    std::fs::write(base.with_extension("md"), &md)?;
+    let md = write_page(&cmp, &a)?;
     println!("{md}");
-    eprintln!("compare: wrote {}.md, .json, {}, {}", base.display(), pp_svg.display(), sweep_svg.display());
+    eprintln!("compare: wrote {}.md, .json and the plots", base.display());
     if a.keep_logs {
         eprintln!("compare: logs kept in {}", work.display());
     } else {
@@ -1264,6 +1262,37 @@ fn sweep_cores(a: &CompareArgs, client_core: usize) -> Vec<usize> {
         Some(i) => (0..a.sweep_threads).map(|k| allowed[(i + k) % allowed.len()]).collect(),
         None => (0..a.sweep_threads).map(|k| client_core + k).collect(),
     }
+}
+
+/// Writes `<out-dir>/<name>.md` and the plots for `cmp`; returns the page.
+fn write_page(cmp: &Comparison, a: &CompareArgs) -> anyhow::Result<String> {
+    let base = a.out_dir.join(&a.name);
+    let pp_svg = a.out_dir.join(format!("{}-pingpong.svg", a.name));
+    let sweep_svg = a.out_dir.join(format!("{}-sweep.svg", a.name));
+    let cost_svg = a.out_dir.join(format!("{}-cost.svg", a.name));
+    write_plots(cmp, &pp_svg, &sweep_svg)?;
+    let with_cost = a.cpu_rate > 0.0;
+    if with_cost {
+        write_cost_plot(cmp, &cost_svg)?;
+    }
+    let md = markdown(cmp, a, &pp_svg, &sweep_svg, with_cost.then_some(cost_svg.as_path()));
+    std::fs::write(base.with_extension("md"), &md)?;
+    Ok(md)
+}
+
+/// `--replot`: the page and plots again from `<out-dir>/<name>.json`, with the rates it was measured at.
+fn replot(mut a: CompareArgs) -> anyhow::Result<ExitCode> {
+    let path = a.out_dir.join(&a.name).with_extension("json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let cmp: Comparison = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    if let Some(r) = cmp.params.get("rates") {
+        a.rates =
+            r.split(',').map(parse_rate).collect::<Result<_, _>>().map_err(|e| anyhow!("rates in the JSON: {e}"))?;
+    }
+    a.cpu_rate = cmp.params.get("cpu_rate").and_then(|r| r.parse().ok()).unwrap_or(0.0);
+    write_page(&cmp, &a)?;
+    eprintln!("compare: rewrote {}.md and the plots from {}", a.out_dir.join(&a.name).display(), path.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Latency against CPU per reply, one point per target with a server process doing the work. A server whose
@@ -1635,7 +1664,7 @@ sockperf: ---> <MIN> observation =    9.866
 
     #[test]
     fn the_shipped_plans_parse() {
-        for f in ["plans/lab.toml", "plans/nic-example.toml"] {
+        for f in ["plans/lab.toml", "plans/many-core.toml", "plans/nic-example.toml"] {
             let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
             let plan: Plan =
                 toml::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap_or_else(|e| panic!("{f}: {e}"));

@@ -154,6 +154,25 @@ pub fn load_sweep(path: &Path, title: &str, latency: &[Series], loss: &[Series])
     Ok(())
 }
 
+/// Twelve distinguishable colours for the cost plot's points (one per target of the default plan and more).
+fn cost_color(i: usize) -> RGBColor {
+    const C: [RGBColor; 12] = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(127, 127, 127),
+        RGBColor(188, 189, 34),
+        RGBColor(23, 190, 207),
+        RGBColor(0, 0, 128),
+        RGBColor(128, 0, 0),
+    ];
+    C[i % C.len()]
+}
+
 /// One target on the cost/latency plane: its name, CPU per reply (ns) and ping-pong p50 and p99 (µs).
 #[derive(Debug, Clone)]
 pub struct CostPoint {
@@ -177,7 +196,7 @@ pub fn cost_latency(path: &Path, title: &str, x_desc: &str, points: &[CostPoint]
     let (xlo, xhi) = pts.iter().fold((f64::MAX, 0f64), |(lo, hi), p| (lo.min(p.cpu_ns), hi.max(p.cpu_ns)));
     let (ylo, yhi) =
         pts.iter().fold((f64::MAX, 0f64), |(lo, hi), p| (lo.min(p.p50_us), hi.max(p.p99_us.max(p.p50_us))));
-    let (xlo, xhi) = if pts.is_empty() { (1.0, 10.0) } else { (xlo / 2.0, xhi * 3.0) };
+    let (xlo, xhi) = if pts.is_empty() { (1.0, 10.0) } else { (xlo / 1.5, xhi * 2.0) };
     let (ylo, yhi) = if pts.is_empty() { (1.0, 10.0) } else { (ylo / 1.5, yhi * 1.5) };
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
@@ -194,8 +213,10 @@ pub fn cost_latency(path: &Path, title: &str, x_desc: &str, points: &[CostPoint]
         .y_label_formatter(&|y| format!("{y:.1}"))
         .draw()
         .map_err(err)?;
+    // Labels that would overlap an earlier one (close on both log axes) move down until they do not.
+    let mut placed: Vec<(f64, f64)> = Vec::new();
     for (i, p) in pts.iter().enumerate() {
-        let c = color(i);
+        let c = cost_color(i);
         chart
             .draw_series(std::iter::once(PathElement::new(
                 vec![(p.cpu_ns, p.p50_us), (p.cpu_ns, p.p99_us.max(p.p50_us))],
@@ -203,12 +224,20 @@ pub fn cost_latency(path: &Path, title: &str, x_desc: &str, points: &[CostPoint]
             )))
             .map_err(err)?;
         chart.draw_series(std::iter::once(Circle::new((p.cpu_ns, p.p50_us), 5, c.filled()))).map_err(err)?;
+        let x = p.cpu_ns * 1.08;
+        let mut y = p.p50_us;
+        let near = |y: f64, placed: &[(f64, f64)]| {
+            placed.iter().any(|&(px, py)| (x / px).log10().abs() < 0.12 && (y / py).log10().abs() < 0.025)
+        };
+        for _ in 0..20 {
+            if !near(y, &placed) {
+                break;
+            }
+            y /= 1.06;
+        }
+        placed.push((x, y));
         chart
-            .draw_series(std::iter::once(Text::new(
-                p.name.clone(),
-                (p.cpu_ns * 1.12, p.p50_us),
-                ("sans-serif", 13).into_font().color(&c),
-            )))
+            .draw_series(std::iter::once(Text::new(p.name.clone(), (x, y), ("sans-serif", 13).into_font().color(&c))))
             .map_err(err)?;
     }
     root.present().map_err(err)?;
