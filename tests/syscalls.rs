@@ -276,6 +276,25 @@ fn steady_client(first: u64, count: u64) -> Result<u64, String> {
 // ---------------------------------------------------------------------------------------------------------
 
 /// The TID of thread `name` in process `pid` or one of its descendants (`ip netns exec` may fork).
+/// The steady load: [`STEADY_THREADS`] client threads (numbered from `first`, which keeps their sequence
+/// numbers apart between loads) sending [`STEADY_TOTAL`] requests in all. Returns the replies received.
+fn steady_load(lab: &Lab, first: u64) -> Result<u64, String> {
+    let per_thread = STEADY_TOTAL / STEADY_THREADS;
+    let handles: Vec<_> = (0..STEADY_THREADS)
+        .map(|t| lab.spawn_in_client(move || steady_client((t + first) << 40, per_thread)))
+        .collect();
+    let mut answered = 0;
+    let mut failure = None;
+    for (t, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(Ok(n)) => answered += n,
+            Ok(Err(e)) => failure = Some(format!("client thread {t}: {e}")),
+            Err(p) => std::panic::resume_unwind(p),
+        }
+    }
+    failure.map_or(Ok(answered), Err)
+}
+
 fn find_thread(pid: u32, name: &str) -> Option<u32> {
     let mut todo = vec![pid];
     while let Some(p) = todo.pop() {
@@ -757,21 +776,7 @@ fn worker_system_calls_counted_by_perf_are_per_batch_not_per_packet() {
     assert!(version.success(), "perf is not usable (make deps installs linux-perf):\n{}", version.combined());
     let lab = Lab::new(1);
 
-    let steady = measure(&lab, "steady load", |lab, _| {
-        let per_thread = STEADY_TOTAL / STEADY_THREADS;
-        let handles: Vec<_> =
-            (0..STEADY_THREADS).map(|t| lab.spawn_in_client(move || steady_client(t << 40, per_thread))).collect();
-        let mut answered = 0;
-        let mut failure = None;
-        for (t, h) in handles.into_iter().enumerate() {
-            match h.join() {
-                Ok(Ok(n)) => answered += n,
-                Ok(Err(e)) => failure = Some(format!("client thread {t}: {e}")),
-                Err(p) => std::panic::resume_unwind(p),
-            }
-        }
-        failure.map_or(Ok(answered), Err)
-    });
+    let steady = measure(&lab, "steady load", |lab, _| steady_load(lab, 0));
     steady.check_accounting(STEADY_TOTAL);
 
     // The same load with replies held on the TX ring until 32 wait (or 200 µs pass): the kick policy an
@@ -781,21 +786,7 @@ fn worker_system_calls_counted_by_perf_are_per_batch_not_per_packet() {
         "steady load, tx_kick_batch = 32",
         &[("tx_kick_batch", "32"), ("tx_kick_delay_us", "200")],
         &[],
-        |lab, _| {
-            let per_thread = STEADY_TOTAL / STEADY_THREADS;
-            let handles: Vec<_> = (0..STEADY_THREADS)
-                .map(|t| lab.spawn_in_client(move || steady_client((t + 8) << 40, per_thread)))
-                .collect();
-            let mut answered = 0;
-            for (t, h) in handles.into_iter().enumerate() {
-                match h.join() {
-                    Ok(Ok(n)) => answered += n,
-                    Ok(Err(e)) => return Err(format!("client thread {t}: {e}")),
-                    Err(p) => std::panic::resume_unwind(p),
-                }
-            }
-            Ok(answered)
-        },
+        |lab, _| steady_load(lab, 8),
     );
     coalesced.check_accounting(STEADY_TOTAL);
     let syscalls = coalesced.syscalls();
@@ -832,21 +823,8 @@ fn io_uring_worker_makes_one_system_call_per_turn_not_per_packet() {
     let version = run_cmd(&["perf", "--version"], Duration::from_secs(20));
     assert!(version.success(), "perf is not usable (make deps installs linux-perf):\n{}", version.combined());
     let lab = Lab::new(1);
-    let m = measure_with(&lab, "steady load, io_uring", &[], &["--mode", "socket", "--io", "io_uring"], |lab, _| {
-        let per_thread = STEADY_TOTAL / STEADY_THREADS;
-        let handles: Vec<_> = (0..STEADY_THREADS)
-            .map(|t| lab.spawn_in_client(move || steady_client((t + 16) << 40, per_thread)))
-            .collect();
-        let mut answered = 0;
-        for (t, h) in handles.into_iter().enumerate() {
-            match h.join() {
-                Ok(Ok(n)) => answered += n,
-                Ok(Err(e)) => return Err(format!("client thread {t}: {e}")),
-                Err(p) => std::panic::resume_unwind(p),
-            }
-        }
-        Ok(answered)
-    });
+    let io_uring = ["--mode", "socket", "--io", "io_uring"];
+    let m = measure_with(&lab, "steady load, io_uring", &[], &io_uring, |lab, _| steady_load(lab, 16));
     m.check_answered(STEADY_TOTAL);
     let syscalls = m.syscalls();
     let enters = m.kicks + m.sleeps;

@@ -1140,12 +1140,7 @@ fn round_inner(
         "--json".into(),
         sw_json.display().to_string(),
     ];
-    if a.sweep_sender == crate::load::Sender::Afxdp {
-        for (flag, key) in [("--interface", "client_if"), ("--src-mac", "client_mac"), ("--dst-mac", "server_mac")] {
-            sw.push(flag.into());
-            sw.push(vars[key].clone());
-        }
-    }
+    sw.extend(sender_flags(a, vars));
     let sw = if a.sweep_threads > 1 {
         // Each thread pinned to its own core (shunt-bench pins them; taskset lets it), AF_XDP: its own queue.
         let cores = sweep_cores(a, vars["client_core"].parse().unwrap_or(0));
@@ -1179,6 +1174,17 @@ fn round_inner(
     }
     server.stop();
     Ok(())
+}
+
+/// The AF_XDP sender's interface and MAC flags (none for the kernel sender).
+fn sender_flags(a: &CompareArgs, vars: &Vars) -> Vec<String> {
+    if a.sweep_sender != crate::load::Sender::Afxdp {
+        return Vec::new();
+    }
+    [("--interface", "client_if"), ("--src-mac", "client_mac"), ("--dst-mac", "server_mac")]
+        .into_iter()
+        .flat_map(|(flag, key)| [flag.to_string(), vars[key].clone()])
+        .collect()
 }
 
 /// The CPU phase: one open-loop run at `--cpu-rate` (one generator thread, the sweep's sender), with the
@@ -1221,12 +1227,7 @@ fn cpu_cost(
         "--json".into(),
         json.display().to_string(),
     ];
-    if a.sweep_sender == crate::load::Sender::Afxdp {
-        for (flag, key) in [("--interface", "client_if"), ("--src-mac", "client_mac"), ("--dst-mac", "server_mac")] {
-            args.push(flag.into());
-            args.push(vars[key].clone());
-        }
-    }
+    args.extend(sender_flags(a, vars));
     let argv = client(args);
     cmds.push(format!(
         "# CPU cost at a fixed load (shunt-bench; server CPU read from /proc around it)\n{}",

@@ -15,8 +15,9 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
+/// Twelve distinguishable colours (a plan's targets and more), in turn.
 fn color(i: usize) -> RGBColor {
-    const C: [RGBColor; 8] = [
+    const C: [RGBColor; 12] = [
         RGBColor(31, 119, 180),
         RGBColor(255, 127, 14),
         RGBColor(44, 160, 44),
@@ -25,6 +26,10 @@ fn color(i: usize) -> RGBColor {
         RGBColor(140, 86, 75),
         RGBColor(227, 119, 194),
         RGBColor(127, 127, 127),
+        RGBColor(188, 189, 34),
+        RGBColor(23, 190, 207),
+        RGBColor(0, 0, 128),
+        RGBColor(128, 0, 0),
     ];
     C[i % C.len()]
 }
@@ -154,25 +159,6 @@ pub fn load_sweep(path: &Path, title: &str, latency: &[Series], loss: &[Series])
     Ok(())
 }
 
-/// Twelve distinguishable colours for the cost plot's points (one per target of the default plan and more).
-fn cost_color(i: usize) -> RGBColor {
-    const C: [RGBColor; 12] = [
-        RGBColor(31, 119, 180),
-        RGBColor(255, 127, 14),
-        RGBColor(44, 160, 44),
-        RGBColor(214, 39, 40),
-        RGBColor(148, 103, 189),
-        RGBColor(140, 86, 75),
-        RGBColor(227, 119, 194),
-        RGBColor(127, 127, 127),
-        RGBColor(188, 189, 34),
-        RGBColor(23, 190, 207),
-        RGBColor(0, 0, 128),
-        RGBColor(128, 0, 0),
-    ];
-    C[i % C.len()]
-}
-
 /// One target on the cost/latency plane: its name, CPU per reply (ns) and ping-pong p50 and p99 (µs).
 #[derive(Debug, Clone)]
 pub struct CostPoint {
@@ -216,7 +202,7 @@ pub fn cost_latency(path: &Path, title: &str, x_desc: &str, points: &[CostPoint]
     // Labels that would overlap an earlier one (close on both log axes) move down until they do not.
     let mut placed: Vec<(f64, f64)> = Vec::new();
     for (i, p) in pts.iter().enumerate() {
-        let c = cost_color(i);
+        let c = color(i);
         chart
             .draw_series(std::iter::once(PathElement::new(
                 vec![(p.cpu_ns, p.p50_us), (p.cpu_ns, p.p99_us.max(p.p50_us))],
