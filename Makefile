@@ -161,8 +161,8 @@ clean-lab:
 	done
 
 # Benchmark comparison (bench/, issue P3): one lab created and deleted by the run, every target of the plan,
-# repetitions interleaved; writes bench/results/$(BENCH_NAME).md + .json + SVGs. Default run (2 repetitions): ~6
-# minutes (one repetition of the 6 targets took 167 s on the 2-core lab). Exit status 1 when the verdict says
+# repetitions interleaved; writes bench/results/$(BENCH_NAME).md + .json + SVGs. Default run (13 targets, 2
+# repetitions): 14 minutes on the 2-core lab (rounds of 837 s and 831 s in two runs, plus the build). Exit status 1 when the verdict says
 # "broken", 0 with "noisy"/"limited" warnings (bench/README.md).
 # More repetitions or other rates: make bench BENCH_FLAGS="--reps 3 --rates 20k,100k,300k".
 BENCH_PLAN ?= bench/plans/lab.toml
