@@ -2,6 +2,7 @@
 //! 10,000-datagram echo over IPv4 and IPv6 (byte for byte) and `sockperf ping-pong` against the sockperf
 //! handler, for `--mode afxdp` (each poll mode is covered by tests/poll_modes.rs), `--mode xdp` (the server
 //! inside the kernel) and `--mode socket` with each `--io` model. The report names the mode and I/O model and carries CPU per packet in all of them.
+//! A socket whose receive buffer overflows has its kernel drops counted (sent = received + dropped).
 
 mod common;
 
@@ -96,5 +97,96 @@ fn sockperf_ping_pong_completes_in_every_mode_and_io_model() {
         let fin = srv.stop();
         fin.assert_clean_exit();
         assert!(fin.report_u64("tx_packets") > 100, "{mode}/{io:?}: {}", fin.describe());
+    }
+}
+
+/// The process that runs the thread named `name`, among `pid` and its descendants.
+fn process_with_thread(pid: u32, name: &str) -> Option<u32> {
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else { continue };
+        for t in tasks.flatten() {
+            if std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name) {
+                return Some(p);
+            }
+            if let Ok(children) = std::fs::read_to_string(t.path().join("children")) {
+                todo.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+            }
+        }
+    }
+    None
+}
+
+/// The state letter of process `pid` (`T`: stopped).
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// A kernel socket whose receive buffer overflows loses datagrams in the kernel, where the worker's own
+/// counters cannot see them: the server reads the socket's drop count when it stops (`kernel.rx_dropped`),
+/// so requests sent = replies + drops. The server is stopped (SIGSTOP) while 400 requests arrive at a
+/// 4,096-byte receive buffer (some 8 KiB with the kernel's doubling: a handful of datagrams), then continued.
+#[test]
+#[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
+fn a_full_socket_receive_buffer_is_counted_as_kernel_drops() {
+    require_lab();
+    const SENT: u64 = 400;
+    let lab = Lab::new(1);
+    let text = std::fs::read_to_string(common::lab_config()).expect("config/lab.toml");
+    let config = lab.tmp_path("small-receive-buffer", "toml");
+    std::fs::write(&config, format!("{text}\n[socket]\nreceive_buffer = 4096\n")).expect("write config");
+    let config = config.display().to_string();
+    let server_if = lab.server_if();
+    for io in ["epoll", "io_uring"] {
+        let args = [
+            "serve",
+            "--config",
+            &config,
+            "--interface",
+            &server_if,
+            "--mode",
+            "socket",
+            "--io",
+            io,
+            "--cores",
+            "1",
+            "--quiet",
+            "--port",
+            "9000",
+        ];
+        let srv = lab.spawn_server(&args);
+        let pid = process_with_thread(srv.pid(), "shunt-q0")
+            .unwrap_or_else(|| panic!("{io}: no worker thread shunt-q0\n{}", srv.describe()));
+        let sock = client_socket(&lab, false, 9000);
+        sock.set_read_timeout(Some(Duration::from_secs(1))).expect("SO_RCVTIMEO");
+        // SAFETY: kill has no memory preconditions; `pid` is the server this test started, still running.
+        assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) }, 0, "SIGSTOP");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while process_state(pid) != Some('T') {
+            assert!(std::time::Instant::now() < deadline, "{io}: the server is not stopped 5 s after SIGSTOP");
+            std::thread::yield_now();
+        }
+        for seq in 0..SENT {
+            let mut payload = [0u8; 64];
+            payload[..8].copy_from_slice(&seq.to_be_bytes());
+            sock.send(&payload).expect("send");
+        }
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) }, 0, "SIGCONT");
+        // Replies until a second passes without one (the few the buffer held come back at once).
+        let mut replies = 0u64;
+        let mut buf = [0u8; 128];
+        while sock.recv(&mut buf).is_ok() {
+            replies += 1;
+        }
+        let fin = srv.stop();
+        fin.assert_clean_exit();
+        let dropped = fin.report_u64("workers.0.kernel.rx_dropped");
+        let rx = fin.report_u64("workers.0.rx_packets");
+        eprintln!("{io}: {SENT} sent, {rx} received and answered ({replies} replies), {dropped} dropped by the kernel");
+        assert!(dropped > 0, "{io}: {SENT} requests into a 4 KiB buffer and no drop counted\n{}", fin.describe());
+        assert_eq!(rx + dropped, SENT, "{io}: received + dropped in the kernel = sent\n{}", fin.describe());
+        assert_eq!(replies, rx, "{io}: every received request answered\n{}", fin.describe());
     }
 }
