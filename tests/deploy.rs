@@ -649,11 +649,8 @@ fn server_without_bpf_in_the_filter_is_killed_by_sigsys() {
     let wrapper = [py.as_str(), f.script.as_str(), "--unit", f.unit.as_str(), "--deny", "bpf", "--", f.bin.as_str()];
     let args = ["serve", "--config", f.config.as_str(), "--interface", &lab.server_if()];
     let mut srv = spawn_sandboxed(&lab, &wrapper, &args);
-    let deadline = Instant::now() + READY_TIMEOUT;
-    while srv.try_alive() {
-        assert!(Instant::now() < deadline, "the server kept running without bpf()\n{}", srv.describe());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let exited = srv.child.as_mut().and_then(|c| wait_exit(c, READY_TIMEOUT));
+    assert!(exited.is_some(), "the server kept running without bpf()\n{}", srv.describe());
     let fin = srv.kill();
     assert_eq!(fin.status.signal(), Some(libc::SIGSYS), "killed by SIGSYS\n{}", fin.describe());
     assert!(!contains_word(&fin.stderr, "ready"), "it must not get as far as ready\n{}", fin.describe());
@@ -734,16 +731,12 @@ impl Sandboxed {
         let pid = self.pid();
         // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
         unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                return self.finish(st);
-            }
-            if Instant::now() >= deadline {
+        match self.child.as_mut().and_then(|c| wait_exit(c, STOP_TIMEOUT)) {
+            Some(st) => self.finish(st),
+            None => {
                 let out = self.kill();
                 panic!("server did not exit within {STOP_TIMEOUT:?} of SIGTERM\n{}", out.describe());
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
     fn kill(&mut self) -> SandboxedExit {

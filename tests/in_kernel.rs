@@ -293,8 +293,9 @@ impl ReplyCapture {
                     return (correct, wrong);
                 }
                 if idle {
-                    // Nothing waiting: back off briefly rather than spin against the test on 2 CPUs.
-                    std::thread::sleep(Duration::from_micros(200));
+                    // Nothing waiting: block until a frame is (or 20 ms pass, to look at the flag again)
+                    // rather than spin against the test on 2 CPUs.
+                    port.wait_readable(Duration::from_millis(20));
                 }
             }
         });

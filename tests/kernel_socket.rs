@@ -107,6 +107,8 @@ struct ServerRun {
 struct Server {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<ServerRun>,
+    /// Receives once the worker's thread has its result.
+    done: mpsc::Receiver<()>,
 }
 
 impl Server {
@@ -115,6 +117,7 @@ impl Server {
     fn start<H: Handler + 'static>(lab: &Lab, options: KernelSocketOptions, handler: H) -> Server {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        let (done_tx, done) = mpsc::channel::<()>();
         let thread = {
             let stop = stop.clone();
             lab.spawn_in_server(move || {
@@ -150,6 +153,7 @@ impl Server {
                 let elapsed = start.elapsed();
                 drop(worker); // closes the hand-off: the stand-in ends
                 let (latency, swaps) = stand_in.join().expect("stand-in reporter");
+                let _ = done_tx.send(());
                 ServerRun { exit, allocations, latency, swaps, elapsed }
             })
         };
@@ -158,15 +162,16 @@ impl Server {
             Ok(Err(e)) => panic!("KernelWorker::open failed: {e}"),
             Err(e) => panic!("the server thread did not open its worker in 20 s: {e}"),
         }
-        Server { stop, thread }
+        Server { stop, thread, done }
     }
 
     fn stop(self) -> ServerRun {
         self.stop.store(true, Ordering::Relaxed);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.thread.is_finished() {
-            assert!(Instant::now() < deadline, "the worker did not stop within 10 s of the stop flag");
-            std::thread::sleep(Duration::from_millis(5));
+        match self.done.recv_timeout(Duration::from_secs(10)) {
+            Ok(()) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("the worker did not stop within 10 s of the stop flag"),
+            // The thread ended without saying so: it panicked, and join reports why.
+            Err(mpsc::RecvTimeoutError::Disconnected) => {}
         }
         self.thread.join().expect("server thread")
     }

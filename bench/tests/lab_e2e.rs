@@ -63,6 +63,27 @@ impl Drop for Lab {
 /// A server we started; killed by PID on drop.
 struct Proc(Child);
 
+/// Whether `child` exits within `timeout`, waiting in poll(2) on its pidfd (readable once it has exited).
+fn exited_within(child: &mut Child, timeout: Duration) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) else { return false };
+    let Ok(pidfd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) else {
+        // Already reaped (or no pidfd): whatever try_wait says.
+        return matches!(child.try_wait(), Ok(Some(_)));
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ts = rustix::time::Timespec { tv_sec: left.as_secs() as _, tv_nsec: left.subsec_nanos() as _ };
+        match poll(&mut [PollFd::new(&pidfd, PollFlags::IN)], Some(&ts)) {
+            Ok(0) => return false,
+            Ok(_) => return child.wait().is_ok(),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
 impl Proc {
     /// SIGTERM by PID, then wait (bounded) for it to exit; SIGKILL after 10 s. Returns whether it exited on
     /// SIGTERM.
@@ -72,12 +93,8 @@ impl Proc {
         }
         // SAFETY: our own unreaped child.
         unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if exited_within(&mut self.0, Duration::from_secs(10)) {
+            return true;
         }
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -346,11 +363,8 @@ fn two_threads_two_queues(sender: &[&str]) {
     assert_eq!(u(&v, "latency_samples"), sums[3], "merged histogram count = sum of the threads'");
     assert_eq!(v["latency_ns"]["count"].as_u64(), Some(sums[3]), "merged summary count");
 
+    // The server writes its report before it exits.
     assert!(server.stop(), "the server did not stop on SIGTERM");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !server_report.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&server_report).expect("the server's report"))
         .expect("the server's JSON report");
     let workers = r["workers"].as_array().expect("workers in the server report");

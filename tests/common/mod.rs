@@ -162,19 +162,36 @@ pub fn run_cmd<S: AsRef<OsStr>>(argv: &[S], timeout: Duration) -> CmdOutput {
 
 /// Wait for `child` at most `timeout`; on timeout SIGKILL it and reap it. Returns (status, timed_out).
 fn wait_bounded(child: &mut Child, timeout: Duration) -> (ExitStatus, bool) {
+    match wait_exit(child, timeout) {
+        Some(st) => (st, false),
+        None => {
+            let _ = child.kill();
+            (child.wait().expect("reaping killed child"), true)
+        }
+    }
+}
+
+/// Waits until `child` exits or `timeout` passes, blocked in poll(2) on a pidfd (readable once the process
+/// has exited), not in a sleep loop. Returns its status (reaped) if it exited in time.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    use rustix::event::{poll, PollFd, PollFlags};
+    if let Some(st) = child.try_wait().unwrap_or_else(|e| panic!("waiting for pid {}: {e}", child.id())) {
+        return Some(st);
+    }
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("a child's pid is positive");
+    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+        .unwrap_or_else(|e| panic!("pidfd_open({}): {e} (Linux 5.3+)", child.id()));
     let deadline = Instant::now() + timeout;
     loop {
-        match child.try_wait() {
-            Ok(Some(st)) => return (st, false),
-            Ok(None) => {}
-            Err(e) => panic!("waiting for pid {}: {e}", child.id()),
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ts = rustix::time::Timespec { tv_sec: left.as_secs() as _, tv_nsec: left.subsec_nanos() as _ };
+        let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+        match poll(&mut fds, Some(&ts)) {
+            Ok(0) => return None,
+            Ok(_) => return Some(child.wait().expect("reaping an exited child")),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => panic!("poll on the pidfd of {}: {e}", child.id()),
         }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let st = child.wait().expect("reaping killed child");
-            return (st, true);
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -1316,6 +1333,14 @@ impl RawPort {
     /// The next frame that arrived on the interface (not one this host sent), if any is waiting, with the
     /// VLAN tag control information the kernel took out of it (it moves a received tag into metadata before
     /// packet taps see the frame; PACKET_AUXDATA gives it back).
+    /// Blocks until a frame is waiting or `timeout` passes; returns whether one is waiting.
+    pub fn wait_readable(&self, timeout: Duration) -> bool {
+        use rustix::event::{poll, PollFd, PollFlags};
+        let ts = rustix::time::Timespec { tv_sec: timeout.as_secs() as _, tv_nsec: timeout.subsec_nanos() as _ };
+        let mut fds = [PollFd::new(&self.0, PollFlags::IN)];
+        poll(&mut fds, Some(&ts)).is_ok_and(|n| n > 0)
+    }
+
     pub fn try_recv(&self, buf: &mut [u8]) -> Option<(usize, Option<u16>)> {
         use std::os::fd::AsRawFd;
         let fd = self.0.as_raw_fd();
