@@ -11,8 +11,6 @@
 mod common;
 
 use std::{
-    alloc::{GlobalAlloc, Layout, System},
-    cell::Cell,
     net::{SocketAddr, UdpSocket},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -29,52 +27,12 @@ use shunt::{
     sys,
 };
 
-struct CountingAllocator;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-thread_local! {
-    static TRACKED: Cell<bool> = const { Cell::new(false) };
-}
-
-fn note_allocation() {
-    if TRACKED.try_with(Cell::get).unwrap_or(false) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every method forwards to the system allocator unchanged; counting has no effect on the memory.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note_allocation();
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: CountingAllocator = CountingAllocator;
+static GLOBAL: common::alloc::CountingAllocator = common::alloc::CountingAllocator;
 
 /// Runs `worker` with the allocation counter watching this thread, and returns what it counted.
 fn tracked_run(worker: &mut Worker<Echo>, stop: &AtomicBool) -> (WorkerExit, u64) {
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    TRACKED.with(|t| t.set(true));
-    let exit = worker.run(stop);
-    TRACKED.with(|t| t.set(false));
-    (exit, ALLOCATIONS.load(Ordering::Relaxed) - before)
+    common::alloc::count_allocations(|| worker.run(stop))
 }
 
 /// Sends `count` datagrams of varying sizes to `to` with at most `window` outstanding; checks every reply.

@@ -16,8 +16,6 @@
 mod common;
 
 use std::{
-    alloc::{GlobalAlloc, Layout, System},
-    cell::Cell,
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -43,44 +41,8 @@ use shunt::{
 // Allocation counting (the worker thread only, for the whole of `run`)
 // ---------------------------------------------------------------------------------------------------------
 
-struct CountingAllocator;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-thread_local! {
-    static TRACKED: Cell<bool> = const { Cell::new(false) };
-}
-
-fn note_allocation() {
-    if TRACKED.try_with(Cell::get).unwrap_or(false) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every method forwards to the system allocator unchanged; counting has no effect on the memory.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note_allocation();
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: CountingAllocator = CountingAllocator;
+static GLOBAL: common::alloc::CountingAllocator = common::alloc::CountingAllocator;
 
 // ---------------------------------------------------------------------------------------------------------
 // A worker on a pinned thread in the server namespace
@@ -145,11 +107,7 @@ impl Server {
                 };
                 ready_tx.send(Ok(())).unwrap();
                 let start = Instant::now();
-                let before = ALLOCATIONS.load(Ordering::Relaxed);
-                TRACKED.with(|t| t.set(true));
-                let exit = worker.run(&stop);
-                TRACKED.with(|t| t.set(false));
-                let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+                let (exit, allocations) = common::alloc::count_allocations(|| worker.run(&stop));
                 let elapsed = start.elapsed();
                 drop(worker); // closes the hand-off: the stand-in ends
                 let (latency, swaps) = stand_in.join().expect("stand-in reporter");

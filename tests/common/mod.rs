@@ -15,6 +15,8 @@
 //! status, stdout and the JSON report. A `ServerProcess` must be dropped before its `Lab` (declare it after).
 #![allow(dead_code)]
 
+pub mod alloc;
+
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::{self, File};
