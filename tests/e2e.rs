@@ -267,30 +267,6 @@ fn kernel_still_served() {
     assert!(passed >= 2, "xdp.passed = {passed}, but ping and UDP 9999 went through\n{}", fin.describe());
 }
 
-struct SockperfSummary {
-    sent: u64,
-    received: u64,
-    usec: f64,
-}
-
-/// Parses the `[Valid Duration]` and `Summary:` lines of `sockperf ping-pong` output.
-fn parse_sockperf(out: &str) -> Option<SockperfSummary> {
-    let field = |line: &str, key: &str| -> Option<u64> {
-        let i = line.find(key)? + key.len();
-        line[i..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
-    };
-    let valid = out.lines().find(|l| l.contains("[Valid Duration]"))?;
-    let sent = field(valid, "SentMessages=")?;
-    let received = field(valid, "ReceivedMessages=")?;
-    let summary = out.lines().find(|l| l.contains("Summary:"))?;
-    let usec = summary
-        .split_whitespace()
-        .zip(summary.split_whitespace().skip(1))
-        .find(|(_, unit)| *unit == "usec")
-        .and_then(|(v, _)| v.parse::<f64>().ok())?;
-    Some(SockperfSummary { sent, received, usec })
-}
-
 #[test]
 #[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
 fn sockperf_ping_pong() {
@@ -319,7 +295,7 @@ fn sockperf_ping_pong() {
         Duration::from_secs(60),
     );
     let text = format!("{}\n{}", out.stdout, out.stderr);
-    let summary = parse_sockperf(&text).unwrap_or_else(|| {
+    let summary = common::parse_sockperf(&text).unwrap_or_else(|| {
         panic!("sockperf ping-pong produced no summary (no replies?):\n{}\n{}", out.combined(), srv.describe())
     });
     assert!(out.success(), "sockperf failed:\n{}\n{}", out.combined(), srv.describe());

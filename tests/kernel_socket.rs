@@ -510,30 +510,6 @@ fn drops_and_the_reply_bound_are_counted_in_every_model() {
 // sockperf ping-pong
 // ---------------------------------------------------------------------------------------------------------
 
-struct SockperfSummary {
-    sent: u64,
-    received: u64,
-    usec: f64,
-}
-
-/// Parses the `[Valid Duration]` and `Summary:` lines of `sockperf ping-pong` output (as tests/e2e.rs does).
-fn parse_sockperf(out: &str) -> Option<SockperfSummary> {
-    let field = |line: &str, key: &str| -> Option<u64> {
-        let i = line.find(key)? + key.len();
-        line[i..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
-    };
-    let valid = out.lines().find(|l| l.contains("[Valid Duration]"))?;
-    let sent = field(valid, "SentMessages=")?;
-    let received = field(valid, "ReceivedMessages=")?;
-    let summary = out.lines().find(|l| l.contains("Summary:"))?;
-    let usec = summary
-        .split_whitespace()
-        .zip(summary.split_whitespace().skip(1))
-        .find(|(_, unit)| *unit == "usec")
-        .and_then(|(v, _)| v.parse::<f64>().ok())?;
-    Some(SockperfSummary { sent, received, usec })
-}
-
 #[test]
 #[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
 fn sockperf_ping_pong_in_every_model() {
@@ -551,7 +527,7 @@ fn sockperf_ping_pong_in_every_model() {
         let run = server.stop();
         let s = run.exit.stats;
         let text = format!("{}\n{}", out.stdout, out.stderr);
-        let summary = parse_sockperf(&text)
+        let summary = common::parse_sockperf(&text)
             .unwrap_or_else(|| panic!("{name}: sockperf produced no summary:\n{}\nserver: {s:?}", out.combined()));
         assert!(out.success(), "{name}: sockperf failed:\n{}", out.combined());
         assert!(summary.received > 0, "{name}: sockperf received no replies:\n{}", out.combined());

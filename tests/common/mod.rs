@@ -1441,3 +1441,29 @@ impl Lab {
         srv
     }
 }
+
+/// What `sockperf ping-pong` printed: messages sent and received in the valid duration, and the summary
+/// latency.
+pub struct SockperfSummary {
+    pub sent: u64,
+    pub received: u64,
+    pub usec: f64,
+}
+
+/// Parses the `[Valid Duration]` and `Summary:` lines of `sockperf ping-pong` output.
+pub fn parse_sockperf(out: &str) -> Option<SockperfSummary> {
+    let field = |line: &str, key: &str| -> Option<u64> {
+        let i = line.find(key)? + key.len();
+        line[i..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
+    };
+    let valid = out.lines().find(|l| l.contains("[Valid Duration]"))?;
+    let sent = field(valid, "SentMessages=")?;
+    let received = field(valid, "ReceivedMessages=")?;
+    let summary = out.lines().find(|l| l.contains("Summary:"))?;
+    let usec = summary
+        .split_whitespace()
+        .zip(summary.split_whitespace().skip(1))
+        .find(|(_, unit)| *unit == "usec")
+        .and_then(|(v, _)| v.parse::<f64>().ok())?;
+    Some(SockperfSummary { sent, received, usec })
+}
