@@ -464,11 +464,15 @@ impl<H: Handler> KernelWorker<H> {
             u.publish();
             if taken > 0 {
                 core.stats.rx_batches += 1;
-                if let Some(l) = &mut core.latency {
+            }
+            // The turn's clock reading serves the histogram swap too: no second clock read per turn.
+            if let Some(l) = &mut core.latency {
+                if taken > 0 {
                     l.current.record_batch(taken);
                 }
+                l.maybe_swap(now.monotonic_ns);
             }
-            core.idle();
+            core.shared.stats.publish(&core.stats);
         }
     }
 }
