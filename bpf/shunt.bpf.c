@@ -31,7 +31,8 @@ enum shunt_counter {
 	SHUNT_NO_SOCKET = 3,    /* our port, but no socket on this queue: passed */
 	SHUNT_FILTERED = 4,     /* our port, from a source that is never served: dropped */
 	SHUNT_RATE_LIMITED = 5, /* our port, over its source's rate: dropped */
-	SHUNT_COUNTER_MAX = 6,
+	SHUNT_STAMP_FAILED = 6, /* our port, but the stamp could not be prepended (SHUNT_STAMP_HEAD): passed */
+	SHUNT_COUNTER_MAX = 7,
 };
 
 /* Clang puts a type into the object's BTF only if a global, a map or a program's signature uses it, and
@@ -40,14 +41,23 @@ enum shunt_counter {
  * unrecognized data section"): no map is created, nothing is loaded. */
 enum shunt_counter shunt_counter_type SEC(".shunt.types");
 
-/* Flags in `shunt_settings`; must match SETTING_* in src/steer/mod.rs. */
-#define SHUNT_STAMP_TIME    (1u << 0)
+/* Flags in `shunt_settings`; must match SETTING_* in src/steer/mod.rs. Bit 0 (stamping) moved to the
+ * load-time constant shunt_stamp_method below. */
 #define SHUNT_FILTER_SOURCE (1u << 1) /* drop bogus sources (see source_filtered) */
 #define SHUNT_RATE_LIMIT    (1u << 2) /* per-source rate limit (shunt_rate, shunt_buckets) */
 #define SHUNT_ALLOW_LIST    (1u << 3) /* serve only sources in shunt_allow */
 
-/* Written in front of the packet (XDP metadata) when stamping is on; AF_XDP
- * copies it into the UMEM right before the packet. Must match
+/* How redirected packets are stamped with the XDP-hook time; must match StampMethod in src/steer/mod.rs.
+ * Set by user space before loading (a `const volatile`, i.e. .rodata, frozen at load): the verifier sees the
+ * constant and prunes the branches it rules out, so a helper the kernel refuses (this is why: some kernels
+ * refuse bpf_xdp_adjust_meta) is never called -- and never verified -- unless its method was chosen. */
+#define SHUNT_STAMP_NONE 0 /* no stamp: the worker measures service time only */
+#define SHUNT_STAMP_META 1 /* bpf_xdp_adjust_meta: XDP metadata in front of the packet */
+#define SHUNT_STAMP_HEAD 2 /* bpf_xdp_adjust_head: the stamp prepended to the packet; the worker strips it */
+const volatile __u32 shunt_stamp_method = SHUNT_STAMP_NONE;
+
+/* Written in front of the packet when stamping is on: as XDP metadata (AF_XDP copies it into the UMEM right
+ * before the packet) or as the packet's first bytes (SHUNT_STAMP_HEAD). Must match
  * src/datapath/meta.rs. The magic tells the worker the stamp is fresh. */
 #define SHUNT_META_MAGIC 0x73687574u /* "shut" */
 #define SHUNT_META_HW    (1u << 0)    /* hw_ns and tai_ns are valid */
@@ -285,6 +295,8 @@ static __always_inline int rate_limited(const __u8 src[16])
 	return 0;
 }
 
+/* hw_stamp is a compile-time constant, not a load-time one: the verifier refuses a call to the metadata kfunc
+ * anywhere in a program that is not device-bound, reachable or not, so the plain program must not contain it. */
 static __always_inline int steer(struct xdp_md *ctx, const int hw_stamp)
 {
 	void *data = (void *)(long)ctx->data;
@@ -310,7 +322,7 @@ static __always_inline int steer(struct xdp_md *ctx, const int hw_stamp)
 	if ((bits & SHUNT_RATE_LIMIT) && rate_limited(src))
 		return count(SHUNT_RATE_LIMITED, XDP_DROP);
 
-	if (bits & SHUNT_STAMP_TIME) {
+	if (shunt_stamp_method == SHUNT_STAMP_META) {
 		__u64 hw_ns = 0;
 		int have_hw = hw_stamp && bpf_xdp_metadata_rx_timestamp(ctx, &hw_ns) == 0 && hw_ns != 0;
 		/* Best effort: a driver without metadata support keeps the packet
@@ -325,6 +337,30 @@ static __always_inline int steer(struct xdp_md *ctx, const int hw_stamp)
 				meta->tai_ns = have_hw ? bpf_ktime_get_tai_ns() : 0;
 			}
 		}
+	} else if (shunt_stamp_method == SHUNT_STAMP_HEAD) {
+		__u64 hw_ns = 0;
+		int have_hw = hw_stamp && bpf_xdp_metadata_rx_timestamp(ctx, &hw_ns) == 0 && hw_ns != 0;
+		/* Every packet the worker gets then starts with the stamp, which it strips. Every driver leaves
+		 * XDP_PACKET_HEADROOM (256 bytes) in front of the packet, so this cannot fail in practice; if it
+		 * does, the packet is the kernel's rather than a worker's that would misread it. */
+		if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct shunt_meta)) != 0)
+			return count(SHUNT_STAMP_FAILED, XDP_PASS);
+		struct shunt_meta *meta = (void *)(long)ctx->data;
+		if ((void *)(meta + 1) > (void *)(long)ctx->data_end) {
+			/* cannot happen after a successful adjust_head; the verifier wants the check */
+			return count(SHUNT_STAMP_FAILED, XDP_DROP);
+		}
+		meta->magic = SHUNT_META_MAGIC;
+		meta->flags = have_hw ? SHUNT_META_HW : 0;
+		meta->xdp_ns = bpf_ktime_get_ns();
+		meta->hw_ns = hw_ns;
+		meta->tai_ns = have_hw ? bpf_ktime_get_tai_ns() : 0;
+		int verdict = bpf_redirect_map(&shunt_xsks, ctx->rx_queue_index, XDP_PASS);
+		if (verdict == XDP_REDIRECT)
+			return count(SHUNT_REDIRECTED, verdict);
+		/* No socket on this queue: the kernel gets the packet as it came. */
+		bpf_xdp_adjust_head(ctx, (int)sizeof(struct shunt_meta));
+		return count(SHUNT_NO_SOCKET, XDP_PASS);
 	}
 
 	int verdict = bpf_redirect_map(&shunt_xsks, ctx->rx_queue_index, XDP_PASS);
@@ -341,7 +377,8 @@ int shunt_steer(struct xdp_md *ctx)
 }
 
 /* The same, loaded bound to one device (native mode only) so that it may ask
- * the driver for the packet's RX hardware timestamp. */
+ * the driver for the packet's RX hardware timestamp (a kfunc only device-bound programs
+ * may call). */
 SEC("xdp")
 int shunt_steer_hw(struct xdp_md *ctx)
 {

@@ -23,7 +23,7 @@ use common::{client_socket, echo_exchange, echo_size, require_lab, EchoOpts, Lab
 use shunt::{
     datapath::{counters::WorkerShared, BindMode, QueueSocket, SocketOptions, UmemParams, Worker, WorkerExit},
     handler::{Handler, Request, Verdict},
-    steer::{AttachMode, ProgramVariant, XdpProgram},
+    steer::{AttachMode, ProgramVariant, StampMethod, XdpProgram},
     sys,
 };
 
@@ -72,7 +72,7 @@ fn twice_the_capacity_for_ten_seconds_then_recovery_with_no_frame_lost() {
     let server = {
         let stop = stop.clone();
         lab.spawn_in_server(move || -> (WorkerExit, shunt::steer::XdpCounters) {
-            let program = XdpProgram::load(ProgramVariant::Plain).expect("load XDP program");
+            let program = XdpProgram::load(ProgramVariant::Plain, StampMethod::None).expect("load XDP program");
             program.set_ports(&[9000]).unwrap();
             let socket = QueueSocket::open(&SocketOptions {
                 interface: server_if.clone(),
@@ -86,7 +86,6 @@ fn twice_the_capacity_for_ten_seconds_then_recovery_with_no_frame_lost() {
                     tx_ring: 2048,
                     ..UmemParams::default()
                 },
-                metadata_room: 0,
             })
             .expect("open AF_XDP socket");
             program.register_socket(0, socket.raw_fd()).unwrap();

@@ -12,7 +12,7 @@ use common::{Lab, CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6};
 use shunt::{
     datapath::{BindMode, QueueSocket, SocketOptions, UmemParams, XskPort},
     packet::{self, FlowSpec},
-    steer::{AttachMode, ProgramVariant, XdpProgram},
+    steer::{AttachMode, ProgramVariant, StampMethod, XdpProgram},
     sys,
 };
 
@@ -51,7 +51,7 @@ fn af_xdp_client_exchanges_frames_with_the_server() {
     assert!(ping.success(), "{}", ping.combined());
 
     let run = lab.in_client(move || {
-        let program = XdpProgram::load(ProgramVariant::Plain).unwrap();
+        let program = XdpProgram::load(ProgramVariant::Plain, StampMethod::None).unwrap();
         program.set_ports(&[CLIENT_PORT]).unwrap();
         let socket = QueueSocket::open(&SocketOptions {
             interface: client_if.clone(),
@@ -65,7 +65,6 @@ fn af_xdp_client_exchanges_frames_with_the_server() {
                 tx_ring: 1024,
                 ..Default::default()
             },
-            metadata_room: 0,
         })
         .unwrap();
         program.register_socket(0, socket.raw_fd()).unwrap();

@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 use shunt::{
     datapath::{BindMode, QueueSocket, SocketOptions, UmemParams, XskPort},
     packet::{self, FlowSpec},
-    steer::{AttachMode, ProgramVariant, XdpLink, XdpProgram},
+    steer::{AttachMode, ProgramVariant, StampMethod, XdpLink, XdpProgram},
     sys,
 };
 
@@ -205,7 +205,8 @@ impl AfXdpTransport {
             bail!("a queue can hold one AF_XDP socket: the threads' queues {all_queues:?} repeat one");
         }
         let all_ports: Vec<u16> = (0..total_flows).map(|i| o.src_port_base + i as u16).collect();
-        let program = XdpProgram::load(ProgramVariant::Plain).context("loading shunt's XDP program")?;
+        let program =
+            XdpProgram::load(ProgramVariant::Plain, StampMethod::None).context("loading shunt's XDP program")?;
         program.set_ports(&all_ports).context("steering the client's source ports")?;
         let mut transports = Vec::new();
         let mut next_port = 0usize;
@@ -224,7 +225,6 @@ impl AfXdpTransport {
                         rx_ring: 2048,
                         tx_ring: 2048,
                     },
-                    metadata_room: 0,
                 })
                 .with_context(|| format!("opening an AF_XDP socket on {} queue {q}", o.interface))?;
                 program.register_socket(q, socket.raw_fd())?;

@@ -19,7 +19,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use super::{
-    config::{AttachMode, Config, ConfigError, HandlerKind, Mode, PollMode, SocketIo},
+    config::{AttachMode, Config, ConfigError, HandlerKind, Mode, PollMode, SocketIo, StampChoice},
     serve, ServeError, StartOptions, WorkerInfo,
 };
 use crate::{
@@ -72,6 +72,9 @@ pub struct ServeArgs {
     /// Do not stamp packets or record latency (overrides `latency.enabled`).
     #[arg(long)]
     pub no_latency: bool,
+    /// How packets are stamped with the XDP-hook time (overrides `latency.stamp`).
+    #[arg(long, value_enum)]
+    pub stamp: Option<StampChoice>,
     /// Answer requests whatever their UDP checksum (overrides `packet.verify_udp_checksum = true`).
     #[arg(long)]
     pub no_checksum_check: bool,
@@ -116,6 +119,9 @@ impl ServeArgs {
         }
         if self.no_latency {
             config.latency.enabled = false;
+        }
+        if let Some(stamp) = self.stamp {
+            config.latency.stamp = stamp;
         }
         if self.no_checksum_check {
             config.packet.verify_udp_checksum = false;

@@ -54,6 +54,32 @@ pub enum AttachMode {
     Auto,
 }
 
+/// How the steering program stamps packets with the XDP-hook time (`latency.stamp`, `--stamp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StampChoice {
+    /// The best the kernel allows, found by probing at start-up: `meta`, else `head`, else `none`.
+    Auto,
+    /// XDP metadata (`bpf_xdp_adjust_meta`); start-up fails, naming the helper, where the kernel refuses it.
+    Meta,
+    /// The stamp prepended to the packet (`bpf_xdp_adjust_head`) and stripped by the worker.
+    Head,
+    /// No stamp: only `service` latency is measured.
+    None,
+}
+
+impl StampChoice {
+    /// The method asked for, `None` for `auto`.
+    pub fn forced(self) -> Option<steer::StampMethod> {
+        match self {
+            StampChoice::Auto => None,
+            StampChoice::Meta => Some(steer::StampMethod::Meta),
+            StampChoice::Head => Some(steer::StampMethod::Head),
+            StampChoice::None => Some(steer::StampMethod::None),
+        }
+    }
+}
+
 /// How AF_XDP sockets are bound to their queues (`xdp.bind_mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -437,11 +463,13 @@ pub struct LatencyConfig {
     pub enabled: bool,
     /// Highest latency the histograms track, in ns; larger values are recorded as this.
     pub highest_ns: u64,
+    /// How packets are stamped with the XDP-hook time, for `ring_dwell` and `total` (AF_XDP only).
+    pub stamp: StampChoice,
 }
 
 impl Default for LatencyConfig {
     fn default() -> Self {
-        LatencyConfig { enabled: true, highest_ns: 1_000_000_000 }
+        LatencyConfig { enabled: true, highest_ns: 1_000_000_000, stamp: StampChoice::Auto }
     }
 }
 

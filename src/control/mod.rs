@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod host;
 pub mod server;
 
 use std::{

@@ -22,6 +22,7 @@ use crate::{
         BindMode, DatapathError, PollMode, QueueSocket, SocketOptions, Worker, WorkerExit,
     },
     handler::Handler,
+    observe::host::HostReport,
     observe::{
         cpu::{self, CpuReport, SystemCpu, WorkerCpu},
         latency::LatencyReport,
@@ -30,13 +31,24 @@ use crate::{
         reporter::{self, ReporterExit, ReporterOptions, WatchedWorker},
         LatencySnapshot,
     },
-    steer::{answer::InKernelServer, ProgramVariant, XdpCounters, XdpError, XdpLink, XdpProgram, SETTING_STAMP_TIME},
+    steer::{answer::InKernelServer, ProgramVariant, StampMethod, XdpCounters, XdpError, XdpLink, XdpProgram},
     sys,
 };
 
-fn latency_clock(variant: Option<ProgramVariant>) -> String {
-    let base = "CLOCK_MONOTONIC: bpf_ktime_get_ns() at the XDP hook, clock_gettime() in the worker";
-    match variant {
+fn latency_clock(program: Option<(ProgramVariant, StampMethod)>) -> String {
+    let base = match program.map(|p| p.1) {
+        Some(StampMethod::None) => {
+            return "clock_gettime(CLOCK_MONOTONIC) in the worker; service only: ring_dwell and total are not measured \
+                    on this host (no XDP-hook stamp, see host.choices.stamp_reason)"
+                .to_string()
+        }
+        Some(StampMethod::Head) => {
+            "CLOCK_MONOTONIC: bpf_ktime_get_ns() at the XDP hook, prepended to the packet (bpf_xdp_adjust_head), \
+             clock_gettime() in the worker"
+        }
+        _ => "CLOCK_MONOTONIC: bpf_ktime_get_ns() at the XDP hook, clock_gettime() in the worker",
+    };
+    match program.map(|p| p.0) {
         None => "kernel software RX timestamps (SO_TIMESTAMPING, CLOCK_REALTIME, moved onto CLOCK_MONOTONIC once \
                  per batch) and clock_gettime() in the worker"
             .to_string(),
@@ -148,6 +160,9 @@ pub enum StartError {
     /// The source limits could not be set up.
     #[error("config table `[limits]`: {0}")]
     Limits(String),
+    /// A configured feature is not offered by this host (the message names the key and the kernel feature).
+    #[error(transparent)]
+    Unavailable(#[from] super::host::Unavailable),
     /// The configured poll mode cannot work with how the socket was bound.
     #[error("config key `workers.poll_mode`: {0}")]
     PollMode(String),
@@ -189,6 +204,8 @@ pub struct RunningServer {
     metrics: Option<MetricsServer>,
     /// /proc/stat when the workers were ready.
     cpu_start: SystemCpu,
+    /// What the host offers and what this run chose.
+    host: HostReport,
 }
 
 /// Capabilities needed, by bit number in CapEff.
@@ -278,17 +295,23 @@ fn check_machine(config: &Config) -> Result<u32, StartError> {
     Ok(ifindex)
 }
 
-/// Loads the steering program: bound to the device, asking it for RX hardware timestamps, when latency is
-/// measured in native mode (device-bound programs cannot run in the generic hook); the plain one otherwise,
-/// or when the device-bound load is refused.
-fn load_program(config: &Config, ifindex: u32) -> Result<XdpProgram, StartError> {
-    if config.latency.enabled && config.xdp.attach_mode == AttachMode::Native {
-        match XdpProgram::load_with(ProgramVariant::DeviceBound { ifindex }, config.limits.table_size) {
+/// Loads the steering program, stamping by `stamp`: bound to the device, asking it for RX hardware timestamps,
+/// when packets are stamped in native mode and the kernel has the kfunc (device-bound programs cannot run in
+/// the generic hook); the plain one otherwise, or when the device-bound load is refused.
+fn load_program(
+    config: &Config,
+    ifindex: u32,
+    stamp: StampMethod,
+    host: &HostReport,
+) -> Result<XdpProgram, StartError> {
+    let kfunc = host.finding(super::host::RX_TIMESTAMP_KFUNC).and_then(|f| f.available) != Some(false);
+    if stamp.stamps() && kfunc && config.xdp.attach_mode == AttachMode::Native {
+        match XdpProgram::load_with(ProgramVariant::DeviceBound { ifindex }, stamp, config.limits.table_size) {
             Ok(p) => return Ok(p),
             Err(e) => tracing::info!("no device-bound program ({e}); RX hardware timestamps will not be read"),
         }
     }
-    Ok(XdpProgram::load_with(ProgramVariant::Plain, config.limits.table_size)?)
+    Ok(XdpProgram::load_with(ProgramVariant::Plain, stamp, config.limits.table_size)?)
 }
 
 impl RunningServer {
@@ -308,6 +331,7 @@ impl RunningServer {
             latency: Arc::new(Mutex::new(LatencySnapshot::default())),
             metrics: None,
             cpu_start: SystemCpu::default(),
+            host: HostReport::default(),
         }
     }
 
@@ -347,14 +371,31 @@ impl RunningServer {
                 config.workers.queues.len()
             );
         }
-        let program = load_program(&config, ifindex)?;
+        let mut host = super::host::probe(Some(&config.interface));
+        if let Some(missing) = host.missing_required() {
+            return Err(StartError::Unavailable(super::host::Unavailable {
+                key: "mode",
+                message: format!(
+                    "\"afxdp\" needs {} ({}), which this host lacks (`shunt check-host` lists what it offers)",
+                    missing.feature, missing.needed_by
+                ),
+            }));
+        }
+        let (stamp, stamp_reason) = super::host::choose_stamp(&config, &host)?;
+        tracing::info!(stamp = stamp.name(), "latency stamp: {stamp_reason}");
+        let program = load_program(&config, ifindex, stamp, &host)?;
+        host.choices.stamp = Some(stamp.name().to_string());
+        host.choices.stamp_reason = Some(stamp_reason);
+        host.choices.hardware_timestamps = Some(matches!(program.variant, ProgramVariant::DeviceBound { .. }));
+        host.choices.attach_mode = Some(crate::steer::AttachMode::from(config.xdp.attach_mode).name().to_string());
+        host.choices.poll_mode = Some(config.workers.poll_mode.name().to_string());
         program.set_ports(&config.ports)?;
         let measure = config.latency.enabled;
         let own =
             sys::host_addresses().map_err(|e| StartError::Limits(format!("listing this host's addresses: {e}")))?;
         let policy = config.limits.source_policy(own);
         program.set_source_policy(&policy)?;
-        program.set_settings(policy.setting_bits() | if measure { SETTING_STAMP_TIME } else { 0 })?;
+        program.set_settings(policy.setting_bits())?;
 
         let mut sockets = Vec::with_capacity(config.workers.queues.len());
         for &queue in &config.workers.queues {
@@ -363,7 +404,6 @@ impl RunningServer {
                 queue,
                 bind_mode: config.xdp.bind_mode.into(),
                 umem: config.umem.params(),
-                metadata_room: 0,
             })?;
             if let PollMode::BusyPoll { usecs, budget } = config.workers.poll_mode() {
                 // Preferred busy polling drives the device's NAPI poll from the socket's system calls; a
@@ -385,8 +425,12 @@ impl RunningServer {
             sockets.push(socket);
         }
         let link = program.attach(&config.interface, ifindex, config.xdp.attach_mode.into())?;
+        let mut binds: Vec<&str> = sockets.iter().map(|s| s.bind_mode.name()).collect();
+        binds.dedup();
+        host.choices.bind_mode = Some(binds.join(","));
 
         let mut server = RunningServer::new(config, handler_name, Some(program), Some(link));
+        server.host = host;
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), StartError>>(sockets.len());
         let highest_ns = server.config.latency.highest_ns;
         let interval = Duration::from_millis(server.config.report.interval_ms);
@@ -406,7 +450,8 @@ impl RunningServer {
             let mut worker = Worker::new(socket, handler, shared.clone(), server.config.workers.batch_size)
                 .with_options(server.config.packet.respond_options())
                 .with_poll_mode(server.config.workers.poll_mode())
-                .with_kick_policy(server.config.workers.kick_policy());
+                .with_kick_policy(server.config.workers.kick_policy())
+                .with_stamp_in_packet(stamp == StampMethod::Head);
             if let Some(l) = worker_side {
                 worker = worker.with_latency(l);
             }
@@ -434,8 +479,11 @@ impl RunningServer {
         let server = InKernelServer::load(kind.into())?;
         server.set_ports(&config.ports)?;
         let link = server.attach(&config.interface, ifindex, config.xdp.attach_mode.into())?;
+        let mut host = super::host::probe(Some(&config.interface));
+        host.choices.attach_mode = Some(crate::steer::AttachMode::from(config.xdp.attach_mode).name().to_string());
         let mut running = RunningServer::new(config, kind.name(), None, Some(link));
         running.in_kernel = Some(server);
+        running.host = host;
         running.cpu_start = SystemCpu::read();
         let _ = options;
         tracing::info!(
@@ -462,7 +510,10 @@ impl RunningServer {
         check_socket_privileges(&config.ports)?;
         check_machine(&config)?;
         let measure = config.latency.enabled;
+        let mut host = super::host::probe(Some(&config.interface));
+        host.choices.poll_mode = Some(config.socket.io.name().to_string());
         let mut server = RunningServer::new(config, handler_name, None, None);
+        server.host = host;
         let n = server.config.workers.cores.len();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), StartError>>(n);
         let highest_ns = server.config.latency.highest_ns;
@@ -545,6 +596,8 @@ impl RunningServer {
                 interval: Duration::from_millis(self.config.report.interval_ms),
                 print: options.print_intervals,
                 hdr_log: self.config.report.hdr_log.clone(),
+                // Kernel sockets stamp through SO_TIMESTAMPING; an AF_XDP run without an XDP stamp has service only.
+                service_only: self.program.as_ref().is_some_and(|p| !p.stamp.stamps()),
                 highest_ns: self.config.latency.highest_ns,
             };
             let handle = reporter::spawn(watched, reporter_options, self.reporter_finish.clone(), self.latency.clone())
@@ -694,10 +747,11 @@ impl RunningServer {
             xdp,
             workers,
             merged.map(|m| LatencyReport::of(&m)),
-            latency_clock(self.program.as_ref().map(|p| p.variant)),
+            latency_clock(self.program.as_ref().map(|p| (p.variant, p.stamp))),
             cpu,
         );
         report.mode = c.mode.name();
+        report.host = Some(std::mem::take(&mut self.host));
         if let Some(k) = in_kernel {
             report.in_kernel = Some(k);
             report.tx_packets = k.answered;

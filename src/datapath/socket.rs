@@ -67,8 +67,6 @@ pub struct SocketOptions {
     pub bind_mode: BindMode,
     /// UMEM and ring sizes.
     pub umem: UmemParams,
-    /// Bytes reserved in front of each packet for XDP metadata.
-    pub metadata_room: u32,
 }
 
 /// A bound AF_XDP socket with its own UMEM and four rings, ready to be served by a worker.
@@ -150,7 +148,9 @@ impl QueueSocket {
             .frame_size(frame_size)
             .fill_queue_size(ring(q, "umem.fill_ring", u.fill_ring)?)
             .comp_queue_size(ring(q, "umem.completion_ring", u.completion_ring)?)
-            .frame_headroom(opts.metadata_room)
+            // No UMEM headroom: XDP metadata (the `meta` stamp) lives in the XDP_PACKET_HEADROOM the kernel
+            // keeps in front of every packet anyway.
+            .frame_headroom(0)
             .build()
             .map_err(|e| DatapathError::Setting { queue: q, what: "umem", message: e.to_string() })?;
         let frame_count = NonZeroU32::new(u.frame_count).ok_or(DatapathError::Setting {

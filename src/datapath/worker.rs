@@ -46,6 +46,8 @@ pub struct Worker<H> {
     /// XDP stamps of the replies in `tx_batch`, position by position.
     stamps: Vec<Option<meta::Stamp>>,
     latency: Option<WorkerLatency>,
+    /// Whether every packet starts with the XDP program's stamp (`StampMethod::Head`), to be stripped.
+    strip_stamp: bool,
     options: RespondOptions,
     poll_mode: PollMode,
     kick: KickPolicy,
@@ -90,6 +92,7 @@ impl<H: Handler> Worker<H> {
             handler,
             shared,
             latency: None,
+            strip_stamp: false,
             options: RespondOptions::default(),
             poll_mode: PollMode::Spin,
             kick: KickPolicy::default(),
@@ -101,6 +104,14 @@ impl<H: Handler> Worker<H> {
     /// Records in-server latency into `latency`'s histograms (the XDP program must be stamping packets).
     pub fn with_latency(mut self, latency: WorkerLatency) -> Self {
         self.latency = Some(latency);
+        self
+    }
+
+    /// Says that the steering program prepends its stamp to every packet (the `head` stamp method): the
+    /// worker reads the first [`meta::META_LEN`] bytes as the stamp (when recording latency) and strips them
+    /// before the handler sees the packet. Must match the loaded program.
+    pub fn with_stamp_in_packet(mut self, prepended: bool) -> Self {
+        self.strip_stamp = prepended;
         self
     }
 
@@ -137,6 +148,7 @@ impl<H: Handler> Worker<H> {
             completed,
             stamps,
             latency,
+            strip_stamp,
             options,
             poll_mode,
             kick,
@@ -240,8 +252,22 @@ impl<H: Handler> Worker<H> {
                 // SAFETY: the kernel handed this frame to us through the RX ring and no ring holds it now, so
                 // this is the only reference to its memory until it is produced to TX or fill.
                 let mut data = unsafe { s.umem.data_mut(desc) };
-                let len = data.len();
-                let stamp = if latency.is_some() {
+                let mut len = data.len();
+                let stamp = if *strip_stamp {
+                    // The stamp is the packet's first bytes: read it, then move the packet down over it (the
+                    // descriptor's address cannot be moved), so the handler and the reply start at the frame's
+                    // data as usual. A frame too short to hold a stamp cannot come from the program.
+                    let contents = data.contents_mut();
+                    let Some(head) = contents.first_chunk::<{ meta::META_LEN }>() else {
+                        stats.dropped_malformed += 1;
+                        free.push(*desc);
+                        continue;
+                    };
+                    let stamp = if latency.is_some() { meta::decode(head) } else { None };
+                    contents.copy_within(meta::META_LEN..len, 0);
+                    len -= meta::META_LEN;
+                    stamp
+                } else if latency.is_some() {
                     // SAFETY: the pointer is the packet data of a frame this loop owns (see above), and
                     // `offset_in_frame` is that data's offset within its frame.
                     unsafe { meta::take_stamp(data.contents_mut().as_mut_ptr(), offset_in_frame) }

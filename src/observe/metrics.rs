@@ -294,6 +294,7 @@ impl Collector for Scrape {
                 ("no_socket", x.no_socket),
                 ("filtered", x.filtered),
                 ("rate_limited", x.rate_limited),
+                ("stamp_failed", x.stamp_failed),
             ] {
                 counter(&mut verdicts, &[("verdict", verdict)], n)?;
             }
@@ -458,6 +459,7 @@ mod tests {
                 no_socket: 0,
                 filtered: 3,
                 rate_limited: 4,
+                stamp_failed: 0,
             }),
             workers: vec![
                 WorkerSnapshot {

@@ -5,6 +5,7 @@
 //! is read by it.
 
 pub mod cpu;
+pub mod host;
 pub mod latency;
 pub mod metrics;
 pub mod report;

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::{
     cpu::CpuReport,
+    host::HostReport,
     latency::{human_ns, LatencyReport, Summary},
 };
 use crate::{
@@ -80,6 +81,8 @@ pub struct Report {
     pub cpu: CpuReport,
     /// Per worker.
     pub workers: Vec<WorkerReport>,
+    /// What the host offered and what the run chose from it.
+    pub host: Option<HostReport>,
 }
 
 impl Report {
@@ -118,6 +121,7 @@ impl Report {
             latency_clock,
             cpu,
             workers,
+            host: None,
         }
     }
 
@@ -140,9 +144,33 @@ impl Report {
         let x = &self.xdp;
         let _ = writeln!(
             out,
-            "  xdp:   redirected {} passed {} malformed {} no_socket {} filtered {} rate_limited {}",
-            x.redirected, x.passed, x.malformed, x.no_socket, x.filtered, x.rate_limited
+            "  xdp:   redirected {} passed {} malformed {} no_socket {} filtered {} rate_limited {} stamp_failed {}",
+            x.redirected, x.passed, x.malformed, x.no_socket, x.filtered, x.rate_limited, x.stamp_failed
         );
+        if let Some(c) = self.host.as_ref().map(|h| &h.choices) {
+            let mut chosen = Vec::new();
+            if let Some(m) = &c.attach_mode {
+                chosen.push(format!("attach {m}"));
+            }
+            if let Some(m) = &c.bind_mode {
+                chosen.push(format!("bind {m}"));
+            }
+            if let Some(m) = &c.stamp {
+                chosen.push(format!("stamp {m}"));
+            }
+            if let Some(m) = &c.poll_mode {
+                chosen.push(format!("poll {m}"));
+            }
+            let _ = writeln!(
+                out,
+                "  host:  kernel {}; {}",
+                self.host.as_ref().map_or("", |h| h.kernel.as_str()),
+                chosen.join(", ")
+            );
+            if let Some(r) = &c.stamp_reason {
+                let _ = writeln!(out, "         stamp: {r}");
+            }
+        }
         let _ = writeln!(
             out,
             "  {:>5} {:>4} {:>8} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10}",

@@ -46,6 +46,9 @@ pub struct ReporterOptions {
     pub hdr_log: Option<String>,
     /// The histograms' range.
     pub highest_ns: u64,
+    /// Packets carry no XDP-hook stamp on this host: the lines give `service` and say that `ring_dwell` and
+    /// `total` are not measured.
+    pub service_only: bool,
 }
 
 /// The reporter's result: run-total histograms per worker, in the order given.
@@ -123,7 +126,17 @@ fn run(
         }
         let stats: Vec<WorkerStats> = workers.iter().map(|w| w.shared.stats.snapshot()).collect();
         if options.print && !interval_is_empty(&stats, &last_stats, &interval) {
-            println!("{}", interval_line(now.duration_since(started), elapsed, &stats, &last_stats, &interval));
+            println!(
+                "{}",
+                interval_line(
+                    now.duration_since(started),
+                    elapsed,
+                    &stats,
+                    &last_stats,
+                    &interval,
+                    options.service_only
+                )
+            );
         }
         if let Some(log) = log.as_mut() {
             let start = last_tick.duration_since(started);
@@ -173,6 +186,7 @@ fn interval_line(
     stats: &[WorkerStats],
     last: &[WorkerStats],
     interval: &LatencySet,
+    service_only: bool,
 ) -> String {
     let secs = elapsed.as_secs_f64().max(1e-9);
     let delta =
@@ -181,7 +195,19 @@ fn interval_line(
     let tx = delta(|s| s.tx_packets);
     let drops = delta(|s| super::metrics::drop_reasons(s).iter().map(|(_, n)| n).sum());
     let t = &interval.total;
-    let latency = if t.is_empty() {
+    let s = &interval.service;
+    let latency = if service_only {
+        if s.is_empty() {
+            "service: no replies (ring_dwell/total not measured on this host)".to_string()
+        } else {
+            format!(
+                "service p50 {} p99 {} max {} (ring_dwell/total not measured on this host: no XDP stamp)",
+                human_ns(s.value_at_quantile(0.5)),
+                human_ns(s.value_at_quantile(0.99)),
+                human_ns(s.max())
+            )
+        }
+    } else if t.is_empty() {
         "latency: no stamped packets".to_string()
     } else {
         format!(

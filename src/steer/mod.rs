@@ -11,6 +11,7 @@
 //! failed lookup at start-up.
 
 pub mod answer;
+pub mod probe;
 
 use std::{
     mem::MaybeUninit,
@@ -64,8 +65,56 @@ pub enum ProgramVariant {
     },
 }
 
-/// Bit in the settings map: stamp each redirected packet with the XDP-hook time (see `struct shunt_meta`).
-pub const SETTING_STAMP_TIME: u32 = 1 << 0;
+/// How the steering program stamps each redirected packet with the XDP-hook time (`struct shunt_meta`), so that
+/// a worker can measure how long the packet waited in its RX ring. Chosen before the program is loaded: it is a
+/// load-time constant of the program (`shunt_stamp_method`), and the verifier prunes the methods not chosen, so
+/// a kernel that refuses one method's helper still loads the program with another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StampMethod {
+    /// No stamp: workers measure `service` only; `ring_dwell` and `total` are not measured.
+    None,
+    /// `bpf_xdp_adjust_meta`: the stamp travels as XDP metadata in front of the packet, outside its data.
+    Meta,
+    /// `bpf_xdp_adjust_head`: the stamp is prepended to the packet's data and the worker strips it (a copy of
+    /// the packet within its frame, since the descriptor's address cannot be moved), for kernels that refuse
+    /// `bpf_xdp_adjust_meta` in XDP programs.
+    Head,
+}
+
+impl StampMethod {
+    /// The name used in the config, reports and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            StampMethod::None => "none",
+            StampMethod::Meta => "meta",
+            StampMethod::Head => "head",
+        }
+    }
+
+    /// The BPF helper the method calls, by its kernel name.
+    pub fn helper(self) -> Option<&'static str> {
+        match self {
+            StampMethod::None => None,
+            StampMethod::Meta => Some("bpf_xdp_adjust_meta"),
+            StampMethod::Head => Some("bpf_xdp_adjust_head"),
+        }
+    }
+
+    /// Whether packets carry the XDP-hook time, so that `ring_dwell` and `total` are measured.
+    pub fn stamps(self) -> bool {
+        self != StampMethod::None
+    }
+
+    /// `SHUNT_STAMP_*` in bpf/shunt.bpf.c.
+    fn code(self) -> u32 {
+        match self {
+            StampMethod::None => 0,
+            StampMethod::Meta => 1,
+            StampMethod::Head => 2,
+        }
+    }
+}
 /// Bit in the settings map: drop requests from sources no real client has (see [`SourcePolicy`]).
 pub const SETTING_FILTER_SOURCE: u32 = 1 << 1;
 /// Bit in the settings map: limit each source's request rate.
@@ -175,6 +224,10 @@ pub struct XdpCounters {
     pub filtered: u64,
     /// Requests for a served port over their source's rate: dropped.
     pub rate_limited: u64,
+    /// Requests for a served port that could not be stamped with [`StampMethod::Head`] (no headroom in front
+    /// of the packet, which drivers guarantee): passed to the kernel.
+    #[serde(default)]
+    pub stamp_failed: u64,
 }
 
 /// The loaded (not yet attached) steering program and handles on its maps. It holds its own file descriptors
@@ -184,6 +237,8 @@ pub struct XdpProgram {
     program: OwnedFd,
     /// The variant that was loaded.
     pub variant: ProgramVariant,
+    /// How it stamps packets.
+    pub stamp: StampMethod,
     xsks: MapHandle,
     ports: MapHandle,
     counters: MapHandle,
@@ -217,20 +272,25 @@ fn map_handle(map: &MapMut<'_>, name: &'static str) -> Result<MapHandle, XdpErro
 }
 
 impl XdpProgram {
-    /// Opens and loads the embedded program into the kernel (the verifier runs here). libbpf's own messages,
+    /// Opens and loads the embedded program, stamping packets by `stamp`, into the kernel (the verifier runs here). libbpf's own messages,
     /// the verifier log among them, go to the `libbpf` tracing target at DEBUG.
-    pub fn load(variant: ProgramVariant) -> Result<XdpProgram, XdpError> {
-        Self::load_with(variant, DEFAULT_RATE_TABLE)
+    pub fn load(variant: ProgramVariant, stamp: StampMethod) -> Result<XdpProgram, XdpError> {
+        Self::load_with(variant, stamp, DEFAULT_RATE_TABLE)
     }
 
     /// [`XdpProgram::load`] with room for `rate_table` sources in the per-source rate limiter (least recently
     /// seen ones are evicted when it is full).
-    pub fn load_with(variant: ProgramVariant, rate_table: u32) -> Result<XdpProgram, XdpError> {
+    pub fn load_with(variant: ProgramVariant, stamp: StampMethod, rate_table: u32) -> Result<XdpProgram, XdpError> {
         route_libbpf_logs();
         let mut storage = MaybeUninit::uninit();
         let mut open = ShuntSkelBuilder::default().open(&mut storage).map_err(XdpError::Load)?;
         // Only the chosen variant is loaded (and verified).
         open.maps.shunt_buckets.set_max_entries(rate_table.max(1)).map_err(XdpError::Load)?;
+        // The stamping method is a constant of the loaded program: the verifier prunes the other methods.
+        let rodata = open.maps.rodata_data.as_deref_mut().ok_or_else(|| {
+            XdpError::Load(libbpf_rs::Error::from(std::io::Error::other("the program's .rodata is not mapped")))
+        })?;
+        rodata.shunt_stamp_method = stamp.code();
         let device_bound = matches!(variant, ProgramVariant::DeviceBound { .. });
         open.progs.shunt_steer.set_autoload(!device_bound);
         open.progs.shunt_steer_hw.set_autoload(device_bound);
@@ -247,6 +307,7 @@ impl XdpProgram {
         Ok(XdpProgram {
             program,
             variant,
+            stamp,
             xsks: map_handle(&skel.maps.shunt_xsks, "shunt_xsks")?,
             ports: map_handle(&skel.maps.shunt_ports, "shunt_ports")?,
             counters: map_handle(&skel.maps.shunt_counters, "shunt_counters")?,
@@ -388,6 +449,7 @@ fn read_counters(map: &MapHandle) -> Result<XdpCounters, XdpError> {
         no_socket: sum(shunt_counter::SHUNT_NO_SOCKET)?,
         filtered: sum(shunt_counter::SHUNT_FILTERED)?,
         rate_limited: sum(shunt_counter::SHUNT_RATE_LIMITED)?,
+        stamp_failed: sum(shunt_counter::SHUNT_STAMP_FAILED)?,
     })
 }
 
@@ -415,7 +477,7 @@ mod tests {
     fn counters_cover_every_slot_of_the_program() {
         assert_eq!(
             shunt_counter::SHUNT_COUNTER_MAX.0,
-            6,
+            7,
             "bpf/shunt.bpf.c has a new counter slot: add it to XdpCounters and read_counters"
         );
         route_libbpf_logs();

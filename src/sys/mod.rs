@@ -11,6 +11,7 @@ use std::{
 };
 
 pub(crate) mod answer_skel;
+pub mod probe;
 pub(crate) mod skel;
 
 /// `XDP_FLAGS_SKB_MODE`: attach in the generic hook.

@@ -1467,3 +1467,11 @@ pub fn parse_sockperf(out: &str) -> Option<SockperfSummary> {
         .and_then(|(v, _)| v.parse::<f64>().ok())?;
     Some(SockperfSummary { sent, received, usec })
 }
+
+/// The latency stamp method `latency.stamp = "auto"` picks on this kernel, found by the same probes the
+/// server runs (libbpf's helper probes): tests that assert stamps assert them according to it.
+pub fn probed_stamp_method() -> shunt::steer::StampMethod {
+    use shunt::steer::probe;
+    let helper = |name: &str| probe::xdp_helper(probe::helper(name).expect("a probed helper").id);
+    probe::best_stamp_method(&helper("bpf_xdp_adjust_meta"), &helper("bpf_xdp_adjust_head"))
+}

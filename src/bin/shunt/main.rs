@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use shunt::control::{
     cli::{self, ServeArgs, EXIT_SETUP},
     config::{Config, HandlerKind},
+    host,
 };
 
 #[derive(Parser)]
@@ -40,6 +41,17 @@ enum Command {
     CheckConfig {
         /// The TOML file.
         file: PathBuf,
+    },
+    /// Probe what this kernel (and an interface) offer shunt: one line per feature, with what shunt uses
+    /// without it. Exit 0 when shunt can serve on AF_XDP here, 2 naming the missing required feature otherwise.
+    /// Needs the privileges the server has (CAP_BPF, CAP_NET_RAW, ...): without them answers are "unknown".
+    CheckHost {
+        /// Also probe this interface (native XDP, zero-copy, RX timestamp metadata), in this network namespace.
+        #[arg(long)]
+        interface: Option<String>,
+        /// Print the findings as JSON (the `host` object of a report) instead of lines.
+        #[arg(long)]
+        json: bool,
     },
     /// Poll a running server's metrics endpoint and print a live table (per queue pps, drops, latency).
     Stats {
@@ -82,6 +94,7 @@ fn main() -> ExitCode {
             };
             cli::run_builtin(args, kind)
         }
+        Command::CheckHost { interface, json } => check_host(interface.as_deref(), json),
         Command::Stats { metrics, interval, count } => {
             match stats::watch(metrics, Duration::from_secs_f64(interval.max(0.05)), count) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -90,6 +103,60 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `shunt check-host`: the probes, the choices `shunt serve` would make with the defaults, and the verdict.
+fn check_host(interface: Option<&str>, json: bool) -> ExitCode {
+    let mut report = host::probe(interface);
+    let stamp = host::auto_stamp(&report);
+    report.choices.stamp = Some(stamp.0.name().to_string());
+    report.choices.stamp_reason = Some(stamp.1);
+    if interface.is_some() {
+        let native = report.findings.iter().find(|f| f.feature.starts_with("native XDP")).and_then(|f| f.available);
+        let zc = report.findings.iter().find(|f| f.feature.starts_with("AF_XDP zero-copy")).and_then(|f| f.available);
+        report.choices.attach_mode = Some(
+            match native {
+                Some(true) => "native",
+                Some(false) => "generic (set xdp.attach_mode = \"generic\" or \"auto\")",
+                None => "native if the driver has it (xdp.attach_mode = \"auto\" falls back to generic)",
+            }
+            .to_string(),
+        );
+        report.choices.bind_mode = Some(
+            match zc {
+                Some(true) => "zerocopy",
+                Some(false) => "copy",
+                None => "zerocopy if the driver has it (xdp.bind_mode = \"auto\" falls back to copy)",
+            }
+            .to_string(),
+        );
+    }
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("shunt check-host: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", report.text());
+    }
+    match report.missing_required() {
+        Some(missing) => {
+            eprintln!(
+                "shunt check-host: this host lacks {}, which {} needs: shunt cannot serve on AF_XDP here",
+                missing.feature, missing.needed_by
+            );
+            ExitCode::from(EXIT_SETUP)
+        }
+        None => {
+            if !json {
+                println!("host OK: shunt can serve on AF_XDP here");
+            }
+            ExitCode::SUCCESS
         }
     }
 }

@@ -197,6 +197,7 @@ mod tests {
             no_socket: 0,
             filtered: 3,
             rate_limited: 2,
+            stamp_failed: 0,
         });
         let t = table(&prev, &now);
         assert_eq!(cells(&t, "4"), ["4", "0", "0", "0", "-", "-", "-", "-"], "\n{t}");

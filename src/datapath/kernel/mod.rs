@@ -82,6 +82,7 @@ mod cmsg;
 mod msg;
 mod socket;
 mod uring;
+pub use uring::{probe as probe_io_uring, UringProbe};
 mod worker;
 
 pub use worker::KernelWorker;

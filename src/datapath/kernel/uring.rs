@@ -483,3 +483,32 @@ mod tests {
         assert_eq!(sa.sin6_addr.s6_addr, [0; 16]);
     }
 }
+
+/// What the kernel's io_uring offers the `io_uring` model, found by setting up a ring as the model does
+/// (a provided-buffer ring registered) and asking it which opcodes it supports (IORING_REGISTER_PROBE).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UringProbe {
+    /// `io_uring_setup` and IORING_REGISTER_PBUF_RING worked (`Err`: which step failed, and why).
+    pub ring: Result<(), String>,
+    /// IORING_OP_RECVMSG (the model's multishot receive is this opcode with IORING_RECV_MULTISHOT).
+    pub recvmsg: bool,
+    /// IORING_OP_SENDMSG.
+    pub sendmsg: bool,
+}
+
+/// Probes io_uring for the `io_uring` model (see [`UringProbe`]).
+pub fn probe() -> UringProbe {
+    let ring = match Uring::open(Vec::new(), 1) {
+        Ok(ring) => ring,
+        Err((step, e)) => return UringProbe { ring: Err(format!("{step}: {e}")), recvmsg: false, sendmsg: false },
+    };
+    let mut probe = io_uring::Probe::new();
+    if let Err(e) = ring.ring.submitter().register_probe(&mut probe) {
+        return UringProbe { ring: Err(format!("IORING_REGISTER_PROBE: {e}")), recvmsg: false, sendmsg: false };
+    }
+    UringProbe {
+        ring: Ok(()),
+        recvmsg: probe.is_supported(opcode::RecvMsg::CODE),
+        sendmsg: probe.is_supported(opcode::SendMsg::CODE),
+    }
+}
