@@ -24,8 +24,8 @@ if [[ ${1:-} == --uninstall ]]; then
   exit 0
 fi
 
-deploy/check-host.sh || die "the host is missing something shunt needs (see above)"
 make deps build
+deploy/check-host.sh || die "the host is missing something shunt needs (see above)"
 install -Dm755 target/release/shunt "$prefix/bin/shunt"
 install -Dm755 target/release/shunt-bench "$prefix/bin/shunt-bench" 2>/dev/null || true
 install -Dm644 README.md "$prefix/share/doc/shunt/README.md"

@@ -151,6 +151,12 @@ impl Handler for Sntp {
     }
 
     // The default bound (the request's length) holds: replies are 48 bytes, requests at least 48.
+
+    /// ntpd (and chrony in some set-ups) sends its client requests from port 123, which the default
+    /// reflection filter denies: an NTP server must leave it alone. The reply is no longer than the request.
+    fn client_source_ports(&self) -> &'static [u16] {
+        &[123]
+    }
 }
 
 impl Drop for Sntp {

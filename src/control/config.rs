@@ -525,7 +525,10 @@ impl Default for LimitsConfig {
             deny_source_ports: DEFAULT_DENY_SOURCE_PORTS.to_vec(),
             allow: Vec::new(),
             deny: Vec::new(),
-            per_source_pps: 10_000,
+            // Off by default: one legitimate source can be very busy (a large resolver's egress address sends
+            // an authoritative server tens of thousands of queries a second), and a limit that fits the
+            // clients can only be set by someone who knows them.
+            per_source_pps: 0,
             per_source_burst: 1_000,
             table_size: 65_536,
         }

@@ -393,7 +393,26 @@ impl RunningServer {
         let measure = config.latency.enabled;
         let own =
             sys::host_addresses().map_err(|e| StartError::Limits(format!("listing this host's addresses: {e}")))?;
-        let policy = config.limits.source_policy(own);
+        // The handlers are made first: each declares the source ports its protocol's clients use, which the
+        // deny list must leave alone (an NTP server's clients send from 123).
+        let mut handlers = Vec::with_capacity(config.workers.queues.len());
+        for (i, &queue) in config.workers.queues.iter().enumerate() {
+            handlers.push(make_handler(WorkerInfo { index: i, queue, core: config.workers.cores[i] }));
+        }
+        let mut policy = config.limits.source_policy(own);
+        if let Some(first) = handlers.first() {
+            let keep = first.client_source_ports();
+            let before = policy.deny_source_ports.len();
+            policy.deny_source_ports.retain(|p| !keep.contains(p));
+            if policy.deny_source_ports.len() < before {
+                tracing::info!(
+                    handler = handler_name,
+                    ports = ?keep,
+                    "source ports the handler's clients use are not denied (limits.deny_source_ports)"
+                );
+            }
+        }
+        let mut handlers = handlers.into_iter();
         program.set_source_policy(&policy)?;
         program.set_settings(policy.setting_bits())?;
 
@@ -444,7 +463,7 @@ impl RunningServer {
             } else {
                 (None, None)
             };
-            let handler = make_handler(WorkerInfo { index: i, queue, core });
+            let handler = handlers.next().expect("one handler per queue, made above");
             let bind_mode = socket.bind_mode;
             let shared = Arc::new(WorkerShared::default());
             let mut worker = Worker::new(socket, handler, shared.clone(), server.config.workers.batch_size)

@@ -42,6 +42,10 @@ pub struct WorkerStats {
     pub sleeps: u64,
     /// Busy-poll system calls made on an empty ring (poll mode busy_poll).
     pub busy_polls: u64,
+    /// Waits for packets (poll(2) on the socket) and fill-ring wake-ups that failed, other than by a signal
+    /// (EINTR): the loop goes on either way, but a rising count says the socket is in trouble.
+    #[serde(default)]
+    pub wait_errors: u64,
 }
 
 /// Where a socket's UMEM frames are: every frame is in exactly one place, so the places add up to `total`
@@ -121,6 +125,7 @@ published!(
         rx_batches,
         sleeps,
         busy_polls,
+        wait_errors,
     }
 );
 

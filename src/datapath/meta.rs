@@ -29,6 +29,11 @@ pub struct Stamp {
 /// `data` must point at the packet data of a UMEM frame that the caller owns exclusively (it came off the RX
 /// ring and is on no ring now), and `offset_in_frame` must be that data's offset from the frame's start, so
 /// that the [`META_LEN`] bytes before `data` lie in the same frame whenever `offset_in_frame >= META_LEN`.
+///
+/// Provenance: the metadata lies outside the packet slice `data` was derived from, so it is reached through
+/// an address, not through `data`'s provenance. The UMEM mapping that holds the frame must therefore have had
+/// its provenance exposed (as handing its address to the kernel through libxdp does, or
+/// `pointer::expose_provenance` on a pointer to the whole allocation), and stay mapped for the call.
 #[inline]
 pub unsafe fn take_stamp(data: *mut u8, offset_in_frame: usize) -> Option<Stamp> {
     if offset_in_frame < META_LEN {

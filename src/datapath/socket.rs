@@ -91,6 +91,8 @@ pub struct QueueSocket {
     /// TX wake-ups that failed with an error other than the transient ones (EAGAIN, EBUSY, ENOBUFS,
     /// ENETDOWN: ring busy or out of buffers, retried on the next kick), so far.
     pub(super) tx_kick_errors: u64,
+    /// Failed waits and fill-ring wake-ups (see `WorkerStats::wait_errors`).
+    pub(super) wait_errors: u64,
 }
 
 impl std::fmt::Debug for QueueSocket {
@@ -226,13 +228,19 @@ impl QueueSocket {
             frame_count,
             frame_size: u.frame_size as usize,
             tx_kick_errors: 0,
+            wait_errors: 0,
         })
     }
 
     /// Sleeps in poll(2) until the RX ring has a packet or `timeout_ms` passes (a wake-up, not per packet).
     pub(super) fn wait_for_rx(&mut self, timeout_ms: i32) {
-        // An error (EINTR) only ends this wait early; the loop looks at the ring either way.
-        let _ = self.rx.poll(timeout_ms);
+        // An error only ends this wait early (the loop looks at the ring either way); a signal is no fault,
+        // anything else is counted.
+        if let Err(e) = self.rx.poll(timeout_ms) {
+            if e.raw_os_error() != Some(libc::EINTR) {
+                self.wait_errors += 1;
+            }
+        }
     }
 
     /// Turns on preferred busy polling for this socket (see [`super::PollMode::BusyPoll`]).
@@ -281,7 +289,11 @@ impl QueueSocket {
         if !self.fill.needs_wakeup() {
             return 0;
         }
-        let _ = self.fill.wakeup(self.rx.fd_mut(), 0);
+        if let Err(e) = self.fill.wakeup(self.rx.fd_mut(), 0) {
+            if e.raw_os_error() != Some(libc::EINTR) {
+                self.wait_errors += 1;
+            }
+        }
         1
     }
 

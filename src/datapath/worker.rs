@@ -218,6 +218,7 @@ impl<H: Handler> Worker<H> {
                         stats.sleeps += 1;
                         shared.stats.publish(stats);
                         s.wait_for_rx(IDLE_WAIT_MS);
+                        stats.wait_errors = s.wait_errors;
                         let now_ns = sys::monotonic_ns();
                         if let Some(l) = latency {
                             l.maybe_swap(now_ns);
@@ -230,6 +231,7 @@ impl<H: Handler> Worker<H> {
                     // system call per idle turn, and none when the ring has packets.
                     stats.busy_polls += 1;
                     s.wait_for_rx(0);
+                    stats.wait_errors = s.wait_errors;
                     continue;
                 }
                 std::hint::spin_loop();
@@ -343,11 +345,13 @@ impl<H: Handler> Worker<H> {
             s.reclaim(completed, free);
             s.refill(free);
             stats.tx_kick_errors = s.tx_kick_errors;
+            stats.wait_errors = s.wait_errors;
             shared.stats.publish(stats);
             refresh_kernel_stats(s, shared, kernel, now.monotonic_ns, &mut next_kernel_ns);
         }
         refresh_kernel_stats(s, shared, kernel, 0, &mut 0);
         stats.tx_kick_errors = s.tx_kick_errors;
+        stats.wait_errors = s.wait_errors;
         shared.stats.publish(stats);
         if let Some(l) = latency {
             l.flush();

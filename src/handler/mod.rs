@@ -109,6 +109,15 @@ pub trait Handler: Send {
     fn max_reply_len(&self, request_len: usize) -> usize {
         request_len
     }
+
+    /// Source ports this protocol's legitimate clients send from, which the source filter's
+    /// `limits.deny_source_ports` (reflection-prone services' ports) then leaves alone. An NTP server says 123
+    /// (ntpd queries from port 123), a DNS server 53 (resolvers may query from it): denying those would drop
+    /// real clients. The replies such clients get are still bounded by [`Handler::max_reply_len`]. Default:
+    /// none.
+    fn client_source_ports(&self) -> &'static [u16] {
+        &[]
+    }
 }
 
 impl<H: Handler + ?Sized> Handler for Box<H> {
@@ -120,6 +129,10 @@ impl<H: Handler + ?Sized> Handler for Box<H> {
     #[inline]
     fn max_reply_len(&self, request_len: usize) -> usize {
         (**self).max_reply_len(request_len)
+    }
+
+    fn client_source_ports(&self) -> &'static [u16] {
+        (**self).client_source_ports()
     }
 }
 

@@ -228,7 +228,7 @@ struct Scrape {
 /// A counter family read from each worker: name (without `_total`), help text, reader.
 type PerQueue = (&'static str, &'static str, fn(&WorkerSnapshot) -> u64);
 
-const PER_QUEUE: [PerQueue; 15] = [
+const PER_QUEUE: [PerQueue; 16] = [
     ("shunt_rx_packets", "Frames taken off the AF_XDP RX ring.", |w| w.stats.rx_packets),
     ("shunt_tx_packets", "Replies put on the AF_XDP TX ring.", |w| w.stats.tx_packets),
     ("shunt_rx_batches", "Non-empty RX batches.", |w| w.stats.rx_batches),
@@ -240,6 +240,9 @@ const PER_QUEUE: [PerQueue; 15] = [
     ("shunt_fill_kicks", "Fill-ring wake-up system calls.", |w| w.stats.fill_kicks),
     ("shunt_sleeps", "Times a waking worker went to sleep in poll(2) on an empty ring.", |w| w.stats.sleeps),
     ("shunt_busy_polls", "Busy-poll system calls made on an empty ring.", |w| w.stats.busy_polls),
+    ("shunt_wait_errors", "Waits for packets and fill-ring wake-ups that failed (other than EINTR).", |w| {
+        w.stats.wait_errors
+    }),
     ("shunt_xsk_rx_dropped", "AF_XDP socket: RX drops.", |w| w.kernel.rx_dropped),
     ("shunt_xsk_rx_invalid_descs", "AF_XDP socket: invalid RX descriptors.", |w| w.kernel.rx_invalid_descs),
     ("shunt_xsk_tx_invalid_descs", "AF_XDP socket: invalid TX descriptors.", |w| w.kernel.tx_invalid_descs),

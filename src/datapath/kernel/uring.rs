@@ -426,7 +426,7 @@ impl Uring {
 impl Drop for Uring {
     /// Cancels the receives and waits (a second at most) until the kernel has ended every request, so the
     /// buffers are not freed while it could still write into them; if it does not confirm in time they are
-    /// leaked instead.
+    /// leaked instead, and so is every `msghdr`, iovec and address a request in flight may still point at.
     fn drop(&mut self) {
         let entry = opcode::AsyncCancel2::new(types::CancelBuilder::any()).build().user_data(CANCEL);
         // SAFETY: a cancellation carries no pointer into user memory.
@@ -442,7 +442,14 @@ impl Drop for Uring {
             }
         }
         if self.busy() {
+            // The kernel may still read a reply's msghdr, iovec, address and control message (a send in
+            // flight) or the receive template, and write into the buffers: all of it is leaked rather than
+            // freed under it.
             self.buffers.leak = true;
+            Box::leak(std::mem::take(&mut self.outs));
+            // SAFETY: msghdr is plain data; all-zero is a valid value.
+            let template: libc::msghdr = unsafe { std::mem::zeroed() };
+            Box::leak(std::mem::replace(&mut self.recv_msg, Box::new(template)));
         }
         let _ = self.ring.submitter().unregister_buf_ring(GROUP);
     }
