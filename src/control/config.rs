@@ -782,7 +782,7 @@ mod tests {
             (&format!("{MINIMAL}[latency]\nhighest_ns = 5\n"), "latency.highest_ns"),
             (&format!("{MINIMAL}[report]\ninterval_ms = 0\n"), "report.interval_ms"),
             (&format!("{MINIMAL}[metrics]\nlisten = \"localhost\"\n"), "metrics.listen"),
-            (&format!("{MINIMAL}[limits]\nper_source_burst = 0\n"), "limits.per_source_burst"),
+            (&format!("{MINIMAL}[limits]\nper_source_pps = 100\nper_source_burst = 0\n"), "limits.per_source_burst"),
             (&format!("{MINIMAL}[limits]\ntable_size = 0\n"), "limits.table_size"),
             (&format!("{MINIMAL}[limits]\ndeny_source_ports = [53, 0]\n"), "limits.deny_source_ports[1]"),
             (&format!("{MINIMAL}[limits]\nfilter_sources = false\nallow = [\"198.18.0.0/15\"]\n"), "limits.allow"),
