@@ -50,6 +50,21 @@ fn serve_with(lab: &Lab, attach: &str, choice: &str, expected: Option<StampMetho
     assert!(r["host"]["choices"]["stamp_reason"].as_str().is_some_and(|s| !s.is_empty()), "{}", fin.describe());
     assert_eq!(fin.report_u64("latency.service_ns.count"), tx, "{attach}/{choice}: service for every reply");
     assert_eq!(fin.report_u64("xdp.stamp_failed"), 0, "{attach}/{choice}: {}", fin.describe());
+    // A device-bound program (NIC RX hardware timestamps) is loaded when packets are stamped in native attach
+    // and the kernel has the kfunc; veth implements it, so here the fallback to the plain program would be a
+    // regression.
+    let kfunc = r["host"]["findings"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["feature"] == "bpf_xdp_metadata_rx_timestamp"))
+        .and_then(|f| f["available"].as_bool())
+        == Some(true);
+    let device_bound = method.stamps() && attach == "native" && kfunc;
+    assert_eq!(
+        r["host"]["choices"]["hardware_timestamps"].as_bool(),
+        Some(device_bound),
+        "{attach}/{choice}: device-bound program loaded?\n{}",
+        fin.describe()
+    );
     if method.stamps() {
         assert_eq!(fin.report_u64("latency.total_ns.count"), tx, "{attach}/{choice}: total for every reply");
         assert_eq!(fin.report_u64("latency.ring_dwell_ns.count"), tx, "{attach}/{choice}");
