@@ -3,11 +3,21 @@
  * shunt's in-kernel server: "the server inside the kernel" that the AF_XDP datapath is compared with.
  *
  * A UDP datagram to a port marked in `answer_ports` is answered from the XDP hook itself with XDP_TX, in the
- * frame it arrived in: MAC addresses, IP addresses and UDP ports swapped, TTL / hop limit reset to 64, the
- * IPv4 header checksum recomputed and a full UDP checksum written. Nothing reaches user space.
+ * frame it arrived in: MAC addresses, IP addresses and UDP ports swapped, the IP header written afresh as the
+ * user-space path writes it (src/packet/reply.rs says why): IPv4 without options, TOS 0 (DSCP 0, ECN
+ * not-ECT), ID 0 with DF, TTL 64, its checksum recomputed; IPv6 with traffic class 0, flow label 0, hop
+ * limit 64; and a full UDP checksum. Nothing reaches user space.
+ *
+ * IPv4 options are stripped, not left to the kernel: the request is still ours to answer. Rather than move
+ * the datagram down over them (up to 1480 bytes, a bounded loop of its own), the headers in front of them --
+ * Ethernet, the tag, the 20 fixed bytes of IPv4, at most 38 bytes -- move up by the options' length and
+ * bpf_xdp_adjust_head drops what is left in front: the same bytes, a shorter frame. TTL and DSCP are fixed
+ * (64 and 0), the defaults of `packet.reply_ttl` / `packet.reply_dscp`; the control plane refuses other values
+ * in this mode. A reply is never longer than its request, so it never exceeds the MTU the request came in
+ * under.
  *
  * What it reads: Ethernet, optionally one 802.1Q or 802.1ad tag (kept in the reply), then IPv4 (options
- * kept) or IPv6 without extension headers, then UDP. Everything else -- ARP, ICMP, TCP, other ports, IPv4
+ * allowed, stripped from the reply) or IPv6 without extension headers, then UDP. Everything else -- ARP, ICMP, TCP, other ports, IPv4
  * fragments, IPv6 extension headers, stacked tags -- is passed to the kernel untouched (`passed`), so the
  * host stays reachable. A frame that claims to be IP/UDP but whose headers do not hold together (truncated,
  * IHL below 5, wrong IP version, total / payload length below the headers or beyond the frame, UDP length
@@ -117,6 +127,7 @@ struct {
 #define SOCKPERF_CLIENT       0x0001
 #define SOCKPERF_PONG_REQUEST 0x0002
 #define REPLY_TTL 64
+#define IP_DF 0x4000
 
 static __always_inline int count(__u32 slot, int verdict)
 {
@@ -149,6 +160,37 @@ static __always_inline __u64 ipv4_header_sum(struct iphdr *ip, __u32 words, void
 		sum += w[i];
 	}
 	return sum;
+}
+
+/* Moves the first `l3` (14 or 18) bytes of the frame -- Ethernet and its tag -- and then `ip`, the reply's IPv4
+ * header without options, up by `opts` bytes (4..40: the request's options) and drops the bytes left in front,
+ * so that the IPv4 header ends where the UDP header starts. Returns 0, or -1 if the frame cannot be adjusted
+ * (it is then to be dropped: its headers are half written). */
+static __always_inline int strip_ipv4_options(struct xdp_md *ctx, __u32 l3, __u32 opts, struct iphdr *ip)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u8 link[18];
+
+	if (data + sizeof(link) > data_end)
+		return -1;
+	__builtin_memcpy(link, data, sizeof(link));
+	if (bpf_xdp_adjust_head(ctx, (int)opts))
+		return -1;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (l3 == 14) {
+		if (data + 14 + sizeof(*ip) > data_end)
+			return -1;
+		__builtin_memcpy(data, link, 14);
+		__builtin_memcpy(data + 14, ip, sizeof(*ip));
+	} else {
+		if (data + 18 + sizeof(*ip) > data_end)
+			return -1;
+		__builtin_memcpy(data, link, 18);
+		__builtin_memcpy(data + 18, ip, sizeof(*ip));
+	}
+	return 0;
 }
 
 /* The folded sum of the frame's bytes from `off` to its end, fewer than CHUNK of them, as 16-bit words in
@@ -397,23 +439,39 @@ int answer(struct xdp_md *ctx)
 	__be16 sport = udp->source;
 	udp->source = udp->dest;
 	udp->dest = sport;
+	__u16 sum = ~fold(pseudo + segment);
+	udp->check = sum ? sum : 0xffff;
 	if (ip4) {
-		__be32 a = ip4->saddr;
-		ip4->saddr = ip4->daddr;
-		ip4->daddr = a;
-		ip4->ttl = REPLY_TTL;
-		ip4->tot_len = bpf_htons(ihl + udp_len);
-		ip4->check = 0;
-		ip4->check = ~fold(ipv4_header_sum(ip4, ihl / 4, data_end));
+		/* The reply's IPv4 header, built on the stack: no options, nothing of the request's but the
+		 * addresses (swapped) and the protocol. */
+		struct iphdr h = {};
+		h.version = 4;
+		h.ihl = sizeof(h) / 4;
+		h.tot_len = bpf_htons(sizeof(h) + udp_len);
+		h.frag_off = bpf_htons(IP_DF);
+		h.ttl = REPLY_TTL;
+		h.protocol = IPPROTO_UDP;
+		h.saddr = ip4->daddr;
+		h.daddr = ip4->saddr;
+		__u32 *w = (__u32 *)&h;
+		h.check = ~fold((__u64)w[0] + w[1] + w[2] + w[3] + w[4]);
+		if (ihl > sizeof(h)) {
+			/* cannot fail: the frame holds at least the headers and moves only within them;
+			 * if it did, the half-written frame is dropped, counted with the malformed */
+			if (strip_ipv4_options(ctx, l3, ihl - sizeof(h), &h))
+				return count(ANSWER_MALFORMED, XDP_DROP);
+		} else {
+			__builtin_memcpy(ip4, &h, sizeof(h));
+		}
 	} else if (ip6) {
 		struct in6_addr a = ip6->saddr;
 		ip6->saddr = ip6->daddr;
 		ip6->daddr = a;
+		/* version 6, traffic class 0 (DSCP 0, ECN not-ECT), flow label 0 */
+		*(__be32 *)ip6 = bpf_htonl(0x60000000);
 		ip6->hop_limit = REPLY_TTL;
 		ip6->payload_len = udp->len;
 	}
-	__u16 sum = ~fold(pseudo + segment);
-	udp->check = sum ? sum : 0xffff;
 	return count(ANSWER_ANSWERED, XDP_TX);
 }
 

@@ -8,8 +8,9 @@
 //! - `sockperf ping-pong` and `sockperf under-load` against the sockperf handler.
 //! - What is not answered: corrupted checksums dropped and counted, malformed headers and over-long payloads
 //!   passed to the kernel and counted, other ports received by kernel sockets in the server namespace.
-//! - Random requests (VLAN tags, IPv4 options, padding, every checksum form, damaged headers) answered byte
-//!   for byte as the user-space path's pure step `shunt::handler::respond` answers them, for both handlers.
+//! - Random requests (VLAN tags, IPv4 options, any TOS / traffic class / flow label / TTL / ID, padding, every
+//!   checksum form, damaged headers) answered byte for byte as the user-space path's pure step
+//!   `shunt::handler::respond` answers them, for both handlers: options stripped, the header the server's own.
 //!
 //! Every test checks that the counters add up exactly: each frame the client's veth end sent is counted in
 //! exactly one of the program's counters (the veth pair has no other way in).
@@ -49,6 +50,9 @@ const OTHER_PORT: u16 = 9001;
 /// Source port of the hand-built requests; sockets bound to it in the client namespace absorb the replies.
 const CLIENT_PORT: u16 = 47_123;
 const T: Duration = Duration::from_secs(20);
+/// The MTU of both veth ends in the tests that send long frames: room for the longest payload the program
+/// answers (over IPv6, with a tag) and for the over-long ones it passes.
+const LAB_MTU: u32 = 2000;
 
 // ---------------------------------------------------------------------------------------------------------
 // Fixture
@@ -645,7 +649,7 @@ fn assert_nothing_waiting(sock: &UdpSocket, what: &str) {
 fn what_is_not_answered_is_counted_and_what_is_not_ours_goes_to_the_kernel() {
     common::require_lab();
     let lab = Lab::new(1);
-    set_mtu(&lab, 2000);
+    set_mtu(&lab, LAB_MTU);
     let _absorb = absorbers(&lab);
     let served = server_sockets(&lab, PORT);
     let other = server_sockets(&lab, OTHER_PORT);
@@ -837,6 +841,14 @@ fn random_request(lab: &Lab, rng: &mut XorShift, seq: u64, sockperf: bool) -> Ve
             let mut options = vec![1u8; words * 4];
             if rng.chance(50) {
                 rng.fill(&mut options);
+            } else if words >= 2 && rng.chance(50) {
+                // A loose source route through the client's own address: type 131, length, pointer 4.
+                let hops = (words * 4 - 3) / 4;
+                options[..3].copy_from_slice(&[0x83, (3 + 4 * hops) as u8, 4]);
+                for h in 0..hops {
+                    options[3 + 4 * h..7 + 4 * h].copy_from_slice(&[198, 18, 0, 9]);
+                }
+                options[3 + 4 * hops..].fill(0);
             }
             let at = l3 + ipv4::MIN_HEADER_LEN;
             f.splice(at..at, options);
@@ -846,7 +858,9 @@ fn random_request(lab: &Lab, rng: &mut XorShift, seq: u64, sockperf: bool) -> Ve
         }
         fix_ipv4_checksum(&mut f);
     } else {
-        f[l3 + 1] = rng.next() as u8;
+        // Random traffic class, flow label and hop limit.
+        f[l3] = 0x60 | (rng.next() as u8 & 0x0f);
+        rng.fill(&mut f[l3 + 1..l3 + 4]);
         f[l3 + 7] = rng.next() as u8;
     }
     let u = udp_of(&f);
@@ -894,7 +908,8 @@ fn random_request(lab: &Lab, rng: &mut XorShift, seq: u64, sockperf: bool) -> Ve
 }
 
 /// What the user-space path makes of `frame`, and the reply frame if it answers: `respond`, the worker's
-/// pure step, with `handler`; a payload over [`MAX_PAYLOAD`] is the in-kernel server's to refuse.
+/// pure step, with `handler` and the default reply headers (the program's: TTL 64, DSCP 0) under the lab's
+/// MTU; a payload over [`MAX_PAYLOAD`] is the in-kernel server's to refuse.
 fn predict(frame: &[u8], handler: &mut dyn Handler) -> (Fate, Option<Vec<u8>>) {
     if let Ok(Some(d)) = parse(frame) {
         if d.payload_len() > MAX_PAYLOAD {
@@ -903,7 +918,8 @@ fn predict(frame: &[u8], handler: &mut dyn Handler) -> (Fate, Option<Vec<u8>>) {
     }
     let mut buf = frame.to_vec();
     buf.resize(4096, 0);
-    match respond(handler, &mut buf, frame.len(), Time::default(), RespondOptions::default()) {
+    let options = RespondOptions::default().with_mtu(LAB_MTU as usize);
+    match respond(handler, &mut buf, frame.len(), Time::default(), options) {
         Outcome::Reply(n) => (Fate::Answered, Some(buf[..n].to_vec())),
         Outcome::Malformed(_) => (Fate::Malformed, None),
         Outcome::BadChecksum => (Fate::BadChecksum, None),
@@ -917,7 +933,7 @@ fn predict(frame: &[u8], handler: &mut dyn Handler) -> (Fate, Option<Vec<u8>>) {
 fn replies_are_byte_for_byte_those_of_the_user_space_path() {
     common::require_lab();
     let lab = Lab::new(1);
-    set_mtu(&lab, 2000);
+    set_mtu(&lab, LAB_MTU);
     let _peer = client_peer_program(&lab);
     let _absorb = absorbers(&lab);
     let (mut server, _link) = start(&lab, InKernelHandler::Echo, AttachMode::Native);

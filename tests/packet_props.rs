@@ -15,8 +15,8 @@
 //!   never `Correct`;
 //! * `payload_room_mut`, `max_reply_payload` and `write_reply` (the reply parses back swapped with a `Correct`
 //!   checksum; too large is refused and leaves the frame alone; the 64 KiB IP length limits);
-//! * Echo through `respond` gives a reply that parses back with everything swapped, verifying checksums, TTL 64,
-//!   consistent lengths, and a second `respond` restores the original; a request whose UDP checksum is wrong
+//! * Echo through `respond` gives a reply that parses back with everything swapped, verifying checksums,
+//!   consistent lengths, and a second `respond` restores the original, headers normalised; a request whose UDP checksum is wrong
 //!   (a corrupted payload byte) gets `BadChecksum` unless verification is off; an offloaded (pseudo-header only)
 //!   request is answered;
 //! * every truncation is rejected with the right `Malformed` variant (or parses the same inside the padding);
@@ -27,7 +27,11 @@
 //! * `write_request` never panics (any buffer length, any payload length, any flow) and what it builds parses back
 //!   with a `Correct` checksum and reads the same in etherparse;
 //! * `checksum::{add, fold, internet, udp_ipv4, udp_ipv6, pseudo_header_v4, pseudo_header_v6}` against naive
-//!   references.
+//!   references;
+//! * reply headers are the server's own (every reply is checked in `verify_reply`): IHL 5 with the request's
+//!   IPv4 options stripped, the configured TTL / hop limit and DSCP with ECN not-ECT whatever the request's
+//!   TOS / traffic class (CE included), flow label 0, ID 0 with DF; a reply over the MTU is refused
+//!   (`OverMtu` / `ReplyError::OverMtu`, the frame untouched).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
@@ -46,7 +50,8 @@ use shunt::handler::{
 use shunt::packet::field::{eth, ipv4, ipv6, udp, vlan, Field};
 use shunt::packet::{
     checksum, parse, write_request, Buffer, BuildError, Datagram, FlowSpec, IpVersion, Malformed, ReplyError,
-    UdpChecksum, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_QINQ, ETHERTYPE_VLAN, IPPROTO_UDP, REPLY_TTL,
+    ReplyHeaders, UdpChecksum, DEFAULT_TTL, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_QINQ, ETHERTYPE_VLAN,
+    IPPROTO_UDP,
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -104,9 +109,32 @@ struct View {
 }
 
 impl View {
+    /// Where a reply's UDP payload starts: after the same link header and an option-less IP header.
+    fn reply_payload_offset(&self) -> usize {
+        self.l3 + reply_ip_header_len(self.ip) + udp::HEADER_LEN
+    }
+
+    /// The length of the reply frame to this request carrying `payload_len` bytes.
+    fn reply_len(&self, payload_len: usize) -> usize {
+        self.reply_payload_offset() + payload_len
+    }
+
+    /// The length of the reply's IP packet carrying `payload_len` bytes (what the MTU limits).
+    fn reply_ip_len(&self, payload_len: usize) -> usize {
+        reply_ip_header_len(self.ip) + udp::HEADER_LEN + payload_len
+    }
+
     /// The same datagram with a UDP payload of `len` bytes (the first `len` of this one's).
     fn with_payload_len(&self, len: usize, udp_checksum: UdpChecksum) -> View {
         View { payload_len: len, payload: self.payload[..len].to_vec(), udp_checksum, ..self.clone() }
+    }
+}
+
+/// A reply's IP header length: IPv4 without options, or IPv6's fixed header.
+fn reply_ip_header_len(ip: IpVersion) -> usize {
+    match ip {
+        IpVersion::V4 => ipv4::MIN_HEADER_LEN,
+        IpVersion::V6 => ipv6::HEADER_LEN,
     }
 }
 
@@ -663,9 +691,22 @@ fn etherparse_agrees(frame: &[u8], ours: &Parsed) -> Result<(), TestCaseError> {
 // Reply verification
 // ---------------------------------------------------------------------------------------------------------------
 
-/// Checks that `reply` is the correct reply to `request` (parsed as `req`) carrying `payload`, with naive
-/// checksums and with etherparse.
+/// Checks that `reply` is the correct reply to `request` (parsed as `req`) carrying `payload`, with the default
+/// reply headers (TTL 64, DSCP 0), with naive checksums and with etherparse.
 fn verify_reply(request: &[u8], req: &View, reply: &[u8], payload: &[u8]) -> Result<(), TestCaseError> {
+    verify_reply_with(request, req, reply, payload, ReplyHeaders::default())
+}
+
+/// [`verify_reply`] with the reply headers `headers` asked for: the reply's IP header is the server's own (IHL 5,
+/// no options; TTL / hop limit `headers.ttl`; DSCP `headers.dscp`, ECN not-ECT; IPv6 flow label 0; IPv4 ID 0 and
+/// DF), whatever the request's said.
+fn verify_reply_with(
+    request: &[u8],
+    req: &View,
+    reply: &[u8],
+    payload: &[u8],
+    headers: ReplyHeaders,
+) -> Result<(), TestCaseError> {
     let r = match parse_view(reply) {
         Ok(Some(r)) => r,
         other => return Err(TestCaseError::fail(format!("reply does not parse: {other:?} ({reply:02x?})"))),
@@ -674,8 +715,8 @@ fn verify_reply(request: &[u8], req: &View, reply: &[u8], payload: &[u8]) -> Res
     prop_assert_eq!(r.ip, req.ip);
     prop_assert_eq!(r.vlan_tci, req.vlan_tci);
     prop_assert_eq!(r.l3, req.l3);
-    prop_assert_eq!(r.udp_at, req.udp_at);
-    prop_assert_eq!(r.payload_offset, req.payload_offset);
+    prop_assert_eq!(r.udp_at, req.l3 + reply_ip_header_len(req.ip), "no IPv4 options in a reply");
+    prop_assert_eq!(r.payload_offset, req.reply_payload_offset());
     prop_assert_eq!(r.payload_len, payload.len());
     prop_assert_eq!(&r.payload[..], payload);
     prop_assert_eq!(r.udp_checksum, UdpChecksum::Correct, "replies carry a full, verifying UDP checksum");
@@ -693,31 +734,31 @@ fn verify_reply(request: &[u8], req: &View, reply: &[u8], payload: &[u8]) -> Res
     let udp_len = udp::HEADER_LEN + payload.len();
     let h = &reply[l3..r.udp_at];
     let q = &request[l3..req.udp_at];
+    let tos = headers.dscp << 2;
     let (src, dst): (Vec<u8>, Vec<u8>) = match r.ip {
         IpVersion::V4 => {
-            prop_assert_eq!(h[ipv4::VER_IHL], q[ipv4::VER_IHL], "version / IHL kept");
-            prop_assert_eq!(h[ipv4::TOS], q[ipv4::TOS], "DSCP / ECN kept");
+            prop_assert_eq!(h.len(), ipv4::MIN_HEADER_LEN, "IPv4 options stripped");
+            prop_assert_eq!(h[ipv4::VER_IHL], 0x45, "version 4, IHL 5");
+            prop_assert_eq!(h[ipv4::TOS], tos, "DSCP as configured, ECN not-ECT (request TOS {:#04x})", q[ipv4::TOS]);
             prop_assert_eq!(usize::from(get16(h, 0, ipv4::TOTAL_LEN)), h.len() + udp_len, "total length");
-            prop_assert_eq!(
-                &h[ipv4::IDENT.start..ipv4::FLAGS_FRAG.end],
-                &q[ipv4::IDENT.start..ipv4::FLAGS_FRAG.end],
-                "ID, flags and fragment offset kept"
-            );
-            prop_assert_eq!(h[ipv4::TTL], REPLY_TTL);
-            prop_assert_eq!(h[ipv4::TTL], 64);
+            prop_assert_eq!(get16(h, 0, ipv4::IDENT), 0, "ID 0");
+            prop_assert_eq!(get16(h, 0, ipv4::FLAGS_FRAG), ipv4::DONT_FRAGMENT, "DF, no other flag, offset 0");
+            prop_assert_eq!(h[ipv4::TTL], headers.ttl, "fresh TTL (request's {})", q[ipv4::TTL]);
             prop_assert_eq!(h[ipv4::PROTOCOL], IPPROTO_UDP);
             prop_assert_eq!(naive_sum(h), 0xffff, "IPv4 header checksum verifies (naive)");
             prop_assert_eq!(&h[ipv4::SRC], &q[ipv4::DST]);
             prop_assert_eq!(&h[ipv4::DST], &q[ipv4::SRC]);
-            prop_assert_eq!(&h[ipv4::MIN_HEADER_LEN..], &q[ipv4::MIN_HEADER_LEN..], "options kept");
             (h[ipv4::SRC].to_vec(), h[ipv4::DST].to_vec())
         }
         IpVersion::V6 => {
             prop_assert_eq!(h.len(), ipv6::HEADER_LEN);
-            prop_assert_eq!(&h[ipv6::VER_TC_FLOW], &q[ipv6::VER_TC_FLOW], "version, traffic class, flow label kept");
+            let first = u32::from_be_bytes(h[ipv6::VER_TC_FLOW].try_into().unwrap());
+            prop_assert_eq!(first >> 28, 6, "version");
+            prop_assert_eq!((first >> 20) as u8, tos, "traffic class: DSCP as configured, ECN not-ECT");
+            prop_assert_eq!(first & 0xfffff, 0, "flow label 0");
             prop_assert_eq!(usize::from(get16(h, 0, ipv6::PAYLOAD_LEN)), udp_len, "payload length");
             prop_assert_eq!(h[ipv6::NEXT_HEADER], IPPROTO_UDP);
-            prop_assert_eq!(h[ipv6::HOP_LIMIT], 64, "hop limit");
+            prop_assert_eq!(h[ipv6::HOP_LIMIT], headers.ttl, "fresh hop limit");
             prop_assert_eq!(&h[ipv6::SRC], &q[ipv6::DST]);
             prop_assert_eq!(&h[ipv6::DST], &q[ipv6::SRC]);
             (h[ipv6::SRC].to_vec(), h[ipv6::DST].to_vec())
@@ -749,15 +790,17 @@ fn verify_reply(request: &[u8], req: &View, reply: &[u8], payload: &[u8]) -> Res
     let Some(TransportHeader::Udp(u)) = &p.transport else { return Err(TestCaseError::fail("etherparse: no UDP")) };
     match &p.net {
         Some(NetHeaders::Ipv4(h, _)) => {
-            // etherparse does not model the reserved ("evil") flag bit, so its header checksum leaves it out.
-            if reply[l3 + ipv4::FLAGS_FRAG.start] & 0x80 == 0 {
-                prop_assert_eq!(h.header_checksum, h.calc_header_checksum());
-            }
-            prop_assert_eq!(h.time_to_live, 64);
+            // A reply's flags are DF alone (the reserved bit, which etherparse does not model, is clear).
+            prop_assert_eq!(h.header_checksum, h.calc_header_checksum());
+            prop_assert_eq!(h.time_to_live, headers.ttl);
+            prop_assert!(h.options.is_empty());
+            prop_assert_eq!((h.dscp.value(), h.ecn.value()), (headers.dscp, 0));
+            prop_assert_eq!((h.identification, h.dont_fragment, h.more_fragments), (0, true, false));
             prop_assert_eq!(u.checksum, u.calc_checksum_ipv4(h, payload).unwrap());
         }
         Some(NetHeaders::Ipv6(h, _)) => {
-            prop_assert_eq!(h.hop_limit, 64);
+            prop_assert_eq!(h.hop_limit, headers.ttl);
+            prop_assert_eq!((h.traffic_class, h.flow_label.value()), (tos, 0));
             prop_assert_eq!(u.checksum, u.calc_checksum_ipv6(h, payload).unwrap());
         }
         other => return Err(TestCaseError::fail(format!("etherparse net {other:?}"))),
@@ -776,12 +819,18 @@ fn verify_reply(request: &[u8], req: &View, reply: &[u8], payload: &[u8]) -> Res
 /// The time handed to `respond` (the handler must see it as it is).
 const NOW: Time = Time { unix_ns: 1_700_000_000_123_456_789, monotonic_ns: 987_654_321 };
 
-/// Checksum verification off (what a server behind a verifying NIC may choose).
-const UNVERIFIED: RespondOptions = RespondOptions { verify_udp_checksum: false };
+/// The default options but for the MTU, which is out of the way (any reply the IP length fields allow fits):
+/// most properties here are about parsing and replying, and use payloads and rooms beyond 1500 bytes. The MTU
+/// has its own properties.
+const VERIFIED: RespondOptions =
+    RespondOptions { verify_udp_checksum: true, reply_ttl: DEFAULT_TTL, reply_dscp: 0, mtu: usize::MAX };
 
-/// `respond` with the default options (UDP checksums verified).
+/// Checksum verification off (what a server behind a verifying NIC may choose).
+const UNVERIFIED: RespondOptions = RespondOptions { verify_udp_checksum: false, ..VERIFIED };
+
+/// `respond` with [`VERIFIED`] options (UDP checksums verified).
 fn run<H: Handler + ?Sized>(handler: &mut H, frame: &mut [u8], len: usize) -> Outcome {
-    respond(handler, frame, len, NOW, RespondOptions::default())
+    respond(handler, frame, len, NOW, VERIFIED)
 }
 
 /// `respond` with UDP checksum verification off.
@@ -896,7 +945,7 @@ proptest! {
     fn echo_round_trip(s in arb_spec(), room in 0usize..256, junk in any::<u8>()) {
         let b = build(&s);
         let d = &b.expected;
-        let n = d.payload_offset + d.payload_len;
+        let n = d.reply_len(d.payload_len);
         let mut buf = in_buffer(&b.frame, room, junk);
         let out = run(&mut Echo, &mut buf, b.frame.len());
         if d.udp_checksum == UdpChecksum::Wrong {
@@ -913,20 +962,17 @@ proptest! {
         let out2 = run(&mut Echo, &mut buf, n);
         prop_assert_eq!(out2, Outcome::Reply(n));
         let again = parse_view(&buf[..n]).unwrap().unwrap();
-        prop_assert_eq!(&again, &View { udp_checksum: UdpChecksum::Correct, ..d.clone() });
+        let normal = normalised(&b.expected);
+        prop_assert_eq!(&again, &View { udp_checksum: UdpChecksum::Correct, ..normal.clone() });
         verify_reply(&reply, &parse_view(&reply).unwrap().unwrap(), &buf[..n], &s.payload)?;
         prop_assert_eq!(&buf[..eth::ETHERTYPE.start], &b.frame[..eth::ETHERTYPE.start], "MACs restored");
-        let mut original = b.frame[..b.end].to_vec();
-        if let Ip::V4 { .. } = s.ip {
-            // Only the TTL and the header checksum may differ from the request.
-            original[d.l3 + ipv4::TTL] = REPLY_TTL;
-            fix_ipv4_checksum(&mut original, d.l3);
-        } else {
-            original[d.l3 + ipv6::HOP_LIMIT] = REPLY_TTL;
-        }
+        // The request as a server would have sent it: no options, headers normalised. Only the UDP checksum
+        // may differ (the request's may be partial or absent; the reply's is full).
+        let original = build(&normalise(&s)).frame;
+        prop_assert_eq!(original.len(), n);
         let q = &buf[..n];
-        prop_assert_eq!(&q[..d.udp_at + udp::CHECKSUM.start], &original[..d.udp_at + udp::CHECKSUM.start]);
-        prop_assert_eq!(&q[d.payload_offset..], &original[d.payload_offset..]);
+        prop_assert_eq!(&q[..normal.udp_at + udp::CHECKSUM.start], &original[..normal.udp_at + udp::CHECKSUM.start]);
+        prop_assert_eq!(&q[normal.payload_offset..], &original[normal.payload_offset..]);
         if s.udp_sum == UdpSum::Correct {
             prop_assert_eq!(q, &original[..], "with a correct request checksum, byte for byte");
         }
@@ -937,7 +983,7 @@ proptest! {
     fn respond_clamps_len(s in arb_spec(), room in 0usize..64) {
         let b = build(&s);
         let d = &b.expected;
-        let n = d.payload_offset + d.payload_len;
+        let n = d.reply_len(d.payload_len);
         let mut exact = b.frame.clone();
         let mut roomy = in_buffer(&b.frame, room, 0x5a);
         prop_assert_eq!(run(&mut Echo, &mut exact.clone(), usize::MAX), verified(d, Outcome::Reply(n)));
@@ -952,13 +998,13 @@ proptest! {
     fn write_reply_matches_respond(s in arb_spec(), room in 0usize..64, huge in any::<bool>()) {
         let b = build(&s);
         let d = &b.expected;
-        let n = d.payload_offset + d.payload_len;
+        let n = d.reply_len(d.payload_len);
         let mut direct = in_buffer(&b.frame, room, 0);
         let dg = Datagram::parse(&mut direct[..], b.frame.len()).unwrap().unwrap();
         prop_assert_eq!(&view(&dg), d);
         let max = dg.max_reply_payload();
         prop_assert_eq!(max, b.frame.len() + room - d.payload_offset);
-        prop_assert_eq!(dg.write_reply(d.payload_len), Ok(n));
+        prop_assert_eq!(dg.write_reply(d.payload_len, VERIFIED.reply_headers()), Ok(n));
         let mut via = in_buffer(&b.frame, room, 0);
         prop_assert_eq!(run_unverified(&mut Echo, &mut via, b.frame.len()), Outcome::Reply(n));
         prop_assert_eq!(&direct, &via);
@@ -966,7 +1012,7 @@ proptest! {
         let mut f = in_buffer(&b.frame, room, 0);
         let dg = Datagram::parse(&mut f[..], b.frame.len()).unwrap().unwrap();
         let ask = if huge { usize::MAX } else { max + 1 };
-        prop_assert_eq!(dg.write_reply(ask), Err(ReplyError::TooLarge { payload: ask, max }));
+        prop_assert_eq!(dg.write_reply(ask, VERIFIED.reply_headers()), Err(ReplyError::TooLarge { payload: ask, max }));
         prop_assert_eq!(&f, &in_buffer(&b.frame, room, 0), "a refused reply leaves the frame alone");
     }
 
@@ -1070,7 +1116,7 @@ proptest! {
             prop_assert_eq!(got.udp_checksum, UdpChecksum::Wrong);
         }
         let mut buf = in_buffer(&b.frame, 16, 0);
-        let n = v.payload_offset + v.payload_len;
+        let n = v.reply_len(v.payload_len);
         prop_assert_eq!(run(&mut Echo, &mut buf, b.frame.len()), verified(&got, Outcome::Reply(n)));
     }
 
@@ -1104,9 +1150,9 @@ proptest! {
         prop_assert_eq!(run(&mut Sockperf, &mut buf, b.frame.len()), Outcome::BadChecksum);
         prop_assert_eq!(&buf, &before);
 
-        let n = v.payload_offset + v.payload_len;
+        let n = v.reply_len(v.payload_len);
         prop_assert_eq!(run_unverified(&mut Echo, &mut buf, b.frame.len()), Outcome::Reply(n));
-        verify_reply(&b.frame, &v, &buf[..n], &b.frame[v.payload_offset..n])?;
+        verify_reply(&b.frame, &v, &buf[..n], &b.frame[v.payload_offset..v.payload_offset + v.payload_len])?;
     }
 
     /// A CHECKSUM_PARTIAL request (the field holds only the folded pseudo-header sum, as a sender with TX
@@ -1119,7 +1165,7 @@ proptest! {
     ) {
         let b = build(&s);
         let v = &b.expected;
-        let n = v.payload_offset + v.payload_len;
+        let n = v.reply_len(v.payload_len);
         let mut buf = in_buffer(&b.frame, room, 0);
         let out = run(&mut Echo, &mut buf, b.frame.len());
         match (s.udp_sum, v.ip) {
@@ -1136,10 +1182,251 @@ proptest! {
     }
 }
 
-/// `RespondOptions::default()` verifies checksums.
+/// `RespondOptions::default()` verifies checksums and writes TTL 64, DSCP 0, replies up to 1500 bytes of IP.
 #[test]
 fn respond_verifies_by_default() {
-    assert_eq!(RespondOptions::default(), RespondOptions { verify_udp_checksum: true });
+    assert_eq!(
+        RespondOptions::default(),
+        RespondOptions { verify_udp_checksum: true, reply_ttl: 64, reply_dscp: 0, mtu: 1500 }
+    );
+    assert_eq!(ReplyHeaders::default(), ReplyHeaders { ttl: 64, dscp: 0, mtu: 1500 });
+    assert_eq!(RespondOptions::default().reply_headers(), ReplyHeaders::default());
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Reply headers: the server's own IP header, and the MTU
+// ---------------------------------------------------------------------------------------------------------------
+
+/// `s` as the server's reply header would have it, as a request: no IPv4 options, TTL / hop limit 64, TOS /
+/// traffic class 0, ID 0 with DF, flow label 0, and no Ethernet padding (a reply has none).
+fn normalise(s: &Spec) -> Spec {
+    let ip = match &s.ip {
+        Ip::V4 { src, dst, .. } => {
+            Ip::V4 { src: *src, dst: *dst, ttl: DEFAULT_TTL, id: 0, dscp: 0, ecn: 0, df: true, options: vec![] }
+        }
+        Ip::V6 { src, dst, .. } => Ip::V6 { src: *src, dst: *dst, hop: DEFAULT_TTL, traffic_class: 0, flow: 0 },
+    };
+    Spec { ip, padding: vec![], ..s.clone() }
+}
+
+/// The view of `v`'s datagram once its IP header has no options (where a reply's UDP header and payload are).
+fn normalised(v: &View) -> View {
+    let udp_at = v.l3 + reply_ip_header_len(v.ip);
+    View { udp_at, payload_offset: udp_at + udp::HEADER_LEN, ..v.clone() }
+}
+
+/// `s` with addresses, ports and MACs swapped and a correct UDP checksum: the request a reply to `s` would be.
+fn swapped(s: &Spec) -> Spec {
+    let mut r = Spec {
+        dst_mac: s.src_mac,
+        src_mac: s.dst_mac,
+        sport: s.dport,
+        dport: s.sport,
+        udp_sum: UdpSum::Correct,
+        ..s.clone()
+    };
+    match &mut r.ip {
+        Ip::V4 { src, dst, .. } => std::mem::swap(src, dst),
+        Ip::V6 { src, dst, .. } => std::mem::swap(src, dst),
+    }
+    r
+}
+
+/// IPv4 requests that always carry options (1..=10 words of anything, or a loose source route), with a TOS that
+/// is CE-marked half the time.
+fn arb_v4_with_options() -> impl Strategy<Value = Ip> {
+    let options = prop_oneof![
+        (1usize..=10).prop_flat_map(|words| vec(any::<u8>(), words * 4)),
+        vec(any::<[u8; 4]>(), 1..=9).prop_map(|route| lsrr(&route)),
+    ];
+    (arb_v4(), options, prop_oneof![Just(3u8), 0u8..4]).prop_map(|(ip, opts, ce)| match ip {
+        Ip::V4 { src, dst, ttl, id, dscp, df, .. } => Ip::V4 { src, dst, ttl, id, dscp, ecn: ce, df, options: opts },
+        other => other,
+    })
+}
+
+/// A loose source and record route option (RFC 791: type 131, length, pointer 4, the route) padded with
+/// end-of-options to whole words.
+fn lsrr(route: &[[u8; 4]]) -> Vec<u8> {
+    let mut o = vec![0x83, (3 + 4 * route.len()) as u8, 4];
+    for a in route {
+        o.extend_from_slice(a);
+    }
+    o.resize(o.len().div_ceil(4) * 4, 0);
+    o
+}
+
+/// Any reply headers a configuration allows (TTL 1..=255, DSCP 0..=63), checksums verified or not; the MTU out
+/// of the way.
+fn arb_reply_options() -> impl Strategy<Value = RespondOptions> {
+    (1u8..=255, 0u8..64, any::<bool>()).prop_map(|(ttl, dscp, verify)| RespondOptions {
+        verify_udp_checksum: verify,
+        reply_ttl: ttl,
+        reply_dscp: dscp,
+        mtu: usize::MAX,
+    })
+}
+
+proptest! {
+    #![proptest_config(config(4096))]
+
+    /// Whatever the request's IP header said (IPv4 with or without options, a loose source route, any TOS with
+    /// CE, any TTL, ID and DF; IPv6 with any traffic class and flow label), the reply's is the server's own:
+    /// IHL 5, the configured TTL and DSCP, ECN not-ECT, ID 0 + DF, flow label 0, valid checksums, the payload
+    /// intact and every length consistent (all checked by `verify_reply_with`). `write_reply` used directly
+    /// writes the same bytes.
+    #[test]
+    fn reply_headers_are_the_servers_own(
+        s in arb_spec_with(prop_oneof![arb_v4(), arb_v4_with_options(), arb_v6()], arb_payload()),
+        o in arb_reply_options(),
+        room in 0usize..64,
+    ) {
+        let b = build(&s);
+        let d = &b.expected;
+        let mut buf = in_buffer(&b.frame, room, 0x33);
+        let out = respond(&mut Echo, &mut buf, b.frame.len(), NOW, o);
+        if o.verify_udp_checksum && d.udp_checksum == UdpChecksum::Wrong {
+            prop_assert_eq!(out, Outcome::BadChecksum);
+            return Ok(());
+        }
+        let n = d.reply_len(d.payload_len);
+        prop_assert_eq!(out, Outcome::Reply(n));
+        prop_assert_eq!(n, b.end - (d.udp_at - d.l3 - reply_ip_header_len(d.ip)), "the reply is shorter by the options");
+        verify_reply_with(&b.frame, d, &buf[..n], &s.payload, o.reply_headers())?;
+
+        let mut direct = in_buffer(&b.frame, room, 0x33);
+        let dg = Datagram::parse(&mut direct[..], b.frame.len()).unwrap().unwrap();
+        prop_assert_eq!(dg.write_reply(d.payload_len, o.reply_headers()), Ok(n));
+        prop_assert_eq!(&direct[..n], &buf[..n]);
+
+        // With the default headers, the reply is byte for byte the request rebuilt with normalised headers,
+        // addresses and ports swapped (etherparse builds it, independently of shunt).
+        let mut direct = in_buffer(&b.frame, room, 0x33);
+        let dg = Datagram::parse(&mut direct[..], b.frame.len()).unwrap().unwrap();
+        prop_assert_eq!(dg.write_reply(d.payload_len, ReplyHeaders { mtu: usize::MAX, ..ReplyHeaders::default() }), Ok(n));
+        prop_assert_eq!(&direct[..n], &build(&swapped(&normalise(&s))).frame[..]);
+    }
+
+    /// A reply whose IP packet is longer than the MTU is refused (`OverMtu`; `ReplyError::OverMtu` naming both
+    /// lengths, the frame untouched); one that fits exactly, or less, is sent.
+    #[test]
+    fn replies_over_the_mtu_are_refused(
+        s in arb_spec_with(prop_oneof![arb_v4(), arb_v4_with_options(), arb_v6()], arb_payload()),
+        mtu in prop_oneof![28usize..1600, Just(1500)],
+        room in 0usize..300,
+        pick in any::<prop::sample::Index>(),
+    ) {
+        let b = build(&s);
+        let d = &b.expected;
+        let before = in_buffer(&b.frame, room, 0x44);
+        let len = pick.index(before.len() - d.payload_offset + 1);
+        let o = RespondOptions { mtu, ..UNVERIFIED };
+        let mut buf = before.clone();
+        let out = respond(&mut with(|_: &Request, p: &mut [u8], _| {
+            p[..len].fill(0x5c);
+            Verdict::Reply { len }
+        }), &mut buf, b.frame.len(), NOW, o);
+        let ip_len = d.reply_ip_len(len);
+        let mut direct = before.clone();
+        let dg = Datagram::parse(&mut direct[..], b.frame.len()).unwrap().unwrap();
+        let written = dg.write_reply(len, o.reply_headers());
+        if ip_len > mtu {
+            prop_assert_eq!(out, Outcome::OverMtu);
+            prop_assert_eq!(written, Err(ReplyError::OverMtu { ip_len, mtu }));
+            prop_assert_eq!(&direct, &before, "a refused reply leaves the frame alone");
+        } else {
+            prop_assert_eq!(out, Outcome::Reply(d.reply_len(len)));
+            prop_assert_eq!(written, Ok(d.reply_len(len)));
+            verify_reply_with(&b.frame, d, &buf[..d.reply_len(len)], &vec![0x5c; len], o.reply_headers())?;
+        }
+    }
+}
+
+/// A request with a loose source route, TTL 3, CE-marked TOS (DSCP 46) and an ID, without DF: the reply has no
+/// options, TTL 64, TOS 0, ID 0 with DF, and is exactly what a fresh option-less request would be, swapped. And
+/// the MTU edges with the default options: a 1500-byte IP packet is sent, a 1501-byte one is not.
+#[test]
+fn table_source_routed_ce_request() {
+    let route = [[198, 18, 0, 9], [198, 18, 0, 10]];
+    let s = Spec {
+        dst_mac: [0x02, 0, 0, 0, 0, 1],
+        src_mac: [0x02, 0, 0, 0, 0, 2],
+        tag: Tag::None,
+        ip: Ip::V4 {
+            src: [198, 18, 0, 2],
+            dst: [198, 18, 0, 1],
+            ttl: 3,
+            id: 0x1234,
+            dscp: 46,
+            ecn: 3,
+            df: false,
+            options: lsrr(&route),
+        },
+        sport: 40000,
+        dport: 9000,
+        payload: b"route me".to_vec(),
+        udp_sum: UdpSum::Correct,
+        padding: vec![],
+    };
+    let b = build(&s);
+    assert_eq!(b.frame[eth::HEADER_LEN + ipv4::VER_IHL], 0x48, "IHL 8: 12 bytes of options");
+    assert_eq!(b.frame[eth::HEADER_LEN + ipv4::TOS], 0xbb, "DSCP 46, CE");
+    let d = &b.expected;
+    let mut buf = b.frame.clone();
+    let out = respond(&mut Echo, &mut buf, b.frame.len(), NOW, RespondOptions::default());
+    assert_eq!(out, Outcome::Reply(b.frame.len() - 12));
+    let reply = &buf[..b.frame.len() - 12];
+    verify_reply(&b.frame, d, reply, b"route me").unwrap();
+    let expected = Spec {
+        dst_mac: s.src_mac,
+        src_mac: s.dst_mac,
+        ip: Ip::V4 {
+            src: [198, 18, 0, 1],
+            dst: [198, 18, 0, 2],
+            ttl: 64,
+            id: 0,
+            dscp: 0,
+            ecn: 0,
+            df: true,
+            options: vec![],
+        },
+        sport: 9000,
+        dport: 40000,
+        ..s.clone()
+    };
+    assert_eq!(reply, &build(&expected).frame[..]);
+
+    // MTU edges with the defaults (1500), IPv4 and IPv6.
+    for (ip, max_payload) in [
+        (
+            Ip::V4 {
+                src: [198, 18, 0, 2],
+                dst: [198, 18, 0, 1],
+                ttl: 9,
+                id: 1,
+                dscp: 0,
+                ecn: 3,
+                df: false,
+                options: lsrr(&route),
+            },
+            1472,
+        ),
+        (Ip::V6 { src: [0x20; 16], dst: [0x21; 16], hop: 2, traffic_class: 0xff, flow: 0xfffff }, 1452),
+    ] {
+        for (len, fits) in [(max_payload, true), (max_payload + 1, false)] {
+            let s = Spec { ip: ip.clone(), payload: vec![0x61; len], ..s.clone() };
+            let b = build(&s);
+            let mut buf = b.frame.clone();
+            let out = respond(&mut Echo, &mut buf, b.frame.len(), NOW, RespondOptions::default());
+            if fits {
+                let n = b.expected.reply_len(len);
+                assert_eq!(out, Outcome::Reply(n), "{ip:?} {len}");
+                verify_reply(&b.frame, &b.expected, &buf[..n], &s.payload).unwrap();
+            } else {
+                assert_eq!(out, Outcome::OverMtu, "{ip:?} {len}");
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1195,7 +1482,7 @@ proptest! {
             prop_assert_eq!(&in_place, &r, "cut {} in the whole buffer", cut);
             let out = run(&mut Echo, &mut buf, cut);
             match r {
-                Ok(Some(v)) => prop_assert_eq!(out, verified(&v, Outcome::Reply(v.payload_offset + v.payload_len))),
+                Ok(Some(v)) => prop_assert_eq!(out, verified(&v, Outcome::Reply(v.reply_len(v.payload_len)))),
                 Ok(None) => prop_assert_eq!(out, Outcome::NotOurs),
                 Err(e) => prop_assert_eq!(out, Outcome::Malformed(e)),
             }
@@ -1216,7 +1503,7 @@ fn parse_and_respond(frame: &[u8]) -> Result<Parsed, TestCaseError> {
     match &r {
         Ok(Some(v)) => {
             check_view(frame, v)?;
-            let n = v.payload_offset + v.payload_len;
+            let n = v.reply_len(v.payload_len);
             prop_assert_eq!(out, verified(v, Outcome::Reply(n)));
             let mut buf = in_buffer(frame, 64, 0);
             prop_assert_eq!(run_unverified(&mut Echo, &mut buf, frame.len()), Outcome::Reply(n));
@@ -1351,7 +1638,7 @@ proptest! {
         let r = parse_and_respond(&b.frame)?;
         prop_assert_eq!(r, Ok(Some(d.with_payload_len(new_payload, sum))));
         let mut buf = b.frame.clone();
-        let n = d.payload_offset + new_payload;
+        let n = d.reply_len(new_payload);
         prop_assert_eq!(run_unverified(&mut Echo, &mut buf, b.frame.len()), Outcome::Reply(n));
         verify_reply(&b.frame, &d, &buf[..n], &s.payload[..new_payload])?;
     }
@@ -1478,7 +1765,7 @@ fn never_panics_on(data: &[u8], room: usize, len: usize) -> Result<(), TestCaseE
     let cut = len.min(data.len());
     let expected = parse_view(&data[..cut]);
     match (run_unverified(&mut Echo, &mut buf, len), &expected) {
-        (Outcome::Reply(n), Ok(Some(v))) => prop_assert_eq!(n, v.payload_offset + v.payload_len),
+        (Outcome::Reply(n), Ok(Some(v))) => prop_assert_eq!(n, v.reply_len(v.payload_len)),
         (Outcome::Malformed(e), Err(p)) => prop_assert_eq!(e, *p),
         (Outcome::NotOurs, Ok(None)) => {}
         (out, expected) => return Err(TestCaseError::fail(format!("len {len}: {out:?} but parse gave {expected:?}"))),
@@ -1605,13 +1892,13 @@ proptest! {
             f & CLIENT != 0 && f & PONG_REQUEST != 0
         };
         if asks {
-            let n = d.payload_offset + p.len();
+            let n = d.reply_len(p.len());
             prop_assert_eq!(out, Outcome::Reply(n));
             let mut expected = p.clone();
             let f = be16(p, SOCKPERF_FLAGS.start) & !CLIENT;
             expected[SOCKPERF_FLAGS].copy_from_slice(&f.to_be_bytes());
             verify_reply(&b.frame, d, &buf[..n], &expected)?;
-            let rf = be16(&buf, d.payload_offset + SOCKPERF_FLAGS.start);
+            let rf = be16(&buf, d.reply_payload_offset() + SOCKPERF_FLAGS.start);
             prop_assert_eq!(rf & CLIENT, 0);
             prop_assert_ne!(rf & PONG_REQUEST, 0);
             // The reply (CLIENT cleared) looping back is not answered.
@@ -1660,9 +1947,10 @@ proptest! {
             }
             Verdict::Reply { len: p.len() }
         }), &mut buf, b.frame.len());
-        prop_assert_eq!(out, Outcome::Reply(buf.len()));
-        let payload: Vec<u8> = (0..buf.len() - d.payload_offset).map(|i| i as u8 ^ 0xa5).collect();
-        verify_reply(&b.frame, d, &buf, &payload)?;
+        let room_len = buf.len() - d.payload_offset;
+        prop_assert_eq!(out, Outcome::Reply(d.reply_len(room_len)));
+        let payload: Vec<u8> = (0..room_len).map(|i| i as u8 ^ 0xa5).collect();
+        verify_reply(&b.frame, d, &buf[..d.reply_len(room_len)], &payload)?;
     }
 
     /// Replies longer or shorter than the request (within the room) get consistent lengths and checksums.
@@ -1680,7 +1968,7 @@ proptest! {
             }
             Verdict::Reply { len }
         }), &mut buf, b.frame.len());
-        let n = d.payload_offset + len;
+        let n = d.reply_len(len);
         prop_assert_eq!(out, Outcome::Reply(n));
         let mut expected = s.payload.clone();
         expected.resize(len, fill);
@@ -1709,8 +1997,8 @@ proptest! {
         if len > d.payload_len {
             prop_assert_eq!(out, Outcome::Amplification);
         } else {
-            prop_assert_eq!(out, Outcome::Reply(d.payload_offset + len));
-            verify_reply(&b.frame, d, &buf[..d.payload_offset + len], &vec![0x42; len])?;
+            prop_assert_eq!(out, Outcome::Reply(d.reply_len(len)));
+            verify_reply(&b.frame, d, &buf[..d.reply_len(len)], &vec![0x42; len])?;
         }
         // Echo, Sockperf and a Box<dyn Handler> keep the default bound and never exceed it.
         let mut boxed: Box<dyn Handler> = Box::new(Echo);
@@ -1718,12 +2006,13 @@ proptest! {
         prop_assert_eq!(Echo.max_reply_len(d.payload_len), d.payload_len);
         prop_assert_eq!(Sockperf.max_reply_len(d.payload_len), d.payload_len);
         let mut buf = in_buffer(&b.frame, room, 0);
-        prop_assert_eq!(run_unverified(&mut boxed, &mut buf, b.frame.len()), Outcome::Reply(d.payload_offset + d.payload_len));
+        prop_assert_eq!(run_unverified(&mut boxed, &mut buf, b.frame.len()), Outcome::Reply(d.reply_len(d.payload_len)));
     }
 }
 
 /// The IP length fields bound the reply, not only the buffer: with a 70 000-byte buffer, an IPv4 reply may carry
-/// 65535 - IHL*4 - 8 bytes (total length 65535) and an IPv6 one 65527 (payload length 65535), and no more.
+/// 65535 - 20 - 8 bytes (total length 65535: the reply has no options, whatever the request had) and an IPv6 one
+/// 65527 (payload length 65535), and no more.
 #[test]
 fn replies_up_to_the_ip_length_limits() {
     let specs = [
@@ -1762,7 +2051,7 @@ fn replies_up_to_the_ip_length_limits() {
         let b = build(&s);
         let d = &b.expected;
         let limit = match ip {
-            Ip::V4 { .. } => 65535 - (d.payload_offset - d.l3),
+            Ip::V4 { .. } => 65535 - ipv4::MIN_HEADER_LEN - udp::HEADER_LEN,
             Ip::V6 { .. } => 65535 - udp::HEADER_LEN,
         };
         let mut buf = in_buffer(&b.frame, 70_000, 0);
@@ -1779,7 +2068,7 @@ fn replies_up_to_the_ip_length_limits() {
             &mut buf,
             b.frame.len(),
         );
-        let n = d.payload_offset + limit;
+        let n = d.reply_len(limit);
         assert_eq!(out, Outcome::Reply(n));
         let payload: Vec<u8> = (0..limit).map(|i| (i * 7) as u8).collect();
         verify_reply(&b.frame, d, &buf[..n], &payload).unwrap();
@@ -1793,7 +2082,10 @@ fn replies_up_to_the_ip_length_limits() {
         assert_eq!(out, Outcome::ReplyTooLarge);
         let mut f = in_buffer(&b.frame, 70_000, 0);
         let dg = Datagram::parse(&mut f[..], b.frame.len()).unwrap().unwrap();
-        assert_eq!(dg.write_reply(limit + 1), Err(ReplyError::TooLarge { payload: limit + 1, max: limit }));
+        assert_eq!(
+            dg.write_reply(limit + 1, VERIFIED.reply_headers()),
+            Err(ReplyError::TooLarge { payload: limit + 1, max: limit })
+        );
     }
 }
 
@@ -1884,11 +2176,11 @@ proptest! {
         match v.ip {
             IpVersion::V4 => {
                 prop_assert_eq!(frame[v.l3 + ipv4::VER_IHL], 0x45);
-                prop_assert_eq!(frame[v.l3 + ipv4::TTL], REPLY_TTL);
+                prop_assert_eq!(frame[v.l3 + ipv4::TTL], DEFAULT_TTL);
                 prop_assert_eq!(get16(&frame, v.l3, ipv4::FLAGS_FRAG), ipv4::DONT_FRAGMENT);
                 prop_assert_eq!(checksum::internet(&frame[v.l3..v.udp_at]), 0);
             }
-            IpVersion::V6 => prop_assert_eq!(frame[v.l3 + ipv6::HOP_LIMIT], REPLY_TTL),
+            IpVersion::V6 => prop_assert_eq!(frame[v.l3 + ipv6::HOP_LIMIT], DEFAULT_TTL),
         }
         etherparse_agrees(&frame[..n], &Ok(Some(v.clone())))?;
         let p = PacketHeaders::from_ethernet_slice(&frame[..n]).unwrap();

@@ -12,8 +12,8 @@ use std::ops::Range;
 use shunt::handler::{respond, Echo, Handler, Outcome, RespondOptions, Sockperf, Time, SOCKPERF_HEADER_LEN};
 use shunt::packet::field::{eth, ipv4, ipv6, udp, vlan, Field};
 use shunt::packet::{
-    self, checksum, Buffer, BuildError, Datagram, FlowSpec, IpVersion, Malformed, ReplyError, UdpChecksum,
-    ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_QINQ, ETHERTYPE_VLAN, IPPROTO_UDP, REPLY_TTL,
+    self, checksum, Buffer, BuildError, Datagram, FlowSpec, IpVersion, Malformed, ReplyError, UdpChecksum, DEFAULT_TTL,
+    ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_QINQ, ETHERTYPE_VLAN, IPPROTO_UDP,
 };
 
 pub mod seeds;
@@ -23,6 +23,19 @@ pub const ROOM: usize = 96;
 
 /// The time handed to `respond`.
 const NOW: Time = Time { unix_ns: 1_700_000_000_000_000_000, monotonic_ns: 1 };
+
+/// The default options with the MTU out of the way: fuzzed frames may be longer than any interface's MTU, and
+/// what is checked here is parsing and replying (the MTU check is covered by tests/packet_props.rs).
+const OPTIONS: RespondOptions =
+    RespondOptions { verify_udp_checksum: true, reply_ttl: DEFAULT_TTL, reply_dscp: 0, mtu: usize::MAX };
+
+/// Where a reply's UDP payload starts for the request `d`: the reply's IPv4 header has no options.
+fn reply_payload_offset(d: &View) -> usize {
+    d.l3 + match d.ip {
+        IpVersion::V4 => ipv4::MIN_HEADER_LEN,
+        IpVersion::V6 => ipv6::HEADER_LEN,
+    } + udp::HEADER_LEN
+}
 
 /// The sockperf header flags (see `shunt::handler::Sockperf`), in the u16 at bytes 8..10 of its header.
 const SOCKPERF_FLAGS: Range<usize> = 8..10;
@@ -239,7 +252,8 @@ pub fn check_reply(request: &[u8], d: &View, reply: &[u8], payload: &[u8]) {
         other => panic!("reply does not parse: {other:?}"),
     };
     assert_eq!(check_view(reply, &r), reply.len(), "reply with padding");
-    assert_eq!((r.ip, r.vlan_tci, r.l3, r.udp_at), (d.ip, d.vlan_tci, d.l3, d.udp_at));
+    assert_eq!((r.ip, r.vlan_tci, r.l3), (d.ip, d.vlan_tci, d.l3));
+    assert_eq!(r.payload_offset, reply_payload_offset(d), "no IPv4 options in a reply");
     assert_eq!((r.src, r.dst), (d.dst, d.src), "addresses and ports swapped");
     assert_eq!(r.udp_checksum, UdpChecksum::Correct, "replies carry a full, verifying UDP checksum");
     assert_eq!(reply.len(), r.payload_offset + payload.len());
@@ -253,13 +267,18 @@ pub fn check_reply(request: &[u8], d: &View, reply: &[u8], payload: &[u8]) {
     assert_ne!(sum, 0, "reply without UDP checksum");
     match r.ip {
         IpVersion::V4 => {
-            assert_eq!(l3[ipv4::TTL], REPLY_TTL);
+            assert_eq!(l3[ipv4::VER_IHL], 0x45, "IHL 5");
+            assert_eq!(l3[ipv4::TOS], 0, "DSCP 0, not-ECT");
+            assert_eq!(get16(l3, 0, ipv4::IDENT), 0, "ID 0");
+            assert_eq!(get16(l3, 0, ipv4::FLAGS_FRAG), ipv4::DONT_FRAGMENT, "DF");
+            assert_eq!(l3[ipv4::TTL], DEFAULT_TTL);
             assert_eq!(usize::from(get16(l3, 0, ipv4::TOTAL_LEN)), l3.len() + segment.len());
             assert_eq!(naive_sum(l3), 0xffff, "reply IPv4 header checksum");
             assert!(udp_verifies(&l3[ipv4::SRC], &l3[ipv4::DST], segment), "reply UDP checksum {sum:#06x} (IPv4)");
         }
         IpVersion::V6 => {
-            assert_eq!(l3[ipv6::HOP_LIMIT], REPLY_TTL);
+            assert_eq!(&l3[ipv6::VER_TC_FLOW], &[0x60, 0, 0, 0], "traffic class 0, flow label 0");
+            assert_eq!(l3[ipv6::HOP_LIMIT], DEFAULT_TTL);
             assert_eq!(usize::from(get16(l3, 0, ipv6::PAYLOAD_LEN)), segment.len());
             assert!(udp_verifies(&l3[ipv6::SRC], &l3[ipv6::DST], segment), "reply UDP checksum {sum:#06x} (IPv6)");
         }
@@ -296,7 +315,10 @@ pub fn parse(data: &[u8]) {
             let room = d.payload_room_mut();
             assert_eq!(room.len(), max);
             assert_eq!(&room[..payload.len()], &payload[..]);
-            assert_eq!(d.write_reply(max + 1), Err(ReplyError::TooLarge { payload: max + 1, max }));
+            assert_eq!(
+                d.write_reply(max + 1, OPTIONS.reply_headers()),
+                Err(ReplyError::TooLarge { payload: max + 1, max })
+            );
             assert_eq!(&copy[..data.len()], data, "a refused reply wrote to the frame");
         }
         other => assert_eq!(other.map(|o| o.map(|d| view(&d))), r, "Datagram::parse(&mut [u8])"),
@@ -320,7 +342,7 @@ pub fn parse(data: &[u8]) {
 /// The largest reply payload the IP length fields of the datagram `v` allow.
 fn max_by_header(v: &View) -> usize {
     match v.ip {
-        IpVersion::V4 => usize::from(u16::MAX) - (v.payload_offset - v.l3),
+        IpVersion::V4 => usize::from(u16::MAX) - ipv4::MIN_HEADER_LEN - udp::HEADER_LEN,
         IpVersion::V6 => usize::from(u16::MAX) - udp::HEADER_LEN,
     }
 }
@@ -337,14 +359,21 @@ fn run<H: Handler>(handler: &mut H, data: &[u8], verify: bool) -> (Result<Option
     let mut buf = data.to_vec();
     buf.resize(data.len() + ROOM, 0xa5);
     let before = buf.clone();
-    let out = respond(handler, &mut buf, data.len(), NOW, RespondOptions { verify_udp_checksum: verify });
+    let out = respond(handler, &mut buf, data.len(), NOW, RespondOptions { verify_udp_checksum: verify, ..OPTIONS });
     match (out, &parsed) {
         (Outcome::BadChecksum, Ok(Some(v))) => {
             assert!(verify, "BadChecksum without verification");
             assert_eq!(v.udp_checksum, UdpChecksum::Wrong, "BadChecksum for {:?}", v.udp_checksum);
             assert_eq!(buf, before, "a refused request was written to");
         }
-        (Outcome::Reply(_) | Outcome::HandlerDrop | Outcome::ReplyTooLarge | Outcome::Amplification, Ok(Some(v))) => {
+        (
+            Outcome::Reply(_)
+            | Outcome::HandlerDrop
+            | Outcome::ReplyTooLarge
+            | Outcome::Amplification
+            | Outcome::OverMtu,
+            Ok(Some(v)),
+        ) => {
             assert!(!verify || v.udp_checksum != UdpChecksum::Wrong, "{out:?} for a wrong UDP checksum");
         }
         (Outcome::Malformed(e), Err(p)) => assert_eq!(e, *p),
@@ -363,17 +392,20 @@ pub fn respond_echo(data: &[u8]) {
         match out {
             Outcome::Reply(n) => {
                 let d = parsed.unwrap().unwrap();
-                assert_eq!(n, d.payload_offset + d.payload_len);
+                assert_eq!(n, reply_payload_offset(&d) + d.payload_len);
                 check_reply(data, &d, &buf[..n], &d.payload);
                 let reply = buf[..n].to_vec();
-                let again = respond(&mut Echo, &mut buf, n, NOW, RespondOptions::default());
+                let again = respond(&mut Echo, &mut buf, n, NOW, OPTIONS);
                 assert_eq!(again, Outcome::Reply(n));
                 let again = parse_view(&buf[..n]).unwrap().unwrap();
                 assert_eq!((again.src, again.dst), (d.src, d.dst));
                 assert_eq!(&buf[eth::DST.start..eth::SRC.end], &data[eth::DST.start..eth::SRC.end]);
-                assert_eq!(&buf[d.payload_offset..n], &reply[d.payload_offset..]);
+                let off = reply_payload_offset(&d);
+                assert_eq!(&buf[off..n], &reply[off..]);
             }
-            Outcome::HandlerDrop | Outcome::ReplyTooLarge | Outcome::Amplification => panic!("Echo gave {out:?}"),
+            Outcome::HandlerDrop | Outcome::ReplyTooLarge | Outcome::Amplification | Outcome::OverMtu => {
+                panic!("Echo gave {out:?}")
+            }
             Outcome::BadChecksum | Outcome::Malformed(_) | Outcome::NotOurs => {
                 assert!(!matches!(parsed, Ok(Some(_))) || verify, "unverified Echo gave {out:?}");
             }
@@ -396,7 +428,7 @@ pub fn respond_sockperf(data: &[u8]) {
         match out {
             Outcome::Reply(n) => {
                 assert!(asks, "Sockperf replied to {request:02x?}");
-                assert_eq!(n, d.payload_offset + d.payload_len);
+                assert_eq!(n, reply_payload_offset(&d) + d.payload_len);
                 let mut expected = request.to_vec();
                 let f = be16(request, SOCKPERF_FLAGS.start) & !CLIENT;
                 expected[SOCKPERF_FLAGS].copy_from_slice(&f.to_be_bytes());
@@ -570,13 +602,13 @@ pub fn write_request(data: &[u8]) {
     assert_eq!(&frame[eth::SRC], &spec.src_mac);
     match v.ip {
         IpVersion::V4 => {
-            assert_eq!(frame[v.l3 + ipv4::TTL], REPLY_TTL);
+            assert_eq!(frame[v.l3 + ipv4::TTL], DEFAULT_TTL);
             assert_eq!(get16(&frame, v.l3, ipv4::FLAGS_FRAG), ipv4::DONT_FRAGMENT);
         }
-        IpVersion::V6 => assert_eq!(frame[v.l3 + ipv6::HOP_LIMIT], REPLY_TTL),
+        IpVersion::V6 => assert_eq!(frame[v.l3 + ipv6::HOP_LIMIT], DEFAULT_TTL),
     }
     let request = frame[..n].to_vec();
-    assert_eq!(respond(&mut Echo, &mut frame, n, NOW, RespondOptions::default()), Outcome::Reply(n));
+    assert_eq!(respond(&mut Echo, &mut frame, n, NOW, OPTIONS), Outcome::Reply(n));
     check_reply(&request, &v, &frame[..n], &request[off..n]);
 }
 

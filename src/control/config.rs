@@ -386,7 +386,7 @@ impl Default for WorkersConfig {
     }
 }
 
-/// `[packet]`: checks made on every request before the handler sees it.
+/// `[packet]`: checks made on every request before the handler sees it, and the reply's IP header.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PacketConfig {
@@ -394,18 +394,37 @@ pub struct PacketConfig {
     /// IPv4 and the pseudo-header-only value an offloading sender leaves are accepted. Off saves one pass over
     /// each payload; turn it off only where the NIC verifies checksums in hardware.
     pub verify_udp_checksum: bool,
+    /// TTL / hop limit of every reply, 1..=255 (default 64, the kernel's own default): a fresh value rather
+    /// than what is left of the request's.
+    pub reply_ttl: u16,
+    /// DSCP of every reply, 0..=63 (default 0, best effort); ECN is always not-ECT. The request's TOS /
+    /// traffic class is never copied: its ECN bits describe the request's path, not the reply's.
+    pub reply_dscp: u16,
 }
 
 impl Default for PacketConfig {
     fn default() -> Self {
-        PacketConfig { verify_udp_checksum: true }
+        let r = RespondOptions::default();
+        PacketConfig {
+            verify_udp_checksum: r.verify_udp_checksum,
+            reply_ttl: r.reply_ttl.into(),
+            reply_dscp: r.reply_dscp.into(),
+        }
     }
 }
 
 impl PacketConfig {
-    /// The datapath's view of these settings.
+    /// The datapath's view of these settings; the MTU is the default until the control plane sets the
+    /// interface's ([`RespondOptions::with_mtu`]). Values out of range (refused by [`Config::validate`]) fall
+    /// back to the defaults.
     pub fn respond_options(&self) -> RespondOptions {
-        RespondOptions { verify_udp_checksum: self.verify_udp_checksum }
+        let d = RespondOptions::default();
+        RespondOptions {
+            verify_udp_checksum: self.verify_udp_checksum,
+            reply_ttl: u8::try_from(self.reply_ttl).ok().filter(|&t| t > 0).unwrap_or(d.reply_ttl),
+            reply_dscp: u8::try_from(self.reply_dscp).ok().filter(|&c| c <= 63).unwrap_or(d.reply_dscp),
+            ..d
+        }
     }
 }
 
@@ -703,6 +722,26 @@ impl Config {
                 return Err(invalid("socket.receive_buffer", "must be between 4096 and 1073741824 bytes"));
             }
         }
+        let p = &self.packet;
+        if !(1..=255).contains(&p.reply_ttl) {
+            return Err(invalid("packet.reply_ttl", "must be between 1 and 255"));
+        }
+        if p.reply_dscp > 63 {
+            return Err(invalid("packet.reply_dscp", "must be between 0 and 63 (a DSCP; ECN is always not-ECT)"));
+        }
+        // The other datapaths write their own reply headers: the kernel's stack (mode = "socket") takes its
+        // TTL and TOS from sysctls and socket options, the in-kernel server (mode = "xdp") writes TTL 64 and
+        // DSCP 0. Refuse rather than silently ignore a setting they would not honour.
+        let default = PacketConfig::default();
+        if self.mode != Mode::Afxdp && (p.reply_ttl != default.reply_ttl || p.reply_dscp != default.reply_dscp) {
+            return Err(invalid(
+                if p.reply_ttl != default.reply_ttl { "packet.reply_ttl" } else { "packet.reply_dscp" },
+                format!(
+                    "only mode = \"afxdp\" writes its own reply headers; mode = \"{}\" keeps the defaults",
+                    self.mode.name()
+                ),
+            ));
+        }
         if let Some(addr) = &self.metrics.listen {
             addr.parse::<std::net::SocketAddr>()
                 .map_err(|e| invalid("metrics.listen", format!("{addr:?} is not ADDR:PORT ({e})")))?;
@@ -741,6 +780,27 @@ mod tests {
             let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
             Config::load(&path).unwrap_or_else(|e| panic!("{f}: {e}"));
         }
+    }
+
+    #[test]
+    fn reply_header_keys_are_checked_and_reach_the_datapath() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!((c.packet.reply_ttl, c.packet.reply_dscp), (64, 0));
+        assert_eq!(c.packet.respond_options(), RespondOptions::default());
+        let c = parse(&format!("{MINIMAL}[packet]\nreply_ttl = 255\nreply_dscp = 46\n")).unwrap();
+        let o = c.packet.respond_options();
+        assert_eq!((o.reply_ttl, o.reply_dscp, o.mtu), (255, 46, RespondOptions::default().mtu));
+        for (text, key) in [
+            ("reply_ttl = 0", "packet.reply_ttl"),
+            ("reply_ttl = 256", "packet.reply_ttl"),
+            ("reply_dscp = 64", "packet.reply_dscp"),
+        ] {
+            let e = parse(&format!("{MINIMAL}[packet]\n{text}\n")).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        let e = parse(&format!("{MINIMAL}mode = \"xdp\"\n[packet]\nreply_ttl = 9\n")).unwrap_err().to_string();
+        assert!(e.contains("packet.reply_ttl") && e.contains("afxdp"), "{e}");
+        parse(&format!("{MINIMAL}mode = \"socket\"\n[packet]\nreply_ttl = 64\n")).unwrap();
     }
 
     #[test]

@@ -268,6 +268,19 @@ fn check_socket_privileges(ports: &[u16]) -> Result<(), StartError> {
     Ok(())
 }
 
+/// `[packet]`'s options with the interface's MTU, read now: replies longer than it are dropped and counted.
+/// Unreadable (a driver without SIOCGIFMTU), the default (1500) stays, and a warning says so.
+fn respond_options(config: &Config) -> crate::handler::RespondOptions {
+    let options = config.packet.respond_options();
+    match sys::interface_mtu(&config.interface) {
+        Ok(mtu) => options.with_mtu(mtu as usize),
+        Err(e) => {
+            tracing::warn!(interface = %config.interface, mtu = options.mtu, "cannot read the MTU ({e}); assuming");
+            options
+        }
+    }
+}
+
 fn check_machine(config: &Config) -> Result<u32, StartError> {
     let ifindex =
         sys::interface_index(&config.interface).map_err(|_| StartError::NoInterface(config.interface.clone()))?;
@@ -454,6 +467,7 @@ impl RunningServer {
         let highest_ns = server.config.latency.highest_ns;
         let interval = Duration::from_millis(server.config.report.interval_ms);
         let mut watched = Vec::new();
+        let respond_options = respond_options(&server.config);
         for (i, socket) in sockets.into_iter().enumerate() {
             let core = server.config.workers.cores[i];
             let queue = socket.queue;
@@ -467,7 +481,7 @@ impl RunningServer {
             let bind_mode = socket.bind_mode;
             let shared = Arc::new(WorkerShared::default());
             let mut worker = Worker::new(socket, handler, shared.clone(), server.config.workers.batch_size)
-                .with_options(server.config.packet.respond_options())
+                .with_options(respond_options)
                 .with_poll_mode(server.config.workers.poll_mode())
                 .with_kick_policy(server.config.workers.kick_policy())
                 .with_stamp_in_packet(stamp == StampMethod::Head);

@@ -21,6 +21,10 @@ pub struct WorkerStats {
     pub dropped_bad_checksum: u64,
     /// Replies longer than the handler's declared bound (`Handler::max_reply_len`): never sent.
     pub dropped_amplification: u64,
+    /// Replies longer than the interface's MTU (`RespondOptions::mtu`): never sent. Absent from reports of
+    /// servers older than the counter, hence the default.
+    #[serde(default)]
+    pub dropped_over_mtu: u64,
     /// Frames that were not UDP over IP for a served port (should not reach a worker).
     pub dropped_not_ours: u64,
     /// Requests the handler chose not to answer, or answered with a reply too large for the frame.
@@ -115,6 +119,7 @@ published!(
         dropped_malformed,
         dropped_bad_checksum,
         dropped_amplification,
+        dropped_over_mtu,
         dropped_not_ours,
         dropped_by_handler,
         tx_ring_full,

@@ -136,18 +136,40 @@ impl<H: Handler + ?Sized> Handler for Box<H> {
     }
 }
 
-/// How [`respond`] treats requests before the handler sees them.
+/// How [`respond`] treats requests before the handler sees them, and what it writes into the reply's IP header
+/// besides the addresses (see [`packet::ReplyHeaders`] for why a reply's header is its own, not the request's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RespondOptions {
     /// Verify each request's UDP checksum and drop those that fail ([`Outcome::BadChecksum`]). Costs one
     /// pass over the payload per request; a server behind a NIC that verifies checksums in hardware may turn
     /// it off, as Knot DNS and dnsdist do.
     pub verify_udp_checksum: bool,
+    /// TTL / hop limit of every reply (`packet.reply_ttl`, 1..=255; default 64).
+    pub reply_ttl: u8,
+    /// DSCP of every reply (`packet.reply_dscp`, 0..=63; default 0); ECN is always not-ECT.
+    pub reply_dscp: u8,
+    /// The largest IP packet, header included, a reply may be: the interface's MTU, read by the control
+    /// plane at start-up (default 1500). A longer reply is dropped ([`Outcome::OverMtu`]).
+    pub mtu: usize,
 }
 
 impl Default for RespondOptions {
     fn default() -> Self {
-        RespondOptions { verify_udp_checksum: true }
+        let headers = packet::ReplyHeaders::default();
+        RespondOptions { verify_udp_checksum: true, reply_ttl: headers.ttl, reply_dscp: headers.dscp, mtu: headers.mtu }
+    }
+}
+
+impl RespondOptions {
+    /// The same options with replies limited to `mtu` bytes of IP packet (the interface's MTU).
+    pub fn with_mtu(self, mtu: usize) -> Self {
+        RespondOptions { mtu, ..self }
+    }
+
+    /// What the packet layer writes into each reply's IP header.
+    #[inline]
+    pub fn reply_headers(&self) -> packet::ReplyHeaders {
+        packet::ReplyHeaders { ttl: self.reply_ttl, dscp: self.reply_dscp, mtu: self.mtu }
     }
 }
 
@@ -169,6 +191,9 @@ pub enum Outcome {
     /// The reply would be longer than the handler's declared bound ([`Handler::max_reply_len`]): dropped, so
     /// the server cannot amplify a spoofed request.
     Amplification,
+    /// The reply's IP packet would be longer than the interface's MTU ([`RespondOptions::mtu`]): dropped,
+    /// never sent (with DF set it could not cross the link, and the server does not fragment).
+    OverMtu,
 }
 
 /// Runs the handler on one request payload and applies the checks every datapath shares: a reply longer
@@ -193,7 +218,8 @@ pub fn answer<H: Handler + ?Sized>(
     }
 }
 
-/// Runs one received frame through parse → checksum check → handler → reply.
+/// Runs one received frame through parse → checksum check → handler → reply (headers from `options`, no
+/// longer than its MTU: [`Outcome::OverMtu`] otherwise).
 ///
 /// `frame` is the whole writable buffer of the frame and `len` the received length (`len <= frame.len()`; a
 /// larger `len` is clamped). On [`Outcome::Reply`] the frame holds the reply; on any other outcome its content
@@ -220,9 +246,10 @@ pub fn respond<H: Handler + ?Sized>(
         Ok(len) => len,
         Err(outcome) => return outcome,
     };
-    match d.write_reply(reply_len) {
+    match d.write_reply(reply_len, options.reply_headers()) {
         Ok(n) => Outcome::Reply(n),
         Err(packet::ReplyError::TooLarge { .. }) => Outcome::ReplyTooLarge,
+        Err(packet::ReplyError::OverMtu { .. }) => Outcome::OverMtu,
     }
 }
 
@@ -283,7 +310,7 @@ mod tests {
         frame[last] ^= 0x01;
         let now = Time::default();
         assert_eq!(respond(&mut Echo, &mut frame, n, now, RespondOptions::default()), Outcome::BadChecksum);
-        let off = RespondOptions { verify_udp_checksum: false };
+        let off = RespondOptions { verify_udp_checksum: false, ..RespondOptions::default() };
         assert!(matches!(respond(&mut Echo, &mut frame, n, now, off), Outcome::Reply(_)));
     }
 

@@ -169,11 +169,12 @@ pub struct WorkerSnapshot {
 
 /// The reasons a worker drops a frame and how many it dropped for each: the `reason` label of
 /// `shunt_dropped_packets_total`, and what `shunt stats` adds up as drops.
-pub fn drop_reasons(s: &WorkerStats) -> [(&'static str, u64); 6] {
+pub fn drop_reasons(s: &WorkerStats) -> [(&'static str, u64); 7] {
     [
         ("malformed", s.dropped_malformed),
         ("bad_checksum", s.dropped_bad_checksum),
         ("amplification", s.dropped_amplification),
+        ("over_mtu", s.dropped_over_mtu),
         ("not_ours", s.dropped_not_ours),
         ("handler", s.dropped_by_handler),
         ("tx_ring_full", s.tx_ring_full),

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use super::{
     bytes, checksum,
     field::{eth, ipv4, ipv6, udp, vlan},
-    put, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_VLAN, IPPROTO_UDP, REPLY_TTL,
+    put, DEFAULT_TTL, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_VLAN, IPPROTO_UDP,
 };
 
 /// Addresses of a UDP flow at every layer.
@@ -102,7 +102,7 @@ pub fn write_request(frame: &mut [u8], spec: &FlowSpec, payload_len: usize) -> R
             h[ipv4::VER_IHL] = 0x45;
             h[ipv4::TOTAL_LEN].copy_from_slice(&((ipv4::MIN_HEADER_LEN + udp_len) as u16).to_be_bytes());
             h[ipv4::FLAGS_FRAG].copy_from_slice(&ipv4::DONT_FRAGMENT.to_be_bytes());
-            h[ipv4::TTL] = REPLY_TTL;
+            h[ipv4::TTL] = DEFAULT_TTL;
             h[ipv4::PROTOCOL] = IPPROTO_UDP;
             h[ipv4::SRC].copy_from_slice(&src);
             h[ipv4::DST].copy_from_slice(&dst);
@@ -116,7 +116,7 @@ pub fn write_request(frame: &mut [u8], spec: &FlowSpec, payload_len: usize) -> R
             h[ipv6::VER_TC_FLOW].copy_from_slice(&0x6000_0000u32.to_be_bytes());
             h[ipv6::PAYLOAD_LEN].copy_from_slice(&(udp_len as u16).to_be_bytes());
             h[ipv6::NEXT_HEADER] = IPPROTO_UDP;
-            h[ipv6::HOP_LIMIT] = REPLY_TTL;
+            h[ipv6::HOP_LIMIT] = DEFAULT_TTL;
             h[ipv6::SRC].copy_from_slice(&src);
             h[ipv6::DST].copy_from_slice(&dst);
             put(frame, l3, &h);

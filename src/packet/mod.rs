@@ -19,7 +19,7 @@ mod reply;
 
 pub use build::{write_request, BuildError, FlowSpec};
 pub use parse::{parse, Buffer, Datagram, IpVersion, Malformed, UdpChecksum};
-pub use reply::ReplyError;
+pub use reply::{ReplyError, ReplyHeaders};
 
 /// EtherType of IPv4.
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -32,9 +32,14 @@ pub const ETHERTYPE_QINQ: u16 = 0x88a8;
 /// IP protocol number of UDP.
 pub const IPPROTO_UDP: u8 = 17;
 
-/// The TTL / hop limit written into replies and built requests: a fresh value, as the kernel would, rather
-/// than the request's remaining one.
-pub const REPLY_TTL: u8 = 64;
+/// The default TTL / hop limit of replies (and the one of built requests): a fresh value, as the kernel's
+/// own default (`net.ipv4.ip_default_ttl`), rather than the request's remaining one. Replies take theirs from
+/// [`ReplyHeaders::ttl`] (`packet.reply_ttl`).
+pub const DEFAULT_TTL: u8 = 64;
+
+/// The default largest IP packet (header included) a reply may be: Ethernet's MTU. The server replaces it with
+/// the interface's MTU ([`ReplyHeaders::mtu`]).
+pub const DEFAULT_MTU: usize = 1500;
 
 /// Bytes `range` of `buf`.
 ///
@@ -66,6 +71,14 @@ fn array<const N: usize>(buf: &[u8], start: usize) -> [u8; N] {
 #[inline]
 fn be16(buf: &[u8], start: usize) -> u16 {
     u16::from_be_bytes(array(buf, start))
+}
+
+/// Copies bytes `from` of `buf` to `to..`, the two possibly overlapping (memmove); the same contract as
+/// [`bytes`], for `from` and for `to..to + from.len()`.
+#[inline]
+fn move_within(buf: &mut [u8], from: core::ops::Range<usize>, to: usize) {
+    let (lo, hi) = (from.start.min(to), from.end.max(to + from.len()));
+    bytes_mut(buf, lo..hi).copy_within(from.start - lo..from.end - lo, to - lo);
 }
 
 /// Writes `value` at `start`; the same contract as [`bytes`].

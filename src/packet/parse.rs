@@ -245,14 +245,16 @@ impl Datagram<&mut [u8]> {
         bytes_mut(self.buf, start..end)
     }
 
-    /// The largest UDP payload a reply may carry: what is left of the buffer, and what the IP length fields
-    /// can express.
+    /// The largest UDP payload a reply may carry: what is left of the buffer after the request's headers (the
+    /// handler writes the reply where the request's payload is), and what the reply's IP length fields can
+    /// express. The interface's MTU is not known here: [`Datagram::write_reply`] checks it.
     pub fn max_reply_payload(&self) -> usize {
         let l = &self.layout;
         let by_buffer = self.buf.len().saturating_sub(l.payload());
         let by_header = match l.ip {
-            // IPv4 total length covers the IP header and the UDP header too.
-            IpVersion::V4 => usize::from(u16::MAX) - (l.payload() - l.l3),
+            // IPv4 total length covers the IP header and the UDP header too; the reply's IP header has no
+            // options (they are stripped), whatever the request's had.
+            IpVersion::V4 => usize::from(u16::MAX) - ipv4::MIN_HEADER_LEN - udp::HEADER_LEN,
             IpVersion::V6 => usize::from(u16::MAX) - udp::HEADER_LEN,
         };
         by_buffer.min(by_header)

@@ -5,8 +5,10 @@
 //! It reads what the user-space path reads (Ethernet, one optional 802.1Q/802.1ad tag, IPv4 with options or
 //! IPv6 without extension headers, UDP), makes the same consistency checks, accepts the same UDP checksums
 //! (correct, zero over IPv4, or the pseudo-header-only value an offloading sender leaves) and writes the same
-//! reply: MACs, addresses and ports swapped, TTL / hop limit 64, the IPv4 header checksum recomputed, a full
-//! UDP checksum. The handler is one of the two built in ([`InKernelHandler`]); everything that is not a
+//! reply: MACs, addresses and ports swapped, the IP header the server's own (IPv4 options stripped, TOS /
+//! traffic class 0, flow label 0, ID 0 with DF, TTL / hop limit 64: the defaults of `packet.reply_ttl` and
+//! `packet.reply_dscp`, which this mode cannot change), the IPv4 header checksum recomputed, a full UDP
+//! checksum. The handler is one of the two built in ([`InKernelHandler`]); everything that is not a
 //! served UDP datagram goes to the kernel.
 //!
 //! What it cannot do, by construction:

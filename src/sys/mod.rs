@@ -103,6 +103,35 @@ pub fn rx_queue_count(name: &str) -> io::Result<u32> {
     Ok(channels.rx_count + channels.combined_count)
 }
 
+/// The MTU of interface `name` (the largest IP packet it sends, header included), asked of the kernel with
+/// SIOCGIFMTU in the calling thread's network namespace.
+pub fn interface_mtu(name: &str) -> io::Result<u32> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: plain socket creation; the fd is wrapped right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new socket nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: SIOCGIFMTU reads the NUL-terminated name in `req` (zeroed past the name, which is shorter than
+    // IFNAMSIZ) and writes ifru_mtu, inside `req`, which is alive for the call.
+    let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&sock), libc::SIOCGIFMTU, &mut req) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: after a successful SIOCGIFMTU the kernel has written the union's ifru_mtu member (a c_int).
+    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
+    u32::try_from(mtu).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
+}
+
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads, so XDP stamps and worker times
 /// compare directly. Served by the vDSO: no system call.
 #[inline]

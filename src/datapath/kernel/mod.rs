@@ -44,7 +44,8 @@
 //! - `sleeps`: wait system calls (epoll_wait, sigtimedwait), and in the blocking model the receives that
 //!   timed out.
 //! - `dropped_by_handler`, `dropped_amplification`: as on the AF_XDP path (handler said no / reply too large;
-//!   reply over the handler's declared bound). `dropped_malformed` counts datagrams longer than the 65,535-byte
+//!   reply over the handler's declared bound). `dropped_over_mtu` stays 0: the kernel writes the reply's headers
+//!   and fragments by path MTU. `dropped_malformed` counts datagrams longer than the 65,535-byte
 //!   buffer (which UDP cannot carry, so it stays 0). The kernel has checked headers and checksums: the
 //!   other drop counters stay 0, and so does `fill_kicks`; `tx_backpressure` is 0 but in
 //!   [`SocketIo::IoUring`], where it counts multishot receives that ended with ENOBUFS: every provided buffer

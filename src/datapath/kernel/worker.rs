@@ -694,6 +694,8 @@ pub(super) fn serve_datagram<H: Handler>(
         Err(outcome) => {
             match outcome {
                 Outcome::Amplification => stats.dropped_amplification += 1,
+                // `answer` makes no frame, so never this: the kernel writes the headers and fragments.
+                Outcome::OverMtu => stats.dropped_over_mtu += 1,
                 Outcome::Malformed(_) => stats.dropped_malformed += 1,
                 Outcome::BadChecksum => stats.dropped_bad_checksum += 1,
                 Outcome::NotOurs => stats.dropped_not_ours += 1,
