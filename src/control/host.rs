@@ -39,7 +39,9 @@ fn io_answer(r: std::io::Result<bool>) -> Probed {
 fn without_helper(name: &str) -> &'static str {
     match name {
         "bpf_xdp_adjust_meta" => "latency.stamp = \"auto\" uses bpf_xdp_adjust_head (a prepended stamp)",
-        "bpf_xdp_adjust_head" => "with no bpf_xdp_adjust_meta either, only service latency is measured",
+        "bpf_xdp_adjust_head" => {
+            "with no bpf_xdp_adjust_meta either, only service latency is measured; mode = \"xdp\" cannot load"
+        }
         "bpf_ktime_get_ns" => "no XDP-hook stamps and no rate limit (limits.rate must stay unset)",
         "bpf_ktime_get_tai_ns" => "nic_to_hook is not measured",
         "bpf_map_update_elem" => "no per-source rate limit (limits.rate must stay unset)",

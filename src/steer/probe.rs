@@ -46,7 +46,8 @@ pub const HELPERS: [Helper; 9] = [
     Helper {
         id: libbpf_sys::BPF_FUNC_xdp_adjust_head,
         name: "bpf_xdp_adjust_head",
-        needed_by: "latency stamp prepended to the packet (latency.stamp = \"head\")",
+        needed_by: "latency stamp prepended to the packet (latency.stamp = \"head\"); the in-kernel server \
+                    (mode = \"xdp\") strips IPv4 options with it",
         required: false,
     },
     Helper {
@@ -163,7 +164,14 @@ mod tests {
                 let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
                 rest = &rest[name.len()..];
                 let is_call = rest.starts_with('(');
-                let not_a_helper = ["bpf_htons", "bpf_ntohs", "bpf_cpu_to_be64", "bpf_xdp_metadata_rx_timestamp"];
+                let not_a_helper = [
+                    "bpf_htons",
+                    "bpf_ntohs",
+                    "bpf_htonl",
+                    "bpf_ntohl",
+                    "bpf_cpu_to_be64",
+                    "bpf_xdp_metadata_rx_timestamp",
+                ];
                 if is_call && !not_a_helper.contains(&name.as_str()) && !name.starts_with("bpf_ksym") {
                     assert!(helper(&name).is_some(), "{file} calls {name}, which steer::probe::HELPERS does not probe");
                 }
