@@ -195,3 +195,26 @@ fn a_handler_factory_panic_fails_start_up_with_exit_3_and_nothing_attached() {
     assert!(!contains_word(&fin.stderr, "ready"), "it logged ready\n{}", fin.describe());
     lab.assert_no_xdp_within(Duration::from_secs(5));
 }
+
+#[test]
+#[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
+fn start_up_warns_about_receive_queues_without_a_worker() {
+    require_lab();
+    let lab = Lab::new(2);
+    // Two receive queues, a worker on queue 0 only: queue 1's traffic is the kernel's, and shunt says so.
+    let srv =
+        lab.spawn_server(&lab.serve_args(&["--queues", "0", "--cores", "1", "--attach-mode", "native", "--quiet"]));
+    let stderr = srv.stderr_text();
+    assert!(
+        stderr.contains("WARN") && stderr.contains("on queues [1] go to the kernel stack"),
+        "no warning naming queue 1\n{}",
+        srv.describe()
+    );
+    srv.stop().assert_clean_exit();
+    // Every queue served: no such warning.
+    let srv =
+        lab.spawn_server(&lab.serve_args(&["--queues", "0,1", "--cores", "0,1", "--attach-mode", "native", "--quiet"]));
+    let stderr = srv.stderr_text();
+    assert!(!stderr.contains("go to the kernel stack"), "warned with every queue served\n{}", srv.describe());
+    srv.stop().assert_clean_exit();
+}

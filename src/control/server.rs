@@ -766,7 +766,7 @@ impl RunningServer {
                 serving: self.serving.clone(),
             };
             let metrics = MetricsServer::start(listen, sources).map_err(StartError::Metrics)?;
-            tracing::info!(address = %metrics.local_addr, "metrics endpoint serving /metrics and /stats.json");
+            tracing::info!(address = %metrics.local_addr, "metrics endpoint serving /metrics, /stats.json and /ready");
             self.metrics = Some(metrics);
         }
         Ok(())
