@@ -711,6 +711,10 @@ impl RunningServer {
                     return Err(StartError::WorkerDied { queue, message });
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    // Threads stuck in their set-up would hang the join in Drop: let them go (dropping a
+                    // JoinHandle detaches the thread; the process exits after this error anyway). The rest
+                    // are stopped and joined as usual.
+                    self.workers.retain(|w| !waiting.contains(&w.queue));
                     return Err(StartError::NotReady { queues: waiting, waited: READY_DEADLINE });
                 }
             }
