@@ -613,6 +613,7 @@ impl RunningServer {
         running.in_kernel = Some(server);
         running.host = host;
         running.cpu_start = SystemCpu::read();
+        running.serving.store(true, Relaxed);
         let _ = options;
         tracing::info!(
             interface = %running.config.interface,
