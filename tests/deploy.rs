@@ -249,7 +249,7 @@ fn fleet_manifests_parse_and_match_the_unit() {
         config.cores
     );
     let probe = &c["readinessProbe"]["httpGet"];
-    assert_eq!(probe["path"], "/metrics", "readiness on /metrics");
+    assert_eq!(probe["path"], "/ready", "readiness on /ready");
     let port = probe["port"].as_u64().expect("probe port");
     assert_eq!(
         config.metrics_listen.as_deref(),

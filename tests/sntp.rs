@@ -10,7 +10,7 @@
 mod common;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
@@ -21,42 +21,9 @@ const CLIENT_BOUND: Duration = Duration::from_secs(20);
 /// Seconds from 1900 (NTP era 0) to 1970.
 const NTP_UNIX_OFFSET_SECS: u64 = 2_208_988_800;
 
-/// The source files cargo built `bin` from, as its dep-info file (`bin`.d) lists them (generated ones under
-/// `target/` left out); just `examples/sntp.rs` when there is none.
-fn sources_of(bin: &Path) -> Vec<PathBuf> {
-    let Ok(text) = std::fs::read_to_string(bin.with_extension("d")) else {
-        return vec![repo_path("examples/sntp.rs")];
-    };
-    // target/<profile>/examples/sntp → target/
-    let target = bin.ancestors().nth(3).unwrap_or(bin).to_path_buf();
-    let deps = text.lines().next().and_then(|l| l.split_once(": ")).map_or("", |(_, d)| d).replace("\\ ", "\0");
-    deps.split_whitespace().map(|p| PathBuf::from(p.replace('\0', " "))).filter(|p| !p.starts_with(&target)).collect()
-}
-
-/// `target/<profile>/examples/sntp`, next to this test's own executable (`target/<profile>/deps/sntp-…`).
-/// Fails (never skips) when it is missing or older than one of its sources (cargo would rebuild it).
+/// `target/<profile>/examples/sntp` (see [`common::example_bin`]).
 fn example_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
-    let release = profile_dir.file_name().is_some_and(|n| n == "release");
-    let build = if release { "cargo build --release --examples" } else { "cargo build --examples" };
-    let bin = profile_dir.join("examples").join("sntp");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build the examples first with `{build}` (integration tests cannot)",
-        bin.display()
-    );
-    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).expect("the example's modification time");
-    for source in sources_of(&bin) {
-        let changed = std::fs::metadata(&source).and_then(|m| m.modified()).map_or(true, |t| t > built);
-        assert!(
-            !changed,
-            "{} is older than {} (or it is gone): rebuild it with `{build}`",
-            bin.display(),
-            source.display()
-        );
-    }
-    bin
+    common::example_bin("sntp")
 }
 
 /// Runs Debian's `sntp` in the client namespace against `server`, in JSON output, and returns its output.

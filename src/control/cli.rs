@@ -20,7 +20,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use super::{
     config::{AttachMode, Config, ConfigError, HandlerKind, Mode, PollMode, SocketIo, StampChoice},
-    serve, ServeError, StartOptions, WorkerInfo,
+    serve, ServeError, StartError, StartOptions, WorkerInfo,
 };
 use crate::{
     handler::{Echo, Handler, Sockperf},
@@ -29,6 +29,11 @@ use crate::{
 
 /// Exit code for a bad config, an unusable interface/queue/core or a missing privilege.
 pub const EXIT_SETUP: u8 = 2;
+
+/// Exit code when a worker died (its handler panicked), while serving or before it was ready: the server
+/// detached and stopped rather than serve on without that queue; the panic message is on stderr (and, while
+/// serving, in the report as `workers[].died`). A supervisor may restart the process.
+pub const EXIT_WORKER_DIED: u8 = 3;
 
 /// The flags of `shunt serve`: a config file and overrides of its keys.
 #[derive(Debug, Clone, clap::Args)]
@@ -150,7 +155,9 @@ pub fn init_logging() {
 /// flags' overrides, serves until SIGINT / SIGTERM, prints the report (unless `--quiet`) and writes it as
 /// JSON if asked. Exit codes: 0 after a clean stop; 2 ([`EXIT_SETUP`]) when the config, the machine or the
 /// privileges do not allow the run (the message names the key or capability, and nothing stays attached);
-/// 1 when the report could not be written.
+/// 3 ([`EXIT_WORKER_DIED`]) when a worker died (its handler panicked): the server stops at once, detached,
+/// with the panic message on stderr and the report still printed and written when it was serving; 1 when
+/// the report could not be written.
 pub fn run<H, F>(args: ServeArgs, handler_name: &'static str, make_handler: F) -> ExitCode
 where
     H: Handler + 'static,
@@ -201,8 +208,13 @@ pub fn run_builtin(args: ServeArgs, kind: HandlerKind) -> ExitCode {
 
 /// Prints the report (unless quiet), writes its JSON, and turns the outcome into the exit code.
 fn conclude(result: Result<Report, ServeError>, quiet: bool, json_path: Option<String>) -> ExitCode {
-    let report = match result {
-        Ok(r) => r,
+    let (report, died) = match result {
+        Ok(r) => (r, None),
+        Err(ServeError::WorkerDied { death, report }) => (*report, Some(death)),
+        Err(e @ ServeError::Start(StartError::WorkerDied { .. })) => {
+            eprintln!("shunt: {e}");
+            return ExitCode::from(EXIT_WORKER_DIED);
+        }
         Err(e @ ServeError::Start(_)) => {
             eprintln!("shunt: {e}");
             return ExitCode::from(EXIT_SETUP);
@@ -221,8 +233,16 @@ fn conclude(result: Result<Report, ServeError>, quiet: bool, json_path: Option<S
             .and_then(|json| std::fs::write(&path, json + "\n"));
         if let Err(e) = written {
             eprintln!("shunt: writing the report to {path}: {e}");
-            return ExitCode::FAILURE;
+            if died.is_none() {
+                return ExitCode::FAILURE;
+            }
         }
     }
-    ExitCode::SUCCESS
+    match died {
+        Some(death) => {
+            eprintln!("shunt: {death}; the server was detached and stopped (exit code {EXIT_WORKER_DIED})");
+            ExitCode::from(EXIT_WORKER_DIED)
+        }
+        None => ExitCode::SUCCESS,
+    }
 }

@@ -4,11 +4,24 @@
 //! Start-up is ordered so that a failure leaves nothing behind: everything that can be checked is checked
 //! before the program is attached, and the attachment is a bpf_link owned by [`RunningServer`] (and by the
 //! process), so an error after it, or a crash, detaches it.
+//!
+//! Workers are supervised: a worker whose handler (or loop) panics is caught at the top of its thread, marks
+//! itself not running (the metrics endpoint's `/ready` answers 503 from that moment), records a
+//! [`WorkerDeath`] and wakes [`RunningServer::wait`]. The policy is *stop, not restart*: a handler that
+//! panicked once may hold broken state, and a queue without its worker silently falls back to the kernel
+//! stack, so [`crate::control::serve`] detaches and stops the whole server and `shunt serve` exits with
+//! [`EXIT_WORKER_DIED`](crate::control::cli::EXIT_WORKER_DIED); the supervisor (systemd, the fleet) restarts
+//! the process.
 
 use std::{
+    any::Any,
     collections::BTreeSet,
     fs,
-    sync::{atomic::AtomicBool, Arc, Mutex},
+    panic::{catch_unwind, AssertUnwindSafe},
+    sync::{
+        atomic::{AtomicBool, Ordering::Relaxed},
+        Arc, Mutex,
+    },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -62,6 +75,46 @@ fn latency_clock(program: Option<(ProgramVariant, StampMethod)>) -> String {
 
 /// Histogram sets waiting for each worker besides the one it records into.
 const SPARE_LATENCY_SETS: usize = 2;
+
+/// The longest start-up waits for every worker to report ready: a backstop (workers report within
+/// milliseconds; the kernel-socket datapath's wait for stamped loopback datagrams is bounded well below it).
+const READY_DEADLINE: Duration = Duration::from_secs(60);
+
+/// How often [`RunningServer::wait`] looks at the caller's stop flag (a worker's death wakes it at once).
+const WAIT_TICK: Duration = Duration::from_millis(20);
+
+/// A worker that died: its thread panicked (in the handler, or in the loop around it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerDeath {
+    /// The NIC receive queue it served.
+    pub queue: u32,
+    /// The panic message (the payload of `panic!`, when it is a string).
+    pub message: String,
+}
+
+impl std::fmt::Display for WorkerDeath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the worker of queue {} panicked: {}", self.queue, self.message)
+    }
+}
+
+/// Why [`RunningServer::wait`] returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wake {
+    /// The caller's flag was set (e.g. by SIGINT / SIGTERM).
+    Asked,
+    /// A worker died; the others still run until [`RunningServer::stop`].
+    WorkerDied(WorkerDeath),
+}
+
+/// The text of a panic payload: `panic!("...")` carries a `&str` or a `String`.
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(a panic payload that is not a string)".to_string())
+}
 
 /// What a handler factory is told about the worker it builds a handler for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,6 +216,23 @@ pub enum StartError {
     /// A configured feature is not offered by this host (the message names the key and the kernel feature).
     #[error(transparent)]
     Unavailable(#[from] super::host::Unavailable),
+    /// A worker died before it reported ready: its handler factory or its thread panicked, or its thread
+    /// ended without a word. Nothing stays attached.
+    #[error("the worker of queue {queue} died during start-up: {message}")]
+    WorkerDied {
+        /// The queue it was to serve.
+        queue: u32,
+        /// The panic message, or what is known.
+        message: String,
+    },
+    /// Not every worker reported ready within the start-up deadline.
+    #[error("the workers of queues {queues:?} did not start serving within {waited:?}")]
+    NotReady {
+        /// The queues whose workers did not report.
+        queues: Vec<u32>,
+        /// How long start-up waited.
+        waited: Duration,
+    },
     /// The configured poll mode cannot work with how the socket was bound.
     #[error("config key `workers.poll_mode`: {0}")]
     PollMode(String),
@@ -183,10 +253,25 @@ struct WorkerSlot {
     core: usize,
     bind_mode: Option<BindMode>,
     shared: Arc<WorkerShared>,
-    thread: JoinHandle<WorkerExit>,
+    /// The loop's exit, and the panic message if it died.
+    thread: JoinHandle<(WorkerExit, Option<String>)>,
 }
 
+/// A worker's word at start-up: its queue, and whether it is running.
+type ReadyMessage = (u32, Result<(), StartError>);
+
 /// A server whose workers are running.
+///
+/// Stop it with [`stop`](Self::stop), which detaches the XDP program first (the kernel answers the ports
+/// from then on), then stops and joins the workers and returns the final report. Dropped without `stop`
+/// (an error path, a library user's early return or panic), it does the same and discards the report: no
+/// worker thread is left spinning and nothing stays attached.
+///
+/// Supervision: a worker that panics is not restarted. It is caught at the top of its thread, the metrics
+/// endpoint's `/ready` turns 503 at once (`shunt_ready 0`), and [`wait`](Self::wait) returns
+/// [`Wake::WorkerDied`]; the caller is expected to `stop` the whole server then ([`crate::control::serve`]
+/// does, and `shunt serve` exits with code 3). Until then the dead worker's queue falls back to the kernel
+/// stack (its socket is closed) while the others still serve.
 pub struct RunningServer {
     config: Config,
     handler_name: &'static str,
@@ -206,6 +291,13 @@ pub struct RunningServer {
     cpu_start: SystemCpu,
     /// What the host offers and what this run chose.
     host: HostReport,
+    /// True from ready until stop begins (the metrics endpoint's readiness).
+    serving: Arc<AtomicBool>,
+    /// Workers report their death here; [`Self::wait`] listens.
+    deaths_tx: crossbeam_channel::Sender<WorkerDeath>,
+    deaths_rx: crossbeam_channel::Receiver<WorkerDeath>,
+    /// Every death so far, in order.
+    deaths: Arc<Mutex<Vec<WorkerDeath>>>,
 }
 
 /// Capabilities needed, by bit number in CapEff.
@@ -308,6 +400,36 @@ fn check_machine(config: &Config) -> Result<u32, StartError> {
     Ok(ifindex)
 }
 
+/// Warns about the interface's receive queues that no worker serves: the XDP program passes what arrives
+/// there to the kernel stack (`XDP_PASS`, no socket in the map), so the ports are answered by whatever listens
+/// in the kernel, or refused, on those queues.
+fn warn_unserved_queues(config: &Config) {
+    let Ok(count) = sys::rx_queue_count(&config.interface) else { return };
+    let unserved: Vec<u32> = (0..count).filter(|q| !config.workers.queues.contains(q)).collect();
+    if !unserved.is_empty() {
+        tracing::warn!(
+            interface = %config.interface,
+            ?unserved,
+            "{} has {count} receive queues and workers serve only {:?}: the ports' packets that arrive on queues \
+             {unserved:?} go to the kernel stack, not to shunt (add them to workers.queues, or steer the ports' \
+             flows to served queues, e.g. with shunt-tune-nic)",
+            config.interface,
+            config.workers.queues
+        );
+    }
+}
+
+/// Calls the handler factory for one worker, turning a panic into a start-up error that names the queue.
+fn make_handler_for<H, F>(make_handler: &mut F, info: WorkerInfo) -> Result<H, StartError>
+where
+    F: FnMut(WorkerInfo) -> H,
+{
+    catch_unwind(AssertUnwindSafe(|| make_handler(info))).map_err(|payload| StartError::WorkerDied {
+        queue: info.queue,
+        message: format!("its handler factory panicked: {}", panic_message(&*payload)),
+    })
+}
+
 /// Loads the steering program, stamping by `stamp`: bound to the device, asking it for RX hardware timestamps,
 /// when packets are stamped in native mode and the kernel has the kfunc (device-bound programs cannot run in
 /// the generic hook); the plain one otherwise, or when the device-bound load is refused.
@@ -330,6 +452,7 @@ fn load_program(
 impl RunningServer {
     /// A server with no workers yet, serving through `program` and `link` (none for kernel sockets).
     fn new(config: Config, handler_name: &'static str, program: Option<XdpProgram>, link: Option<XdpLink>) -> Self {
+        let (deaths_tx, deaths_rx) = crossbeam_channel::unbounded();
         RunningServer {
             config,
             handler_name,
@@ -345,6 +468,10 @@ impl RunningServer {
             metrics: None,
             cpu_start: SystemCpu::default(),
             host: HostReport::default(),
+            serving: Arc::new(AtomicBool::new(false)),
+            deaths_tx,
+            deaths_rx,
+            deaths: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
@@ -375,6 +502,7 @@ impl RunningServer {
         }
         check_privileges(umem_bytes)?;
         let ifindex = check_machine(&config)?;
+        warn_unserved_queues(&config);
 
         if config.xdp.attach_mode == AttachMode::Generic && config.workers.queues.len() > 1 {
             tracing::warn!(
@@ -410,7 +538,10 @@ impl RunningServer {
         // deny list must leave alone (an NTP server's clients send from 123).
         let mut handlers = Vec::with_capacity(config.workers.queues.len());
         for (i, &queue) in config.workers.queues.iter().enumerate() {
-            handlers.push(make_handler(WorkerInfo { index: i, queue, core: config.workers.cores[i] }));
+            handlers.push(make_handler_for(
+                &mut make_handler,
+                WorkerInfo { index: i, queue, core: config.workers.cores[i] },
+            )?);
         }
         let mut policy = config.limits.source_policy(own);
         if let Some(first) = handlers.first() {
@@ -463,7 +594,7 @@ impl RunningServer {
 
         let mut server = RunningServer::new(config, handler_name, Some(program), Some(link));
         server.host = host;
-        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), StartError>>(sockets.len());
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<ReadyMessage>(sockets.len());
         let highest_ns = server.config.latency.highest_ns;
         let interval = Duration::from_millis(server.config.report.interval_ms);
         let mut watched = Vec::new();
@@ -496,7 +627,7 @@ impl RunningServer {
             }
             server.workers.push(slot);
         }
-        server.finish_start(ready_rx, watched, &options)
+        server.finish_start(ready_tx, ready_rx, watched, &options)
     }
 
     /// Starts the server inside the kernel (`mode = "xdp"`): the XDP program answers the ports itself with
@@ -518,6 +649,7 @@ impl RunningServer {
         running.in_kernel = Some(server);
         running.host = host;
         running.cpu_start = SystemCpu::read();
+        running.serving.store(true, Relaxed);
         let _ = options;
         tracing::info!(
             interface = %running.config.interface,
@@ -548,7 +680,7 @@ impl RunningServer {
         let mut server = RunningServer::new(config, handler_name, None, None);
         server.host = host;
         let n = server.config.workers.cores.len();
-        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), StartError>>(n);
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<ReadyMessage>(n);
         let highest_ns = server.config.latency.highest_ns;
         let interval = Duration::from_millis(server.config.report.interval_ms);
         let mut watched = Vec::new();
@@ -563,7 +695,7 @@ impl RunningServer {
                 receive_buffer: server.config.socket.receive_buffer,
                 timestamps: measure,
             };
-            let handler = make_handler(WorkerInfo { index: i, queue, core });
+            let handler = make_handler_for(&mut make_handler, WorkerInfo { index: i, queue, core })?;
             let shared = Arc::new(WorkerShared::default());
             let mut worker_latency = None;
             if measure {
@@ -583,35 +715,60 @@ impl RunningServer {
             });
             server.workers.push(slot);
         }
-        server.finish_start(ready_rx, watched, &options)
+        server.finish_start(ready_tx, ready_rx, watched, &options)
     }
 
     /// Waits for every worker to be pinned and running, keeps the control threads off their cores, and
-    /// starts the reporter and the metrics endpoint.
+    /// starts the reporter and the metrics endpoint. `ready_tx` is the original sender (the workers hold
+    /// clones): it is dropped first, so that a worker whose thread ends without a word is seen as a
+    /// disconnect rather than waited for. On error `self` is dropped, which detaches and joins everything.
     fn finish_start(
         mut self,
-        ready_rx: crossbeam_channel::Receiver<Result<(), StartError>>,
+        ready_tx: crossbeam_channel::Sender<ReadyMessage>,
+        ready_rx: crossbeam_channel::Receiver<ReadyMessage>,
         watched: Vec<WatchedWorker>,
         options: &StartOptions,
     ) -> Result<RunningServer, StartError> {
-        let server = &mut self;
-        for _ in 0..server.workers.len() {
-            let result = ready_rx.recv().unwrap_or(Ok(()));
-            if let Err(e) = result {
-                self.stop();
-                return Err(e);
+        drop(ready_tx);
+        let deadline = Instant::now() + READY_DEADLINE;
+        let mut waiting: Vec<u32> = self.workers.iter().map(|w| w.queue).collect();
+        while !waiting.is_empty() {
+            match ready_rx.recv_deadline(deadline) {
+                Ok((queue, Ok(()))) => waiting.retain(|&q| q != queue),
+                Ok((_, Err(e))) => return Err(e),
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    // Every worker thread has dropped its sender, and these never said a word.
+                    let queue = waiting[0];
+                    let message = self
+                        .deaths
+                        .lock()
+                        .ok()
+                        .and_then(|d| d.iter().find(|d| d.queue == queue).map(|d| d.message.clone()))
+                        .unwrap_or_else(|| "its thread ended before it started serving".to_string());
+                    return Err(StartError::WorkerDied { queue, message });
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    // Threads stuck in their set-up would hang the join in Drop: let them go (dropping a
+                    // JoinHandle detaches the thread; the process exits after this error anyway). The rest
+                    // are stopped and joined as usual.
+                    self.workers.retain(|w| !waiting.contains(&w.queue));
+                    return Err(StartError::NotReady { queues: waiting, waited: READY_DEADLINE });
+                }
             }
         }
+        // A worker may have died right after it reported ready: start-up fails then too.
+        if let Ok(death) = self.deaths_rx.try_recv() {
+            return Err(StartError::WorkerDied { queue: death.queue, message: death.message });
+        }
+        let server = &mut self;
         // The calling thread and everything it starts from now on (reporter, metrics) keep off the workers'
         // cores: a control thread scheduled there would preempt a spinning worker for a whole time slice.
         if let Err(e) = sys::avoid_cores(&server.config.workers.cores) {
             tracing::warn!("could not keep control threads off the worker cores: {e}");
         }
         server.cpu_start = SystemCpu::read();
-        if let Err(e) = server.start_observers(watched, options) {
-            self.stop();
-            return Err(e);
-        }
+        server.serving.store(true, Relaxed);
+        server.start_observers(watched, options)?;
         tracing::info!(
             interface = %self.config.interface,
             ports = ?self.config.ports,
@@ -647,9 +804,10 @@ impl RunningServer {
                 workers: self.workers.iter().map(|w| (w.queue, w.shared.clone())).collect(),
                 xdp: self.program.as_ref().map(XdpProgram::counters_reader).transpose()?,
                 latency: self.latency.clone(),
+                serving: self.serving.clone(),
             };
             let metrics = MetricsServer::start(listen, sources).map_err(StartError::Metrics)?;
-            tracing::info!(address = %metrics.local_addr, "metrics endpoint serving /metrics and /stats.json");
+            tracing::info!(address = %metrics.local_addr, "metrics endpoint serving /metrics, /stats.json and /ready");
             self.metrics = Some(metrics);
         }
         Ok(())
@@ -657,6 +815,12 @@ impl RunningServer {
 
     /// Starts worker `index` on its own thread, pinned to `core`: `make` builds its loop there (an error is
     /// reported through `ready`), which then runs until the stop flag is set.
+    ///
+    /// The whole thread runs under `catch_unwind` (once, around the loop: nothing per packet). A panic before
+    /// the worker reported ready is reported through `ready` as [`StartError::WorkerDied`]; one after it
+    /// clears the worker's `alive` flag, records a [`WorkerDeath`] and wakes [`Self::wait`]. The loop's
+    /// captures (the socket among them) are dropped while unwinding, so the kernel takes the dead queue's
+    /// socket out of the XSKMAP and the queue falls through to the kernel stack until the server stops.
     #[allow(clippy::too_many_arguments)]
     fn spawn<M, R>(
         &self,
@@ -665,7 +829,7 @@ impl RunningServer {
         queue: u32,
         bind_mode: Option<BindMode>,
         shared: Arc<WorkerShared>,
-        ready: crossbeam_channel::Sender<Result<(), StartError>>,
+        ready: crossbeam_channel::Sender<ReadyMessage>,
         make: M,
     ) -> WorkerSlot
     where
@@ -673,27 +837,87 @@ impl RunningServer {
         R: FnOnce(&AtomicBool) -> WorkerExit,
     {
         let stop = self.stop.clone();
+        let deaths_tx = self.deaths_tx.clone();
+        let deaths = self.deaths.clone();
+        let for_thread = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("shunt-q{queue}"))
             .spawn(move || {
-                if sys::pin_to_core(core).is_err() {
-                    let _ = ready.send(Err(StartError::Pin { key: format!("workers.cores[{index}]"), core }));
-                    return WorkerExit::default();
-                }
-                let run = match make() {
-                    Ok(run) => run,
-                    Err(e) => {
-                        let _ = ready.send(Err(e));
+                let shared = for_thread;
+                let mut ready = Some(ready);
+                let outcome = catch_unwind(AssertUnwindSafe(|| {
+                    let report = |r: Result<(), StartError>| {
+                        if let Some(tx) = &ready {
+                            let _ = tx.send((queue, r));
+                        }
+                    };
+                    if sys::pin_to_core(core).is_err() {
+                        report(Err(StartError::Pin { key: format!("workers.cores[{index}]"), core }));
                         return WorkerExit::default();
                     }
-                };
-                tracing::debug!(queue, core, tid = sys::thread_id(), ?bind_mode, "worker started");
-                let _ = ready.send(Ok(()));
-                drop(ready);
-                run(&stop)
+                    let run = match make() {
+                        Ok(run) => run,
+                        Err(e) => {
+                            report(Err(e));
+                            return WorkerExit::default();
+                        }
+                    };
+                    tracing::debug!(queue, core, tid = sys::thread_id(), ?bind_mode, "worker started");
+                    shared.alive.store(true, Relaxed);
+                    report(Ok(()));
+                    ready = None;
+                    run(&stop)
+                }));
+                shared.alive.store(false, Relaxed);
+                match outcome {
+                    Ok(exit) => (exit, None),
+                    Err(payload) => {
+                        let message = panic_message(&*payload);
+                        match ready.take() {
+                            // Before ready: a start-up error.
+                            Some(tx) => {
+                                let _ =
+                                    tx.send((queue, Err(StartError::WorkerDied { queue, message: message.clone() })));
+                            }
+                            None => {
+                                tracing::error!(queue, "worker died: {message}");
+                                let death = WorkerDeath { queue, message: message.clone() };
+                                if let Ok(mut d) = deaths.lock() {
+                                    d.push(death.clone());
+                                }
+                                let _ = deaths_tx.send(death);
+                            }
+                        }
+                        let exit = WorkerExit {
+                            stats: shared.stats.snapshot(),
+                            kernel: shared.kernel.snapshot(),
+                            ..WorkerExit::default()
+                        };
+                        (exit, Some(message))
+                    }
+                }
             })
             .expect("spawning a worker thread");
         WorkerSlot { queue, core, bind_mode, shared, thread }
+    }
+
+    /// Blocks until `asked` is set (looked at every 20 ms) or a worker dies (at once), and says which.
+    /// A death that happened before the call is returned at once.
+    pub fn wait(&self, asked: &AtomicBool) -> Wake {
+        loop {
+            if asked.load(Relaxed) {
+                return Wake::Asked;
+            }
+            // The server keeps a sender itself, so this channel never disconnects.
+            if let Ok(death) = self.deaths_rx.recv_timeout(WAIT_TICK) {
+                return Wake::WorkerDied(death);
+            }
+        }
+    }
+
+    /// The workers that died so far (empty while all run), in the order they died.
+    pub fn worker_deaths(&self) -> Vec<WorkerDeath> {
+        self.deaths.lock().map(|d| d.clone()).unwrap_or_default()
     }
 
     /// The flag that stops the workers; set it (e.g. from a signal handler) and then call [`Self::stop`].
@@ -711,8 +935,10 @@ impl RunningServer {
         self.workers.iter().map(|w| (w.queue, w.shared.stats.snapshot())).collect()
     }
 
-    /// Detaches the program, stops and joins the workers, and returns the final report.
+    /// Detaches the program, stops and joins the workers, and returns the final report (a worker that
+    /// died is in it with its panic message, `workers[].died`).
     pub fn stop(mut self) -> Report {
+        self.serving.store(false, Relaxed);
         let duration = self.started.elapsed().as_secs_f64();
         let xdp = self.xdp_counters();
         let in_kernel = self.in_kernel.as_ref().and_then(|k| k.counters().ok());
@@ -723,13 +949,16 @@ impl RunningServer {
         let mut workers: Vec<WorkerReport> = std::mem::take(&mut self.workers)
             .into_iter()
             .map(|w| {
-                let exit = w.thread.join().unwrap_or_else(|_| {
-                    tracing::error!(queue = w.queue, "worker panicked");
-                    WorkerExit {
+                let (exit, died) = w.thread.join().unwrap_or_else(|payload| {
+                    // Not reached: the thread catches its own panics. Kept for a panic in the catching.
+                    let message = panic_message(&*payload);
+                    tracing::error!(queue = w.queue, "worker panicked: {message}");
+                    let exit = WorkerExit {
                         stats: w.shared.stats.snapshot(),
                         kernel: w.shared.kernel.snapshot(),
                         ..WorkerExit::default()
-                    }
+                    };
+                    (exit, Some(message))
                 });
                 WorkerReport {
                     queue: w.queue,
@@ -741,6 +970,7 @@ impl RunningServer {
                     frames: exit.frames,
                     latency: None,
                     cpu: exit.cpu,
+                    died,
                 }
             })
             .collect();
@@ -796,5 +1026,179 @@ impl RunningServer {
             Mode::Xdp => "xdp_tx",
         };
         report
+    }
+}
+
+impl Drop for RunningServer {
+    /// What [`RunningServer::stop`] does, without the report, for a server dropped without it: detach,
+    /// stop and join the workers, stop the metrics endpoint and the reporter. After `stop` (which has taken
+    /// all of these) there is nothing left to do.
+    fn drop(&mut self) {
+        self.serving.store(false, Relaxed);
+        self.link.take();
+        self.stop.store(true, Relaxed);
+        for w in std::mem::take(&mut self.workers) {
+            if w.thread.join().is_err() {
+                tracing::error!(queue = w.queue, "worker panicked");
+            }
+        }
+        self.metrics.take();
+        self.reporter_finish.store(true, Relaxed);
+        if let Some(r) = self.reporter.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server with no program, no link and no workers yet (no privileges needed), on a core this process
+    /// may use.
+    fn bare_server() -> (RunningServer, usize) {
+        let mut config = Config::parse(include_str!("../../config/lab.toml"), "config/lab.toml").expect("lab config");
+        let core = sys::allowed_cores().expect("affinity").first().copied().expect("a core");
+        config.workers.cores = vec![core];
+        config.workers.queues = vec![7];
+        (RunningServer::new(config, "test", None, None), core)
+    }
+
+    fn ready_channel() -> (crossbeam_channel::Sender<ReadyMessage>, crossbeam_channel::Receiver<ReadyMessage>) {
+        crossbeam_channel::bounded(4)
+    }
+
+    /// A loop that idles until the stop flag, then sets `ended`.
+    fn idle_until_stop(ended: Arc<AtomicBool>) -> impl FnOnce(&AtomicBool) -> WorkerExit {
+        move |stop: &AtomicBool| {
+            while !stop.load(Relaxed) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            ended.store(true, Relaxed);
+            WorkerExit::default()
+        }
+    }
+
+    #[test]
+    fn a_worker_that_panics_before_ready_fails_start_naming_its_queue() {
+        let (mut server, core) = bare_server();
+        let (tx, rx) = ready_channel();
+        let shared = Arc::new(WorkerShared::default());
+        let slot =
+            server.spawn(0, core, 7, None, shared, tx.clone(), || -> Result<fn(&AtomicBool) -> WorkerExit, _> {
+                panic!("boom before ready")
+            });
+        server.workers.push(slot);
+        let started = Instant::now();
+        match server.finish_start(tx, rx, Vec::new(), &StartOptions::default()) {
+            Err(StartError::WorkerDied { queue: 7, message }) => {
+                assert!(message.contains("boom before ready"), "{message}")
+            }
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("started with a dead worker"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "start-up waited {:?}", started.elapsed());
+    }
+
+    #[test]
+    fn a_worker_thread_that_ends_without_a_word_is_seen_not_waited_for() {
+        let (mut server, core) = bare_server();
+        let (tx, rx) = ready_channel();
+        let silent = tx.clone();
+        let thread = std::thread::spawn(move || {
+            drop(silent);
+            (WorkerExit::default(), None)
+        });
+        let shared = Arc::new(WorkerShared::default());
+        server.workers.push(WorkerSlot { queue: 7, core, bind_mode: None, shared, thread });
+        let started = Instant::now();
+        match server.finish_start(tx, rx, Vec::new(), &StartOptions::default()) {
+            Err(StartError::WorkerDied { queue: 7, message }) => {
+                assert!(message.contains("ended before it started serving"), "{message}")
+            }
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("started with a silent worker"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "start-up waited {:?}", started.elapsed());
+    }
+
+    #[test]
+    fn a_worker_that_panics_while_serving_wakes_wait_and_is_in_the_report() {
+        let (mut server, core) = bare_server();
+        let (tx, rx) = ready_channel();
+        let trigger = Arc::new(AtomicBool::new(false));
+        let pull = trigger.clone();
+        let doomed = Arc::new(WorkerShared::default());
+        let slot = server.spawn(0, core, 7, None, doomed.clone(), tx.clone(), move || {
+            Ok(move |_stop: &AtomicBool| -> WorkerExit {
+                while !pull.load(Relaxed) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                panic!("boom while serving")
+            })
+        });
+        server.workers.push(slot);
+        let healthy_ended = Arc::new(AtomicBool::new(false));
+        let ended = healthy_ended.clone();
+        let slot = server.spawn(1, core, 8, None, Arc::default(), tx.clone(), move || Ok(idle_until_stop(ended)));
+        server.workers.push(slot);
+        let server = server.finish_start(tx, rx, Vec::new(), &StartOptions::default()).expect("started");
+        assert!(doomed.is_alive());
+        assert!(server.worker_deaths().is_empty());
+
+        trigger.store(true, Relaxed);
+        let asked = AtomicBool::new(false);
+        let death = match server.wait(&asked) {
+            Wake::WorkerDied(d) => d,
+            Wake::Asked => panic!("woke without a death"),
+        };
+        assert_eq!(death.queue, 7);
+        assert!(death.message.contains("boom while serving"), "{death}");
+        assert!(!doomed.is_alive(), "the dead worker still counts as running");
+        assert_eq!(server.worker_deaths(), vec![death]);
+        assert!(!healthy_ended.load(Relaxed), "the other worker runs until stop");
+
+        let report = server.stop();
+        assert!(healthy_ended.load(Relaxed), "stop joins the other worker");
+        let died: Vec<_> = report.workers.iter().map(|w| (w.queue, w.died.clone())).collect();
+        assert_eq!(died.len(), 2);
+        assert!(died[0].1.as_deref().is_some_and(|m| m.contains("boom while serving")), "{died:?}");
+        assert_eq!(died[1], (8, None));
+        assert!(report.text().contains("queue 7 worker DIED: boom while serving"), "{}", report.text());
+    }
+
+    #[test]
+    fn wait_returns_when_asked() {
+        let (mut server, core) = bare_server();
+        let (tx, rx) = ready_channel();
+        let ended = Arc::new(AtomicBool::new(false));
+        let slot = server.spawn(0, core, 7, None, Arc::default(), tx.clone(), {
+            let ended = ended.clone();
+            move || Ok(idle_until_stop(ended))
+        });
+        server.workers.push(slot);
+        let server = server.finish_start(tx, rx, Vec::new(), &StartOptions::default()).expect("started");
+        assert_eq!(server.wait(&AtomicBool::new(true)), Wake::Asked);
+        let report = server.stop();
+        assert!(ended.load(Relaxed));
+        assert_eq!(report.workers[0].died, None);
+    }
+
+    #[test]
+    fn dropping_a_running_server_stops_and_joins_its_workers() {
+        let (mut server, core) = bare_server();
+        let (tx, rx) = ready_channel();
+        let ended = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(WorkerShared::default());
+        let slot = server.spawn(0, core, 7, None, shared.clone(), tx.clone(), {
+            let ended = ended.clone();
+            move || Ok(idle_until_stop(ended))
+        });
+        server.workers.push(slot);
+        let server = server.finish_start(tx, rx, Vec::new(), &StartOptions::default()).expect("started");
+        assert!(shared.is_alive());
+        drop(server);
+        assert!(ended.load(Relaxed), "Drop returned before the worker ended");
+        assert!(!shared.is_alive());
     }
 }

@@ -4,7 +4,7 @@
 //! batch (relaxed stores, no read-modify-write, no lock), so publishing costs a few stores per batch and
 //! nothing per packet. Readers take a [`WorkerStats`] snapshot.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use serde::{Deserialize, Serialize};
 
@@ -153,4 +153,14 @@ pub struct WorkerShared {
     pub stats: PublishedWorkerStats,
     /// The socket's kernel statistics, refreshed about once a second.
     pub kernel: PublishedKernelStats,
+    /// True while the worker runs its loop: set by the control plane once the worker is ready, cleared when
+    /// the loop ends (a stop, or a panic). Read by the metrics endpoint's readiness check; never per packet.
+    pub alive: AtomicBool,
+}
+
+impl WorkerShared {
+    /// Whether the worker is running its loop now.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Relaxed)
+    }
 }

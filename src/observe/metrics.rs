@@ -5,7 +5,10 @@
 //!   the in-server latency as a histogram `shunt_latency_seconds{queue,stage}` with the fixed buckets
 //!   [`LATENCY_BUCKETS_NS`], its `_sum` the sum of the recorded samples;
 //! - `GET /stats.json`: a [`StatsSnapshot`], the structured counters and latency summaries that `shunt stats`
-//!   reads (it deserializes this very type).
+//!   reads (it deserializes this very type);
+//! - `GET /ready`: the readiness probe, `200 ready` while the server serves with every worker running, `503`
+//!   naming what is wrong as soon as a worker has died (or the server has begun to stop). `/metrics` carries
+//!   the same as the gauges `shunt_ready` and `shunt_worker_up{queue}`.
 //!
 //! Every request reads what is already published: the workers' atomics, the XDP counters map (through its
 //! own fd) and the reporter's latest [`LatencySnapshot`] (histograms turned into buckets and summaries on the
@@ -181,6 +184,32 @@ pub fn drop_reasons(s: &WorkerStats) -> [(&'static str, u64); 7] {
     ]
 }
 
+/// Whether the server serves: what `GET /ready` answers and the `shunt_ready` / `shunt_worker_up` gauges show.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Readiness {
+    /// The server has not begun to stop.
+    pub serving: bool,
+    /// (queue, running its loop) per worker.
+    pub workers: Vec<(u32, bool)>,
+}
+
+impl Readiness {
+    /// Serving, and every worker running.
+    pub fn is_ready(&self) -> bool {
+        self.serving && self.workers.iter().all(|&(_, up)| up)
+    }
+
+    /// Why it is not ready (empty when it is).
+    pub fn reason(&self) -> String {
+        let down: Vec<String> = self.workers.iter().filter(|(_, up)| !up).map(|(q, _)| q.to_string()).collect();
+        match (self.serving, down.is_empty()) {
+            (_, false) => format!("the worker of queue {} is not running", down.join(", ")),
+            (false, true) => "the server is stopping".to_string(),
+            (true, true) => String::new(),
+        }
+    }
+}
+
 /// Everything a request reads.
 pub struct MetricsSources {
     /// When serving started (uptime is measured from here).
@@ -191,6 +220,8 @@ pub struct MetricsSources {
     pub xdp: Option<XdpCountersReader>,
     /// The reporter's latest latency figures.
     pub latency: Arc<Mutex<LatencySnapshot>>,
+    /// True while the server serves; cleared when it begins to stop.
+    pub serving: Arc<AtomicBool>,
 }
 
 impl MetricsSources {
@@ -216,6 +247,14 @@ impl MetricsSources {
         };
         (stats, latency)
     }
+
+    /// Readiness now: the serving flag and each worker's liveness.
+    pub fn readiness(&self) -> Readiness {
+        Readiness {
+            serving: self.serving.load(Relaxed),
+            workers: self.workers.iter().map(|(queue, w)| (*queue, w.is_alive())).collect(),
+        }
+    }
 }
 
 /// The figures of one request, encoded by prometheus-client through [`Collector`]: the values are read
@@ -224,6 +263,7 @@ impl MetricsSources {
 struct Scrape {
     stats: StatsSnapshot,
     latency: LatencySnapshot,
+    readiness: Option<Readiness>,
 }
 
 /// A counter family read from each worker: name (without `_total`), help text, reader.
@@ -265,6 +305,25 @@ fn counter(family: &mut MetricEncoder, labels: &impl EncodeLabelSet, value: u64)
 
 impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        if let Some(r) = &self.readiness {
+            encoder
+                .encode_descriptor(
+                    "shunt_ready",
+                    "1 while the server serves with every worker running; 0 once a worker died or it stops.",
+                    None,
+                    MetricType::Gauge,
+                )?
+                .encode_gauge(&i64::from(r.is_ready()))?;
+            let mut up = encoder.encode_descriptor(
+                "shunt_worker_up",
+                "1 while the queue's worker runs its loop; 0 once it has ended (stopped or died).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for &(queue, alive) in &r.workers {
+                up.encode_family(&[("queue", queue.to_string())])?.encode_gauge(&i64::from(alive))?;
+            }
+        }
         let workers = &self.stats.workers;
         for (name, help, read) in PER_QUEUE {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -328,10 +387,19 @@ fn per_bucket_seconds(b: &LatencyBuckets) -> Vec<(f64, u64)> {
     LATENCY_BUCKETS_NS.iter().map(|&ns| ns as f64 / 1e9).chain(std::iter::once(f64::INFINITY)).zip(b.counts).collect()
 }
 
-/// The OpenMetrics text of one request's figures (ends with `# EOF`).
+/// The OpenMetrics text of one request's figures (ends with `# EOF`), without the readiness gauges.
 pub fn render(stats: &StatsSnapshot, latency: &LatencySnapshot) -> String {
+    render_with(stats, latency, None)
+}
+
+/// [`render`], with the `shunt_ready` and `shunt_worker_up` gauges when `readiness` is given.
+pub fn render_with(stats: &StatsSnapshot, latency: &LatencySnapshot, readiness: Option<&Readiness>) -> String {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Scrape { stats: stats.clone(), latency: latency.clone() }));
+    registry.register_collector(Box::new(Scrape {
+        stats: stats.clone(),
+        latency: latency.clone(),
+        readiness: readiness.cloned(),
+    }));
     let mut out = String::new();
     // Writing into a String cannot fail; the encoder reports no other error for these families.
     let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
@@ -351,7 +419,7 @@ fn header(value: &str) -> tiny_http::Header {
 }
 
 impl MetricsServer {
-    /// Binds `listen` and serves `/metrics` and `/stats.json` from a thread of its own.
+    /// Binds `listen` and serves `/metrics`, `/stats.json` and `/ready` from a thread of its own.
     pub fn start(listen: &str, sources: MetricsSources) -> Result<MetricsServer, String> {
         let server =
             tiny_http::Server::http(listen).map_err(|e| format!("config key `metrics.listen`: {listen}: {e}"))?;
@@ -367,8 +435,18 @@ impl MetricsServer {
                     let response = match path {
                         "/metrics" => {
                             let (stats, latency) = sources.read();
-                            tiny_http::Response::from_string(render(&stats, &latency))
+                            let readiness = sources.readiness();
+                            tiny_http::Response::from_string(render_with(&stats, &latency, Some(&readiness)))
                                 .with_header(header(OPENMETRICS_CONTENT_TYPE))
+                        }
+                        "/ready" => {
+                            let readiness = sources.readiness();
+                            if readiness.is_ready() {
+                                tiny_http::Response::from_string("ready\n")
+                            } else {
+                                tiny_http::Response::from_string(format!("not ready: {}\n", readiness.reason()))
+                                    .with_status_code(503)
+                            }
                         }
                         "/stats.json" => {
                             let (stats, _) = sources.read();
@@ -381,7 +459,7 @@ impl MetricsServer {
                                 }
                             }
                         }
-                        _ => tiny_http::Response::from_string("shunt: see /metrics or /stats.json\n")
+                        _ => tiny_http::Response::from_string("shunt: see /metrics, /stats.json or /ready\n")
                             .with_status_code(404),
                     };
                     let _ = request.respond(response);
@@ -554,6 +632,58 @@ mod tests {
         let text = render(&stats, &LatencySnapshot::default());
         assert!(!text.contains("shunt_latency"), "{text}");
         assert_eq!(value(&text, "shunt_tx_packets_total", &[("queue", "3")]), 7.0);
+    }
+
+    fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).expect("connect to the endpoint");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).expect("request");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("response");
+        let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+        (status, body)
+    }
+
+    #[test]
+    fn readiness_drops_as_soon_as_a_worker_is_not_running() {
+        let workers: Vec<(u32, Arc<WorkerShared>)> = [3, 5].map(|q| (q, Arc::new(WorkerShared::default()))).into();
+        for (_, w) in &workers {
+            w.alive.store(true, Relaxed);
+        }
+        let serving = Arc::new(AtomicBool::new(true));
+        let sources = MetricsSources {
+            started: Instant::now(),
+            workers: workers.clone(),
+            xdp: None,
+            latency: Arc::default(),
+            serving: serving.clone(),
+        };
+        let server = MetricsServer::start("127.0.0.1:0", sources).expect("metrics endpoint");
+        let addr = server.local_addr;
+        assert_eq!(http_get(addr, "/ready"), (200, "ready\n".to_string()));
+        let (status, text) = http_get(addr, "/metrics");
+        assert_eq!(status, 200);
+        assert_eq!(value(&text, "shunt_ready", &[]), 1.0, "{text}");
+        assert!(text.contains("# TYPE shunt_ready gauge\n"), "{text}");
+        assert_eq!(value(&text, "shunt_worker_up", &[("queue", "5")]), 1.0, "{text}");
+
+        // A worker dies: its flag drops, and the next request sees it (no wait on the control thread).
+        workers[1].1.alive.store(false, Relaxed);
+        let (status, body) = http_get(addr, "/ready");
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("queue 5"), "{body}");
+        let (_, text) = http_get(addr, "/metrics");
+        assert_eq!(value(&text, "shunt_ready", &[]), 0.0, "{text}");
+        assert_eq!(value(&text, "shunt_worker_up", &[("queue", "3")]), 1.0, "{text}");
+        assert_eq!(value(&text, "shunt_worker_up", &[("queue", "5")]), 0.0, "{text}");
+
+        // Stopping with every worker still running is not ready either.
+        workers[1].1.alive.store(true, Relaxed);
+        serving.store(false, Relaxed);
+        let (status, body) = http_get(addr, "/ready");
+        assert_eq!((status, body.as_str()), (503, "not ready: the server is stopping\n"));
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub struct WorkerReport {
     pub cpu: Option<CpuTimes>,
     /// In-server latency over the run (absent when measurement is off).
     pub latency: Option<LatencyReport>,
+    /// The panic message of a worker that died (absent when it ran until stopped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub died: Option<String>,
 }
 
 /// The report printed when the server stops and written with `--report FILE`.
@@ -206,6 +209,9 @@ impl Report {
                 s.tx_kicks,
                 s.rx_packets as f64 / s.rx_batches.max(1) as f64
             );
+        }
+        for w in self.workers.iter().filter(|w| w.died.is_some()) {
+            let _ = writeln!(out, "  queue {} worker DIED: {}", w.queue, w.died.as_deref().unwrap_or(""));
         }
         let c = &self.cpu;
         let ns = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));

@@ -1048,6 +1048,14 @@ impl ServerProcess {
         out
     }
 
+    /// Waits (in poll(2) on a pidfd) up to `timeout` for the server to exit by itself; its [`Finished`] if
+    /// it did, `None` (still running) otherwise.
+    pub fn wait_exit_within(&mut self, timeout: Duration) -> Option<Finished> {
+        let child = self.child.as_mut()?;
+        let st = wait_exit(child, timeout)?;
+        Some(self.finish(st))
+    }
+
     /// SIGKILL and reap.
     pub fn kill(&mut self) -> Finished {
         if let Some(st) = self.try_wait() {
@@ -1408,6 +1416,13 @@ impl Lab {
     /// `shunt::control::cli::ServeArgs`), with `args` in the server namespace, `--report <file in lab dir>`
     /// added unless `args` has one, and waits up to [`READY_TIMEOUT`] for its `ready` line.
     pub fn spawn_program<S: AsRef<OsStr>>(&self, bin: &Path, args: &[S]) -> ServerProcess {
+        let mut srv = self.spawn_program_unready(bin, args);
+        srv.wait_ready(READY_TIMEOUT);
+        srv
+    }
+
+    /// [`Lab::spawn_program`] without waiting for `ready` (a program expected to fail at start-up).
+    pub fn spawn_program_unready<S: AsRef<OsStr>>(&self, bin: &Path, args: &[S]) -> ServerProcess {
         let mut args = to_strings(args);
         let report = match args.iter().position(|a| a == "--report") {
             Some(i) => args.get(i + 1).map(PathBuf::from),
@@ -1435,11 +1450,47 @@ impl Lab {
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start `{shown}`: {e}"));
         let pid = child.id();
         register(&format!("pid-{pid}"));
-        let mut srv =
-            ServerProcess { child: Some(child), pid, cmdline: shown, stdout_path, stderr_path, report_path: report };
-        srv.wait_ready(READY_TIMEOUT);
-        srv
+        ServerProcess { child: Some(child), pid, cmdline: shown, stdout_path, stderr_path, report_path: report }
     }
+}
+
+/// The source files cargo built `bin` from, as its dep-info file (`bin`.d) lists them (generated ones under
+/// `target/` left out); just `examples/<name>.rs` when there is none.
+fn sources_of(bin: &Path, name: &str) -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string(bin.with_extension("d")) else {
+        return vec![repo_path(&format!("examples/{name}.rs"))];
+    };
+    // target/<profile>/examples/<name> → target/
+    let target = bin.ancestors().nth(3).unwrap_or(bin).to_path_buf();
+    let deps = text.lines().next().and_then(|l| l.split_once(": ")).map_or("", |(_, d)| d).replace("\\ ", "\0");
+    deps.split_whitespace().map(|p| PathBuf::from(p.replace('\0', " "))).filter(|p| !p.starts_with(&target)).collect()
+}
+
+/// `target/<profile>/examples/<name>`, next to the test's own executable (`target/<profile>/deps/<test>-…`):
+/// `cargo build --release --examples` makes it (cargo hands integration tests the paths of binaries, not of
+/// examples). Fails (never skips) when it is missing or older than one of its sources (cargo would rebuild it).
+pub fn example_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let build = if release { "cargo build --release --examples" } else { "cargo build --examples" };
+    let bin = profile_dir.join("examples").join(name);
+    assert!(
+        bin.is_file(),
+        "{} is missing: build the examples first with `{build}` (integration tests cannot)",
+        bin.display()
+    );
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).expect("the example's modification time");
+    for source in sources_of(&bin, name) {
+        let changed = std::fs::metadata(&source).and_then(|m| m.modified()).map_or(true, |t| t > built);
+        assert!(
+            !changed,
+            "{} is older than {} (or it is gone): rebuild it with `{build}`",
+            bin.display(),
+            source.display()
+        );
+    }
+    bin
 }
 
 /// What `sockperf ping-pong` printed: messages sent and received in the valid duration, and the summary

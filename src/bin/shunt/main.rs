@@ -30,6 +30,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve with a built-in handler until SIGINT or SIGTERM, then detach and print the final report.
+    ///
+    /// Exit codes: 0 after a clean stop (SIGINT/SIGTERM); 2 when the config, the machine or the privileges
+    /// do not allow the run (the message names the key or capability; nothing attached); 3 when a worker died
+    /// (its handler panicked): the server does not restart it, but detaches and stops at once, prints the
+    /// panic message on stderr and the report as usual (the metrics endpoint's /ready answers 503 from the
+    /// moment of the death); 1 when the report could not be written.
     Serve {
         #[command(flatten)]
         args: ServeArgs,
