@@ -295,6 +295,7 @@ impl Collector for Scrape {
                 ("filtered", x.filtered),
                 ("rate_limited", x.rate_limited),
                 ("stamp_failed", x.stamp_failed),
+                ("other_address", x.other_address),
             ] {
                 counter(&mut verdicts, &[("verdict", verdict)], n)?;
             }
@@ -460,6 +461,7 @@ mod tests {
                 filtered: 3,
                 rate_limited: 4,
                 stamp_failed: 0,
+                other_address: 5,
             }),
             workers: vec![
                 WorkerSnapshot {
