@@ -27,6 +27,8 @@
  * them byte for byte with `shunt::handler::respond`).
  *
  * For a served port, in order (after the checks above):
+ *   - with answer_settings.served_only, a destination address not in `answer_served` (traffic the host
+ *     forwards, to a pod or a VM) is passed to the kernel (`other_address`);
  *   - a UDP payload longer than ANSWER_MAX_PAYLOAD cannot be checksummed within the verifier's bounds: passed
  *     to the kernel (`too_long`);
  *   - the request's UDP checksum must verify, be zero over IPv4 (none computed), or be exactly the folded
@@ -81,7 +83,8 @@ enum answer_counter {
 	ANSWER_BAD_CHECKSUM = 3,       /* served port, UDP checksum wrong: dropped */
 	ANSWER_DROPPED_BY_HANDLER = 4, /* served port, the handler chose not to answer: dropped */
 	ANSWER_TOO_LONG = 5,           /* served port, payload over ANSWER_MAX_PAYLOAD: passed */
-	ANSWER_COUNTER_MAX = 6,
+	ANSWER_OTHER_ADDRESS = 6,      /* served port, destination address not in answer_served: passed */
+	ANSWER_COUNTER_MAX = 7,
 };
 
 /* The handlers, values of answer_settings.handler. */
@@ -91,7 +94,8 @@ enum answer_handler {
 };
 
 struct answer_settings {
-	__u32 handler; /* enum answer_handler */
+	__u32 handler;     /* enum answer_handler */
+	__u32 served_only; /* non-zero: answer only destination addresses in answer_served */
 };
 
 /* Clang puts a type into the object's BTF only if a global, a map or a program's signature uses it; these
@@ -121,6 +125,15 @@ struct {
 	__type(key, __u32);
 	__type(value, struct answer_settings);
 } answer_settings SEC(".maps");
+
+/* The destination addresses answered when answer_settings.served_only is set: 16 bytes, IPv4 as
+ * ::ffff:a.b.c.d (as shunt_served in shunt.bpf.c). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u8[16]);
+	__type(value, __u8);
+} answer_served SEC(".maps");
 
 #define SOCKPERF_HEADER_LEN 14
 #define SOCKPERF_FLAGS_AT   8
@@ -344,6 +357,27 @@ int answer(struct xdp_md *ctx)
 	__u8 *wanted = bpf_map_lookup_elem(&answer_ports, &port);
 	if (!wanted || !*wanted)
 		return count(ANSWER_PASSED, XDP_PASS);
+
+	__u32 first = 0;
+	struct answer_settings *policy = bpf_map_lookup_elem(&answer_settings, &first);
+	if (policy && policy->served_only) {
+		__u8 dst[16] = {};
+		if (v4) {
+			struct iphdr *ip = data + l3;
+			if ((void *)(ip + 1) > data_end)
+				return count(ANSWER_MALFORMED, XDP_PASS);
+			dst[10] = 0xff;
+			dst[11] = 0xff;
+			__builtin_memcpy(dst + 12, &ip->daddr, 4);
+		} else {
+			struct ipv6hdr *ip6 = data + l3;
+			if ((void *)(ip6 + 1) > data_end)
+				return count(ANSWER_MALFORMED, XDP_PASS);
+			__builtin_memcpy(dst, &ip6->daddr, 16);
+		}
+		if (!bpf_map_lookup_elem(&answer_served, dst))
+			return count(ANSWER_OTHER_ADDRESS, XDP_PASS);
+	}
 
 	if (v4) {
 		struct iphdr *ip = data + l3;

@@ -3,8 +3,11 @@
  * shunt's XDP steering program.
  *
  * A UDP datagram (over Ethernet, optionally one 802.1Q/802.1ad tag, then IPv4
- * or IPv6) whose destination port is marked in `shunt_ports` is redirected to
- * the AF_XDP socket registered for the receive queue it arrived on. Everything
+ * or IPv6) whose destination port is marked in `shunt_ports` (and, with
+ * SHUNT_SERVED_ONLY, whose destination address is in `shunt_served`) is
+ * redirected to the AF_XDP socket registered for the receive queue it arrived
+ * on. A datagram to a served port but another address -- traffic the host
+ * forwards, to a pod or a VM behind it -- is the kernel's. Everything
  * else -- ARP, ICMP, TCP, other ports, IPv4 fragments, IPv6 extension headers
  * -- is passed to the kernel untouched, so the host stays reachable while the
  * server runs. A queue with no socket in `shunt_xsks` also falls back to
@@ -32,7 +35,8 @@ enum shunt_counter {
 	SHUNT_FILTERED = 4,     /* our port, from a source that is never served: dropped */
 	SHUNT_RATE_LIMITED = 5, /* our port, over its source's rate: dropped */
 	SHUNT_STAMP_FAILED = 6, /* our port, but the stamp could not be prepended (SHUNT_STAMP_HEAD): passed */
-	SHUNT_COUNTER_MAX = 7,
+	SHUNT_NOT_SERVED_ADDR = 7, /* our port, to an address not in shunt_served (SHUNT_SERVED_ONLY): passed */
+	SHUNT_COUNTER_MAX = 8,
 };
 
 /* Clang puts a type into the object's BTF only if a global, a map or a program's signature uses it, and
@@ -46,6 +50,7 @@ enum shunt_counter shunt_counter_type SEC(".shunt.types");
 #define SHUNT_FILTER_SOURCE (1u << 1) /* drop bogus sources (see source_filtered) */
 #define SHUNT_RATE_LIMIT    (1u << 2) /* per-source rate limit (shunt_rate, shunt_buckets) */
 #define SHUNT_ALLOW_LIST    (1u << 3) /* serve only sources in shunt_allow */
+#define SHUNT_SERVED_ONLY   (1u << 4) /* serve only destination addresses in shunt_served */
 
 /* How redirected packets are stamped with the XDP-hook time; must match StampMethod in src/steer/mod.rs.
  * Set by user space before loading (a `const volatile`, i.e. .rodata, frozen at load): the verifier sees the
@@ -124,6 +129,16 @@ struct {
 	__type(value, __u8);
 } shunt_own SEC(".maps");
 
+/* The destination addresses served (16 bytes, IPv4 as ::ffff:a.b.c.d), with SHUNT_SERVED_ONLY: a datagram to a
+ * served port but another address is passed to the kernel (SHUNT_NOT_SERVED_ADDR). User space keeps it in step
+ * with the interface's addresses. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u8[16]);
+	__type(value, __u8);
+} shunt_served SEC(".maps");
+
 /* One byte per UDP source port: non-zero means "never answer" (reflection-prone services). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -166,8 +181,10 @@ static __always_inline int count(__u32 slot, int verdict)
 
 /* Returns the UDP header if the packet is IPv4/IPv6 + UDP with consistent
  * headers, NULL if it is not ours, and sets *malformed when it claimed to be
- * IP/UDP but its headers did not hold together. */
-static __always_inline struct udphdr *find_udp(void *data, void *data_end, int *malformed, __u8 src[16])
+ * IP/UDP but its headers did not hold together. On success src and dst hold
+ * the source and destination addresses (IPv4 as ::ffff:a.b.c.d). */
+static __always_inline struct udphdr *find_udp(void *data, void *data_end, int *malformed, __u8 src[16],
+					       __u8 dst[16])
 {
 	struct ethhdr *eth = data;
 	__u64 off = sizeof(*eth);
@@ -207,6 +224,10 @@ static __always_inline struct udphdr *find_udp(void *data, void *data_end, int *
 		src[10] = 0xff;
 		src[11] = 0xff;
 		__builtin_memcpy(src + 12, &ip->saddr, 4);
+		__builtin_memset(dst, 0, 10);
+		dst[10] = 0xff;
+		dst[11] = 0xff;
+		__builtin_memcpy(dst + 12, &ip->daddr, 4);
 		off += ihl;
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = data + off;
@@ -219,6 +240,7 @@ static __always_inline struct udphdr *find_udp(void *data, void *data_end, int *
 		if (ip6->nexthdr != IPPROTO_UDP)
 			return NULL;
 		__builtin_memcpy(src, &ip6->saddr, 16);
+		__builtin_memcpy(dst, &ip6->daddr, 16);
 		off += sizeof(*ip6);
 	} else {
 		return NULL;
@@ -303,7 +325,8 @@ static __always_inline int steer(struct xdp_md *ctx, const int hw_stamp)
 	void *data_end = (void *)(long)ctx->data_end;
 	int malformed = 0;
 	__u8 src[16] = {};
-	struct udphdr *udp = find_udp(data, data_end, &malformed, src);
+	__u8 dst[16] = {};
+	struct udphdr *udp = find_udp(data, data_end, &malformed, src, dst);
 
 	if (!udp)
 		return count(malformed ? SHUNT_MALFORMED : SHUNT_PASSED, XDP_PASS);
@@ -316,6 +339,9 @@ static __always_inline int steer(struct xdp_md *ctx, const int hw_stamp)
 	__u32 zero = 0;
 	__u32 *settings = bpf_map_lookup_elem(&shunt_settings, &zero);
 	__u32 bits = settings ? *settings : 0;
+	/* Our port, but not our address: forwarded traffic (to a pod, a VM, a host behind this one) is the kernel's. */
+	if ((bits & SHUNT_SERVED_ONLY) && !bpf_map_lookup_elem(&shunt_served, dst))
+		return count(SHUNT_NOT_SERVED_ADDR, XDP_PASS);
 	/* Abuse never reaches user space, nor the kernel's stack. */
 	if ((bits & SHUNT_FILTER_SOURCE) && source_filtered(src, bpf_ntohs(udp->source), bits))
 		return count(SHUNT_FILTERED, XDP_DROP);

@@ -261,20 +261,39 @@ fn fleet_manifests_parse_and_match_the_unit() {
     let svc = docs.iter().find(|d| d["kind"] == "Service").expect("a Service in metallb.yaml");
     assert_eq!(svc["spec"]["externalTrafficPolicy"], "Local", "announce only from nodes with a ready pod");
     assert_eq!(svc["spec"]["selector"], get(ds, "spec.selector.matchLabels").clone(), "the Service selects the pods");
+
+    // The service addresses are on no interface of the node (MetalLB) or on lo (the bare-metal drop-in), never
+    // on the served one: the config must list them, or shunt would serve only the interface's own addresses.
+    let lb = svc["metadata"]["annotations"]["metallb.universe.tf/loadBalancerIPs"].as_str().expect("loadBalancerIPs");
+    let dropin = fs::read_to_string(repo_path("deploy/fleet/shunt-anycast.conf")).unwrap();
+    for addr in [lb, "198.18.100.1", "2001:2:0:100::1"] {
+        assert!(config.addresses.iter().any(|a| a == addr), "the ConfigMap's xdp.addresses lists {addr}");
+    }
+    for addr in &config.addresses {
+        let prefix = if addr.contains(':') { 128 } else { 32 };
+        assert!(dropin.contains(&format!("replace {addr}/{prefix} dev lo")), "the drop-in puts {addr} on lo");
+    }
 }
 
-/// The two keys of a shunt.toml the fleet test needs, read with the toml crate's parser through serde_json.
+/// The keys of a shunt.toml the fleet test needs, read with the toml crate's parser through serde_json.
 mod toml_cores {
     pub struct Config {
         pub cores: usize,
         pub metrics_listen: Option<String>,
+        pub addresses: Vec<String>,
     }
     pub fn parse(text: &str) -> Config {
         let v: toml::Value = toml::from_str(text).expect("TOML");
         let cores = v.get("workers").and_then(|w| w.get("cores")).and_then(|c| c.as_array()).map_or(0, |a| a.len());
         let metrics_listen =
             v.get("metrics").and_then(|m| m.get("listen")).and_then(|l| l.as_str()).map(str::to_string);
-        Config { cores, metrics_listen }
+        let addresses = v
+            .get("xdp")
+            .and_then(|x| x.get("addresses"))
+            .and_then(|a| a.as_array())
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
+        Config { cores, metrics_listen, addresses }
     }
 }
 

@@ -302,8 +302,9 @@ fn filtered(src: std::net::Ipv4Addr, sport: u16) -> bool {
         || [17, 19, 53, 123, 161, 389, 1900, 11211].contains(&sport)
 }
 
-/// Random IPv4 frames to the served port that the XDP program redirects unless their random source is
-/// filtered (version, IHL, protocol, total length and fragment bits fixed), everything else random, in four
+/// Random IPv4 frames to the served port and address that the XDP program redirects unless their random
+/// source is filtered (version, IHL, protocol, total length, fragment bits and destination address fixed),
+/// everything else random, in four
 /// strata that reach each of the worker's checks and its handler. Returns the frames and how many the
 /// worker's pure step answers, rejects as malformed, rejects for the checksum, and the filter drops.
 fn random_redirected(lab: &Lab, rng: &mut XorShift, n: usize) -> (Vec<Vec<u8>>, [u64; 4]) {
@@ -315,7 +316,9 @@ fn random_redirected(lab: &Lab, rng: &mut XorShift, n: usize) -> (Vec<Vec<u8>>, 
         let mut f = request(lab, false, None, &[0u8; 64]);
         // A quarter each: random IPv4 header checksum; correct header checksum with a random UDP length;
         // correct lengths with a random UDP checksum; everything correct around random addresses and data.
-        let mut fixed = vec![l3, l3 + 2, l3 + 3, l3 + 6, l3 + 7, l3 + 9, u4 + 2, u4 + 3];
+        // The destination address stays the server's: another one is passed to the kernel (other_address).
+        let mut fixed =
+            vec![l3, l3 + 2, l3 + 3, l3 + 6, l3 + 7, l3 + 9, l3 + 16, l3 + 17, l3 + 18, l3 + 19, u4 + 2, u4 + 3];
         if i % 4 >= 2 {
             fixed.extend([u4 + 4, u4 + 5]);
         }
@@ -493,6 +496,7 @@ fn every_malformed_frame_is_counted_where_it_falls_and_none_is_answered() {
     let sentinel = 1;
     assert_eq!(get(&r["xdp"], "malformed"), count(Place::XdpMalformed), "xdp.malformed\n{}", fin.describe());
     assert_eq!(get(&r["xdp"], "filtered"), predicted[3], "xdp.filtered\n{}", fin.describe());
+    assert_eq!(get(&r["xdp"], "other_address"), 0, "xdp.other_address\n{}", fin.describe());
     assert!(get(&r["xdp"], "passed") >= count(Place::XdpPassed) + other.len() as u64, "xdp.passed\n{}", fin.describe());
     assert_eq!(get(&w["kernel"], "rx_dropped"), count(Place::KernelDropped), "kernel rx_dropped");
     assert_eq!(get(w, "dropped_malformed"), count(Place::WorkerMalformed) + predicted[1], "dropped_malformed");

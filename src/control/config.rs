@@ -322,11 +322,18 @@ pub struct XdpConfig {
     pub attach_mode: AttachMode,
     /// `zerocopy`, `copy` or `auto`.
     pub bind_mode: BindMode,
+    /// The destination addresses served (IPv4 or IPv6); a datagram to a served port but another address
+    /// (traffic the host forwards, to a pod or a VM, say) is left to the kernel and counted as
+    /// `xdp.other_address`. Absent: the interface's own addresses, IPv6 link-local ones included, read at
+    /// start-up and followed as they change (rtnetlink). A list is served as given, and only it. Applies to
+    /// `mode = "afxdp"` and `"xdp"`; kernel sockets (`"socket"`) get only what the kernel routes to them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addresses: Option<Vec<std::net::IpAddr>>,
 }
 
 impl Default for XdpConfig {
     fn default() -> Self {
-        XdpConfig { attach_mode: AttachMode::Native, bind_mode: BindMode::Auto }
+        XdpConfig { attach_mode: AttachMode::Native, bind_mode: BindMode::Auto, addresses: None }
     }
 }
 
@@ -711,6 +718,27 @@ impl Config {
         if !l.allow.is_empty() && !l.filter_sources {
             return Err(invalid("limits.allow", "an allow-list needs limits.filter_sources = true"));
         }
+        if let Some(addresses) = &self.xdp.addresses {
+            if addresses.is_empty() {
+                return Err(invalid(
+                    "xdp.addresses",
+                    "an empty list would serve nothing: list the addresses to serve, or leave the key out to serve \
+                     the interface's own addresses",
+                ));
+            }
+            if addresses.len() > steer::MAX_SERVED_ADDRESSES {
+                return Err(invalid("xdp.addresses", format!("at most {} addresses", steer::MAX_SERVED_ADDRESSES)));
+            }
+            if let Some(i) = addresses.iter().position(|a| a.is_unspecified()) {
+                return Err(invalid(
+                    format!("xdp.addresses[{i}]"),
+                    format!("{} is never a packet's destination", addresses[i]),
+                ));
+            }
+            if let Some((i, a)) = first_repeat(addresses) {
+                return Err(invalid(format!("xdp.addresses[{i}]"), format!("{a} is listed twice")));
+            }
+        }
         if self.mode == Mode::Socket {
             if self.socket.io == SocketIo::Blocking && self.ports.len() != 1 {
                 return Err(invalid("socket.io", "\"blocking\" waits on one socket, so it serves exactly one port"));
@@ -772,6 +800,16 @@ mod tests {
         assert_eq!(c.workers, WorkersConfig::default());
         assert_eq!(c.umem, UmemConfig::default());
         assert_eq!(c.xdp.attach_mode, AttachMode::Native);
+        assert_eq!(c.xdp.addresses, None, "by default the interface's own addresses are served");
+    }
+
+    #[test]
+    fn served_addresses_parse() {
+        let c = parse(&format!("{MINIMAL}[xdp]\naddresses = [\"198.18.0.1\", \"2001:2::1\"]\n")).unwrap();
+        let want: Vec<std::net::IpAddr> = vec!["198.18.0.1".parse().unwrap(), "2001:2::1".parse().unwrap()];
+        assert_eq!(c.xdp.addresses, Some(want));
+        let e = parse(&format!("{MINIMAL}[xdp]\naddresses = [\"198.18.0.0/24\"]\n")).unwrap_err().to_string();
+        assert!(e.contains("addresses"), "{e}");
     }
 
     #[test]
@@ -846,6 +884,9 @@ mod tests {
             (&format!("{MINIMAL}[limits]\ntable_size = 0\n"), "limits.table_size"),
             (&format!("{MINIMAL}[limits]\ndeny_source_ports = [53, 0]\n"), "limits.deny_source_ports[1]"),
             (&format!("{MINIMAL}[limits]\nfilter_sources = false\nallow = [\"198.18.0.0/15\"]\n"), "limits.allow"),
+            (&format!("{MINIMAL}[xdp]\naddresses = []\n"), "xdp.addresses"),
+            (&format!("{MINIMAL}[xdp]\naddresses = [\"198.18.0.1\", \"0.0.0.0\"]\n"), "xdp.addresses[1]"),
+            (&format!("{MINIMAL}[xdp]\naddresses = [\"2001:2::1\", \"2001:2::1\"]\n"), "xdp.addresses[1]"),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err().to_string();

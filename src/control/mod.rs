@@ -2,6 +2,7 @@
 //! the `shunt serve` command line shared with programs that bring their own handler ([`cli`]), and
 //! [`serve`], the one call that runs a whole server with any [`Handler`].
 
+pub mod addresses;
 pub mod cli;
 pub mod config;
 pub mod host;

@@ -236,6 +236,9 @@ pub enum StartError {
     /// The configured poll mode cannot work with how the socket was bound.
     #[error("config key `workers.poll_mode`: {0}")]
     PollMode(String),
+    /// The served destination addresses could not be set up.
+    #[error(transparent)]
+    Addresses(#[from] super::addresses::AddressError),
     /// A report file could not be created.
     #[error("config key `{key}`: {path}: {source}")]
     ReportFile {
@@ -298,6 +301,8 @@ pub struct RunningServer {
     deaths_rx: crossbeam_channel::Receiver<WorkerDeath>,
     /// Every death so far, in order.
     deaths: Arc<Mutex<Vec<WorkerDeath>>>,
+    /// Keeps the served destination addresses in step with the interface's (`xdp.addresses` absent).
+    addresses: Option<super::addresses::AddressFollower>,
 }
 
 /// Capabilities needed, by bit number in CapEff.
@@ -472,6 +477,7 @@ impl RunningServer {
             deaths_tx,
             deaths_rx,
             deaths: Arc::new(Mutex::new(Vec::new())),
+            addresses: None,
         }
     }
 
@@ -558,7 +564,9 @@ impl RunningServer {
         }
         let mut handlers = handlers.into_iter();
         program.set_source_policy(&policy)?;
-        program.set_settings(policy.setting_bits())?;
+        let (served, addrs) = (program.served_addresses()?, config.xdp.addresses.as_deref());
+        let follower = super::addresses::serve(served, addrs, &config.interface, ifindex, &config.workers.cores)?;
+        program.set_settings(policy.setting_bits() | crate::steer::SETTING_SERVED_ONLY)?;
 
         let mut sockets = Vec::with_capacity(config.workers.queues.len());
         for &queue in &config.workers.queues {
@@ -594,6 +602,7 @@ impl RunningServer {
 
         let mut server = RunningServer::new(config, handler_name, Some(program), Some(link));
         server.host = host;
+        server.addresses = follower;
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<ReadyMessage>(sockets.len());
         let highest_ns = server.config.latency.highest_ns;
         let interval = Duration::from_millis(server.config.report.interval_ms);
@@ -640,14 +649,18 @@ impl RunningServer {
         config.validate()?;
         check_privileges(0)?;
         let ifindex = check_machine(&config)?;
-        let server = InKernelServer::load(kind.into())?;
+        let mut server = InKernelServer::load(kind.into())?;
         server.set_ports(&config.ports)?;
+        let (served, addrs) = (server.served_addresses()?, config.xdp.addresses.as_deref());
+        let follower = super::addresses::serve(served, addrs, &config.interface, ifindex, &[])?;
+        server.serve_listed_addresses_only()?;
         let link = server.attach(&config.interface, ifindex, config.xdp.attach_mode.into())?;
         let mut host = super::host::probe(Some(&config.interface));
         host.choices.attach_mode = Some(crate::steer::AttachMode::from(config.xdp.attach_mode).name().to_string());
         let mut running = RunningServer::new(config, kind.name(), None, Some(link));
         running.in_kernel = Some(server);
         running.host = host;
+        running.addresses = follower;
         running.cpu_start = SystemCpu::read();
         running.serving.store(true, Relaxed);
         let _ = options;

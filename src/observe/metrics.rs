@@ -358,6 +358,7 @@ impl Collector for Scrape {
                 ("filtered", x.filtered),
                 ("rate_limited", x.rate_limited),
                 ("stamp_failed", x.stamp_failed),
+                ("other_address", x.other_address),
             ] {
                 counter(&mut verdicts, &[("verdict", verdict)], n)?;
             }
@@ -542,6 +543,7 @@ mod tests {
                 filtered: 3,
                 rate_limited: 4,
                 stamp_failed: 0,
+                other_address: 5,
             }),
             workers: vec![
                 WorkerSnapshot {

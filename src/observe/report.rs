@@ -147,8 +147,16 @@ impl Report {
         let x = &self.xdp;
         let _ = writeln!(
             out,
-            "  xdp:   redirected {} passed {} malformed {} no_socket {} filtered {} rate_limited {} stamp_failed {}",
-            x.redirected, x.passed, x.malformed, x.no_socket, x.filtered, x.rate_limited, x.stamp_failed
+            "  xdp:   redirected {} passed {} malformed {} no_socket {} filtered {} rate_limited {} stamp_failed {} \
+             other_address {}",
+            x.redirected,
+            x.passed,
+            x.malformed,
+            x.no_socket,
+            x.filtered,
+            x.rate_limited,
+            x.stamp_failed,
+            x.other_address
         );
         if let Some(c) = self.host.as_ref().map(|h| &h.choices) {
             let mut chosen = Vec::new();

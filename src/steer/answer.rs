@@ -19,6 +19,9 @@
 //!   the program, so this mode has no in-server latency histogram; measure it from the client;
 //! - filter sources or limit rates (the steering program's job in AF_XDP mode).
 //!
+//! Like the steering program, it can be told to answer only some destination addresses
+//! ([`InKernelServer::serve_listed_addresses_only`]); the rest goes to the kernel.
+//!
 //! Over veth in native mode, XDP_TX frames reach the peer only if the peer runs NAPI (an XDP program on the
 //! peer, or `ethtool -K PEER gro on`); otherwise the kernel drops them. Generic mode has no such condition.
 //!
@@ -35,7 +38,7 @@ use libbpf_rs::{
     MapCore, MapFlags, MapHandle,
 };
 
-use super::{map_handle, route_libbpf_logs, AttachMode, XdpError, XdpLink};
+use super::{map_handle, route_libbpf_logs, AttachMode, ServedAddresses, XdpError, XdpLink};
 use crate::sys::{
     self,
     answer_skel::{
@@ -100,12 +103,22 @@ pub struct InKernelCounters {
     pub dropped_by_handler: u64,
     /// Requests to a served port with a payload over [`MAX_PAYLOAD`] bytes: passed to the kernel.
     pub too_long: u64,
+    /// Datagrams to a served port but a destination address that is not served
+    /// ([`InKernelServer::serve_listed_addresses_only`]): traffic the host forwards; passed to the kernel.
+    #[serde(default)]
+    pub other_address: u64,
 }
 
 impl InKernelCounters {
     /// All frames the program has seen: the sum of every counter.
     pub fn total(&self) -> u64 {
-        self.answered + self.passed + self.malformed + self.bad_checksum + self.dropped_by_handler + self.too_long
+        self.answered
+            + self.passed
+            + self.malformed
+            + self.bad_checksum
+            + self.dropped_by_handler
+            + self.too_long
+            + self.other_address
     }
 }
 
@@ -115,9 +128,11 @@ impl InKernelCounters {
 pub struct InKernelServer {
     program: OwnedFd,
     handler: InKernelHandler,
+    served_only: bool,
     ports: MapHandle,
     counters: MapHandle,
     settings: MapHandle,
+    served: MapHandle,
 }
 
 impl std::fmt::Debug for InKernelServer {
@@ -139,11 +154,13 @@ impl InKernelServer {
         let server = InKernelServer {
             program,
             handler,
+            served_only: false,
             ports: map_handle(&skel.maps.answer_ports, "answer_ports")?,
             counters: map_handle(&skel.maps.answer_counters, "answer_counters")?,
             settings: map_handle(&skel.maps.answer_settings, "answer_settings")?,
+            served: map_handle(&skel.maps.answer_served, "answer_served")?,
         };
-        server.write_handler(handler)?;
+        server.write_settings(handler, false)?;
         Ok(server)
     }
 
@@ -154,15 +171,34 @@ impl InKernelServer {
 
     /// Selects the handler; takes effect for the next packet, also while attached.
     pub fn set_handler(&mut self, handler: InKernelHandler) -> Result<(), XdpError> {
-        self.write_handler(handler)?;
+        self.write_settings(handler, self.served_only)?;
         self.handler = handler;
         Ok(())
     }
 
-    fn write_handler(&self, handler: InKernelHandler) -> Result<(), XdpError> {
-        // `struct answer_settings` is one u32, the handler (checked at compile time below).
+    /// From now on, answers only datagrams to the destination addresses in
+    /// [`InKernelServer::served_addresses`]' map (empty at first: fill it before attaching); a datagram to a
+    /// served port but another address is passed to the kernel and counted as
+    /// [`InKernelCounters::other_address`]. Without this call every address is answered.
+    pub fn serve_listed_addresses_only(&mut self) -> Result<(), XdpError> {
+        self.write_settings(self.handler, true)?;
+        self.served_only = true;
+        Ok(())
+    }
+
+    /// A handle on the map of served destination addresses (a duplicated fd, usable from another thread); it
+    /// is consulted once [`InKernelServer::serve_listed_addresses_only`] is called.
+    pub fn served_addresses(&self) -> Result<ServedAddresses, XdpError> {
+        ServedAddresses::of(&self.served, "answer_served")
+    }
+
+    fn write_settings(&self, handler: InKernelHandler, served_only: bool) -> Result<(), XdpError> {
+        // `struct answer_settings` is two u32s: the handler, then served_only (checked at compile time below).
+        let mut value = [0u8; 8];
+        value[..4].copy_from_slice(&handler.code().to_ne_bytes());
+        value[4..].copy_from_slice(&u32::from(served_only).to_ne_bytes());
         self.settings
-            .update(&0u32.to_ne_bytes(), &handler.code().to_ne_bytes(), MapFlags::ANY)
+            .update(&0u32.to_ne_bytes(), &value, MapFlags::ANY)
             .map_err(|source| XdpError::Map { map: "answer_settings", source })
     }
 
@@ -223,8 +259,8 @@ impl InKernelServer {
     }
 }
 
-// The settings value is written as one u32: `struct answer_settings` must be exactly that.
-const _: () = assert!(std::mem::size_of::<answer_settings>() == std::mem::size_of::<u32>());
+// The settings value is written as two u32s: `struct answer_settings` must be exactly that.
+const _: () = assert!(std::mem::size_of::<answer_settings>() == 2 * std::mem::size_of::<u32>());
 
 /// Reads the in-kernel server's counters from any thread (a duplicated map fd).
 #[derive(Debug)]
@@ -254,6 +290,7 @@ fn read_counters(map: &MapHandle) -> Result<InKernelCounters, XdpError> {
         bad_checksum: sum(answer_counter::ANSWER_BAD_CHECKSUM)?,
         dropped_by_handler: sum(answer_counter::ANSWER_DROPPED_BY_HANDLER)?,
         too_long: sum(answer_counter::ANSWER_TOO_LONG)?,
+        other_address: sum(answer_counter::ANSWER_OTHER_ADDRESS)?,
     })
 }
 
@@ -261,20 +298,21 @@ fn read_counters(map: &MapHandle) -> Result<InKernelCounters, XdpError> {
 mod tests {
     use super::*;
 
-    /// `read_counters` reads six slots into six fields; a slot added to `enum answer_counter` must get a field
+    /// `read_counters` reads seven slots into seven fields; a slot added to `enum answer_counter` must get a field
     /// too, and the counters map must have room for every slot. Opening the skeleton parses the embedded
     /// object only: no privileges needed.
     #[test]
     fn counters_cover_every_slot_of_the_program() {
         assert_eq!(
             answer_counter::ANSWER_COUNTER_MAX.0,
-            6,
+            7,
             "bpf/answer.bpf.c has a new counter slot: add it to InKernelCounters and read_counters"
         );
         route_libbpf_logs();
         let mut storage = MaybeUninit::uninit();
         let open = AnswerSkelBuilder::default().open(&mut storage).expect("open the embedded BPF object");
         assert_eq!(open.maps.answer_counters.max_entries(), answer_counter::ANSWER_COUNTER_MAX.0);
+        assert_eq!(open.maps.answer_served.max_entries() as usize, super::super::MAX_SERVED_ADDRESSES);
     }
 
     #[test]
@@ -293,7 +331,8 @@ mod tests {
             bad_checksum: 8,
             dropped_by_handler: 16,
             too_long: 32,
+            other_address: 64,
         };
-        assert_eq!(c.total(), 63);
+        assert_eq!(c.total(), 127);
     }
 }

@@ -121,6 +121,10 @@ pub const SETTING_FILTER_SOURCE: u32 = 1 << 1;
 pub const SETTING_RATE_LIMIT: u32 = 1 << 2;
 /// Bit in the settings map: serve only sources in the allow-list.
 pub const SETTING_ALLOW_LIST: u32 = 1 << 3;
+/// Bit in the settings map: serve only the destination addresses in [`ServedAddresses`]; a datagram to a
+/// served port but another address (traffic the host forwards, e.g. to a pod) is passed to the kernel and
+/// counted as [`XdpCounters::other_address`]. Without it every address is served.
+pub const SETTING_SERVED_ONLY: u32 = 1 << 4;
 
 /// Which sources the program serves, and how fast: checked in XDP before a request is steered, so abuse
 /// never reaches user space (nor the kernel's stack: filtered and over-rate requests are dropped).
@@ -228,6 +232,11 @@ pub struct XdpCounters {
     /// of the packet, which drivers guarantee): passed to the kernel.
     #[serde(default)]
     pub stamp_failed: u64,
+    /// Datagrams for a served port but to a destination address that is not served ([`SETTING_SERVED_ONLY`],
+    /// [`ServedAddresses`]): traffic the host forwards or that is meant for another address; passed to the
+    /// kernel.
+    #[serde(default)]
+    pub other_address: u64,
 }
 
 /// The loaded (not yet attached) steering program and handles on its maps. It holds its own file descriptors
@@ -248,6 +257,7 @@ pub struct XdpProgram {
     own: MapHandle,
     deny_sport: MapHandle,
     rate: MapHandle,
+    served: MapHandle,
 }
 
 impl std::fmt::Debug for XdpProgram {
@@ -317,6 +327,7 @@ impl XdpProgram {
             own: map_handle(&skel.maps.shunt_own, "shunt_own")?,
             deny_sport: map_handle(&skel.maps.shunt_deny_sport, "shunt_deny_sport")?,
             rate: map_handle(&skel.maps.shunt_rate, "shunt_rate")?,
+            served: map_handle(&skel.maps.shunt_served, "shunt_served")?,
         })
     }
 
@@ -374,6 +385,13 @@ impl XdpProgram {
                 .map_err(|source| XdpError::Map { map: "shunt_rate", source })?;
         }
         Ok(())
+    }
+
+    /// A handle on the map of served destination addresses (a duplicated fd, usable from another thread and
+    /// independent of this program's lifetime). The map starts empty; it is consulted only once
+    /// [`SETTING_SERVED_ONLY`] is set.
+    pub fn served_addresses(&self) -> Result<ServedAddresses, XdpError> {
+        ServedAddresses::of(&self.served, "shunt_served")
     }
 
     /// Registers the AF_XDP socket `fd` for receive queue `queue`.
@@ -450,7 +468,62 @@ fn read_counters(map: &MapHandle) -> Result<XdpCounters, XdpError> {
         filtered: sum(shunt_counter::SHUNT_FILTERED)?,
         rate_limited: sum(shunt_counter::SHUNT_RATE_LIMITED)?,
         stamp_failed: sum(shunt_counter::SHUNT_STAMP_FAILED)?,
+        other_address: sum(shunt_counter::SHUNT_NOT_SERVED_ADDR)?,
     })
+}
+
+/// The most destination addresses a program serves (`max_entries` of `shunt_served` and `answer_served`).
+pub const MAX_SERVED_ADDRESSES: usize = 1024;
+
+/// The destination addresses an XDP program serves (`shunt_served` in bpf/shunt.bpf.c, `answer_served` in
+/// bpf/answer.bpf.c), through a duplicated map fd: it can be moved to a control thread that keeps the map in
+/// step with the interface's addresses. It remembers what it wrote, so [`ServedAddresses::replace`] changes
+/// only the difference and a packet to an address that stays served is never passed on in between.
+#[derive(Debug)]
+pub struct ServedAddresses {
+    map: MapHandle,
+    name: &'static str,
+    current: std::collections::BTreeSet<std::net::IpAddr>,
+}
+
+impl ServedAddresses {
+    fn of(map: &MapHandle, name: &'static str) -> Result<ServedAddresses, XdpError> {
+        let map = MapHandle::try_from(map).map_err(|source| XdpError::Map { map: name, source })?;
+        Ok(ServedAddresses { map, name, current: Default::default() })
+    }
+
+    /// The addresses served now (as written through this handle).
+    pub fn current(&self) -> impl Iterator<Item = std::net::IpAddr> + '_ {
+        self.current.iter().copied()
+    }
+
+    /// Makes `addresses` exactly the served set: adds the new ones first, then removes those no longer
+    /// listed. Returns (added, removed). An address that does not fit (more than [`MAX_SERVED_ADDRESSES`])
+    /// fails the call with the map's error; those written before it stay.
+    pub fn replace(
+        &mut self,
+        addresses: &[std::net::IpAddr],
+    ) -> Result<(Vec<std::net::IpAddr>, Vec<std::net::IpAddr>), XdpError> {
+        let wanted: std::collections::BTreeSet<std::net::IpAddr> = addresses.iter().copied().collect();
+        let added: Vec<_> = wanted.difference(&self.current).copied().collect();
+        let removed: Vec<_> = self.current.difference(&wanted).copied().collect();
+        for ip in &added {
+            self.map
+                .update(&map_addr(*ip), &[1u8], MapFlags::ANY)
+                .map_err(|source| XdpError::Map { map: self.name, source })?;
+            self.current.insert(*ip);
+        }
+        for ip in &removed {
+            match self.map.delete(&map_addr(*ip)) {
+                Ok(()) => {}
+                // Already gone: what we wanted.
+                Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
+                Err(source) => return Err(XdpError::Map { map: self.name, source }),
+            }
+            self.current.remove(ip);
+        }
+        Ok((added, removed))
+    }
 }
 
 /// Sources the per-source rate limiter keeps by default ([`XdpProgram::load`]).
@@ -470,19 +543,20 @@ pub struct XdpLink {
 mod tests {
     use super::*;
 
-    /// `read_counters` reads six slots into six fields; a slot added to `enum shunt_counter` must get a field
+    /// `read_counters` reads eight slots into eight fields; a slot added to `enum shunt_counter` must get a field
     /// too. The enum and the map both come from the BPF object, so this also checks that the counters map has
     /// room for every slot. Opening the skeleton parses the embedded object only: no privileges needed.
     #[test]
     fn counters_cover_every_slot_of_the_program() {
         assert_eq!(
             shunt_counter::SHUNT_COUNTER_MAX.0,
-            7,
+            8,
             "bpf/shunt.bpf.c has a new counter slot: add it to XdpCounters and read_counters"
         );
         route_libbpf_logs();
         let mut storage = MaybeUninit::uninit();
         let open = ShuntSkelBuilder::default().open(&mut storage).expect("open the embedded BPF object");
         assert_eq!(open.maps.shunt_counters.max_entries(), shunt_counter::SHUNT_COUNTER_MAX.0);
+        assert_eq!(open.maps.shunt_served.max_entries() as usize, MAX_SERVED_ADDRESSES);
     }
 }

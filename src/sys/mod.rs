@@ -11,6 +11,7 @@ use std::{
 };
 
 pub(crate) mod answer_skel;
+pub mod netlink;
 pub mod probe;
 pub(crate) mod skel;
 
@@ -250,6 +251,17 @@ pub fn set_busy_poll(fd: std::os::fd::BorrowedFd<'_>, usecs: u32, budget: u16) -
 
 /// Every IPv4 and IPv6 address of every interface in the calling thread's network namespace (getifaddrs).
 pub fn host_addresses() -> io::Result<Vec<std::net::IpAddr>> {
+    addresses_where(|_| true)
+}
+
+/// Every IPv4 and IPv6 address of interface `name` in the calling thread's network namespace (getifaddrs),
+/// IPv6 link-local ones included; empty when it has none, or when there is no such interface.
+pub fn interface_addresses(name: &str) -> io::Result<Vec<std::net::IpAddr>> {
+    addresses_where(|ifa_name| ifa_name == name.as_bytes())
+}
+
+/// The IPv4 and IPv6 addresses of the interfaces whose name `keep` accepts, sorted, without repeats.
+fn addresses_where(keep: impl Fn(&[u8]) -> bool) -> io::Result<Vec<std::net::IpAddr>> {
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs stores a list it allocated in `list`, freed below with freeifaddrs.
     if unsafe { libc::getifaddrs(&mut list) } != 0 {
@@ -260,7 +272,10 @@ pub fn host_addresses() -> io::Result<Vec<std::net::IpAddr>> {
     while !cur.is_null() {
         // SAFETY: `cur` is a node of the list getifaddrs returned, which stays valid until freeifaddrs.
         let node = unsafe { &*cur };
-        if !node.ifa_addr.is_null() {
+        let named = !node.ifa_name.is_null()
+            // SAFETY: a non-null ifa_name is a NUL-terminated string owned by the list, alive until freeifaddrs.
+            && keep(unsafe { std::ffi::CStr::from_ptr(node.ifa_name) }.to_bytes());
+        if named && !node.ifa_addr.is_null() {
             // SAFETY: ifa_addr points at a sockaddr whose family says which struct it is.
             let family = i32::from(unsafe { (*node.ifa_addr).sa_family });
             if family == libc::AF_INET {

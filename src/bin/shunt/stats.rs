@@ -87,13 +87,14 @@ pub fn table(prev: &StatsSnapshot, now: &StatsSnapshot) -> String {
             let _ = writeln!(
                 out,
                 "xdp: redirected {:.0}/s passed {:.0}/s malformed {:.0}/s no_socket {:.0}/s filtered {:.0}/s \
-                 rate_limited {:.0}/s",
+                 rate_limited {:.0}/s other_address {:.0}/s",
                 per_sec(n.redirected, p.redirected),
                 per_sec(n.passed, p.passed),
                 per_sec(n.malformed, p.malformed),
                 per_sec(n.no_socket, p.no_socket),
                 per_sec(n.filtered, p.filtered),
-                per_sec(n.rate_limited, p.rate_limited)
+                per_sec(n.rate_limited, p.rate_limited),
+                per_sec(n.other_address, p.other_address)
             );
         }
         _ => out.push_str("xdp: counters unavailable\n"),
@@ -198,11 +199,15 @@ mod tests {
             filtered: 3,
             rate_limited: 2,
             stamp_failed: 0,
+            other_address: 1,
         });
         let t = table(&prev, &now);
         assert_eq!(cells(&t, "4"), ["4", "0", "0", "0", "-", "-", "-", "-"], "\n{t}");
         assert!(
-            t.contains("xdp: redirected 100/s passed 10/s malformed 2/s no_socket 0/s filtered 6/s rate_limited 4/s"),
+            t.contains(
+                "xdp: redirected 100/s passed 10/s malformed 2/s no_socket 0/s filtered 6/s rate_limited 4/s \
+                 other_address 2/s"
+            ),
             "{t}"
         );
     }
