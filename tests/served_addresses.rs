@@ -227,3 +227,26 @@ fn addresses_added_and_removed_while_running_are_followed() {
     assert_eq!(fin.report_u64("xdp.redirected"), 4, "{}", fin.describe());
     assert_eq!(fin.report_u64("tx_packets"), 4, "{}", fin.describe());
 }
+
+#[test]
+#[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
+fn an_interface_without_addresses_stops_start_up_unless_they_are_listed() {
+    require_lab();
+    let lab = Lab::new(1);
+    // A NIC under a VLAN, bond or bridge device has no address of its own: by default nothing would be served.
+    let sif = lab.server_if();
+    lab.exec(Side::Server, &["ip", "addr", "flush", "dev", &sif], Duration::from_secs(5)).expect_success();
+    let fin = lab.run_server_expect_exit(&lab.serve_args(&["--cores", "1"]), Duration::from_secs(30));
+    assert_eq!(fin.code(), Some(2), "{}", fin.describe());
+    assert!(
+        fin.stderr.contains("`xdp.addresses`") && fin.stderr.contains("has no IPv4 or IPv6 address"),
+        "the error must name the key and say why\n{}",
+        fin.describe()
+    );
+    lab.assert_no_xdp_within(Duration::from_secs(1));
+    // Listed, the same addresses are served even though the interface does not hold them.
+    let cfg = config_with_xdp(&lab, &format!("addresses = [\"{SERVER_V4}\"]\n"));
+    let srv = lab.spawn_server(&["serve", "--config", &cfg, "--interface", &sif, "--cores", "1", "--quiet"]);
+    let fin = srv.stop();
+    fin.assert_clean_exit();
+}

@@ -36,6 +36,13 @@ pub enum AddressError {
         #[source]
         source: std::io::Error,
     },
+    /// The interface has no address, and none is configured: nothing would be served.
+    #[error(
+        "config key `xdp.addresses` (absent: the addresses of {0}): {0} has no IPv4 or IPv6 address, so nothing \
+         would be served; list the addresses to serve (those of the VLAN, bond or bridge device above it, or a \
+         service address on lo)"
+    )]
+    NoAddresses(String),
     /// The served-address map refused an update.
     #[error("config key `xdp.addresses`: {0}")]
     Map(#[from] crate::steer::XdpError),
@@ -83,13 +90,12 @@ pub fn serve(
     let events = sys::netlink::AddressEvents::subscribe(ifindex)
         .map_err(|e| failed("subscribing to rtnetlink address notifications", e))?;
     let now = sys::interface_addresses(interface).map_err(|e| failed("listing its addresses", e))?;
-    served.replace(&now)?;
     if now.is_empty() {
-        tracing::warn!(
-            interface,
-            "the interface has no address: nothing is served until one is added (or list them in xdp.addresses)"
-        );
+        // A NIC under a VLAN, bond or bridge device has none of its own: serving nothing, silently, would be
+        // worse than saying so.
+        return Err(AddressError::NoAddresses(interface.to_string()));
     }
+    served.replace(&now)?;
     tracing::info!(
         interface,
         addresses = ?now,

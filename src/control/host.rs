@@ -42,9 +42,9 @@ fn without_helper(name: &str) -> &'static str {
         "bpf_xdp_adjust_head" => {
             "with no bpf_xdp_adjust_meta either, only service latency is measured; mode = \"xdp\" cannot load"
         }
-        "bpf_ktime_get_ns" => "no XDP-hook stamps and no rate limit (limits.rate must stay unset)",
+        "bpf_ktime_get_ns" => "no XDP-hook stamps and no rate limit (limits.per_source_pps must stay 0)",
         "bpf_ktime_get_tai_ns" => "nic_to_hook is not measured",
-        "bpf_map_update_elem" => "no per-source rate limit (limits.rate must stay unset)",
+        "bpf_map_update_elem" => "no per-source rate limit (limits.per_source_pps must stay 0)",
         "bpf_xdp_adjust_tail" | "bpf_csum_diff" => "mode = \"xdp\" (the in-kernel server) cannot load",
         _ => "shunt cannot steer packets into AF_XDP",
     }
@@ -52,7 +52,9 @@ fn without_helper(name: &str) -> &'static str {
 
 /// Probes the kernel (and `interface`, when given, in the calling thread's network namespace). Probing
 /// BPF needs CAP_BPF (or CAP_SYS_ADMIN) and AF_XDP CAP_NET_RAW: without them the answers are "unknown".
-pub fn probe(interface: Option<&str>) -> HostReport {
+/// io_uring is probed only when `io_uring` is set (`check-host`, or a run with `socket.io = "io_uring"`): a
+/// server that does not use it makes no io_uring system call, which a system call filter may forbid.
+pub fn probe(interface: Option<&str>, io_uring: bool) -> HostReport {
     let mut findings = Vec::new();
     findings.push(finding(
         "BPF_PROG_TYPE_XDP",
@@ -90,9 +92,9 @@ pub fn probe(interface: Option<&str>) -> HostReport {
     findings.push(finding(
         "SO_PREFER_BUSY_POLL",
         io_answer(os::prefer_busy_poll()),
-        "workers.poll_mode = \"busy-poll\"",
+        "workers.poll_mode = \"busy_poll\"",
         false,
-        "busy-poll is refused at start-up; use spin, wakeup or adaptive",
+        "busy_poll is refused at start-up; use spin, wakeup or adaptive",
     ));
     findings.push(finding(
         "SO_TIMESTAMPING (software RX)",
@@ -101,29 +103,26 @@ pub fn probe(interface: Option<&str>) -> HostReport {
         false,
         "mode = \"socket\" measures no in-server latency",
     ));
-    let uring = probe_io_uring();
-    let uring_ok = uring.ring.clone().map(|()| true);
-    findings.push(finding(
-        "io_uring with provided-buffer rings",
-        uring_ok.clone().or_else(|e| {
-            if e.contains("EPERM") || e.contains("Operation not permitted") {
-                Err(e)
-            } else {
-                Ok(false)
-            }
-        }),
-        "socket.io = \"io_uring\"",
-        false,
-        "socket.io = \"io_uring\" fails at start-up, naming the step",
-    ));
-    for (name, yes) in [("IORING_OP_RECVMSG", uring.recvmsg), ("IORING_OP_SENDMSG", uring.sendmsg)] {
+    if io_uring {
+        let uring = probe_io_uring();
+        let uring_ok = uring.ring.clone().map(|()| true);
+        let refused = |e: String| if e.contains("Operation not permitted") { Err(e) } else { Ok(false) };
         findings.push(finding(
-            name,
-            uring_ok.clone().map(|_| yes),
-            "socket.io = \"io_uring\" (multishot receive, replies)",
+            "io_uring with provided-buffer rings",
+            uring_ok.clone().or_else(refused),
+            "socket.io = \"io_uring\"",
             false,
-            "socket.io = \"io_uring\" fails at start-up",
+            "socket.io = \"io_uring\" fails at start-up, naming the step",
         ));
+        for (name, yes) in [("IORING_OP_RECVMSG", uring.recvmsg), ("IORING_OP_SENDMSG", uring.sendmsg)] {
+            findings.push(finding(
+                name,
+                uring_ok.clone().map(|_| yes),
+                "socket.io = \"io_uring\" (multishot receive, replies)",
+                false,
+                "socket.io = \"io_uring\" fails at start-up",
+            ));
+        }
     }
     if let Some(name) = interface {
         match sys::interface_index(name) {

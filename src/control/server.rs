@@ -48,7 +48,10 @@ use crate::{
     sys,
 };
 
-fn latency_clock(program: Option<(ProgramVariant, StampMethod)>) -> String {
+fn latency_clock(enabled: bool, program: Option<(ProgramVariant, StampMethod)>) -> String {
+    if !enabled {
+        return "not measured (latency.enabled = false)".to_string();
+    }
     let base = match program.map(|p| p.1) {
         Some(StampMethod::None) => {
             return "clock_gettime(CLOCK_MONOTONIC) in the worker; service only: ring_dwell and total are not measured \
@@ -518,7 +521,7 @@ impl RunningServer {
                 config.workers.queues.len()
             );
         }
-        let mut host = super::host::probe(Some(&config.interface));
+        let mut host = super::host::probe(Some(&config.interface), false);
         if let Some(missing) = host.missing_required() {
             return Err(StartError::Unavailable(super::host::Unavailable {
                 key: "mode",
@@ -655,7 +658,7 @@ impl RunningServer {
         let follower = super::addresses::serve(served, addrs, &config.interface, ifindex, &[])?;
         server.serve_listed_addresses_only()?;
         let link = server.attach(&config.interface, ifindex, config.xdp.attach_mode.into())?;
-        let mut host = super::host::probe(Some(&config.interface));
+        let mut host = super::host::probe(Some(&config.interface), false);
         host.choices.attach_mode = Some(crate::steer::AttachMode::from(config.xdp.attach_mode).name().to_string());
         let mut running = RunningServer::new(config, kind.name(), None, Some(link));
         running.in_kernel = Some(server);
@@ -688,7 +691,7 @@ impl RunningServer {
         check_socket_privileges(&config.ports)?;
         check_machine(&config)?;
         let measure = config.latency.enabled;
-        let mut host = super::host::probe(Some(&config.interface));
+        let mut host = super::host::probe(Some(&config.interface), config.socket.io == SocketIo::IoUring);
         host.choices.poll_mode = Some(config.socket.io.name().to_string());
         let mut server = RunningServer::new(config, handler_name, None, None);
         server.host = host;
@@ -1023,7 +1026,7 @@ impl RunningServer {
             xdp,
             workers,
             merged.map(|m| LatencyReport::of(&m)),
-            latency_clock(self.program.as_ref().map(|p| (p.variant, p.stamp))),
+            latency_clock(c.latency.enabled, self.program.as_ref().map(|p| (p.variant, p.stamp))),
             cpu,
         );
         report.mode = c.mode.name();

@@ -507,12 +507,8 @@ impl ServedAddresses {
         let wanted: std::collections::BTreeSet<std::net::IpAddr> = addresses.iter().copied().collect();
         let added: Vec<_> = wanted.difference(&self.current).copied().collect();
         let removed: Vec<_> = self.current.difference(&wanted).copied().collect();
-        for ip in &added {
-            self.map
-                .update(&map_addr(*ip), &[1u8], MapFlags::ANY)
-                .map_err(|source| XdpError::Map { map: self.name, source })?;
-            self.current.insert(*ip);
-        }
+        // Removed first: a full map still takes a new set that fits once the old addresses are gone (the
+        // addresses kept are never out of the map).
         for ip in &removed {
             match self.map.delete(&map_addr(*ip)) {
                 Ok(()) => {}
@@ -521,6 +517,12 @@ impl ServedAddresses {
                 Err(source) => return Err(XdpError::Map { map: self.name, source }),
             }
             self.current.remove(ip);
+        }
+        for ip in &added {
+            self.map
+                .update(&map_addr(*ip), &[1u8], MapFlags::ANY)
+                .map_err(|source| XdpError::Map { map: self.name, source })?;
+            self.current.insert(*ip);
         }
         Ok((added, removed))
     }

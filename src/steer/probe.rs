@@ -65,7 +65,7 @@ pub const HELPERS: [Helper; 9] = [
     Helper {
         id: libbpf_sys::BPF_FUNC_map_update_elem,
         name: "bpf_map_update_elem",
-        needed_by: "the per-source rate limit (limits.rate)",
+        needed_by: "the per-source rate limit (limits.per_source_pps)",
         required: false,
     },
     Helper {

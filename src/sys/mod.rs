@@ -255,9 +255,14 @@ pub fn host_addresses() -> io::Result<Vec<std::net::IpAddr>> {
 }
 
 /// Every IPv4 and IPv6 address of interface `name` in the calling thread's network namespace (getifaddrs),
-/// IPv6 link-local ones included; empty when it has none, or when there is no such interface.
+/// IPv6 link-local ones included; empty when it has none, or when there is no such interface. Labelled IPv4
+/// addresses (`ip addr add ... dev eth0 label eth0:vip`, as keepalived sets them) are listed under their
+/// label, `name:` and the label's rest, and count as the interface's.
 pub fn interface_addresses(name: &str) -> io::Result<Vec<std::net::IpAddr>> {
-    addresses_where(|ifa_name| ifa_name == name.as_bytes())
+    addresses_where(|ifa_name| {
+        ifa_name == name.as_bytes()
+            || ifa_name.strip_prefix(name.as_bytes()).is_some_and(|rest| rest.first() == Some(&b':'))
+    })
 }
 
 /// The IPv4 and IPv6 addresses of the interfaces whose name `keep` accepts, sorted, without repeats.

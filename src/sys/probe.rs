@@ -173,7 +173,7 @@ fn parse_genl_answer(buf: &[u8]) -> io::Result<Vec<(u16, Vec<u8>)>> {
     let body = buf.get(NLMSG_HDRLEN..len.min(buf.len())).ok_or_else(bad)?;
     if kind == NLMSG_ERROR {
         let errno = i32::from_ne_bytes(body.get(..4).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
-        return Err(io::Error::from_raw_os_error(-errno));
+        return Err(io::Error::from_raw_os_error(errno.checked_neg().unwrap_or(libc::EINVAL)));
     }
     let mut attrs = Vec::new();
     let mut rest = body.get(GENL_HDRLEN..).ok_or_else(bad)?;

@@ -34,8 +34,9 @@ enum Command {
     /// Exit codes: 0 after a clean stop (SIGINT/SIGTERM); 2 when the config, the machine or the privileges
     /// do not allow the run (the message names the key or capability; nothing attached); 3 when a worker died
     /// (its handler panicked): the server does not restart it, but detaches and stops at once, prints the
-    /// panic message on stderr and the report as usual (the metrics endpoint's /ready answers 503 from the
-    /// moment of the death); 1 when the report could not be written.
+    /// panic message on stderr and, when it died while serving, the report as usual (the metrics endpoint's
+    /// /ready answers 503 from the moment of the death; a worker that dies before start-up is complete gets
+    /// no report); 1 when the report could not be written.
     Serve {
         #[command(flatten)]
         args: ServeArgs,
@@ -115,7 +116,7 @@ fn main() -> ExitCode {
 
 /// `shunt check-host`: the probes, the choices `shunt serve` would make with the defaults, and the verdict.
 fn check_host(interface: Option<&str>, json: bool) -> ExitCode {
-    let mut report = host::probe(interface);
+    let mut report = host::probe(interface, true);
     let stamp = host::auto_stamp(&report);
     report.choices.stamp = Some(stamp.0.name().to_string());
     report.choices.stamp_reason = Some(stamp.1);
