@@ -227,3 +227,23 @@ fn interval_line(
         latency
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::meta::Stamp;
+
+    #[test]
+    fn the_interval_line_says_when_only_service_is_measured() {
+        let stats = [WorkerStats { rx_packets: 10, tx_packets: 10, ..WorkerStats::default() }];
+        let last = [WorkerStats::default()];
+        let mut unstamped = LatencySet::new(1_000_000_000);
+        unstamped.record_packet(None, 1_000, 1_400);
+        let line = interval_line(Duration::from_secs(1), Duration::from_secs(1), &stats, &last, &unstamped, true);
+        assert!(line.contains("service p50 0.4us") && line.contains("not measured on this host"), "{line}");
+        let mut stamped = LatencySet::new(1_000_000_000);
+        stamped.record_packet(Some(Stamp { hook_ns: 500, nic_to_hook_ns: None }), 1_000, 1_400);
+        let line = interval_line(Duration::from_secs(1), Duration::from_secs(1), &stats, &last, &stamped, false);
+        assert!(line.contains("in-server latency p50 0.9us") && !line.contains("not measured"), "{line}");
+    }
+}
