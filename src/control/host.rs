@@ -118,11 +118,18 @@ pub fn probe(interface: Option<&str>, io_uring: bool) -> HostReport {
             findings.push(finding(
                 name,
                 uring_ok.clone().map(|_| yes),
-                "socket.io = \"io_uring\" (multishot receive, replies)",
+                "socket.io = \"io_uring\" (receives, replies)",
                 false,
                 "socket.io = \"io_uring\" fails at start-up",
             ));
         }
+        findings.push(finding(
+            "io_uring multishot recvmsg",
+            uring.multishot_recvmsg,
+            "socket.io = \"io_uring\": one receive armed per socket, many datagrams",
+            false,
+            "socket.io = \"io_uring\" fails when it arms its receives",
+        ));
     }
     if let Some(name) = interface {
         match sys::interface_index(name) {

@@ -492,30 +492,72 @@ mod tests {
 }
 
 /// What the kernel's io_uring offers the `io_uring` model, found by setting up a ring as the model does
-/// (a provided-buffer ring registered) and asking it which opcodes it supports (IORING_REGISTER_PROBE).
+/// (a provided-buffer ring registered), asking it which opcodes it supports (IORING_REGISTER_PROBE), and
+/// arming one multishot receive as the model does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UringProbe {
     /// `io_uring_setup` and IORING_REGISTER_PBUF_RING worked (`Err`: which step failed, and why).
     pub ring: Result<(), String>,
-    /// IORING_OP_RECVMSG (the model's multishot receive is this opcode with IORING_RECV_MULTISHOT).
+    /// IORING_OP_RECVMSG.
     pub recvmsg: bool,
     /// IORING_OP_SENDMSG.
     pub sendmsg: bool,
+    /// A multishot recvmsg (IORING_RECV_MULTISHOT into the provided buffers) received a datagram; `Err`: it
+    /// could not be tried, and why.
+    pub multishot_recvmsg: Result<bool, String>,
 }
 
-/// Probes io_uring for the `io_uring` model (see [`UringProbe`]).
+/// Probes io_uring for the `io_uring` model (see [`UringProbe`]). The multishot trial receives one datagram
+/// that a UDP socket on the loopback interface of the calling thread's network namespace sends itself.
 pub fn probe() -> UringProbe {
+    let failed = |why: String| UringProbe {
+        ring: Err(why.clone()),
+        recvmsg: false,
+        sendmsg: false,
+        multishot_recvmsg: Err(why),
+    };
     let ring = match Uring::open(Vec::new(), 1) {
         Ok(ring) => ring,
-        Err((step, e)) => return UringProbe { ring: Err(format!("{step}: {e}")), recvmsg: false, sendmsg: false },
+        Err((step, e)) => return failed(format!("{step}: {e}")),
     };
     let mut probe = io_uring::Probe::new();
     if let Err(e) = ring.ring.submitter().register_probe(&mut probe) {
-        return UringProbe { ring: Err(format!("IORING_REGISTER_PROBE: {e}")), recvmsg: false, sendmsg: false };
+        return failed(format!("IORING_REGISTER_PROBE: {e}"));
     }
+    drop(ring);
+    let recvmsg = probe.is_supported(opcode::RecvMsg::CODE);
     UringProbe {
         ring: Ok(()),
-        recvmsg: probe.is_supported(opcode::RecvMsg::CODE),
+        recvmsg,
         sendmsg: probe.is_supported(opcode::SendMsg::CODE),
+        multishot_recvmsg: if recvmsg { try_multishot() } else { Ok(false) },
     }
+}
+
+/// Arms a multishot recvmsg on a loopback UDP socket and sends it one datagram: a datagram received means
+/// the kernel has multishot receives; EINVAL means it does not.
+fn try_multishot() -> Result<bool, String> {
+    use std::os::fd::AsRawFd;
+    let socket = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .map_err(|e| format!("could not try: a loopback UDP socket: {e}"))?;
+    let to = socket.local_addr().map_err(|e| format!("could not try: {e}"))?;
+    let mut ring = Uring::open(vec![socket.as_raw_fd()], 2).map_err(|(step, e)| format!("{step}: {e}"))?;
+    ring.arm();
+    let timeout = types::Timespec::from(Duration::from_millis(50));
+    ring.enter(&timeout).map_err(|errno| format!("io_uring_enter: {}", io::Error::from_raw_os_error(errno)))?;
+    socket.send_to(b"shunt io_uring probe", to).map_err(|e| format!("could not try: sending to {to}: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        ring.enter(&timeout).map_err(|errno| format!("io_uring_enter: {}", io::Error::from_raw_os_error(errno)))?;
+        for k in 0..ring.reap() {
+            if let Completion::Received { result, .. } = ring.completion(k) {
+                return match result {
+                    Ok(_) => Ok(true),
+                    Err(libc::EINVAL) => Ok(false),
+                    Err(errno) => Err(format!("the receive failed: {}", io::Error::from_raw_os_error(errno))),
+                };
+            }
+        }
+    }
+    Err("could not try: no completion within 1 s (is the loopback interface up?)".to_string())
 }
