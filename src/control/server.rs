@@ -751,7 +751,19 @@ impl RunningServer {
         while !waiting.is_empty() {
             match ready_rx.recv_deadline(deadline) {
                 Ok((queue, Ok(()))) => waiting.retain(|&q| q != queue),
-                Ok((_, Err(e))) => return Err(e),
+                Ok((queue, Err(e))) => {
+                    // The others may still be setting up: until the deadline, let each report (joining it in
+                    // Drop is then quick), and let go of any still silent, as on a timeout below.
+                    waiting.retain(|&q| q != queue);
+                    while !waiting.is_empty() {
+                        match ready_rx.recv_deadline(deadline) {
+                            Ok((q, _)) => waiting.retain(|&w| w != q),
+                            Err(_) => break,
+                        }
+                    }
+                    self.workers.retain(|w| !waiting.contains(&w.queue));
+                    return Err(e);
+                }
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
                     // Every worker thread has dropped its sender, and these never said a word.
                     let queue = waiting[0];
