@@ -12,19 +12,14 @@ use std::{
 };
 
 use common::{require_lab, Lab, RawPort, Side, CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6};
-use shunt::packet::{parse, write_request, FlowSpec};
+use shunt::packet::{parse, FlowSpec};
 
 const PORT: u16 = 9000;
 
 fn request(lab: &Lab, src: SocketAddr, payload: &[u8]) -> Vec<u8> {
     let dst: SocketAddr = if src.is_ipv4() { (SERVER_V4, PORT).into() } else { (SERVER_V6, PORT).into() };
     let spec = FlowSpec { src_mac: lab.client_mac(), dst_mac: lab.server_mac(), vlan_tci: None, src, dst };
-    let off = spec.payload_offset();
-    let mut frame = vec![0u8; off + payload.len()];
-    frame[off..].copy_from_slice(payload);
-    let n = write_request(&mut frame, &spec, payload.len()).expect("build request");
-    frame.truncate(n);
-    frame
+    common::request_frame(&spec, payload)
 }
 
 /// Sends a sentinel from the client's real IPv6 address and waits for its reply: one queue answers in order,

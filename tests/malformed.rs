@@ -26,7 +26,7 @@ use shunt::{
     packet::{
         checksum,
         field::{eth, ipv4, ipv6, udp},
-        parse, write_request, FlowSpec, UdpChecksum,
+        parse, FlowSpec, UdpChecksum,
     },
 };
 
@@ -70,12 +70,7 @@ fn spec(lab: &Lab, v6: bool, vlan: Option<u16>) -> FlowSpec {
 /// A valid request carrying `payload` (which should be unique: replies are matched by it).
 fn request(lab: &Lab, v6: bool, vlan: Option<u16>, payload: &[u8]) -> Vec<u8> {
     let spec = spec(lab, v6, vlan);
-    let off = spec.payload_offset();
-    let mut frame = vec![0u8; off + payload.len()];
-    frame[off..].copy_from_slice(payload);
-    let n = write_request(&mut frame, &spec, payload.len()).expect("build request");
-    frame.truncate(n);
-    frame
+    common::request_frame(&spec, payload)
 }
 
 fn tag(name: &str) -> Vec<u8> {

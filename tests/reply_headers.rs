@@ -22,7 +22,7 @@ use common::{require_lab, run_cmd, shunt_bin, Lab, RawPort, Side, CLIENT_V4, CLI
 use shunt::packet::{
     checksum,
     field::{eth, ipv4, ipv6, udp},
-    parse, write_request, FlowSpec, UdpChecksum,
+    parse, FlowSpec, UdpChecksum,
 };
 
 const PORT: u16 = 9000;
@@ -59,12 +59,7 @@ fn request(lab: &Lab, v6: bool, payload: &[u8]) -> Vec<u8> {
         ((CLIENT_V4, CLIENT_PORT).into(), (SERVER_V4, PORT).into())
     };
     let spec = FlowSpec { src_mac: lab.client_mac(), dst_mac: lab.server_mac(), vlan_tci: None, src, dst };
-    let off = spec.payload_offset();
-    let mut frame = vec![0u8; off + payload.len()];
-    frame[off..].copy_from_slice(payload);
-    let n = write_request(&mut frame, &spec, payload.len()).expect("build request");
-    frame.truncate(n);
-    frame
+    common::request_frame(&spec, payload)
 }
 
 fn get16(b: &[u8], at: usize) -> u16 {

@@ -39,6 +39,29 @@ pub struct Choices {
     pub poll_mode: Option<String>,
 }
 
+impl Choices {
+    /// The choices made, as one line ("attach generic, bind copy, stamp head, ..."); empty when none.
+    pub fn summary(&self) -> String {
+        let mut chosen = Vec::new();
+        if let Some(m) = &self.attach_mode {
+            chosen.push(format!("attach {m}"));
+        }
+        if let Some(m) = &self.bind_mode {
+            chosen.push(format!("bind {m}"));
+        }
+        if let Some(m) = &self.stamp {
+            chosen.push(format!("stamp {m}"));
+        }
+        if let Some(hw) = self.hardware_timestamps {
+            chosen.push(format!("hardware timestamps {}", if hw { "asked" } else { "not asked" }));
+        }
+        if let Some(m) = &self.poll_mode {
+            chosen.push(format!("poll {m}"));
+        }
+        chosen.join(", ")
+    }
+}
+
 /// Everything probed, and the choices made.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostReport {
@@ -90,24 +113,9 @@ impl HostReport {
             let _ = writeln!(out, "{line}");
         }
         let c = &self.choices;
-        let mut chosen = Vec::new();
-        if let Some(m) = &c.attach_mode {
-            chosen.push(format!("attach {m}"));
-        }
-        if let Some(m) = &c.bind_mode {
-            chosen.push(format!("bind {m}"));
-        }
-        if let Some(m) = &c.stamp {
-            chosen.push(format!("stamp {m}"));
-        }
-        if let Some(hw) = c.hardware_timestamps {
-            chosen.push(format!("hardware timestamps {}", if hw { "asked" } else { "not asked" }));
-        }
-        if let Some(m) = &c.poll_mode {
-            chosen.push(format!("poll {m}"));
-        }
+        let chosen = c.summary();
         if !chosen.is_empty() {
-            let _ = writeln!(out, "  chosen: {}", chosen.join(", "));
+            let _ = writeln!(out, "  chosen: {chosen}");
         }
         if let Some(r) = &c.stamp_reason {
             let _ = writeln!(out, "  stamp: {r}");

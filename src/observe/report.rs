@@ -159,25 +159,8 @@ impl Report {
             x.other_address
         );
         if let Some(c) = self.host.as_ref().map(|h| &h.choices) {
-            let mut chosen = Vec::new();
-            if let Some(m) = &c.attach_mode {
-                chosen.push(format!("attach {m}"));
-            }
-            if let Some(m) = &c.bind_mode {
-                chosen.push(format!("bind {m}"));
-            }
-            if let Some(m) = &c.stamp {
-                chosen.push(format!("stamp {m}"));
-            }
-            if let Some(m) = &c.poll_mode {
-                chosen.push(format!("poll {m}"));
-            }
-            let _ = writeln!(
-                out,
-                "  host:  kernel {}; {}",
-                self.host.as_ref().map_or("", |h| h.kernel.as_str()),
-                chosen.join(", ")
-            );
+            let kernel = self.host.as_ref().map_or("", |h| h.kernel.as_str());
+            let _ = writeln!(out, "  host:  kernel {kernel}; {}", c.summary());
             if let Some(r) = &c.stamp_reason {
                 let _ = writeln!(out, "         stamp: {r}");
             }

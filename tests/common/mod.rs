@@ -1526,3 +1526,13 @@ pub fn probed_stamp_method() -> shunt::steer::StampMethod {
     let helper = |name: &str| probe::xdp_helper(probe::helper(name).expect("a probed helper").id);
     probe::best_stamp_method(&helper("bpf_xdp_adjust_meta"), &helper("bpf_xdp_adjust_head"))
 }
+
+/// A valid request frame for `spec` carrying `payload`, as `shunt::packet::write_request` builds it.
+pub fn request_frame(spec: &shunt::packet::FlowSpec, payload: &[u8]) -> Vec<u8> {
+    let off = spec.payload_offset();
+    let mut frame = vec![0u8; off + payload.len()];
+    frame[off..].copy_from_slice(payload);
+    let n = shunt::packet::write_request(&mut frame, spec, payload.len()).expect("build request");
+    frame.truncate(n);
+    frame
+}
