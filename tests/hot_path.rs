@@ -33,8 +33,8 @@ use shunt::{
 static GLOBAL: common::alloc::CountingAllocator = common::alloc::CountingAllocator;
 
 /// Echo, after checking the request's metadata on the worker thread (without allocating): the XDP hook's
-/// receive stamp on both clocks before the batch's pick-up whenever the program stamps, queue 0, the client's
-/// TTL / hop limit 64, DSCP 0, not-ECT, no VLAN tag. Counts requests that differ.
+/// receive stamp on both clocks before the batch's pick-up whenever the program stamps, queue 0, the clients'
+/// TTL / hop limit 17, DSCP 46 and ECT(1) (traffic class 0xb9), no VLAN tag. Counts requests that differ.
 struct MetaEcho {
     stamped: bool,
     bad: Arc<AtomicU64>,
@@ -53,9 +53,9 @@ impl Handler for MetaEcho {
             None => !self.stamped,
         };
         let header_ok = request.queue == Some(0)
-            && request.ttl == Some(64)
-            && request.dscp == Some(0)
-            && request.ecn == Some(Ecn::NotEct)
+            && request.ttl == Some(17)
+            && request.dscp == Some(46)
+            && request.ecn == Some(Ecn::Ect1)
             && request.vlan_id.is_none();
         if !(stamp_ok && header_ok) {
             self.bad.fetch_add(1, Ordering::Relaxed);
@@ -193,6 +193,10 @@ fn worker_loop_allocates_nothing_and_batches_its_system_calls() {
     let v4 = SocketAddr::from((SERVER_V4, 9000));
     let v6 = SocketAddr::from((SERVER_V6, 9000));
     let (c4, c6) = lab.in_client(|| (UdpSocket::bind("0.0.0.0:0").unwrap(), UdpSocket::bind("[::]:0").unwrap()));
+    // Marked requests (traffic class 0xb9: DSCP 46, ECT(1); TTL / hop limit 17), which MetaEcho checks.
+    let (r4, r6) = (socket2::SockRef::from(&c4), socket2::SockRef::from(&c6));
+    r4.set_tos_v4(0xb9).and_then(|()| r4.set_ttl_v4(17)).expect("IP_TOS / IP_TTL");
+    r6.set_tclass_v6(0xb9).and_then(|()| r6.set_unicast_hops_v6(17)).expect("IPV6_TCLASS / IPV6_UNICAST_HOPS");
 
     // Phase 1: steady-state serving, v4 and v6, sizes 8..1400, the whole run watched.
     stop.store(false, Ordering::Relaxed);
