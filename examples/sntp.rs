@@ -15,7 +15,7 @@
 //! - `--stratum N` (1..=15, default 1) and `--reference ID`: for stratum 1 a reference identifier of up to 4
 //!   ASCII characters (`GPS`, `PPS`, `DCF`, ...; default `LOCL`, the host's own clock), for stratum 2 and up
 //!   the IPv4 address of the server this host synchronises to (required);
-//! - `--precision LOG2` (seconds, default -20: about 1 µs; the time is read once per RX batch);
+//! - `--precision LOG2` (seconds, default -20: about 1 µs; the transmit time is read once per RX batch);
 //! - `--leap none|add-second|delete-second|unsynchronised` (default none): `unsynchronised` is the alarm
 //!   condition, which tells clients not to use this server;
 //! - `--root-delay-us`, `--root-dispersion-us` (default 0 and 100).
@@ -23,10 +23,13 @@
 //! What it answers. A client request (mode 3) of NTP version 3 or 4, at least 48 bytes long, gets a server
 //! reply (mode 4) of exactly 48 bytes in the same frame: leap indicator, stratum, precision, root delay and
 //! dispersion and reference identifier from the flags, version and poll copied from the request, the
-//! originate timestamp set to the request's transmit timestamp, the receive and transmit timestamps to the
-//! time the worker picked the request up ([`Request::now`], CLOCK_REALTIME), and the reference timestamp to
-//! the start of that second (the host's clock is taken to be disciplined continuously, by chrony, ntpd or
-//! PTP, which this server does not see). Everything else is dropped, unanswered: runts, other modes
+//! originate timestamp set to the request's transmit timestamp, the receive timestamp to when the request
+//! arrived ([`Request::rx_timestamp`], CLOCK_REALTIME: the XDP hook's stamp on AF_XDP, the kernel's on
+//! sockets; the pick-up time [`Request::now`] when the packet carried no stamp, e.g. with `--no-latency`), the
+//! transmit timestamp to the time the worker picked the request up ([`Request::now`], read once per batch,
+//! just before the reply is written), and the reference timestamp to the start of the receive time's second
+//! (the host's clock is taken to be disciplined continuously, by chrony, ntpd or PTP, which this server does
+//! not see). Everything else is dropped, unanswered: runts, other modes
 //! (including the mode 6 and 7 control queries that reflection attacks use), versions other than 3 and 4.
 //! Extension fields and MACs are not echoed (the reply is unauthenticated), so a reply is never longer than
 //! its request and the server amplifies nothing.
@@ -142,7 +145,12 @@ impl Handler for Sntp {
             self.refused += 1;
             return Verdict::Drop;
         };
-        if !answer(&self.clock, request.now.unix_ns, packet) {
+        // RFC 5905: receive = when the request arrived, transmit = when the reply leaves. The batch's clock
+        // reading is the latest this handler has (the reply is queued right after); the stamp precedes it, and
+        // the min() keeps receive <= transmit should the realtime clock have stepped back in between.
+        let transmit = request.now.unix_ns;
+        let receive = request.rx_timestamp.map_or(transmit, |t| t.unix_ns.min(transmit));
+        if !answer(&self.clock, receive, transmit, packet) {
             self.refused += 1;
             return Verdict::Drop;
         }
@@ -172,9 +180,10 @@ impl Drop for Sntp {
     }
 }
 
-/// Turns the client request in `packet` into the server reply, in place, at `unix_ns`. Returns false, with
-/// `packet` untouched, when it is not a request to answer.
-fn answer(clock: &ServerClock, unix_ns: u64, packet: &mut [u8; PACKET_LEN]) -> bool {
+/// Turns the client request in `packet`, received at `receive_ns`, into the server reply sent at
+/// `transmit_ns` (Unix ns), in place. Returns false, with `packet` untouched, when it is not a request to
+/// answer.
+fn answer(clock: &ServerClock, receive_ns: u64, transmit_ns: u64, packet: &mut [u8; PACKET_LEN]) -> bool {
     let first = packet[at::LI_VN_MODE];
     let version = (first >> 3) & 0b111;
     let mode = first & 0b111;
@@ -183,8 +192,9 @@ fn answer(clock: &ServerClock, unix_ns: u64, packet: &mut [u8; PACKET_LEN]) -> b
     }
     let poll = packet[at::POLL];
     let client_transmit = read_u64(packet, at::TRANSMIT_TS);
-    let now = ntp_timestamp(unix_ns);
-    let reference = now & !0xFFFF_FFFF;
+    let now = ntp_timestamp(transmit_ns);
+    let received = ntp_timestamp(receive_ns);
+    let reference = received & !0xFFFF_FFFF;
 
     packet[at::LI_VN_MODE] = clock.leap.bits() << 6 | version << 3 | MODE_SERVER;
     packet[at::STRATUM] = clock.stratum;
@@ -195,7 +205,7 @@ fn answer(clock: &ServerClock, unix_ns: u64, packet: &mut [u8; PACKET_LEN]) -> b
     write(packet, at::REFERENCE_ID, clock.reference_id);
     write(packet, at::REFERENCE_TS, reference.to_be_bytes());
     write(packet, at::ORIGINATE_TS, client_transmit.to_be_bytes());
-    write(packet, at::RECEIVE_TS, now.to_be_bytes());
+    write(packet, at::RECEIVE_TS, received.to_be_bytes());
     write(packet, at::TRANSMIT_TS, now.to_be_bytes());
     true
 }
@@ -313,7 +323,7 @@ fn main() -> ExitCode {
 #[allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use shunt::handler::{respond, Outcome, RespondOptions, Time};
+    use shunt::handler::{respond, respond_with, Arrival, Outcome, RespondOptions, RxClock, RxTimestamp, Time};
     use shunt::packet::{write_request, FlowSpec};
 
     /// NTP timestamp → Unix nanoseconds (era 0), rounding the fraction down.
@@ -416,6 +426,33 @@ mod tests {
         assert_eq!(be64(&p, at::RECEIVE_TS), 0xE93C_7F00_4000_0000);
         assert_eq!(be64(&p, at::TRANSMIT_TS), 0xE93C_7F00_4000_0000);
         assert_eq!((h.answered, h.refused), (1, 0));
+    }
+
+    #[test]
+    fn the_receive_timestamp_is_the_arrival_and_transmit_the_pick_up() {
+        // Stamped 1.5 ms before the batch was picked up, a quarter second into 2024 (realtime).
+        let arrived = NOW_NS - 1_500_000;
+        let stamp =
+            RxTimestamp::from_realtime(arrived, Time { unix_ns: NOW_NS, monotonic_ns: 5_000_000 }, RxClock::XdpHook)
+                .unwrap();
+        assert_eq!(stamp.monotonic_ns, 3_500_000);
+        let mut h = handler(gps());
+        let mut p = client_request(4, MODE_CLIENT, PACKET_LEN);
+        let request = at(NOW_NS).with_rx_timestamp(stamp);
+        assert_eq!(h.handle(&request, &mut p, PACKET_LEN), Verdict::Reply { len: PACKET_LEN });
+        assert_eq!(be64(&p, at::RECEIVE_TS), ntp_timestamp(arrived), "receive = the packet's stamp");
+        assert_eq!(be64(&p, at::TRANSMIT_TS), ntp_timestamp(NOW_NS), "transmit = the batch's clock reading");
+        assert!(unix_ns(be64(&p, at::RECEIVE_TS)) < unix_ns(be64(&p, at::TRANSMIT_TS)));
+        assert_eq!(be64(&p, at::REFERENCE_TS), 0xE93C_7F00_0000_0000, "the start of the receive time's second");
+
+        // A stamp after the pick-up (the realtime clock stepped back in between) never makes receive > transmit.
+        let late = RxTimestamp { unix_ns: NOW_NS + 7, monotonic_ns: 6, source: RxClock::KernelSocket };
+        let mut p = client_request(4, MODE_CLIENT, PACKET_LEN);
+        assert_eq!(
+            h.handle(&at(NOW_NS).with_rx_timestamp(late), &mut p, PACKET_LEN),
+            Verdict::Reply { len: PACKET_LEN }
+        );
+        assert_eq!(be64(&p, at::RECEIVE_TS), be64(&p, at::TRANSMIT_TS));
     }
 
     #[test]
@@ -532,12 +569,17 @@ mod tests {
             frame[at_payload..at_payload + 68].copy_from_slice(&request);
             let n = write_request(&mut frame, &spec, 68).unwrap();
             let mut h = handler(gps());
-            let now = Time { unix_ns: NOW_NS, monotonic_ns: 1 };
-            let out = respond(&mut h, &mut frame, n, now, RespondOptions::default());
+            let now = Time { unix_ns: NOW_NS, monotonic_ns: 1_000_000 };
+            // As the AF_XDP worker hands it over: the XDP hook's monotonic stamp, 400 µs before the pick-up.
+            let stamp = RxTimestamp::from_monotonic(600_000, now, RxClock::XdpHook);
+            let arrival = Arrival { rx_timestamp: stamp, queue: Some(0) };
+            let out = respond_with(&mut h, &mut frame, n, now, RespondOptions::default(), arrival);
             assert_eq!(out, Outcome::Reply(n - 20), "{src}: the 68-byte request is answered with 48 bytes");
             let reply = &frame[at_payload..at_payload + PACKET_LEN];
             assert_eq!(reply[0] & 7, MODE_SERVER);
             assert_eq!(be64(reply, at::ORIGINATE_TS), 0xE93C_7F00_1234_5678);
+            assert_eq!(be64(reply, at::RECEIVE_TS), ntp_timestamp(NOW_NS - 400_000));
+            assert_eq!(be64(reply, at::TRANSMIT_TS), ntp_timestamp(NOW_NS));
 
             // A mode 6 control query (the classic reflection vector) through the same step: not answered.
             let mut query = client_request(2, 6, 68);

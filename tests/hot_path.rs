@@ -4,7 +4,9 @@
 //!   of `run`);
 //! - it makes no system call per packet: a backlog of requests is served in RX batches, and the TX kicks it
 //!   makes are the copy-mode minimum of one per 32 replies (the only system calls in the loop are those kicks,
-//!   fill-ring wake-ups and a once-a-second statistics read, and the first two are counted).
+//!   fill-ring wake-ups and a once-a-second statistics read, and the first two are counted);
+//! - the handler gets each request's metadata on that path: the XDP hook's receive stamp on both clocks (where
+//!   the program stamps), the queue, TTL / hop limit, DSCP / ECN, no VLAN id.
 //!
 //! A lab test (needs root, namespaces, XDP, AF_XDP): ignored by a plain `cargo test`, run by `make test`.
 
@@ -22,7 +24,7 @@ use std::{
 use common::{Lab, SERVER_V4, SERVER_V6};
 use shunt::{
     datapath::{counters::WorkerShared, latency, BindMode, QueueSocket, SocketOptions, UmemParams, Worker, WorkerExit},
-    handler::Echo,
+    handler::{Echo, Ecn, Handler, Request, RxClock, Verdict},
     steer::{AttachMode, ProgramVariant, StampMethod, XdpCountersReader, XdpProgram},
     sys,
 };
@@ -30,8 +32,40 @@ use shunt::{
 #[global_allocator]
 static GLOBAL: common::alloc::CountingAllocator = common::alloc::CountingAllocator;
 
+/// Echo, after checking the request's metadata on the worker thread (without allocating): the XDP hook's
+/// receive stamp on both clocks before the batch's pick-up whenever the program stamps, queue 0, the clients'
+/// TTL / hop limit 17, DSCP 46 and ECT(1) (traffic class 0xb9), no VLAN tag. Counts requests that differ.
+struct MetaEcho {
+    stamped: bool,
+    bad: Arc<AtomicU64>,
+}
+
+impl Handler for MetaEcho {
+    fn handle(&mut self, request: &Request, payload: &mut [u8], len: usize) -> Verdict {
+        let stamp_ok = match request.rx_timestamp {
+            Some(t) => {
+                self.stamped
+                    && t.source == RxClock::XdpHook
+                    && t.monotonic_ns <= request.now.monotonic_ns
+                    && t.unix_ns <= request.now.unix_ns
+                    && request.now.monotonic_ns - t.monotonic_ns == request.now.unix_ns - t.unix_ns
+            }
+            None => !self.stamped,
+        };
+        let header_ok = request.queue == Some(0)
+            && request.ttl == Some(17)
+            && request.dscp == Some(46)
+            && request.ecn == Some(Ecn::Ect1)
+            && request.vlan_id.is_none();
+        if !(stamp_ok && header_ok) {
+            self.bad.fetch_add(1, Ordering::Relaxed);
+        }
+        Echo.handle(request, payload, len)
+    }
+}
+
 /// Runs `worker` with the allocation counter watching this thread, and returns what it counted.
-fn tracked_run(worker: &mut Worker<Echo>, stop: &AtomicBool) -> (WorkerExit, u64) {
+fn tracked_run(worker: &mut Worker<MetaEcho>, stop: &AtomicBool) -> (WorkerExit, u64) {
     common::alloc::count_allocations(|| worker.run(stop))
 }
 
@@ -98,6 +132,8 @@ fn worker_loop_allocates_nothing_and_batches_its_system_calls() {
     // Stamped as the server would stamp on this kernel, so that the stripping of a prepended stamp is on the
     // measured path too where that is the method.
     let stamp = common::probed_stamp_method();
+    let bad_meta = Arc::new(AtomicU64::new(0));
+    let bad_meta_worker = bad_meta.clone();
     let server = {
         let (stop, shared) = (stop.clone(), shared.clone());
         lab.spawn_in_server(move || {
@@ -136,9 +172,11 @@ fn worker_loop_allocates_nothing_and_batches_its_system_calls() {
                     }
                 })
             };
-            let mut worker = Worker::new(socket, Echo, shared, 64)
+            let handler = MetaEcho { stamped: stamp.stamps(), bad: bad_meta_worker };
+            let mut worker = Worker::new(socket, handler, shared, 64)
                 .with_latency(worker_side)
-                .with_stamp_in_packet(stamp == StampMethod::Head);
+                .with_stamp_in_packet(stamp == StampMethod::Head)
+                .with_stamp_in_metadata(stamp == StampMethod::Meta);
             ready_tx.send(program.counters_reader().expect("counters reader")).unwrap();
             while let Ok(Phase::Run) = phase_rx.recv() {
                 let result = tracked_run(&mut worker, &stop);
@@ -155,6 +193,10 @@ fn worker_loop_allocates_nothing_and_batches_its_system_calls() {
     let v4 = SocketAddr::from((SERVER_V4, 9000));
     let v6 = SocketAddr::from((SERVER_V6, 9000));
     let (c4, c6) = lab.in_client(|| (UdpSocket::bind("0.0.0.0:0").unwrap(), UdpSocket::bind("[::]:0").unwrap()));
+    // Marked requests (traffic class 0xb9: DSCP 46, ECT(1); TTL / hop limit 17), which MetaEcho checks.
+    let (r4, r6) = (socket2::SockRef::from(&c4), socket2::SockRef::from(&c6));
+    r4.set_tos_v4(0xb9).and_then(|()| r4.set_ttl_v4(17)).expect("IP_TOS / IP_TTL");
+    r6.set_tclass_v6(0xb9).and_then(|()| r6.set_unicast_hops_v6(17)).expect("IPV6_TCLASS / IPV6_UNICAST_HOPS");
 
     // Phase 1: steady-state serving, v4 and v6, sizes 8..1400, the whole run watched.
     stop.store(false, Ordering::Relaxed);
@@ -213,6 +255,7 @@ fn worker_loop_allocates_nothing_and_batches_its_system_calls() {
     assert_eq!(kicks, BURST / 32, "TX kicks for {BURST} replies in {batches} batches: {second:?}");
     assert_eq!(fill_kicks, 0, "fill-ring wake-ups: {second:?}");
     assert!(swaps >= 5, "only {swaps} histogram swaps happened: the test did not exercise them");
+    assert_eq!(bad_meta.load(Ordering::Relaxed), 0, "requests whose metadata the handler did not get right");
     // Every reply was timed from its XDP stamp, where this kernel lets the program stamp.
     let expected = if stamp.stamps() { second.stats.tx_packets } else { 0 };
     assert_eq!(recorded, expected, "stamped replies recorded vs replies sent (stamp method {})", stamp.name());

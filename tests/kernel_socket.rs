@@ -5,7 +5,8 @@
 //! - 10,000 echoes over IPv4 and 10,000 over IPv6 per model, from connected client sockets (which accept only
 //!   replies from the address they sent to, so every reply left from the request's destination address), all
 //!   answered byte-identical; the handler saw the real destination address and the client's address, IPv4
-//!   ones as plain IPv4; the counters agree with what was sent, the system calls add up as the module docs
+//!   ones as plain IPv4, and the request's metadata (the TTL / hop limit 17 and DSCP 46 / ECT(1) the clients
+//!   set, from control messages; the kernel's receive stamp on both clocks, before the pick-up); the counters agree with what was sent, the system calls add up as the module docs
 //!   say; with timestamps on, every reply is in the `total` histogram; `run` allocated nothing.
 //! - Mixed outcomes in bursts (echo, handler drop, a longer reply within the declared bound, one beyond it):
 //!   exactly the allowed replies come back, each drop counted where it belongs, also inside recvmmsg batches.
@@ -33,7 +34,7 @@ use shunt::{
         latency::{self, LatencySet},
         WorkerExit,
     },
-    handler::{Echo, Handler, Request, Sockperf, Verdict},
+    handler::{Echo, Ecn, Handler, Request, RxClock, Sockperf, Verdict},
     sys,
 };
 
@@ -173,6 +174,10 @@ struct Seen {
     v6: AtomicU64,
     wrong: AtomicU64,
     first_wrong: OnceLock<(SocketAddr, SocketAddr)>,
+    /// Requests whose metadata was not what the client sent (TTL / hop limit 64, DSCP 0, not-ECT, untagged,
+    /// no queue) or whose receive stamp was missing or after the pick-up, and the first of them.
+    bad_meta: AtomicU64,
+    first_bad_meta: OnceLock<Request>,
 }
 
 /// Echo, after checking each request's addresses: from the client to the server's address on one of `ports`,
@@ -180,12 +185,15 @@ struct Seen {
 struct Checked {
     ports: Vec<u16>,
     seen: Arc<Seen>,
+    /// The traffic class (TOS) and TTL / hop limit the clients send with.
+    traffic_class: u8,
+    ttl: u8,
 }
 
 impl Checked {
     fn new(ports: &[u16]) -> (Checked, Arc<Seen>) {
         let seen = Arc::new(Seen::default());
-        (Checked { ports: ports.to_vec(), seen: seen.clone() }, seen)
+        (Checked { ports: ports.to_vec(), seen: seen.clone(), traffic_class: 0, ttl: 64 }, seen)
     }
 }
 
@@ -196,6 +204,24 @@ impl Handler for Checked {
         let v4 = ours && matches!(src, SocketAddr::V4(_)) && src.ip() == CLIENT_V4 && dst.ip() == SERVER_V4;
         let v6 = ours && matches!(src, SocketAddr::V6(_)) && src.ip() == CLIENT_V6 && dst.ip() == SERVER_V6;
         let timed = request.now.unix_ns > 0 && request.now.monotonic_ns > 0;
+        // The client sockets send with `traffic_class` and `ttl` (by default TOS 0 and TTL / hop limit 64) over
+        // one veth hop; the sockets ask for the kernel's receive stamps (`timestamps` on), taken before the
+        // pick-up.
+        let stamped = request.rx_timestamp.is_some_and(|t| {
+            t.source == RxClock::KernelSocket
+                && t.unix_ns <= request.now.unix_ns
+                && t.monotonic_ns <= request.now.monotonic_ns
+                && request.now.unix_ns - t.unix_ns < 1_000_000_000
+        });
+        let meta = request.ttl == Some(self.ttl)
+            && request.dscp == Some(self.traffic_class >> 2)
+            && request.ecn == Some(Ecn::from_traffic_class(self.traffic_class))
+            && request.vlan_id.is_none()
+            && request.queue.is_none();
+        if !(stamped && meta) {
+            self.seen.bad_meta.fetch_add(1, Ordering::Relaxed);
+            let _ = self.seen.first_bad_meta.set(*request);
+        }
         if v4 && timed {
             self.seen.v4.fetch_add(1, Ordering::Relaxed);
         } else if v6 && timed {
@@ -218,9 +244,16 @@ fn every_io_model_echoes_ipv4_and_ipv6_from_the_right_address() {
     let mut figures = Vec::new();
     for (i, io) in SocketIo::ALL.into_iter().enumerate() {
         let port = 9100 + i as u16;
-        let (handler, seen) = Checked::new(&[port]);
+        let (mut handler, seen) = Checked::new(&[port]);
+        // DSCP 46 (EF) with ECT(1), and a TTL / hop limit of 17: what the handler must see.
+        (handler.traffic_class, handler.ttl) = (0xb9, 17);
         let server = Server::start(&lab, options(&lab, io, port, 32, true), handler);
         let (c4, c6) = (common::client_socket(&lab, false, port), common::client_socket(&lab, true, port));
+        let (r4, r6) = (socket2::SockRef::from(&c4), socket2::SockRef::from(&c6));
+        r4.set_tos_v4(0xb9).and_then(|()| r4.set_ttl_v4(17)).expect("IP_TOS / IP_TTL on the IPv4 client");
+        r6.set_tclass_v6(0xb9)
+            .and_then(|()| r6.set_unicast_hops_v6(17))
+            .expect("IPV6_TCLASS / hops on the IPv6 client");
         let opts = common::EchoOpts::default();
         let started = Instant::now();
         let (st4, st6) = on_client_core(|| {
@@ -242,6 +275,12 @@ fn every_io_model_echoes_ipv4_and_ipv6_from_the_right_address() {
             0,
             "{name}: requests with wrong addresses, first (src, dst) = {:?}",
             seen.first_wrong.get()
+        );
+        assert_eq!(
+            seen.bad_meta.load(Ordering::Relaxed),
+            0,
+            "{name}: requests without the expected metadata (TTL, DSCP/ECN, receive stamp), first: {:?}",
+            seen.first_bad_meta.get()
         );
         assert_eq!(seen.v4.load(Ordering::Relaxed), st4.sent, "{name}: IPv4 requests the handler saw");
         assert_eq!(seen.v6.load(Ordering::Relaxed), st6.sent, "{name}: IPv6 requests the handler saw");

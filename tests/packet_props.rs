@@ -28,6 +28,10 @@
 //!   with a `Correct` checksum and reads the same in etherparse;
 //! * `checksum::{add, fold, internet, udp_ipv4, udp_ipv6, pseudo_header_v4, pseudo_header_v6}` against naive
 //!   references;
+//! * request metadata: `traffic_class`, `dscp`, `ecn`, `ttl` and `vlan_id` read what the frame's bytes say (on
+//!   every frame `parse` accepts, arbitrary ones included) and what a generated frame was built with; the
+//!   handler sees them, and the datapath's `Arrival` (receive stamp, queue), in its `Request` through
+//!   `respond_with` (`respond`: no arrival); `Ecn` and the `RxTimestamp` clock conversions never panic or wrap;
 //! * reply headers are the server's own (every reply is checked in `verify_reply`): IHL 5 with the request's
 //!   IPv4 options stripped, the configured TTL / hop limit and DSCP with ECN not-ECT whatever the request's
 //!   TOS / traffic class (CE included), flow label 0, ID 0 with DF; a reply over the MTU is refused
@@ -45,11 +49,12 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use shunt::handler::{
-    respond, Echo, Handler, Outcome, Request, RespondOptions, Sockperf, Time, Verdict, SOCKPERF_HEADER_LEN,
+    respond, respond_with, Arrival, Echo, Handler, Outcome, Request, RespondOptions, RxClock, RxTimestamp, Sockperf,
+    Time, Verdict, SOCKPERF_HEADER_LEN,
 };
 use shunt::packet::field::{eth, ipv4, ipv6, udp, vlan, Field};
 use shunt::packet::{
-    checksum, parse, write_request, Buffer, BuildError, Datagram, FlowSpec, IpVersion, Malformed, ReplyError,
+    checksum, parse, write_request, Buffer, BuildError, Datagram, Ecn, FlowSpec, IpVersion, Malformed, ReplyError,
     ReplyHeaders, UdpChecksum, DEFAULT_TTL, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_QINQ, ETHERTYPE_VLAN,
     IPPROTO_UDP,
 };
@@ -165,10 +170,43 @@ fn view<B: Buffer>(d: &Datagram<B>) -> View {
 
 type Parsed = Result<Option<View>, Malformed>;
 
+/// The IP header fields of a parsed frame, read from its bytes here: (traffic class, TTL / hop limit).
+fn header_fields(frame: &[u8], ip: IpVersion, l3: usize) -> (u8, u8) {
+    match ip {
+        IpVersion::V4 => (frame[l3 + ipv4::TOS], frame[l3 + ipv4::TTL]),
+        IpVersion::V6 => {
+            let word = u32::from_be_bytes(frame[at(l3, ipv6::VER_TC_FLOW)].try_into().unwrap());
+            (((word >> 20) & 0xff) as u8, frame[l3 + ipv6::HOP_LIMIT])
+        }
+    }
+}
+
+/// The metadata accessors of `d` (`traffic_class`, `dscp`, `ecn`, `ttl`, `vlan_id`) say what `frame`'s bytes
+/// say, and agree with each other.
+fn check_metadata<B: Buffer>(frame: &[u8], d: &Datagram<B>) {
+    let l3 = eth::HEADER_LEN + if d.vlan_tci().is_some() { vlan::TAG_LEN } else { 0 };
+    let (tc, ttl) = header_fields(frame, d.ip(), l3);
+    assert_eq!(d.traffic_class(), tc, "traffic class");
+    assert_eq!(d.dscp(), tc >> 2, "DSCP");
+    assert_eq!(d.ecn().bits(), tc & 0b11, "ECN");
+    assert_eq!(d.ecn(), Ecn::from_traffic_class(tc));
+    assert_eq!(d.ttl(), ttl, "TTL / hop limit");
+    assert_eq!(d.vlan_id(), d.vlan_tci().map(|tci| tci & 0x0fff), "VLAN id");
+    if let Some(tci) = d.vlan_tci() {
+        assert_eq!(get16(frame, eth::HEADER_LEN, vlan::TCI) & 0x0fff, d.vlan_id().unwrap_or(u16::MAX));
+        assert_eq!(tci, get16(frame, eth::HEADER_LEN, vlan::TCI));
+    }
+}
+
 /// `parse(frame)`, read through every accessor; also checks that `Datagram::parse` over a shared and a mutable
 /// buffer, with the frame's length or any larger one (clamped), says the same.
 fn parse_view(frame: &[u8]) -> Parsed {
-    let r = parse(frame).map(|o| o.map(|d| view(&d)));
+    let r = parse(frame).map(|o| {
+        o.map(|d| {
+            check_metadata(frame, &d);
+            view(&d)
+        })
+    });
     for len in [frame.len(), frame.len() + 1, usize::MAX] {
         let shared = Datagram::parse(frame, len).map(|o| o.map(|d| view(&d)));
         assert_eq!(shared, r, "Datagram::parse(&[u8], {len})");
@@ -1908,8 +1946,8 @@ proptest! {
         }
     }
 
-    /// The handler sees the request's addresses, the time given to respond, the request's length, and the whole
-    /// room after the payload.
+    /// The handler sees the request's addresses and header metadata, the time given to respond, the request's
+    /// length, and the whole room after the payload.
     #[test]
     fn handler_sees_request(s in arb_spec(), room in 0usize..300) {
         let b = build(&s);
@@ -1922,7 +1960,10 @@ proptest! {
         }), &mut buf, b.frame.len());
         prop_assert_eq!(out, Outcome::HandlerDrop);
         let (r, room_len, len, payload) = seen.unwrap();
-        prop_assert_eq!(r, Request::new(d.src, d.dst, NOW));
+        // With the frame's metadata (see `the_handler_sees_the_frames_metadata_and_the_arrival`), no arrival.
+        let (tc, ttl, vlan_id) = spec_metadata(&s);
+        let plain = Request::new(d.src, d.dst, NOW).with_traffic_class(tc).with_ttl(ttl);
+        prop_assert_eq!(r, Request { vlan_id, ..plain });
         prop_assert_eq!(r.now, NOW);
         prop_assert_eq!(len, s.payload.len());
         prop_assert_eq!(payload, s.payload.clone());
@@ -2636,4 +2677,124 @@ fn table_ipv6_vlan_frame() {
     g.extend_from_slice(&[0x81, 0x00, 0x00, 0x05]);
     g.extend_from_slice(&f[eth::HEADER_LEN + vlan::TCI.end..]);
     assert!(matches!(parse(&g), Ok(None)));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Request metadata: what the packet says (DSCP/ECN, TTL, VLAN id) and what the datapath adds (stamp, queue)
+// ---------------------------------------------------------------------------------------------------------------
+
+/// The traffic class, TTL / hop limit and VLAN id a spec puts on the wire.
+fn spec_metadata(s: &Spec) -> (u8, u8, Option<u16>) {
+    let vlan_id = match s.tag {
+        Tag::None => None,
+        Tag::Dot1q(tci) | Tag::Dot1ad(tci) => Some(tci & 0x0fff),
+    };
+    match &s.ip {
+        Ip::V4 { ttl, dscp, ecn, .. } => ((dscp << 2) | ecn, *ttl, vlan_id),
+        Ip::V6 { hop, traffic_class, .. } => (*traffic_class, *hop, vlan_id),
+    }
+}
+
+fn arb_arrival() -> impl Strategy<Value = Arrival> {
+    let stamp = prop_oneof![
+        Just(None),
+        (any::<u64>(), any::<bool>()).prop_map(|(ns, hook)| {
+            let source = if hook { RxClock::XdpHook } else { RxClock::KernelSocket };
+            Some(RxTimestamp { unix_ns: ns, monotonic_ns: ns / 3, source })
+        }),
+    ];
+    (stamp, prop_oneof![Just(None), any::<u32>().prop_map(Some)])
+        .prop_map(|(rx_timestamp, queue)| Arrival { rx_timestamp, queue })
+}
+
+proptest! {
+    #![proptest_config(config(4096))]
+
+    /// `traffic_class`, `dscp`, `ecn`, `ttl` and `vlan_id` of a generated frame are the spec's (any DSCP/ECN,
+    /// TTL, hop limit, traffic class, 802.1Q / 802.1ad tag or none), over shared and mutable buffers.
+    #[test]
+    fn metadata_accessors_read_what_was_sent(s in arb_spec()) {
+        let b = build(&s);
+        let (tc, ttl, vlan_id) = spec_metadata(&s);
+        let d = parse(&b.frame).unwrap().unwrap();
+        prop_assert_eq!(d.traffic_class(), tc);
+        prop_assert_eq!(d.dscp(), tc >> 2);
+        prop_assert_eq!(d.ecn().bits(), tc & 0b11);
+        prop_assert_eq!(d.ttl(), ttl);
+        prop_assert_eq!(d.vlan_id(), vlan_id);
+        let mut copy = b.frame.clone();
+        let m = Datagram::parse(&mut copy[..], b.frame.len()).unwrap().unwrap();
+        prop_assert_eq!((m.traffic_class(), m.ttl(), m.vlan_id(), m.ecn()), (tc, ttl, vlan_id, d.ecn()));
+    }
+
+    /// The handler sees the frame's metadata and the datapath's arrival (stamp and queue) in its `Request`,
+    /// exactly, through `respond_with`; `respond` hands no arrival over. The reply is the same either way.
+    #[test]
+    fn the_handler_sees_the_frames_metadata_and_the_arrival(s in arb_spec_summed(UdpSum::Correct), arrival in arb_arrival()) {
+        let b = build(&s);
+        let (tc, ttl, vlan_id) = spec_metadata(&s);
+        let mut seen = None;
+        let mut buf = in_buffer(&b.frame, 0, 0);
+        let out = respond_with(&mut with(|r: &Request, _: &mut [u8], len| {
+            seen = Some(*r);
+            Verdict::Reply { len }
+        }), &mut buf, b.frame.len(), NOW, VERIFIED, arrival);
+        prop_assert!(matches!(out, Outcome::Reply(_)), "{:?}", out);
+        let r = seen.unwrap();
+        let mut expected = Request::new(b.expected.src, b.expected.dst, NOW).with_traffic_class(tc).with_ttl(ttl);
+        if let Some(id) = vlan_id {
+            expected = expected.with_vlan_id(id);
+        }
+        if let Some(t) = arrival.rx_timestamp {
+            expected = expected.with_rx_timestamp(t);
+        }
+        if let Some(q) = arrival.queue {
+            expected = expected.with_queue(q);
+        }
+        prop_assert_eq!(r, expected);
+        prop_assert_eq!(r.ecn, Some(Ecn::from_traffic_class(tc)));
+
+        let mut plain = None;
+        let mut again = in_buffer(&b.frame, 0, 0);
+        let out2 = respond(&mut with(|r: &Request, _: &mut [u8], len| {
+            plain = Some(*r);
+            Verdict::Reply { len }
+        }), &mut again, b.frame.len(), NOW, VERIFIED);
+        prop_assert_eq!(out2, out);
+        prop_assert_eq!(&again, &buf, "the arrival changes what the handler sees, not the reply");
+        prop_assert_eq!(plain.unwrap(), Request { rx_timestamp: None, queue: None, ..expected });
+    }
+
+    /// `Ecn::from_traffic_class` reads the two low bits of any byte, and `bits` gives them back.
+    #[test]
+    fn ecn_is_the_two_low_bits(tc in any::<u8>()) {
+        let e = Ecn::from_traffic_class(tc);
+        prop_assert_eq!(e.bits(), tc & 0b11);
+        prop_assert_eq!(Ecn::from_traffic_class(e.bits()), e);
+        prop_assert_eq!(Ecn::from_traffic_class(tc | 0b11), Ecn::Ce);
+        prop_assert_eq!(Ecn::from_traffic_class(tc & !0b11), Ecn::NotEct);
+    }
+
+    /// Stamp conversions with any clock pair: exact where they fit (and back again), `None` where they do not,
+    /// never a panic or a wrapped value.
+    #[test]
+    fn rx_timestamps_convert_with_the_batch_clock_pair(stamp in any::<u64>(), unix in any::<u64>(), mono in any::<u64>()) {
+        let now = Time { unix_ns: unix, monotonic_ns: mono };
+        let want = (i128::from(stamp) + i128::from(unix) - i128::from(mono)).try_into().ok();
+        let m = RxTimestamp::from_monotonic(stamp, now, RxClock::XdpHook);
+        if let Some(t) = m {
+            prop_assert_eq!(Some(t.unix_ns), want);
+            prop_assert_eq!((t.monotonic_ns, t.source), (stamp, RxClock::XdpHook));
+            let back = RxTimestamp::from_realtime(t.unix_ns, now, RxClock::XdpHook);
+            prop_assert_eq!(back.map(|b| b.monotonic_ns), Some(stamp));
+        } else {
+            // `None` only when the sum or the difference does not fit.
+            prop_assert!(want.is_none() || stamp.checked_add(unix).is_none(), "{:?}", want);
+        }
+        let want_mono: Option<u64> = (i128::from(stamp) + i128::from(mono) - i128::from(unix)).try_into().ok();
+        match RxTimestamp::from_realtime(stamp, now, RxClock::KernelSocket) {
+            Some(t) => prop_assert_eq!((Some(t.monotonic_ns), t.unix_ns), (want_mono, stamp)),
+            None => prop_assert!(want_mono.is_none() || stamp.checked_add(mono).is_none()),
+        }
+    }
 }

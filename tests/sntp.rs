@@ -121,6 +121,8 @@ struct Expect {
     stratum: u8,
     precision: i8,
     reference_id: [u8; 4],
+    /// Whether requests carry a receive stamp (XDP hook or kernel socket), which the receive field then is.
+    stamped: bool,
 }
 
 /// Checks the reply to [`raw_exchange`]'s good request.
@@ -140,14 +142,18 @@ fn check_reply(x: &Exchange, want: &Expect) {
     assert_eq!(reply[12..16], want.reference_id, "reference id");
     assert_eq!(be64(reply, 24), x.transmit, "originate = the request's transmit timestamp");
     let (receive, transmit) = (ntp_to_unix_ns(be64(reply, 32)), ntp_to_unix_ns(be64(reply, 40)));
-    assert_eq!(receive, transmit, "one clock reading per batch: receive = transmit");
+    assert!(receive <= transmit, "receive {receive} after transmit {transmit}");
+    if want.stamped {
+        // The receive field is the packet's stamp (XDP hook or kernel socket), taken before the worker's
+        // once-per-batch clock reading that gives transmit: strictly earlier.
+        assert!(receive < transmit, "receive = transmit = {receive}: the packet's receive stamp was not used");
+    } else {
+        assert_eq!(receive, transmit, "no stamp: both are the batch's clock reading");
+    }
     // Both namespaces read the same clock, the server between our two readings (1 ns of rounding allowed).
-    assert!(
-        x.before <= receive + 1 && receive <= x.after,
-        "receive time {receive} outside [{}, {}]",
-        x.before,
-        x.after
-    );
+    for (what, t) in [("receive", receive), ("transmit", transmit)] {
+        assert!(x.before <= t + 1 && t <= x.after, "{what} time {t} outside [{}, {}]", x.before, x.after);
+    }
     let reference = ntp_to_unix_ns(be64(reply, 16));
     assert!(reference <= receive && receive - reference < 1_000_000_000, "reference {reference}, receive {receive}");
 }
@@ -184,11 +190,11 @@ fn sntp_example_answers_debian_sntp_over_ipv4_and_ipv6() {
     }
 
     let x = raw_exchange(&lab, SocketAddr::from((lab.server_v4(), 123)), 0);
-    check_reply(&x, &Expect { leap: 0, stratum: 1, precision: -20, reference_id: *b"GPS\0" });
+    check_reply(&x, &Expect { leap: 0, stratum: 1, precision: -20, reference_id: *b"GPS\0", stamped: true });
     // ntpd queries from port 123, which the default reflection filter (limits.deny_source_ports) lists: the
     // handler declares it as its clients' port, so the example, configured as its docs say, answers it.
     let x = raw_exchange(&lab, SocketAddr::from((lab.server_v4(), 123)), 123);
-    check_reply(&x, &Expect { leap: 0, stratum: 1, precision: -20, reference_id: *b"GPS\0" });
+    check_reply(&x, &Expect { leap: 0, stratum: 1, precision: -20, reference_id: *b"GPS\0", stamped: true });
 
     let fin = srv.stop();
     fin.assert_clean_exit();
@@ -242,12 +248,43 @@ fn sntp_example_flags_reach_the_wire_and_the_alarm_is_refused_by_the_client() {
     assert!(out.stderr.contains("leap not in sync"), "sntp's reason:\n{}", out.combined());
 
     let x = raw_exchange(&lab, SocketAddr::from((lab.server_v4(), 123)), 0);
-    check_reply(&x, &Expect { leap: 3, stratum: 3, precision: -10, reference_id: [198, 18, 0, 9] });
+    check_reply(&x, &Expect { leap: 3, stratum: 3, precision: -10, reference_id: [198, 18, 0, 9], stamped: true });
 
     let fin = srv.stop();
     fin.assert_clean_exit();
     assert_eq!(fin.report_u64("tx_packets"), 2, "{}", fin.describe());
     assert_eq!(fin.report_u64("workers.0.dropped_by_handler"), 3, "{}", fin.describe());
+}
+
+/// The receive field is the packet's own receive stamp wherever there is one: the XDP hook's with the lab's
+/// `latency.stamp = "auto"` (which picks `head` on a kernel that refuses `bpf_xdp_adjust_meta`), the kernel's
+/// software stamp on kernel sockets; without latency stamps (`--no-latency`) both fields are the batch's clock.
+#[test]
+#[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
+fn sntp_receive_field_is_the_packets_stamp_in_every_datapath() {
+    require_lab();
+    let bin = example_bin();
+    let lab = Lab::new(1);
+    let sif = lab.server_if();
+    let cfg = lab_config().display().to_string();
+    let base = ["--config", &cfg, "--interface", &sif, "--port", "123", "--stratum", "1", "--reference", "GPS"];
+    for (extra, stamped) in [
+        (&[][..], true),
+        (&["--no-latency"][..], false),
+        (&["--mode", "socket", "--io", "mmsg"][..], true),
+        (&["--mode", "socket", "--io", "blocking", "--no-latency"][..], false),
+    ] {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let srv = lab.spawn_program(&bin, &args);
+        for _ in 0..3 {
+            let x = raw_exchange(&lab, SocketAddr::from((lab.server_v4(), 123)), 0);
+            check_reply(&x, &Expect { leap: 0, stratum: 1, precision: -20, reference_id: *b"GPS\0", stamped });
+        }
+        let fin = srv.stop();
+        fin.assert_clean_exit();
+        assert_eq!(fin.report_u64("tx_packets"), 3, "{extra:?}: {}", fin.describe());
+    }
+    lab.assert_no_xdp_within(Duration::from_secs(5));
 }
 
 /// A custom handler cannot run inside the kernel: `--mode xdp` is refused at start-up with exit 2, naming the

@@ -627,7 +627,8 @@ impl RunningServer {
                 .with_options(respond_options)
                 .with_poll_mode(server.config.workers.poll_mode())
                 .with_kick_policy(server.config.workers.kick_policy())
-                .with_stamp_in_packet(stamp == StampMethod::Head);
+                .with_stamp_in_packet(stamp == StampMethod::Head)
+                .with_stamp_in_metadata(stamp == StampMethod::Meta);
             if let Some(l) = worker_side {
                 worker = worker.with_latency(l);
             }

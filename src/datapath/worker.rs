@@ -19,7 +19,7 @@ use super::{
     meta, KickPolicy, PollMode, QueueSocket,
 };
 use crate::{
-    handler::{respond, Handler, Outcome, RespondOptions, Time},
+    handler::{respond_with, Arrival, Handler, Outcome, RespondOptions, RxClock, RxTimestamp, Time},
     sys,
 };
 
@@ -48,6 +48,9 @@ pub struct Worker<H> {
     latency: Option<WorkerLatency>,
     /// Whether every packet starts with the XDP program's stamp (`StampMethod::Head`), to be stripped.
     strip_stamp: bool,
+    /// Whether the XDP program writes its stamp as XDP metadata in front of each packet (`StampMethod::Meta`),
+    /// to be read for the handler even when no latency is recorded.
+    meta_stamp: bool,
     options: RespondOptions,
     poll_mode: PollMode,
     kick: KickPolicy,
@@ -93,6 +96,7 @@ impl<H: Handler> Worker<H> {
             shared,
             latency: None,
             strip_stamp: false,
+            meta_stamp: false,
             options: RespondOptions::default(),
             poll_mode: PollMode::Spin,
             kick: KickPolicy::default(),
@@ -108,10 +112,19 @@ impl<H: Handler> Worker<H> {
     }
 
     /// Says that the steering program prepends its stamp to every packet (the `head` stamp method): the
-    /// worker reads the first [`meta::META_LEN`] bytes as the stamp (when recording latency) and strips them
-    /// before the handler sees the packet. Must match the loaded program.
+    /// worker reads the first [`meta::META_LEN`] bytes as the stamp (for the handler and the latency
+    /// histograms) and strips them before the handler sees the packet. Must match the loaded program.
     pub fn with_stamp_in_packet(mut self, prepended: bool) -> Self {
         self.strip_stamp = prepended;
+        self
+    }
+
+    /// Says that the steering program writes its stamp as XDP metadata in front of every packet it stamps
+    /// (the `meta` stamp method): the worker then reads it for the handler
+    /// ([`crate::handler::Request::rx_timestamp`]) even when it records no latency (with latency, it always
+    /// looks). Must match the loaded program.
+    pub fn with_stamp_in_metadata(mut self, metadata: bool) -> Self {
+        self.meta_stamp = metadata;
         self
     }
 
@@ -149,6 +162,7 @@ impl<H: Handler> Worker<H> {
             stamps,
             latency,
             strip_stamp,
+            meta_stamp,
             options,
             poll_mode,
             kick,
@@ -167,6 +181,8 @@ impl<H: Handler> Worker<H> {
         let busy_poll = matches!(poll_mode, PollMode::BusyPoll { .. });
         let mut last_packet_ns = sys::monotonic_ns();
         let frame_mask = s.frame_size - 1;
+        let queue = Some(s.queue);
+        let read_meta_stamp = *meta_stamp || latency.is_some();
         let mut next_kernel_ns = 0u64;
         let mut spins: u32 = 0;
 
@@ -265,11 +281,11 @@ impl<H: Handler> Worker<H> {
                         free.push(*desc);
                         continue;
                     };
-                    let stamp = if latency.is_some() { meta::decode(head) } else { None };
+                    let stamp = meta::decode(head);
                     contents.copy_within(meta::META_LEN..len, 0);
                     len -= meta::META_LEN;
                     stamp
-                } else if latency.is_some() {
+                } else if read_meta_stamp {
                     // SAFETY: the pointer is the packet data of a frame this loop owns (see above), and
                     // `offset_in_frame` is that data's offset within its frame.
                     unsafe { meta::take_stamp(data.contents_mut().as_mut_ptr(), offset_in_frame) }
@@ -279,7 +295,10 @@ impl<H: Handler> Worker<H> {
                 // Open the frame up to its full capacity so that a handler may reply with more than it got.
                 let capacity = data.cursor().buf_len();
                 data.cursor().set_pos(capacity);
-                match respond(handler, data.contents_mut(), len, now, *options) {
+                // The stamp on both clocks for the handler, converted with the batch's clock pair (no clock read).
+                let rx_timestamp = stamp.and_then(|st| RxTimestamp::from_monotonic(st.hook_ns, now, RxClock::XdpHook));
+                let arrival = Arrival { rx_timestamp, queue };
+                match respond_with(handler, data.contents_mut(), len, now, *options, arrival) {
                     Outcome::Reply(n) => {
                         data.cursor().set_pos(n);
                         tx_batch.push(*desc);

@@ -35,6 +35,46 @@
 //! ```
 //!
 //! Run it with [`crate::control::cli::run`] (the `shunt serve` flags) or [`crate::control::serve`].
+//!
+//! # What a request says about its packet
+//!
+//! Besides its addresses and the batch's time ([`Request::now`]), a [`Request`] carries what is known about the
+//! packet, each an `Option` that is `None` where the datapath cannot know it:
+//!
+//! - [`Request::rx_timestamp`]: when the packet arrived, on both clocks, and which clock took the stamp
+//!   ([`RxClock::XdpHook`]: the steering program's CLOCK_MONOTONIC stamp on AF_XDP, present whenever the
+//!   program stamps, i.e. `latency.stamp` resolves to `meta` or `head`, so not with `"none"`,
+//!   `latency.enabled = false` or `--no-latency`; [`RxClock::KernelSocket`]: the kernel's CLOCK_REALTIME
+//!   software stamp on kernel sockets, present with `latency.enabled`). The other clock's reading is derived
+//!   with the batch's clock pair ([`RxTimestamp::from_monotonic`], [`RxTimestamp::from_realtime`]): no clock is
+//!   read per packet.
+//! - [`Request::dscp`] and [`Request::ecn`] (IPv4 TOS / IPv6 traffic class), [`Request::ttl`] (TTL / hop limit):
+//!   from the frame on AF_XDP, from IP_TOS / IPV6_TCLASS and IP_TTL / IPV6_HOPLIMIT control messages on kernel
+//!   sockets.
+//! - [`Request::vlan_id`]: the frame's one 802.1Q / 802.1ad tag on AF_XDP (`None` untagged, and on kernel
+//!   sockets, where the kernel has stripped it).
+//! - [`Request::queue`]: the NIC queue the AF_XDP worker serves (`None` on kernel sockets).
+//!
+//! A test sets them with the `with_*` builders:
+//!
+//! ```
+//! use shunt::handler::{Ecn, Request, RxClock, RxTimestamp, Time};
+//!
+//! let now = Time { unix_ns: 1_700_000_000_000_000_000, monotonic_ns: 5_000_000 };
+//! let arrived = RxTimestamp::from_monotonic(4_000_000, now, RxClock::XdpHook).unwrap();
+//! let request = Request::new("198.18.0.2:4000".parse().unwrap(), "198.18.0.1:123".parse().unwrap(), now)
+//!     .with_rx_timestamp(arrived)
+//!     .with_traffic_class(0xb9) // DSCP 46 (EF), ECN ECT(1)
+//!     .with_ttl(63)
+//!     .with_vlan_id(42)
+//!     .with_queue(1);
+//! assert_eq!(request.rx_timestamp.unwrap().unix_ns, now.unix_ns - 1_000_000);
+//! assert_eq!((request.dscp, request.ecn), (Some(46), Some(Ecn::Ect1)));
+//! assert_eq!((request.ttl, request.vlan_id, request.queue), (Some(63), Some(42), Some(1)));
+//! ```
+//!
+//! Datapaths hand what the frame does not say (the stamp, the queue) to [`respond_with`] as an [`Arrival`];
+//! [`respond`] is the same with none.
 #![forbid(unsafe_code)]
 #![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -46,6 +86,7 @@ pub use sockperf::{Sockperf, SOCKPERF_HEADER_LEN};
 
 use std::net::SocketAddr;
 
+pub use crate::packet::Ecn;
 use crate::packet::{self, Datagram, UdpChecksum};
 
 /// The current time, read by the worker once per RX batch and handed to the handler with each request.
@@ -57,22 +98,135 @@ pub struct Time {
     pub monotonic_ns: u64,
 }
 
-/// One request as a handler sees it: who sent it to whom, and when it was taken off the ring.
+/// Which clock stamped a request's arrival, and where on the packet's way in (see [`RxTimestamp`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RxClock {
+    /// AF_XDP: the steering program's stamp at the XDP hook (`bpf_ktime_get_ns`, CLOCK_MONOTONIC), taken as the
+    /// driver hands the packet to XDP, before it waits in the socket's RX ring. Present when the program stamps
+    /// (`latency.stamp` resolves to `meta` or `head`, which needs `latency.enabled`).
+    XdpHook,
+    /// Kernel sockets: the kernel's software receive timestamp (SO_TIMESTAMPING with
+    /// SOF_TIMESTAMPING_RX_SOFTWARE, CLOCK_REALTIME), taken as the datagram enters the network stack. Present
+    /// when the sockets ask for it (`latency.enabled`).
+    KernelSocket,
+}
+
+/// When a request arrived, on both clocks, and which clock took the stamp.
+///
+/// The stamp is taken on one clock ([`RxTimestamp::source`] says which); the other reading is derived from it
+/// with the batch's own clock pair ([`Request::now`]): `realtime = monotonic + (now.unix_ns - now.monotonic_ns)`
+/// and the reverse. So no clock is read per packet, and the two readings are as consistent as the batch's pair
+/// (a realtime clock step between the stamp and the batch is not seen). Use `unix_ns` for protocols that put
+/// wall-clock time on the wire (NTP's receive timestamp), `monotonic_ns` for intervals against `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RxTimestamp {
+    /// CLOCK_REALTIME at arrival: nanoseconds since the Unix epoch.
+    pub unix_ns: u64,
+    /// CLOCK_MONOTONIC at arrival: comparable with [`Time::monotonic_ns`] (at most the batch's `now`).
+    pub monotonic_ns: u64,
+    /// Which clock took the stamp.
+    pub source: RxClock,
+}
+
+impl RxTimestamp {
+    /// A stamp taken on CLOCK_MONOTONIC (`monotonic_ns`), its realtime reading derived with `now`'s pair.
+    /// `None` if the conversion does not fit a `u64` (a clock pair no host gives).
+    #[inline]
+    pub fn from_monotonic(monotonic_ns: u64, now: Time, source: RxClock) -> Option<RxTimestamp> {
+        let unix_ns = monotonic_ns.checked_add(now.unix_ns)?.checked_sub(now.monotonic_ns)?;
+        Some(RxTimestamp { unix_ns, monotonic_ns, source })
+    }
+
+    /// A stamp taken on CLOCK_REALTIME (`unix_ns`), its monotonic reading derived with `now`'s pair. `None` if
+    /// the conversion does not fit a `u64` (a stamp older than the monotonic clock's start).
+    #[inline]
+    pub fn from_realtime(unix_ns: u64, now: Time, source: RxClock) -> Option<RxTimestamp> {
+        let monotonic_ns = unix_ns.checked_add(now.monotonic_ns)?.checked_sub(now.unix_ns)?;
+        Some(RxTimestamp { unix_ns, monotonic_ns, source })
+    }
+}
+
+/// One request as a handler sees it: who sent it to whom, when, and what its IP header and the datapath said
+/// about it.
+///
+/// The metadata fields are `Option`s: `None` where the datapath cannot know (see each field), and in a request
+/// made with [`Request::new`] until a `with_*` method sets it (for tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request {
     /// The client's address and port (the reply's destination).
     pub src: SocketAddr,
     /// The server's address and port the request was sent to.
     pub dst: SocketAddr,
-    /// When the worker picked up the batch holding this request.
+    /// When the worker picked up the batch holding this request (one clock reading per batch; per datagram in
+    /// the per-datagram socket models). Later than [`Request::rx_timestamp`].
     pub now: Time,
+    /// When the request arrived, if the packet was stamped: on AF_XDP the XDP hook's stamp
+    /// ([`RxClock::XdpHook`]) whenever the steering program stamps (`latency.stamp` = `meta` or `head`, so
+    /// `None` with `latency.stamp = "none"`, `latency.enabled = false` or `--no-latency`); on kernel sockets the
+    /// kernel's software stamp ([`RxClock::KernelSocket`]) when `latency.enabled`.
+    pub rx_timestamp: Option<RxTimestamp>,
+    /// The request's DSCP (0..=63), from the IPv4 TOS / IPv6 traffic class: read from the frame on AF_XDP,
+    /// from the IP_TOS / IPV6_TCLASS control message on kernel sockets (`None` if the kernel sent none).
+    pub dscp: Option<u8>,
+    /// The request's ECN codepoint, from the same byte as [`Request::dscp`] (`None` where it is).
+    pub ecn: Option<Ecn>,
+    /// The request's TTL / hop limit as it arrived: from the frame on AF_XDP, from the IP_TTL / IPV6_HOPLIMIT
+    /// control message on kernel sockets (`None` if the kernel sent none).
+    pub ttl: Option<u8>,
+    /// The VLAN id of the frame's one 802.1Q / 802.1ad tag (0 for a priority-only tag); `None` for an untagged
+    /// frame, and on kernel sockets (the kernel strips the tag before the socket).
+    pub vlan_id: Option<u16>,
+    /// The NIC receive queue the AF_XDP worker serves ([`crate::control::WorkerInfo::queue`]); `None` on kernel
+    /// sockets, whose datagrams are spread across the workers' SO_REUSEPORT sockets, not by queue.
+    pub queue: Option<u32>,
 }
 
 impl Request {
-    /// A request from `src` to `dst` at `now` (for tests and for datapaths).
+    /// A request from `src` to `dst` at `now`, with no metadata (set it with the `with_*` methods).
     pub fn new(src: SocketAddr, dst: SocketAddr, now: Time) -> Request {
-        Request { src, dst, now }
+        Request { src, dst, now, rx_timestamp: None, dscp: None, ecn: None, ttl: None, vlan_id: None, queue: None }
     }
+
+    /// The same request, received at `at`.
+    #[must_use]
+    pub fn with_rx_timestamp(self, at: RxTimestamp) -> Request {
+        Request { rx_timestamp: Some(at), ..self }
+    }
+
+    /// The same request with DSCP and ECN from `traffic_class` (an IPv4 TOS byte or IPv6 traffic class).
+    #[must_use]
+    pub fn with_traffic_class(self, traffic_class: u8) -> Request {
+        Request { dscp: Some(traffic_class >> 2), ecn: Some(Ecn::from_traffic_class(traffic_class)), ..self }
+    }
+
+    /// The same request, arrived with TTL / hop limit `ttl`.
+    #[must_use]
+    pub fn with_ttl(self, ttl: u8) -> Request {
+        Request { ttl: Some(ttl), ..self }
+    }
+
+    /// The same request, tagged with VLAN id `vlan_id` (its low 12 bits).
+    #[must_use]
+    pub fn with_vlan_id(self, vlan_id: u16) -> Request {
+        Request { vlan_id: Some(vlan_id & 0x0fff), ..self }
+    }
+
+    /// The same request, received on queue `queue`.
+    #[must_use]
+    pub fn with_queue(self, queue: u32) -> Request {
+        Request { queue: Some(queue), ..self }
+    }
+}
+
+/// What a datapath knows about a received frame that the frame itself does not say: handed to
+/// [`respond_with`], copied into the [`Request`]. Plain values: making one costs no clock read or system call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Arrival {
+    /// See [`Request::rx_timestamp`].
+    pub rx_timestamp: Option<RxTimestamp>,
+    /// See [`Request::queue`].
+    pub queue: Option<u32>,
 }
 
 /// A handler's decision for one request.
@@ -219,7 +373,8 @@ pub fn answer<H: Handler + ?Sized>(
 }
 
 /// Runs one received frame through parse → checksum check → handler → reply (headers from `options`, no
-/// longer than its MTU: [`Outcome::OverMtu`] otherwise).
+/// longer than its MTU: [`Outcome::OverMtu`] otherwise), with no [`Arrival`] metadata (no receive timestamp,
+/// no queue); see [`respond_with`].
 ///
 /// `frame` is the whole writable buffer of the frame and `len` the received length (`len <= frame.len()`; a
 /// larger `len` is clamped). On [`Outcome::Reply`] the frame holds the reply; on any other outcome its content
@@ -232,6 +387,20 @@ pub fn respond<H: Handler + ?Sized>(
     now: Time,
     options: RespondOptions,
 ) -> Outcome {
+    respond_with(handler, frame, len, now, options, Arrival::default())
+}
+
+/// [`respond`], with what the datapath knows about the frame (`arrival`: its receive timestamp, the queue)
+/// copied into the [`Request`], next to what the frame's headers say (DSCP, ECN, TTL / hop limit, VLAN id).
+#[inline]
+pub fn respond_with<H: Handler + ?Sized>(
+    handler: &mut H,
+    frame: &mut [u8],
+    len: usize,
+    now: Time,
+    options: RespondOptions,
+    arrival: Arrival,
+) -> Outcome {
     let mut d = match Datagram::parse(frame, len) {
         Ok(Some(d)) => d,
         Ok(None) => return Outcome::NotOurs,
@@ -240,7 +409,18 @@ pub fn respond<H: Handler + ?Sized>(
     if options.verify_udp_checksum && d.udp_checksum() == UdpChecksum::Wrong {
         return Outcome::BadChecksum;
     }
-    let request = Request { src: d.src(), dst: d.dst(), now };
+    let traffic_class = d.traffic_class();
+    let request = Request {
+        src: d.src(),
+        dst: d.dst(),
+        now,
+        rx_timestamp: arrival.rx_timestamp,
+        dscp: Some(traffic_class >> 2),
+        ecn: Some(Ecn::from_traffic_class(traffic_class)),
+        ttl: Some(d.ttl()),
+        vlan_id: d.vlan_id(),
+        queue: arrival.queue,
+    };
     let request_len = d.payload_len();
     let reply_len = match answer(handler, &request, d.payload_room_mut(), request_len) {
         Ok(len) => len,
@@ -300,6 +480,83 @@ mod tests {
         let n = request(&mut frame, b"0123456789");
         let out = respond(&mut Fixed { reply: 100, bound: Some(100) }, &mut frame, n, now, opts);
         assert_eq!(out, Outcome::Reply(n - 10 + 100), "a handler may raise its bound deliberately");
+    }
+
+    /// Keeps the last request it saw, and echoes.
+    #[derive(Default)]
+    struct Seen(Option<Request>);
+
+    impl Handler for Seen {
+        fn handle(&mut self, request: &Request, _payload: &mut [u8], len: usize) -> Verdict {
+            self.0 = Some(*request);
+            Verdict::Reply { len }
+        }
+    }
+
+    #[test]
+    fn the_request_carries_the_frames_metadata_and_the_arrival() {
+        // IPv6 in an 802.1Q tag, traffic class 0xb9 (DSCP 46, ECT(1)) and hop limit 7 (neither is covered by
+        // the UDP checksum, so they are set after building).
+        let spec = FlowSpec {
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, 0, 2],
+            vlan_tci: Some(0x6000 | 42),
+            src: "[2001:2::2]:4000".parse().unwrap(),
+            dst: "[2001:2::1]:9000".parse().unwrap(),
+        };
+        let mut frame = [0u8; 256];
+        let n = write_request(&mut frame, &spec, 5).unwrap();
+        let l3 = 18;
+        frame[l3] = 0x60 | (0xb9 >> 4);
+        frame[l3 + 1] = ((0xb9 & 0x0f) << 4) | (frame[l3 + 1] & 0x0f);
+        frame[l3 + 7] = 7;
+        let now = Time { unix_ns: 1_700_000_000_000_000_000, monotonic_ns: 9_000 };
+        let stamp = RxTimestamp::from_monotonic(8_000, now, RxClock::XdpHook).unwrap();
+        assert_eq!(stamp.unix_ns, now.unix_ns - 1_000);
+        let arrival = Arrival { rx_timestamp: Some(stamp), queue: Some(3) };
+        let mut h = Seen::default();
+        let copy = frame;
+        assert!(matches!(
+            respond_with(&mut h, &mut frame, n, now, RespondOptions::default(), arrival),
+            Outcome::Reply(_)
+        ));
+        let r = h.0.unwrap();
+        let expected = Request::new(spec.src, spec.dst, now)
+            .with_rx_timestamp(stamp)
+            .with_traffic_class(0xb9)
+            .with_ttl(7)
+            .with_vlan_id(42)
+            .with_queue(3);
+        assert_eq!(r, expected);
+        assert_eq!((r.dscp, r.ecn), (Some(46), Some(Ecn::Ect1)));
+
+        // `respond` hands no arrival over: no stamp, no queue; the frame's own fields are still there.
+        let mut frame = copy;
+        assert!(matches!(respond(&mut h, &mut frame, n, now, RespondOptions::default()), Outcome::Reply(_)));
+        let r = h.0.unwrap();
+        assert_eq!((r.rx_timestamp, r.queue), (None, None));
+        assert_eq!((r.ttl, r.vlan_id, r.dscp), (Some(7), Some(42), Some(46)));
+    }
+
+    #[test]
+    fn a_new_request_has_no_metadata_and_stamps_convert_both_ways() {
+        let now = Time { unix_ns: 1_000_000, monotonic_ns: 400 };
+        let r = Request::new("198.18.0.2:1".parse().unwrap(), "198.18.0.1:2".parse().unwrap(), now);
+        assert_eq!((r.rx_timestamp, r.dscp, r.ecn, r.ttl, r.vlan_id, r.queue), (None, None, None, None, None, None));
+        assert_eq!(r.with_vlan_id(0xffff).vlan_id, Some(0x0fff), "the id is 12 bits");
+        let m = RxTimestamp::from_monotonic(300, now, RxClock::XdpHook).unwrap();
+        assert_eq!((m.unix_ns, m.monotonic_ns), (999_900, 300));
+        let k = RxTimestamp::from_realtime(999_900, now, RxClock::KernelSocket).unwrap();
+        assert_eq!((k.unix_ns, k.monotonic_ns, k.source), (999_900, 300, RxClock::KernelSocket));
+        // Conversions that do not fit are refused, never wrapped.
+        assert_eq!(RxTimestamp::from_realtime(100, now, RxClock::KernelSocket), None);
+        assert_eq!(RxTimestamp::from_monotonic(u64::MAX, now, RxClock::XdpHook), None);
+        let odd = Time { unix_ns: 0, monotonic_ns: 10 };
+        assert_eq!(RxTimestamp::from_monotonic(5, odd, RxClock::XdpHook), None);
+        for tc in 0..=255u8 {
+            let r = r.with_traffic_class(tc);
+            assert_eq!((r.dscp.unwrap() << 2) | r.ecn.unwrap().bits(), tc);
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ mod parse;
 mod reply;
 
 pub use build::{write_request, BuildError, FlowSpec};
-pub use parse::{parse, Buffer, Datagram, IpVersion, Malformed, UdpChecksum};
+pub use parse::{parse, Buffer, Datagram, Ecn, IpVersion, Malformed, UdpChecksum};
 pub use reply::{ReplyError, ReplyHeaders};
 
 /// EtherType of IPv4.

@@ -17,6 +17,44 @@ pub enum IpVersion {
     V6,
 }
 
+/// The ECN codepoint of an IP packet (RFC 3168 §5): the two low bits of the IPv4 TOS byte or the IPv6 traffic
+/// class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Ecn {
+    /// `00`: the sender does not support ECN.
+    NotEct,
+    /// `01`: ECN-capable transport, ECT(1) (L4S, RFC 9331).
+    Ect1,
+    /// `10`: ECN-capable transport, ECT(0).
+    Ect0,
+    /// `11`: congestion experienced, marked by a router on the way.
+    Ce,
+}
+
+impl Ecn {
+    /// The codepoint in the two low bits of `traffic_class` (the other bits are ignored).
+    #[inline]
+    pub fn from_traffic_class(traffic_class: u8) -> Ecn {
+        match traffic_class & 0b11 {
+            0b00 => Ecn::NotEct,
+            0b01 => Ecn::Ect1,
+            0b10 => Ecn::Ect0,
+            _ => Ecn::Ce,
+        }
+    }
+
+    /// The codepoint's two bits (0..=3).
+    #[inline]
+    pub fn bits(self) -> u8 {
+        match self {
+            Ecn::NotEct => 0b00,
+            Ecn::Ect1 => 0b01,
+            Ecn::Ect0 => 0b10,
+            Ecn::Ce => 0b11,
+        }
+    }
+}
+
 /// Why a frame that claimed to be IP/UDP was rejected. Each variant is a distinct, countable reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Malformed {
@@ -162,6 +200,48 @@ impl<B: Buffer> Datagram<B> {
     /// The VLAN tag control information, if the frame carried one tag.
     pub fn vlan_tci(&self) -> Option<u16> {
         self.layout.vlan_tci
+    }
+
+    /// The VLAN id (the low 12 bits of the tag control information), if the frame carried one tag (802.1Q or
+    /// 802.1ad). A tag with id 0 (priority-only) gives `Some(0)`.
+    pub fn vlan_id(&self) -> Option<u16> {
+        self.layout.vlan_tci.map(|tci| tci & 0x0fff)
+    }
+
+    /// The IPv4 TOS byte or the IPv6 traffic class, as received: DSCP in the high six bits, ECN in the low two.
+    pub fn traffic_class(&self) -> u8 {
+        let l3 = self.layout.l3;
+        match self.layout.ip {
+            IpVersion::V4 => {
+                let [tos] = array(self.frame(), l3 + ipv4::TOS);
+                tos
+            }
+            IpVersion::V6 => {
+                // Version (4 bits), then the traffic class across the first two bytes.
+                let [first, second] = array(self.frame(), l3 + ipv6::VER_TC_FLOW.start);
+                (first << 4) | (second >> 4)
+            }
+        }
+    }
+
+    /// The request's DSCP (0..=63): the high six bits of [`Datagram::traffic_class`].
+    pub fn dscp(&self) -> u8 {
+        self.traffic_class() >> 2
+    }
+
+    /// The request's ECN codepoint: the low two bits of [`Datagram::traffic_class`].
+    pub fn ecn(&self) -> Ecn {
+        Ecn::from_traffic_class(self.traffic_class())
+    }
+
+    /// The IPv4 TTL or the IPv6 hop limit, as received (what is left of the sender's after the hops on the way).
+    pub fn ttl(&self) -> u8 {
+        let at = match self.layout.ip {
+            IpVersion::V4 => ipv4::TTL,
+            IpVersion::V6 => ipv6::HOP_LIMIT,
+        };
+        let [ttl] = array(self.frame(), self.layout.l3 + at);
+        ttl
     }
 
     /// Offset of the UDP payload in the frame (the length of all the headers).

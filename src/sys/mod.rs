@@ -348,6 +348,15 @@ pub fn enable_packet_info(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     set_int_option_at(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)
 }
 
+/// Asks for each received datagram's IP header fields as control messages: IP_RECVTOS and IP_RECVTTL (IPv4,
+/// also for IPv4 datagrams on a dual-stack IPv6 socket), IPV6_RECVTCLASS and IPV6_RECVHOPLIMIT (IPv6).
+pub fn enable_ip_header_info(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    set_int_option_at(fd, libc::IPPROTO_IP, libc::IP_RECVTOS, 1)?;
+    set_int_option_at(fd, libc::IPPROTO_IP, libc::IP_RECVTTL, 1)?;
+    set_int_option_at(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, 1)?;
+    set_int_option_at(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT, 1)
+}
+
 /// Sets socket `fd`'s receive buffer to `bytes` with SO_RCVBUFFORCE, beyond net.core.rmem_max (needs
 /// CAP_NET_ADMIN; EPERM without it).
 pub fn force_receive_buffer(fd: std::os::fd::BorrowedFd<'_>, bytes: u32) -> io::Result<()> {

@@ -78,9 +78,13 @@ const TIMESTAMPING64: usize = 48;
 
 /// Control bytes a reply needs at most: one IP_PKTINFO or one IPV6_PKTINFO.
 pub(super) const REPLY_ROOM: usize = space(IN6_PKTINFO);
-/// Control bytes a received datagram may bring: IP_PKTINFO, IPV6_PKTINFO and SCM_TIMESTAMPING_NEW, with
-/// room to spare for anything else the socket was asked for.
-pub(super) const RECEIVE_ROOM: usize = 2 * (space(IN_PKTINFO) + space(IN6_PKTINFO) + space(TIMESTAMPING64));
+/// Control bytes a received datagram may bring: IP_PKTINFO, IPV6_PKTINFO, SCM_TIMESTAMPING_NEW, IP_TOS (one
+/// byte) and IP_TTL, or IPV6_TCLASS and IPV6_HOPLIMIT (an int each), with room to spare for anything else the
+/// socket was asked for.
+pub(super) const RECEIVE_ROOM: usize =
+    2 * (space(IN_PKTINFO) + space(IN6_PKTINFO) + space(TIMESTAMPING64) + 2 * space(INT));
+/// `sizeof(int)`: IP_TTL, IPV6_TCLASS and IPV6_HOPLIMIT carry one.
+const INT: usize = 4;
 
 /// What the control messages of one received datagram said.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -91,10 +95,14 @@ pub(super) struct Received {
     pub ifindex: u32,
     /// The kernel's software receive timestamp, CLOCK_REALTIME ns.
     pub rx_realtime_ns: Option<u64>,
+    /// The IPv4 TOS byte (IP_TOS) or IPv6 traffic class (IPV6_TCLASS).
+    pub traffic_class: Option<u8>,
+    /// The IPv4 TTL (IP_TTL) or IPv6 hop limit (IPV6_HOPLIMIT).
+    pub ttl: Option<u8>,
 }
 
-/// Reads the destination address, the interface and the software receive timestamp from a received
-/// datagram's control messages.
+/// Reads the destination address, the interface, the software receive timestamp and the IP header's
+/// traffic class and TTL / hop limit from a received datagram's control messages.
 pub(super) fn parse(control: &[u8]) -> Received {
     let mut r = Received::default();
     for (level, kind, data) in messages(control) {
@@ -125,6 +133,12 @@ pub(super) fn parse(control: &[u8]) -> Received {
                     }
                 }
             }
+            (libc::IPPROTO_IP, libc::IP_TOS) => r.traffic_class = data.first().copied(),
+            (libc::IPPROTO_IP, libc::IP_TTL) => r.ttl = ne_i32(data, 0).and_then(|v| u8::try_from(v).ok()),
+            (libc::IPPROTO_IPV6, libc::IPV6_TCLASS) => {
+                r.traffic_class = ne_i32(data, 0).and_then(|v| u8::try_from(v).ok())
+            }
+            (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT) => r.ttl = ne_i32(data, 0).and_then(|v| u8::try_from(v).ok()),
             _ => {}
         }
     }
@@ -257,6 +271,29 @@ mod tests {
             parse(&with_c_macros(&[(libc::SOL_SOCKET, sys::SO_TIMESTAMPING_NEW, &[0; 48])])),
             Received::default()
         );
+    }
+
+    #[test]
+    fn traffic_class_and_ttl_are_decoded() {
+        let r = parse(&with_c_macros(&[
+            (libc::IPPROTO_IP, libc::IP_TOS, &[0xb9]),
+            (libc::IPPROTO_IP, libc::IP_TTL, &63i32.to_ne_bytes()),
+        ]));
+        assert_eq!((r.traffic_class, r.ttl), (Some(0xb9), Some(63)));
+        let r = parse(&with_c_macros(&[
+            (libc::IPPROTO_IPV6, libc::IPV6_TCLASS, &0x2ei32.to_ne_bytes()),
+            (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT, &255i32.to_ne_bytes()),
+        ]));
+        assert_eq!((r.traffic_class, r.ttl), (Some(0x2e), Some(255)));
+        // Out-of-range ints and empty data say nothing.
+        let r = parse(&with_c_macros(&[
+            (libc::IPPROTO_IPV6, libc::IPV6_TCLASS, &(-1i32).to_ne_bytes()),
+            (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT, &256i32.to_ne_bytes()),
+            (libc::IPPROTO_IP, libc::IP_TOS, &[]),
+        ]));
+        assert_eq!((r.traffic_class, r.ttl), (None, None));
+        let everything = space(IN_PKTINFO) + space(IN6_PKTINFO) + space(TIMESTAMPING64) + space(1) + 3 * space(INT);
+        assert!(RECEIVE_ROOM >= everything, "room for every message the socket asks for");
     }
 
     #[test]

@@ -7,8 +7,13 @@
 //! them) and SO_BINDTODEVICE (only datagrams arriving on the configured interface). IP_PKTINFO and
 //! IPV6_RECVPKTINFO give each datagram's real destination address, which the handler sees as
 //! [`Request::dst`](crate::handler::Request) and the reply is sent from (IPv4 clients appear to the handler as
-//! plain IPv4 addresses, not v4-mapped ones). Every reply goes through [`crate::handler::answer`], so a
-//! handler's declared reply bound holds here exactly as it does on the AF_XDP path.
+//! plain IPv4 addresses, not v4-mapped ones). IP_RECVTOS / IP_RECVTTL (IPv4, dual-stack included) and
+//! IPV6_RECVTCLASS / IPV6_RECVHOPLIMIT give each datagram's DSCP / ECN and TTL / hop limit
+//! ([`Request::dscp`](crate::handler::Request), `ecn`, `ttl`), and with timestamps on the kernel's receive stamp
+//! becomes [`Request::rx_timestamp`](crate::handler::Request) ([`RxClock::KernelSocket`](crate::handler::RxClock)),
+//! converted with the pick-up's clock pair; `vlan_id` and `queue` are `None` here. Every reply goes through
+//! [`crate::handler::answer`], so a handler's declared reply bound holds here exactly as it does on the AF_XDP
+//! path.
 //!
 //! # I/O models
 //!

@@ -41,6 +41,8 @@ fn open(options: &KernelSocketOptions, port: u16) -> Result<Socket, KernelSocket
         source,
     })?;
     sys::enable_packet_info(socket.as_fd()).map_err(fail("IP_PKTINFO / IPV6_RECVPKTINFO"))?;
+    sys::enable_ip_header_info(socket.as_fd())
+        .map_err(fail("IP_RECVTOS / IP_RECVTTL / IPV6_RECVTCLASS / IPV6_RECVHOPLIMIT"))?;
     // Beyond net.core.rmem_max where the process may (CAP_NET_ADMIN); within it otherwise.
     let size = options.receive_buffer as usize;
     if sys::force_receive_buffer(socket.as_fd(), options.receive_buffer).is_err() {

@@ -28,7 +28,7 @@ use crate::{
         meta::Stamp,
         WorkerExit,
     },
-    handler::{answer, Handler, Outcome, Request, Time},
+    handler::{answer, Ecn, Handler, Outcome, Request, RxClock, RxTimestamp, Time},
     sys,
 };
 
@@ -675,16 +675,20 @@ pub(super) fn serve_datagram<H: Handler>(
         SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     });
-    let request = Request::new(src, SocketAddr::new(local, port), now);
+    // The kernel's receive stamp (CLOCK_REALTIME) on both clocks, converted with `now`'s pair: no clock read.
+    let rx_timestamp = info.rx_realtime_ns.and_then(|rt| RxTimestamp::from_realtime(rt, now, RxClock::KernelSocket));
+    let request = Request {
+        rx_timestamp,
+        dscp: info.traffic_class.map(|tc| tc >> 2),
+        ecn: info.traffic_class.map(Ecn::from_traffic_class),
+        ttl: info.ttl,
+        ..Request::new(src, SocketAddr::new(local, port), now)
+    };
     let len = received.len.min(payload.len());
     match answer(handler, &request, payload, len) {
         Ok(n) => {
-            // Kernel receive time on the monotonic clock: realtime stamp − (realtime − monotonic), read with
-            // `now`.
-            let stamp = info
-                .rx_realtime_ns
-                .and_then(|rt| rt.checked_add(now.monotonic_ns)?.checked_sub(now.unix_ns))
-                .map(|hook_ns| Stamp { hook_ns, nic_to_hook_ns: None });
+            // Kernel receive time on the monotonic clock, for the latency histograms.
+            let stamp = rx_timestamp.map(|t| Stamp { hook_ns: t.monotonic_ns, nic_to_hook_ns: None });
             let control_len = match info.dst {
                 Some(ip) => cmsg::write_source(reply_control, ip, info.ifindex).unwrap_or(0),
                 None => 0,
