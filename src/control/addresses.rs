@@ -49,7 +49,8 @@ pub enum AddressError {
 }
 
 /// The thread that keeps the served-address map in step with the interface's addresses. Dropping it stops
-/// and joins the thread (within [`STOP_CHECK`] or so); the map keeps its last contents.
+/// and joins the thread (within about 200 ms: it looks at its stop flag that often); the map keeps its last
+/// contents.
 #[derive(Debug)]
 pub struct AddressFollower {
     stop: Arc<AtomicBool>,
