@@ -38,9 +38,10 @@ pub const EXIT_WORKER_DIED: u8 = 3;
 /// The flags of `shunt serve`: a config file and overrides of its keys.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
-    /// The TOML config file (see config/example.toml).
+    /// The TOML config file (see config/example.toml). Without it, built-in defaults with the flags below
+    /// (`--interface` and `--port` at least).
     #[arg(long, short)]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
     /// Override `interface`.
     #[arg(long)]
     pub interface: Option<String>,
@@ -86,12 +87,25 @@ pub struct ServeArgs {
     /// Print neither the periodic lines nor the final report on stdout (logs still go to stderr).
     #[arg(long)]
     pub quiet: bool,
+    /// Print the effective configuration (the file, or the defaults, with the flags applied) as TOML and
+    /// exit without serving.
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 impl ServeArgs {
     /// Loads the config file and applies the overrides, then validates the result.
     pub fn load_config(&self) -> Result<Config, ConfigError> {
-        let mut config = Config::load(&self.config)?;
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::defaults_for(
+                self.interface.as_deref().ok_or_else(|| ConfigError::Invalid {
+                    key: "interface".into(),
+                    message: "no --config file: give at least --interface IF and --port P".into(),
+                })?,
+                &self.ports,
+            )?,
+        };
         if let Some(m) = self.attach_mode {
             config.xdp.attach_mode = m;
         }
@@ -180,6 +194,10 @@ where
             return ExitCode::from(EXIT_SETUP);
         }
     };
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
     let json_path = config.report.json.clone();
     let options = StartOptions { print_intervals: !args.quiet };
     conclude(serve(config, options, handler_name, make_handler), args.quiet, json_path)

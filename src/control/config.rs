@@ -594,6 +594,22 @@ impl Config {
         Config::parse(&text, &path.display().to_string())
     }
 
+    /// The built-in defaults for serving `ports` on `interface`, with no config file: every other key as
+    /// config/example.toml documents its default. Validated (an empty `ports` is refused, naming the key).
+    pub fn defaults_for(interface: &str, ports: &[u16]) -> Result<Config, ConfigError> {
+        let text = format!(
+            "interface = {}\nports = [{}]\n",
+            toml::Value::String(interface.to_string()),
+            ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
+        );
+        Config::parse(&text, "the command line (no --config)")
+    }
+
+    /// The configuration as TOML, every key with its value (defaults included).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
+    }
+
     /// Parses and validates config text; `origin` names it in messages.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text)
@@ -859,6 +875,17 @@ mod tests {
         assert!(e.contains("deny"), "{e}");
         let e = parse(&format!("{MINIMAL}handler = \"nope\"\n")).unwrap_err().to_string();
         assert!(e.contains("handler") && e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn defaults_serve_with_only_an_interface_and_ports() {
+        let c = Config::defaults_for("eth0", &[53, 9000]).unwrap();
+        assert_eq!((c.interface.as_str(), c.ports.as_slice()), ("eth0", &[53, 9000][..]));
+        assert_eq!(c, parse(&c.to_toml()).unwrap(), "the printed config reads back as the same config");
+        let e = Config::defaults_for("eth0", &[]).unwrap_err().to_string();
+        assert!(e.contains("`ports`"), "{e}");
+        let e = Config::defaults_for("a-name-longer-than-15", &[53]).unwrap_err().to_string();
+        assert!(e.contains("`interface`"), "{e}");
     }
 
     #[test]

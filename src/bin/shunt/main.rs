@@ -89,17 +89,20 @@ fn main() -> ExitCode {
         },
         Command::Serve { args, handler } => {
             cli::init_logging();
-            let kind = match handler {
-                Some(h) => h,
-                None => match Config::load(&args.config) {
-                    Ok(c) => c.handler,
-                    Err(e) => {
-                        eprintln!("shunt: {e}");
-                        return ExitCode::from(EXIT_SETUP);
-                    }
-                },
+            let config = match args.load_config() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("shunt: {e}");
+                    return ExitCode::from(EXIT_SETUP);
+                }
             };
-            cli::run_builtin(args, kind)
+            if args.print_config {
+                let mut config = config;
+                config.handler = handler.unwrap_or(config.handler);
+                print!("{}", config.to_toml());
+                return ExitCode::SUCCESS;
+            }
+            cli::run_builtin(args, handler.unwrap_or(config.handler))
         }
         Command::CheckHost { interface, json } => check_host(interface.as_deref(), json),
         Command::Stats { metrics, interval, count } => {
