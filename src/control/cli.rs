@@ -187,40 +187,57 @@ where
     H: Handler + 'static,
     F: FnMut(WorkerInfo) -> H,
 {
-    let config = match args.load_config() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("shunt: {e}");
-            return ExitCode::from(EXIT_SETUP);
-        }
-    };
+    match effective_config(&args, None) {
+        Ok(config) => serve_config(config, &args, handler_name, make_handler),
+        Err(code) => code,
+    }
+}
+
+/// The config the flags make (with `handler` overriding its `handler` key), or the exit code to end with: 2
+/// with the error on stderr, or 0 once it was printed for `--print-config`.
+fn effective_config(args: &ServeArgs, handler: Option<HandlerKind>) -> Result<Config, ExitCode> {
+    let mut config = args.load_config().map_err(|e| {
+        eprintln!("shunt: {e}");
+        ExitCode::from(EXIT_SETUP)
+    })?;
+    if let Some(kind) = handler {
+        config.handler = kind;
+    }
     if args.print_config {
         print!("{}", config.to_toml());
-        return ExitCode::SUCCESS;
+        return Err(ExitCode::SUCCESS);
     }
+    Ok(config)
+}
+
+/// Serves `config` with the handlers `make_handler` builds until stopped, and concludes.
+fn serve_config<H, F>(config: Config, args: &ServeArgs, handler_name: &'static str, make_handler: F) -> ExitCode
+where
+    H: Handler + 'static,
+    F: FnMut(WorkerInfo) -> H,
+{
     let json_path = config.report.json.clone();
     let options = StartOptions { print_intervals: !args.quiet };
     conclude(serve(config, options, handler_name, make_handler), args.quiet, json_path)
 }
 
-/// `shunt serve` with a built-in handler: on the configured datapath, or inside the kernel when `mode` is
-/// `"xdp"` (which only the built-in handlers can do). Logging must be set up.
-pub fn run_builtin(args: ServeArgs, kind: HandlerKind) -> ExitCode {
-    let config = match args.load_config() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("shunt: {e}");
-            return ExitCode::from(EXIT_SETUP);
-        }
+/// `shunt serve` with a built-in handler (`handler`, else the config's `handler` key): on the configured
+/// datapath, or inside the kernel when `mode` is `"xdp"` (which only the built-in handlers can do). Logging
+/// must be set up.
+pub fn run_builtin(args: ServeArgs, handler: Option<HandlerKind>) -> ExitCode {
+    let config = match effective_config(&args, handler) {
+        Ok(config) => config,
+        Err(code) => return code,
     };
+    let kind = config.handler;
     if config.mode == Mode::Xdp {
         let json_path = config.report.json.clone();
         let options = StartOptions { print_intervals: !args.quiet };
         return conclude(super::serve_in_kernel(config, options, kind), args.quiet, json_path);
     }
     match kind {
-        HandlerKind::Echo => run_with_logging(args, kind.name(), |_| Echo),
-        HandlerKind::Sockperf => run_with_logging(args, kind.name(), |_| Sockperf),
+        HandlerKind::Echo => serve_config(config, &args, kind.name(), |_| Echo),
+        HandlerKind::Sockperf => serve_config(config, &args, kind.name(), |_| Sockperf),
     }
 }
 

@@ -89,20 +89,7 @@ fn main() -> ExitCode {
         },
         Command::Serve { args, handler } => {
             cli::init_logging();
-            let config = match args.load_config() {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("shunt: {e}");
-                    return ExitCode::from(EXIT_SETUP);
-                }
-            };
-            if args.print_config {
-                let mut config = config;
-                config.handler = handler.unwrap_or(config.handler);
-                print!("{}", config.to_toml());
-                return ExitCode::SUCCESS;
-            }
-            cli::run_builtin(args, handler.unwrap_or(config.handler))
+            cli::run_builtin(args, handler)
         }
         Command::CheckHost { interface, json } => check_host(interface.as_deref(), json),
         Command::Stats { metrics, interval, count } => {
