@@ -131,11 +131,10 @@ fn logged_change(stderr: &str, field: &str, addr: &str) -> bool {
 }
 
 fn wait_logged(srv: &common::ServerProcess, field: &str, addr: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !logged_change(&srv.stderr_text(), field, addr) {
-        assert!(Instant::now() < deadline, "the server did not log {addr} as {field} within 10 s\n{}", srv.describe());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let logged = common::poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        logged_change(&srv.stderr_text(), field, addr).then_some(())
+    });
+    assert!(logged.is_some(), "the server did not log {addr} as {field} within 10 s\n{}", srv.describe());
 }
 
 #[test]

@@ -60,26 +60,29 @@ enum Seen {
 }
 
 /// Polls `/ready` (a fresh connection each time, 2 ms apart) from a thread in the server namespace until it
-/// answers anything but 200, nothing listens, or `stop` is set.
+/// answers anything but 200, nothing listens, `stop` is set, or a minute has passed.
 fn watch_readiness(lab: &Lab, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Seen> {
-    lab.spawn_in_server(move || loop {
-        if stop.load(Relaxed) {
-            return Seen::StillReady;
-        }
-        let answer = (|| {
-            let mut s = TcpStream::connect(METRICS).ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            s.write_all(b"GET /ready HTTP/1.0\r\n\r\n").ok()?;
-            let mut text = String::new();
-            s.read_to_string(&mut text).ok()?;
-            let status: u16 = text.split_whitespace().nth(1)?.parse().ok()?;
-            Some((status, text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string()))
-        })();
-        match answer {
-            None => return Seen::Gone,
-            Some((200, _)) => std::thread::sleep(Duration::from_millis(2)),
-            Some((status, body)) => return Seen::NotReady(status, body),
-        }
+    lab.spawn_in_server(move || {
+        let seen = common::poll_until(Duration::from_secs(60), Duration::from_millis(2), || {
+            if stop.load(Relaxed) {
+                return Some(Seen::StillReady);
+            }
+            let answer = (|| {
+                let mut s = TcpStream::connect(METRICS).ok()?;
+                s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+                s.write_all(b"GET /ready HTTP/1.0\r\n\r\n").ok()?;
+                let mut text = String::new();
+                s.read_to_string(&mut text).ok()?;
+                let status: u16 = text.split_whitespace().nth(1)?.parse().ok()?;
+                Some((status, text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string()))
+            })();
+            match answer {
+                None => Some(Seen::Gone),
+                Some((200, _)) => None,
+                Some((status, body)) => Some(Seen::NotReady(status, body)),
+            }
+        });
+        seen.unwrap_or(Seen::StillReady)
     })
 }
 

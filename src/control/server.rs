@@ -1118,15 +1118,7 @@ mod tests {
                 panic!("boom before ready")
             });
         server.workers.push(slot);
-        let started = Instant::now();
-        match server.finish_start(tx, rx, Vec::new(), &StartOptions::default()) {
-            Err(StartError::WorkerDied { queue: 7, message }) => {
-                assert!(message.contains("boom before ready"), "{message}")
-            }
-            Err(e) => panic!("wrong error: {e}"),
-            Ok(_) => panic!("started with a dead worker"),
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "start-up waited {:?}", started.elapsed());
+        fails_start_quickly(server, tx, rx, "boom before ready");
     }
 
     #[test]
@@ -1140,13 +1132,21 @@ mod tests {
         });
         let shared = Arc::new(WorkerShared::default());
         server.workers.push(WorkerSlot { queue: 7, core, bind_mode: None, shared, thread });
+        fails_start_quickly(server, tx, rx, "ended before it started serving");
+    }
+
+    /// Start-up fails well within its deadline with worker 7's death, whose message holds `expected`.
+    fn fails_start_quickly(
+        server: RunningServer,
+        tx: crossbeam_channel::Sender<ReadyMessage>,
+        rx: crossbeam_channel::Receiver<ReadyMessage>,
+        expected: &str,
+    ) {
         let started = Instant::now();
         match server.finish_start(tx, rx, Vec::new(), &StartOptions::default()) {
-            Err(StartError::WorkerDied { queue: 7, message }) => {
-                assert!(message.contains("ended before it started serving"), "{message}")
-            }
+            Err(StartError::WorkerDied { queue: 7, message }) => assert!(message.contains(expected), "{message}"),
             Err(e) => panic!("wrong error: {e}"),
-            Ok(_) => panic!("started with a silent worker"),
+            Ok(_) => panic!("started although worker 7 died"),
         }
         assert!(started.elapsed() < Duration::from_secs(10), "start-up waited {:?}", started.elapsed());
     }

@@ -15,6 +15,21 @@ pub mod netlink;
 pub mod probe;
 pub(crate) mod skel;
 
+/// `NLMSG_HDRLEN` (linux/netlink.h): the aligned `struct nlmsghdr`, for the netlink messages built and read
+/// here (`probe`, `netlink`).
+const NLMSG_HDRLEN: usize = 16;
+
+/// A new socket (`socket(2)` with SOCK_CLOEXEC added to `kind`), owned.
+fn owned_socket(domain: libc::c_int, kind: libc::c_int, protocol: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) takes no pointers; a non-negative return is a new descriptor that nothing else owns.
+    let fd = unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC, protocol) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket(2) and is owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// `XDP_FLAGS_SKB_MODE`: attach in the generic hook.
 pub const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
 /// `XDP_FLAGS_DRV_MODE`: attach in the driver.

@@ -6,7 +6,7 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     time::Duration,
 };
 
@@ -20,8 +20,7 @@ const RTMGRP_IPV6_IFADDR: u32 = 0x100;
 const RTM_NEWADDR: u16 = 20;
 /// `RTM_DELADDR` (linux/rtnetlink.h).
 const RTM_DELADDR: u16 = 21;
-/// `NLMSG_HDRLEN`: the aligned `struct nlmsghdr`.
-const NLMSG_HDRLEN: usize = 16;
+use super::NLMSG_HDRLEN;
 /// `struct ifaddrmsg`: family, prefixlen, flags, scope (one byte each), then the u32 interface index.
 const IFADDRMSG_LEN: usize = 8;
 
@@ -37,15 +36,7 @@ impl AddressEvents {
     /// Subscribes to IPv4 and IPv6 address notifications and keeps those about interface `ifindex`. Subscribe
     /// before listing the addresses: a change between the two is then seen as an event, never missed.
     pub fn subscribe(ifindex: u32) -> io::Result<AddressEvents> {
-        // SAFETY: socket(2) takes no pointers; a non-negative return is a new descriptor nothing else owns.
-        let fd = unsafe {
-            libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, NETLINK_ROUTE)
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just returned by socket(2) and is owned by no one else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = super::owned_socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_NONBLOCK, NETLINK_ROUTE)?;
         // SAFETY: sockaddr_nl is plain old data; all-zero is a valid value.
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;

@@ -6,7 +6,7 @@
 
 use std::{
     io,
-    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, OwnedFd},
 };
 
 /// `AF_XDP` (linux/socket.h).
@@ -18,15 +18,7 @@ const XDP_MMAP_OFFSETS: libc::c_int = 1;
 /// `SO_PREFER_BUSY_POLL` (asm-generic/socket.h).
 const SO_PREFER_BUSY_POLL: libc::c_int = 69;
 
-fn socket(domain: libc::c_int, kind: libc::c_int, protocol: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: socket(2) takes no pointers; a non-negative return is a new descriptor that nothing else owns.
-    let fd = unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC, protocol) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by socket(2) and is owned by no one else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
+use super::owned_socket as socket;
 
 /// Whether an error means "the kernel does not know this", as opposed to "you may not ask".
 fn unsupported(e: &io::Error) -> bool {
@@ -126,7 +118,7 @@ const NETDEV_A_DEV_XDP_FEATURES: u16 = 3;
 const NETDEV_A_DEV_XDP_RX_METADATA_FEATURES: u16 = 5;
 const NLM_F_REQUEST: u16 = 1;
 const NLMSG_ERROR: u16 = 2;
-const NLMSG_HDRLEN: usize = 16;
+use super::NLMSG_HDRLEN;
 const GENL_HDRLEN: usize = 4;
 
 /// One generic-netlink request: header, genl header, then attributes.

@@ -1536,3 +1536,20 @@ pub fn request_frame(spec: &shunt::packet::FlowSpec, payload: &[u8]) -> Vec<u8> 
     frame.truncate(n);
     frame
 }
+
+/// Looks at a condition that cannot be blocked on (a log file, an HTTP endpoint) every `every` until `check`
+/// returns `Some`, or `timeout` has passed (`None`). The pause between looks is the poll interval of a wait
+/// with a deadline, not a synchronisation by sleeping.
+pub fn poll_until<T>(timeout: Duration, every: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(found) = check() {
+            return Some(found);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        std::thread::sleep(every.min(left));
+    }
+}
