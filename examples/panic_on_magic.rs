@@ -15,7 +15,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use shunt::{control::cli, Handler, Request, Verdict};
+use shunt::{control::cli, Handler, Outbox, Request, Verdict};
 
 /// A request whose payload starts with these bytes makes the handler panic.
 const MAGIC: &[u8] = b"shunt-test-panic";
@@ -27,7 +27,7 @@ const PANIC_MESSAGE: &str = "panic_on_magic: the magic payload arrived";
 struct PanicOnMagic;
 
 impl Handler for PanicOnMagic {
-    fn handle(&mut self, _request: &Request, payload: &mut [u8], len: usize) -> Verdict {
+    fn handle(&mut self, _request: &Request, payload: &mut [u8], len: usize, _out: &mut Outbox<'_>) -> Verdict {
         if payload.get(..len).is_some_and(|p| p.starts_with(MAGIC)) {
             panic!("{PANIC_MESSAGE}");
         }

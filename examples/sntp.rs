@@ -49,7 +49,7 @@ use std::{net::Ipv4Addr, process::ExitCode};
 use clap::{CommandFactory, Parser};
 use shunt::{
     control::{cli, WorkerInfo},
-    Handler, Request, Verdict,
+    Handler, Outbox, Request, Verdict,
 };
 
 /// Length of an NTP header without extension fields or MAC (RFC 5905 §7.3), and of every reply.
@@ -136,7 +136,7 @@ impl Sntp {
 
 impl Handler for Sntp {
     #[inline]
-    fn handle(&mut self, request: &Request, payload: &mut [u8], len: usize) -> Verdict {
+    fn handle(&mut self, request: &Request, payload: &mut [u8], len: usize, _out: &mut Outbox<'_>) -> Verdict {
         if len < PACKET_LEN || payload.len() < len {
             self.refused += 1;
             return Verdict::Drop;

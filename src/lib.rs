@@ -34,7 +34,7 @@ pub mod steer;
 pub mod sys;
 
 pub use control::config::Config;
-pub use handler::{Handler, Request, Verdict};
+pub use handler::{Budget, Envelope, Handler, Outbox, Request, Verdict};
 
 /// The README's code blocks, compiled as doctests so the handler example there stays true to the API.
 #[cfg(doctest)]

@@ -24,7 +24,7 @@ use std::{
 use common::{Lab, SERVER_V4, SERVER_V6};
 use shunt::{
     datapath::{counters::WorkerShared, latency, BindMode, QueueSocket, SocketOptions, UmemParams, Worker, WorkerExit},
-    handler::{Echo, Ecn, Handler, Request, RxClock, Verdict},
+    handler::{Echo, Ecn, Handler, Outbox, Request, RxClock, Verdict},
     steer::{AttachMode, ProgramVariant, StampMethod, XdpCountersReader, XdpProgram},
     sys,
 };
@@ -41,7 +41,7 @@ struct MetaEcho {
 }
 
 impl Handler for MetaEcho {
-    fn handle(&mut self, request: &Request, payload: &mut [u8], len: usize) -> Verdict {
+    fn handle(&mut self, request: &Request, payload: &mut [u8], len: usize, out: &mut Outbox<'_>) -> Verdict {
         let stamp_ok = match request.rx_timestamp {
             Some(t) => {
                 self.stamped
@@ -60,7 +60,7 @@ impl Handler for MetaEcho {
         if !(stamp_ok && header_ok) {
             self.bad.fetch_add(1, Ordering::Relaxed);
         }
-        Echo.handle(request, payload, len)
+        Echo.handle(request, payload, len, out)
     }
 }
 

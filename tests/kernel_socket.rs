@@ -34,7 +34,7 @@ use shunt::{
         latency::{self, LatencySet},
         WorkerExit,
     },
-    handler::{Echo, Ecn, Handler, Request, RxClock, Sockperf, Verdict},
+    handler::{Budget, Echo, Ecn, Handler, Outbox, Request, RxClock, Sockperf, Verdict},
     sys,
 };
 
@@ -144,6 +144,7 @@ fn options(lab: &Lab, io: SocketIo, port: u16, batch: u32, timestamps: bool) -> 
         batch,
         timestamps,
         receive_buffer: 4 << 20,
+        sends_per_batch: 64,
     }
 }
 
@@ -198,7 +199,7 @@ impl Checked {
 }
 
 impl Handler for Checked {
-    fn handle(&mut self, request: &Request, payload: &mut [u8], len: usize) -> Verdict {
+    fn handle(&mut self, request: &Request, payload: &mut [u8], len: usize, out: &mut Outbox<'_>) -> Verdict {
         let (src, dst) = (request.src, request.dst);
         let ours = self.ports.contains(&dst.port());
         let v4 = ours && matches!(src, SocketAddr::V4(_)) && src.ip() == CLIENT_V4 && dst.ip() == SERVER_V4;
@@ -230,7 +231,7 @@ impl Handler for Checked {
             self.seen.wrong.fetch_add(1, Ordering::Relaxed);
             let _ = self.seen.first_wrong.set((src, dst));
         }
-        Echo.handle(request, payload, len)
+        Echo.handle(request, payload, len, out)
     }
 }
 
@@ -446,7 +447,7 @@ fn one_worker_serves_several_ports_and_workers_share_a_port() {
 struct Mixed;
 
 impl Handler for Mixed {
-    fn handle(&mut self, _request: &Request, payload: &mut [u8], len: usize) -> Verdict {
+    fn handle(&mut self, _request: &Request, payload: &mut [u8], len: usize, _out: &mut Outbox<'_>) -> Verdict {
         match payload.first() {
             Some(b'E') => Verdict::Reply { len },
             Some(b'G') | Some(b'A') => {
@@ -458,8 +459,8 @@ impl Handler for Mixed {
         }
     }
 
-    fn max_reply_len(&self, request_len: usize) -> usize {
-        request_len + 8
+    fn budget(&self, request_len: usize) -> Budget {
+        Budget::echo(request_len + 8)
     }
 }
 

@@ -22,7 +22,7 @@ use std::{
 use common::{client_socket, echo_exchange, echo_size, require_lab, EchoOpts, Lab, SERVER_V4};
 use shunt::{
     datapath::{counters::WorkerShared, BindMode, QueueSocket, SocketOptions, UmemParams, Worker, WorkerExit},
-    handler::{Handler, Request, Verdict},
+    handler::{Handler, Outbox, Request, Verdict},
     steer::{AttachMode, ProgramVariant, StampMethod, XdpProgram},
     sys,
 };
@@ -33,7 +33,7 @@ struct Slow {
 }
 
 impl Handler for Slow {
-    fn handle(&mut self, _request: &Request, payload: &mut [u8], len: usize) -> Verdict {
+    fn handle(&mut self, _request: &Request, payload: &mut [u8], len: usize, _out: &mut Outbox<'_>) -> Verdict {
         let mut x = len as u64;
         for i in 0..self.rounds {
             x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
@@ -52,7 +52,7 @@ fn calibrate(target: Duration) -> u64 {
     let mut buf = [0u8; 64];
     let t = Instant::now();
     for _ in 0..20 {
-        h.handle(&req, &mut buf, 16);
+        h.handle(&req, &mut buf, 16, &mut Outbox::new(&mut shunt::handler::NoTransmit, None));
     }
     let per_round = t.elapsed().as_secs_f64() / (20.0 * 100_000.0);
     (target.as_secs_f64() / per_round) as u64

@@ -49,7 +49,8 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use shunt::handler::{
-    respond, respond_with, Arrival, Echo, Handler, Outcome, Request, RespondOptions, RxClock, RxTimestamp, Sockperf,
+    respond, respond_with, Arrival, Budget, Echo, Handler, NoTransmit, Outbox, Outcome, Request, RespondOptions, RxClock,
+    RxTimestamp, Sockperf,
     Time, Verdict, SOCKPERF_HEADER_LEN,
 };
 use shunt::packet::field::{eth, ipv4, ipv6, udp, vlan, Field};
@@ -885,8 +886,8 @@ fn verified(v: &View, reply: Outcome) -> Outcome {
     }
 }
 
-/// A handler made of a closure, for one-off behaviours. It declares no bound on its replies
-/// (`max_reply_len` is `usize::MAX`), so that only the room limits them; [`Bounded`] keeps the default bound.
+/// A handler made of a closure, for one-off behaviours. It declares no bound on its replies (its budget's
+/// bytes are `usize::MAX`), so that only the room limits them; [`Bounded`] keeps the default budget.
 struct With<F>(F);
 
 fn with<F: FnMut(&Request, &mut [u8], usize) -> Verdict + Send>(f: F) -> With<F> {
@@ -894,20 +895,20 @@ fn with<F: FnMut(&Request, &mut [u8], usize) -> Verdict + Send>(f: F) -> With<F>
 }
 
 impl<F: FnMut(&Request, &mut [u8], usize) -> Verdict + Send> Handler for With<F> {
-    fn handle(&mut self, request: &Request, payload: &mut [u8], len: usize) -> Verdict {
+    fn handle(&mut self, request: &Request, payload: &mut [u8], len: usize, _out: &mut Outbox<'_>) -> Verdict {
         (self.0)(request, payload, len)
     }
 
-    fn max_reply_len(&self, _request_len: usize) -> usize {
-        usize::MAX
+    fn budget(&self, _request_len: usize) -> Budget {
+        Budget { packets: 1, bytes: usize::MAX }
     }
 }
 
-/// A handler made of a closure that keeps `Handler::max_reply_len`'s default (the request's length).
+/// A handler made of a closure that keeps `Handler::budget`'s default (one datagram of the request's length).
 struct Bounded<F>(F);
 
 impl<F: FnMut(&Request, &mut [u8], usize) -> Verdict + Send> Handler for Bounded<F> {
-    fn handle(&mut self, request: &Request, payload: &mut [u8], len: usize) -> Verdict {
+    fn handle(&mut self, request: &Request, payload: &mut [u8], len: usize, _out: &mut Outbox<'_>) -> Verdict {
         (self.0)(request, payload, len)
     }
 }
@@ -1227,7 +1228,7 @@ fn respond_verifies_by_default() {
         RespondOptions::default(),
         RespondOptions { verify_udp_checksum: true, reply_ttl: 64, reply_dscp: 0, mtu: 1500 }
     );
-    assert_eq!(ReplyHeaders::default(), ReplyHeaders { ttl: 64, dscp: 0, mtu: 1500 });
+    assert_eq!(ReplyHeaders::default(), ReplyHeaders { ttl: 64, dscp: 0, ecn: Ecn::NotEct, mtu: 1500 });
     assert_eq!(RespondOptions::default().reply_headers(), ReplyHeaders::default());
 }
 
@@ -2043,9 +2044,9 @@ proptest! {
         }
         // Echo, Sockperf and a Box<dyn Handler> keep the default bound and never exceed it.
         let mut boxed: Box<dyn Handler> = Box::new(Echo);
-        prop_assert_eq!(boxed.max_reply_len(d.payload_len), d.payload_len);
-        prop_assert_eq!(Echo.max_reply_len(d.payload_len), d.payload_len);
-        prop_assert_eq!(Sockperf.max_reply_len(d.payload_len), d.payload_len);
+        prop_assert_eq!(boxed.budget(d.payload_len), Budget::echo(d.payload_len));
+        prop_assert_eq!(Echo.budget(d.payload_len), Budget::echo(d.payload_len));
+        prop_assert_eq!(Sockperf.budget(d.payload_len), Budget::echo(d.payload_len));
         let mut buf = in_buffer(&b.frame, room, 0);
         prop_assert_eq!(run_unverified(&mut boxed, &mut buf, b.frame.len()), Outcome::Reply(d.reply_len(d.payload_len)));
     }
@@ -2738,7 +2739,7 @@ proptest! {
         let out = respond_with(&mut with(|r: &Request, _: &mut [u8], len| {
             seen = Some(*r);
             Verdict::Reply { len }
-        }), &mut buf, b.frame.len(), NOW, VERIFIED, arrival);
+        }), &mut buf, b.frame.len(), NOW, VERIFIED, arrival, &mut NoTransmit);
         prop_assert!(matches!(out, Outcome::Reply(_)), "{:?}", out);
         let r = seen.unwrap();
         let mut expected = Request::new(b.expected.src, b.expected.dst, NOW).with_traffic_class(tc).with_ttl(ttl);

@@ -304,6 +304,9 @@ pub struct Config {
     /// Which sources are served, and how fast (enforced in XDP).
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// What handlers may send besides in-place replies.
+    #[serde(default)]
+    pub sends: SendsConfig,
 }
 
 fn default_mode() -> Mode {
@@ -575,6 +578,25 @@ impl LimitsConfig {
     }
 }
 
+/// `[sends]`: the datagrams handlers send through their outbox (`Outbox::send`), besides in-place replies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SendsConfig {
+    /// Sends one worker allows per RX batch (or socket wake-up) and per timer turn; more are refused and
+    /// counted (`send_batch_limit`). On kernel sockets, also the send buffers each worker allocates. 0: a
+    /// handler can only reply in place.
+    pub per_batch: u32,
+    /// AF_XDP: destinations whose next-hop MAC each worker caches (from the kernel's routing and neighbour
+    /// tables, kept current through netlink events).
+    pub neighbours: u32,
+}
+
+impl Default for SendsConfig {
+    fn default() -> Self {
+        SendsConfig { per_batch: 64, neighbours: 1024 }
+    }
+}
+
 /// `[metrics]`: the Prometheus endpoint.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -631,6 +653,12 @@ impl Config {
         }
         if let Some((i, p)) = first_repeat(&self.ports) {
             return Err(invalid(format!("ports[{i}]"), format!("port {p} is listed twice")));
+        }
+        if self.sends.per_batch > 4096 {
+            return Err(invalid("sends.per_batch", "at most 4096 sends per batch"));
+        }
+        if !(1..=1 << 20).contains(&self.sends.neighbours) {
+            return Err(invalid("sends.neighbours", "must be 1 to 1048576 cached destinations"));
         }
         let w = &self.workers;
         if w.queues.is_empty() {

@@ -32,7 +32,7 @@ use crate::{
         counters::{WorkerShared, WorkerStats},
         kernel::{KernelSocketError, KernelSocketOptions, KernelWorker},
         latency::{self, LatencySet},
-        BindMode, DatapathError, PollMode, QueueSocket, SocketOptions, Worker, WorkerExit,
+        BindMode, DatapathError, PollMode, QueueSocket, SendOptions, SocketOptions, Worker, WorkerExit,
     },
     handler::Handler,
     observe::host::HostReport,
@@ -370,6 +370,17 @@ fn check_socket_privileges(ports: &[u16]) -> Result<(), StartError> {
 
 /// `[packet]`'s options with the interface's MTU, read now: replies longer than it are dropped and counted.
 /// Unreadable (a driver without SIOCGIFMTU), the default (1500) stays, and a warning says so.
+/// The configured ports followed by the handler's owned ports that are not among them.
+fn served_ports(configured: &[u16], owned: Option<&[u16]>) -> Vec<u16> {
+    let mut ports = configured.to_vec();
+    for &p in owned.unwrap_or_default() {
+        if p != 0 && !ports.contains(&p) {
+            ports.push(p);
+        }
+    }
+    ports
+}
+
 fn respond_options(config: &Config) -> crate::handler::RespondOptions {
     let options = config.packet.respond_options();
     match sys::interface_mtu(&config.interface) {
@@ -539,7 +550,6 @@ impl RunningServer {
         host.choices.hardware_timestamps = Some(matches!(program.variant, ProgramVariant::DeviceBound { .. }));
         host.choices.attach_mode = Some(crate::steer::AttachMode::from(config.xdp.attach_mode).name().to_string());
         host.choices.poll_mode = Some(config.workers.poll_mode.name().to_string());
-        program.set_ports(&config.ports)?;
         let measure = config.latency.enabled;
         let own =
             sys::host_addresses().map_err(|e| StartError::Limits(format!("listing this host's addresses: {e}")))?;
@@ -565,6 +575,9 @@ impl RunningServer {
                 );
             }
         }
+        // The handler's own ports are steered like the configured ones: what arrives on them is its.
+        let ports = served_ports(&config.ports, handlers.first().map(|h| h.owned_ports()));
+        program.set_ports(&ports)?;
         let mut handlers = handlers.into_iter();
         program.set_source_policy(&policy)?;
         let (served, addrs) = (program.served_addresses()?, config.xdp.addresses.as_deref());
@@ -611,6 +624,20 @@ impl RunningServer {
         let interval = Duration::from_millis(server.config.report.interval_ms);
         let mut watched = Vec::new();
         let respond_options = respond_options(&server.config);
+        let send_options = SendOptions {
+            per_batch: server.config.sends.per_batch,
+            source_mac: sys::interface_mac(&server.config.interface).map_err(|e| {
+                StartError::Unavailable(super::host::Unavailable {
+                    key: "interface",
+                    message: format!("reading the MAC address of {}: {e}", server.config.interface),
+                })
+            })?,
+            addresses: match &server.config.xdp.addresses {
+                Some(listed) => listed.clone(),
+                None => sys::interface_addresses(&server.config.interface).unwrap_or_default(),
+            },
+            ports,
+        };
         for (i, socket) in sockets.into_iter().enumerate() {
             let core = server.config.workers.cores[i];
             let queue = socket.queue;
@@ -628,7 +655,8 @@ impl RunningServer {
                 .with_poll_mode(server.config.workers.poll_mode())
                 .with_kick_policy(server.config.workers.kick_policy())
                 .with_stamp_in_packet(stamp == StampMethod::Head)
-                .with_stamp_in_metadata(stamp == StampMethod::Meta);
+                .with_stamp_in_metadata(stamp == StampMethod::Meta)
+                .with_sends(send_options.clone(), None);
             if let Some(l) = worker_side {
                 worker = worker.with_latency(l);
             }
@@ -704,15 +732,16 @@ impl RunningServer {
         for i in 0..n {
             let core = server.config.workers.cores[i];
             let queue = server.config.workers.queues.get(i).copied().unwrap_or(i as u32);
+            let handler = make_handler_for(&mut make_handler, WorkerInfo { index: i, queue, core })?;
             let opts = KernelSocketOptions {
                 interface: server.config.interface.clone(),
-                ports: server.config.ports.clone(),
+                ports: served_ports(&server.config.ports, Some(handler.owned_ports())),
                 io: server.config.socket.io.into(),
                 batch: server.config.socket.batch,
                 receive_buffer: server.config.socket.receive_buffer,
                 timestamps: measure,
+                sends_per_batch: server.config.sends.per_batch,
             };
-            let handler = make_handler_for(&mut make_handler, WorkerInfo { index: i, queue, core })?;
             let shared = Arc::new(WorkerShared::default());
             let mut worker_latency = None;
             if measure {

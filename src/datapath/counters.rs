@@ -19,7 +19,7 @@ pub struct WorkerStats {
     pub dropped_malformed: u64,
     /// Requests whose UDP checksum did not verify (see `packet.verify_udp_checksum`).
     pub dropped_bad_checksum: u64,
-    /// Replies longer than the handler's declared bound (`Handler::max_reply_len`): never sent.
+    /// Replies and sends beyond the handler's declared budget for their request (`Handler::budget`): never sent.
     pub dropped_amplification: u64,
     /// Replies longer than the interface's MTU (`RespondOptions::mtu`): never sent. Absent from reports of
     /// servers older than the counter, hence the default.
@@ -50,6 +50,31 @@ pub struct WorkerStats {
     /// (EINTR): the loop goes on either way, but a rising count says the socket is in trouble.
     #[serde(default)]
     pub wait_errors: u64,
+    /// Datagrams handlers sent through their outbox (`Outbox::send`), besides in-place replies; once queued
+    /// they count in `tx_packets` too, or in `tx_ring_full` if the TX ring / socket had no room.
+    #[serde(default)]
+    pub sends: u64,
+    /// Sends refused because the transmit pool was empty (AF_XDP: no free UMEM frame; sockets: every send
+    /// buffer in flight).
+    #[serde(default)]
+    pub send_pool_empty: u64,
+    /// Sends refused because the batch or timer turn had already sent `sends.per_batch`.
+    #[serde(default)]
+    pub send_batch_limit: u64,
+    /// Sends refused for their addresses: a source that is not a served address with a served or owned port,
+    /// or source and destination of different IP versions.
+    #[serde(default)]
+    pub send_bad_address: u64,
+    /// AF_XDP sends refused because the kernel has no route to the destination through the served interface.
+    #[serde(default)]
+    pub send_no_route: u64,
+    /// AF_XDP sends dropped because the next hop's MAC was not resolved yet (the kernel was asked to
+    /// resolve it; never sent to a wrong or zero MAC).
+    #[serde(default)]
+    pub send_unresolved: u64,
+    /// Calls of the handler's `handle_timeout`.
+    #[serde(default)]
+    pub timeouts: u64,
 }
 
 /// Where a socket's UMEM frames are: every frame is in exactly one place, so the places add up to `total`
@@ -131,6 +156,13 @@ published!(
         sleeps,
         busy_polls,
         wait_errors,
+        sends,
+        send_pool_empty,
+        send_batch_limit,
+        send_bad_address,
+        send_no_route,
+        send_unresolved,
+        timeouts,
     }
 );
 

@@ -12,10 +12,12 @@ pub mod kernel;
 pub mod latency;
 pub mod meta;
 mod port;
+mod send;
 mod socket;
 mod worker;
 
 pub use port::XskPort;
+pub use send::{NextHop, SendOptions};
 pub use socket::{DatapathError, QueueSocket, SocketOptions, BUSY_QUEUE_WAIT};
 pub use worker::{Worker, WorkerExit};
 

@@ -16,10 +16,12 @@ use xsk_rs::FrameDesc;
 use super::{
     counters::{FrameAccount, KernelSocketStats, WorkerShared, WorkerStats},
     latency::WorkerLatency,
-    meta, KickPolicy, PollMode, QueueSocket,
+    meta,
+    send::{NextHop, Path, SendOptions, XskSink},
+    KickPolicy, PollMode, QueueSocket,
 };
 use crate::{
-    handler::{respond_with, Arrival, Handler, Outcome, RespondOptions, RxClock, RxTimestamp, Time},
+    handler::{fire_timeout, respond_with, Arrival, Handler, Outcome, RespondOptions, RxClock, RxTimestamp, Time},
     sys,
 };
 
@@ -56,6 +58,10 @@ pub struct Worker<H> {
     kick: KickPolicy,
     stats: WorkerStats,
     kernel: KernelSocketStats,
+    /// The handler's sends of the current batch or timer turn, ready for the TX ring after the replies.
+    sends: Vec<FrameDesc>,
+    send_options: SendOptions,
+    next_hops: Option<Box<dyn NextHop>>,
 }
 
 /// What a worker hands back when it stops.
@@ -102,7 +108,20 @@ impl<H: Handler> Worker<H> {
             kick: KickPolicy::default(),
             stats: WorkerStats::default(),
             kernel: KernelSocketStats::default(),
+            sends: Vec::new(),
+            send_options: SendOptions::default(),
+            next_hops: None,
         }
+    }
+
+    /// Lets the handler send (see [`crate::handler::Outbox`]): up to `options.per_batch` datagrams per batch
+    /// or timer turn, from `options`' addresses and ports, to the request's sender along its own path and to
+    /// anyone else through `next_hops` (without it, only back to senders). Default: no sends.
+    pub fn with_sends(mut self, options: SendOptions, next_hops: Option<Box<dyn NextHop>>) -> Self {
+        self.sends = Vec::with_capacity(options.per_batch as usize);
+        self.send_options = options;
+        self.next_hops = next_hops;
+        self
     }
 
     /// Records in-server latency into `latency`'s histograms (the XDP program must be stamping packets).
@@ -168,7 +187,14 @@ impl<H: Handler> Worker<H> {
             kick,
             stats,
             kernel,
+            sends,
+            send_options,
+            next_hops,
         } = self;
+        let headers = options.reply_headers();
+        let per_batch = send_options.per_batch.min(sends.capacity() as u32);
+        // The handler's next deadline, asked again after every batch and timer turn.
+        let mut deadline = handler.poll_timeout();
         // Replies on the TX ring not kicked yet, and when the oldest of them got there.
         let mut unkicked: u32 = 0;
         let mut oldest_unkicked_ns = 0u64;
@@ -201,6 +227,39 @@ impl<H: Handler> Worker<H> {
             if received == 0 {
                 spins = spins.wrapping_add(1);
                 if spins.is_multiple_of(HOUSEKEEPING_EVERY) {
+                    if let Some(due) = deadline {
+                        // A timer is set: the clock is read on housekeeping turns (every 16 idle turns while
+                        // spinning) and the handler called once it is due.
+                        let now = Time { unix_ns: sys::realtime_ns(), monotonic_ns: sys::monotonic_ns() };
+                        if due <= now.monotonic_ns {
+                            let mut left = per_batch;
+                            let fired = {
+                                let mut sink = XskSink {
+                                    umem: &s.umem,
+                                    free,
+                                    out: sends,
+                                    options: send_options,
+                                    headers,
+                                    next_hops: next_hops.as_deref_mut(),
+                                    left: &mut left,
+                                    stats,
+                                    path: None,
+                                    request: None,
+                                    held: None,
+                                };
+                                fire_timeout(handler, now, &mut sink)
+                            };
+                            stats.timeouts += u64::from(fired);
+                            deadline = handler.poll_timeout();
+                            if !sends.is_empty() {
+                                transmit_sends(s, sends, free, stats);
+                                stats.tx_kicks += s.kick_tx();
+                            }
+                        }
+                    }
+                    if let Some(hops) = next_hops {
+                        hops.refresh();
+                    }
                     // Frames whose replies have left go back to the pool, the fill ring is kept stocked, and
                     // replies the kernel could not take last time are kicked again.
                     s.reclaim(completed, free);
@@ -233,7 +292,7 @@ impl<H: Handler> Worker<H> {
                     {
                         stats.sleeps += 1;
                         shared.stats.publish(stats);
-                        s.wait_for_rx(IDLE_WAIT_MS);
+                        s.wait_for_rx(wait_ms(deadline, sys::monotonic_ns()));
                         stats.wait_errors = s.wait_errors;
                         let now_ns = sys::monotonic_ns();
                         if let Some(l) = latency {
@@ -264,6 +323,7 @@ impl<H: Handler> Worker<H> {
             let now = Time { unix_ns: sys::realtime_ns(), monotonic_ns: sys::monotonic_ns() };
             let picked_ns = now.monotonic_ns;
             last_packet_ns = picked_ns;
+            let mut sends_left = per_batch;
 
             for desc in &mut rx_batch[..received] {
                 let offset_in_frame = desc.addr() & frame_mask;
@@ -298,7 +358,24 @@ impl<H: Handler> Worker<H> {
                 // The stamp on both clocks for the handler, converted with the batch's clock pair (no clock read).
                 let rx_timestamp = stamp.and_then(|st| RxTimestamp::from_monotonic(st.hook_ns, now, RxClock::XdpHook));
                 let arrival = Arrival { rx_timestamp, queue };
-                match respond_with(handler, data.contents_mut(), len, now, *options, arrival) {
+                let path = Path::of(data.contents());
+                let outcome = {
+                    let mut sink = XskSink {
+                        umem: &s.umem,
+                        free,
+                        out: sends,
+                        options: send_options,
+                        headers,
+                        next_hops: next_hops.as_deref_mut(),
+                        left: &mut sends_left,
+                        stats,
+                        path,
+                        request: None,
+                        held: None,
+                    };
+                    respond_with(handler, data.contents_mut(), len, now, *options, arrival, &mut sink)
+                };
+                match outcome {
                     Outcome::Reply(n) => {
                         data.cursor().set_pos(n);
                         tx_batch.push(*desc);
@@ -320,8 +397,33 @@ impl<H: Handler> Worker<H> {
                 }
             }
 
-            // The replies go out as one batch.
-            if !tx_batch.is_empty() {
+            // A timer due by now runs with the batch: its sends go out with the batch's.
+            if deadline.is_some_and(|due| due <= now.monotonic_ns) {
+                let fired = {
+                    let mut sink = XskSink {
+                        umem: &s.umem,
+                        free,
+                        out: sends,
+                        options: send_options,
+                        headers,
+                        next_hops: next_hops.as_deref_mut(),
+                        left: &mut sends_left,
+                        stats,
+                        path: None,
+                        request: None,
+                        held: None,
+                    };
+                    fire_timeout(handler, now, &mut sink)
+                };
+                stats.timeouts += u64::from(fired);
+            }
+            deadline = handler.poll_timeout();
+            if let Some(hops) = next_hops {
+                hops.refresh();
+            }
+
+            // The replies go out as one batch, the handler's sends after them.
+            if !tx_batch.is_empty() || !sends.is_empty() {
                 let sent = s.transmit(tx_batch);
                 stats.tx_packets += sent as u64;
                 if sent < tx_batch.len() {
@@ -329,13 +431,14 @@ impl<H: Handler> Worker<H> {
                     free.extend_from_slice(&tx_batch[sent..]);
                 }
                 tx_batch.clear();
+                let sent_sends = transmit_sends(s, sends, free, stats);
                 // Service ends when the replies are on the TX ring; the kick that follows is transmission.
                 let coalescing = kick.batch > 1;
                 let queued_ns = if latency.is_some() || coalescing { sys::monotonic_ns() } else { 0 };
                 if unkicked == 0 {
                     oldest_unkicked_ns = queued_ns;
                 }
-                unkicked += sent as u32;
+                unkicked += (sent + sent_sends) as u32;
                 let due = !coalescing
                     || unkicked >= kick.batch
                     || queued_ns.saturating_sub(oldest_unkicked_ns) >= kick.delay_ns;
@@ -378,6 +481,33 @@ impl<H: Handler> Worker<H> {
         }
         let frames = Some(drain(s, completed, free));
         WorkerExit { stats: *stats, kernel: *kernel, frames, cpu: sys::thread_cpu_times().ok() }
+    }
+}
+
+/// Puts the handler's sends on the TX ring (after the batch's replies), counting those that found no room
+/// (their frames go back to the pool); returns how many went on.
+#[inline]
+fn transmit_sends(s: &mut QueueSocket, sends: &mut Vec<FrameDesc>, free: &mut Vec<FrameDesc>, stats: &mut WorkerStats) -> usize {
+    let sent = s.transmit(sends);
+    stats.tx_packets += sent as u64;
+    if sent < sends.len() {
+        stats.tx_ring_full += (sends.len() - sent) as u64;
+        free.extend_from_slice(&sends[sent..]);
+    }
+    sends.clear();
+    sent
+}
+
+/// How long a waking worker may sleep: [`IDLE_WAIT_MS`], or less if the handler's timer is due sooner (in
+/// whole milliseconds, rounded up: poll(2)'s unit).
+#[inline]
+fn wait_ms(deadline: Option<u64>, now_ns: u64) -> i32 {
+    match deadline {
+        Some(due) => {
+            let ms = due.saturating_sub(now_ns).div_ceil(1_000_000);
+            ms.min(IDLE_WAIT_MS as u64) as i32
+        }
+        None => IDLE_WAIT_MS,
     }
 }
 

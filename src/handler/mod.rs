@@ -9,7 +9,7 @@
 //! # Writing a handler
 //!
 //! ```
-//! use shunt::handler::{Handler, Request, Verdict};
+//! use shunt::handler::{Handler, Outbox, Request, Verdict};
 //!
 //! /// Answers every request with its payload reversed, and counts requests (per worker: no locks).
 //! #[derive(Default)]
@@ -18,7 +18,7 @@
 //! }
 //!
 //! impl Handler for Reverse {
-//!     fn handle(&mut self, _request: &Request, payload: &mut [u8], len: usize) -> Verdict {
+//!     fn handle(&mut self, _request: &Request, payload: &mut [u8], len: usize, _out: &mut Outbox<'_>) -> Verdict {
 //!         let Some(request) = payload.get_mut(..len) else { return Verdict::Drop };
 //!         request.reverse();
 //!         self.served += 1;
@@ -26,12 +26,50 @@
 //!     }
 //! }
 //!
-//! // Tested without a socket: the time is an input like any other.
-//! let mut h = Reverse::default();
-//! let mut buf = *b"abc\0\0\0";
+//! // Tested without a socket (see [`testing::Harness`]): the time is an input like any other.
+//! let mut harness = shunt::handler::testing::Harness::new();
 //! let request = Request::new("198.18.0.2:4000".parse().unwrap(), "198.18.0.1:9000".parse().unwrap(), Default::default());
-//! assert_eq!(h.handle(&request, &mut buf, 3), Verdict::Reply { len: 3 });
-//! assert_eq!(&buf[..3], b"cba");
+//! let answered = harness.request(&mut Reverse::default(), &request, b"abc");
+//! assert_eq!(answered.reply.as_deref(), Some(&b"cba"[..]));
+//! ```
+//!
+//! # Sending, and time
+//!
+//! Besides replying in place, a handler may send datagrams to anyone through the [`Outbox`] it is handed
+//! ([`Outbox::send`] with an [`Envelope`]: from a served address and a served or [owned](Handler::owned_ports)
+//! port, to any address, marked with any DSCP and ECN), within the [`Budget`] it declares per request
+//! ([`Handler::budget`]). It may also ask to be called at a time of its choosing, with no request at all
+//! ([`Handler::poll_timeout`], [`Handler::handle_timeout`]: quinn-proto's shape), to retransmit, keep alive or
+//! expire state:
+//!
+//! ```
+//! use shunt::handler::{testing::Harness, Envelope, Handler, Outbox, Request, Time, Verdict};
+//!
+//! /// Tells a listener "tick" every 10 ms, whatever the traffic.
+//! struct Ticker { next_ns: u64, from: std::net::SocketAddr, to: std::net::SocketAddr }
+//!
+//! impl Handler for Ticker {
+//!     fn handle(&mut self, _: &Request, _: &mut [u8], _: usize, _: &mut Outbox<'_>) -> Verdict {
+//!         Verdict::Drop
+//!     }
+//!     fn poll_timeout(&self) -> Option<u64> {
+//!         Some(self.next_ns)
+//!     }
+//!     fn handle_timeout(&mut self, now: Time, out: &mut Outbox<'_>) {
+//!         let _ = out.send(Envelope::new(self.from, self.to), |buf| {
+//!             buf.get_mut(..4)?.copy_from_slice(b"tick");
+//!             Some(4)
+//!         });
+//!         self.next_ns = now.monotonic_ns + 10_000_000;
+//!     }
+//! }
+//!
+//! let mut h = Ticker { next_ns: 0, from: "198.18.0.1:9000".parse().unwrap(), to: "198.18.0.2:7000".parse().unwrap() };
+//! let mut harness = Harness::new().serving(&[9000]);
+//! assert!(harness.timeout(&mut h, Time { unix_ns: 0, monotonic_ns: 5 }));
+//! assert!(!harness.timeout(&mut h, Time { unix_ns: 0, monotonic_ns: 9_000_000 }), "not due yet");
+//! assert_eq!(harness.sent.len(), 1);
+//! assert_eq!(harness.sent[0].payload, b"tick");
 //! ```
 //!
 //! Run it with [`crate::control::cli::run`] (the `shunt serve` flags) or [`crate::control::serve`].
@@ -79,9 +117,12 @@
 #![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod echo;
+mod send;
 mod sockperf;
+pub mod testing;
 
 pub use echo::Echo;
+pub use send::{Budget, Envelope, Marking, NoTransmit, Outbox, SendError, Transmit};
 pub use sockperf::{Sockperf, SOCKPERF_HEADER_LEN};
 
 use std::net::SocketAddr;
@@ -241,7 +282,8 @@ pub enum Verdict {
     Drop,
 }
 
-/// Application logic: turns a request payload into a reply payload, in place.
+/// Application logic: turns a request into a reply written in place, and/or datagrams sent through the
+/// [`Outbox`]; and, on its own clock, into datagrams with no request at all ([`Handler::handle_timeout`]).
 ///
 /// `payload` starts at the request's UDP payload and extends to the end of the frame's room, so a handler may
 /// write a reply longer than the request; the request itself is `payload[..len]`. Each worker owns its own
@@ -251,42 +293,94 @@ pub enum Verdict {
 /// arrive (the packet layer has only checked the headers): a handler must not panic on a payload it does
 /// not understand, and should answer it with [`Verdict::Drop`].
 pub trait Handler: Send {
-    /// Handles one request.
-    fn handle(&mut self, request: &Request, payload: &mut [u8], len: usize) -> Verdict;
+    /// Handles one request: returns the in-place reply's verdict, and may send other datagrams through
+    /// `out` (to the requester or anyone else), all within [`Handler::budget`].
+    fn handle(&mut self, request: &Request, payload: &mut [u8], len: usize, out: &mut Outbox<'_>) -> Verdict;
 
-    /// The longest reply payload this handler may send to a request of `request_len` bytes. A UDP server
-    /// whose replies outgrow its requests can be turned into a reflection amplifier with spoofed sources,
-    /// so [`respond`] drops (and counts) any reply longer than this. The default, the request's own length,
-    /// suits echo-like protocols; a handler whose protocol answers short queries with longer replies (and
-    /// has its own defence, such as a cookie exchange) raises it deliberately.
+    /// What a request of `request_len` payload bytes may cause to be sent: datagrams and payload bytes, the
+    /// in-place reply included. A UDP server whose output outgrows its input can be turned into a reflection
+    /// amplifier with spoofed sources, so the worker refuses (and counts, `dropped_amplification`) any reply
+    /// or send beyond this. The default, one datagram no longer than the request ([`Budget::echo`]), suits
+    /// echo-like protocols; a handler whose protocol answers short queries with longer replies raises it
+    /// deliberately, and says what else protects a spoofed victim (a cookie exchange, a rate limit).
     #[inline]
-    fn max_reply_len(&self, request_len: usize) -> usize {
-        request_len
+    fn budget(&self, request_len: usize) -> Budget {
+        Budget::echo(request_len)
     }
 
     /// Source ports this protocol's legitimate clients send from, which the source filter's
     /// `limits.deny_source_ports` (reflection-prone services' ports) then leaves alone. An NTP server says 123
     /// (ntpd queries from port 123), a DNS server 53 (resolvers may query from it): denying those would drop
-    /// real clients. The replies such clients get are still bounded by [`Handler::max_reply_len`]. Default:
-    /// none.
+    /// real clients. The replies such clients get are still bounded by [`Handler::budget`]. Default: none.
     fn client_source_ports(&self) -> &'static [u16] {
         &[]
+    }
+
+    /// Ports the handler owns besides the configured ones: it may send from them, and what arrives on them
+    /// comes to [`Handler::handle`] like any request (a proxy's backend-side ports, where backends answer).
+    /// Read once at start-up, from the first worker's handler: the server steers them (AF_XDP) or binds them
+    /// (kernel sockets) like the configured ports. Default: none.
+    fn owned_ports(&self) -> &[u16] {
+        &[]
+    }
+
+    /// When the handler next wants [`Handler::handle_timeout`] called: a CLOCK_MONOTONIC deadline in ns,
+    /// comparable with [`Time::monotonic_ns`], or `None` for no timer. Asked after every batch and idle
+    /// turn, so it must be cheap; a waking worker sleeps no longer than the deadline.
+    #[inline]
+    fn poll_timeout(&self) -> Option<u64> {
+        None
+    }
+
+    /// Called once the deadline from [`Handler::poll_timeout`] has passed (`now` is at or after it), with an
+    /// outbox bounded only by the worker's per-batch limit: retransmits, keep-alives, expiry. The handler
+    /// moves or clears its deadline; one still in the past is called again on the next turn.
+    #[inline]
+    fn handle_timeout(&mut self, now: Time, out: &mut Outbox<'_>) {
+        let _ = (now, out);
     }
 }
 
 impl<H: Handler + ?Sized> Handler for Box<H> {
     #[inline]
-    fn handle(&mut self, request: &Request, payload: &mut [u8], len: usize) -> Verdict {
-        (**self).handle(request, payload, len)
+    fn handle(&mut self, request: &Request, payload: &mut [u8], len: usize, out: &mut Outbox<'_>) -> Verdict {
+        (**self).handle(request, payload, len, out)
     }
 
     #[inline]
-    fn max_reply_len(&self, request_len: usize) -> usize {
-        (**self).max_reply_len(request_len)
+    fn budget(&self, request_len: usize) -> Budget {
+        (**self).budget(request_len)
     }
 
     fn client_source_ports(&self) -> &'static [u16] {
         (**self).client_source_ports()
+    }
+
+    fn owned_ports(&self) -> &[u16] {
+        (**self).owned_ports()
+    }
+
+    #[inline]
+    fn poll_timeout(&self) -> Option<u64> {
+        (**self).poll_timeout()
+    }
+
+    #[inline]
+    fn handle_timeout(&mut self, now: Time, out: &mut Outbox<'_>) {
+        (**self).handle_timeout(now, out)
+    }
+}
+
+/// Calls [`Handler::handle_timeout`] if the handler's deadline ([`Handler::poll_timeout`]) is at or before
+/// `now`, with an outbox over `sink` (no per-request budget). Returns whether it was called.
+#[inline]
+pub fn fire_timeout<H: Handler + ?Sized>(handler: &mut H, now: Time, sink: &mut dyn Transmit) -> bool {
+    match handler.poll_timeout() {
+        Some(deadline) if deadline <= now.monotonic_ns => {
+            handler.handle_timeout(now, &mut Outbox::new(sink, None));
+            true
+        }
+        _ => false,
     }
 }
 
@@ -323,7 +417,7 @@ impl RespondOptions {
     /// What the packet layer writes into each reply's IP header.
     #[inline]
     pub fn reply_headers(&self) -> packet::ReplyHeaders {
-        packet::ReplyHeaders { ttl: self.reply_ttl, dscp: self.reply_dscp, mtu: self.mtu }
+        packet::ReplyHeaders { ttl: self.reply_ttl, dscp: self.reply_dscp, ecn: Ecn::NotEct, mtu: self.mtu }
     }
 }
 
@@ -342,7 +436,7 @@ pub enum Outcome {
     HandlerDrop,
     /// The handler asked for a reply that does not fit the frame: dropped, never sent truncated.
     ReplyTooLarge,
-    /// The reply would be longer than the handler's declared bound ([`Handler::max_reply_len`]): dropped, so
+    /// The reply would exceed what is left of the handler's declared budget ([`Handler::budget`]): dropped, so
     /// the server cannot amplify a spoofed request.
     Amplification,
     /// The reply's IP packet would be longer than the interface's MTU ([`RespondOptions::mtu`]): dropped,
@@ -350,25 +444,40 @@ pub enum Outcome {
     OverMtu,
 }
 
-/// Runs the handler on one request payload and applies the checks every datapath shares: a reply longer
-/// than the handler's declared bound is refused ([`Outcome::Amplification`]), one longer than the buffer is
-/// refused ([`Outcome::ReplyTooLarge`]). Returns the reply's payload length, or the outcome to count.
+/// An in-place reply [`answer`] accepted: its payload length and how the handler marked it (`None`: the
+/// server's defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    /// Reply payload bytes, at the start of the payload buffer.
+    pub len: usize,
+    /// DSCP and ECN the handler asked for ([`Outbox::mark_reply`]).
+    pub marking: Option<Marking>,
+}
+
+/// Runs the handler on one request payload, with an [`Outbox`] over `sink` bounded by the handler's
+/// [`Handler::budget`], and applies the checks every datapath shares: a reply beyond what is left of the
+/// budget after the handler's sends is refused ([`Outcome::Amplification`]), one longer than the buffer is
+/// refused ([`Outcome::ReplyTooLarge`]). Returns the reply, or the outcome to count; sends the handler made
+/// are queued in `sink` either way.
 ///
-/// Datapaths that receive bare UDP payloads (kernel sockets) call this directly; [`respond`] calls it for
-/// whole frames.
+/// Datapaths that receive bare UDP payloads (kernel sockets) call this directly; [`respond_with`] calls it
+/// for whole frames.
 #[inline]
 pub fn answer<H: Handler + ?Sized>(
     handler: &mut H,
     request: &Request,
     payload: &mut [u8],
     len: usize,
-) -> Result<usize, Outcome> {
+    sink: &mut dyn Transmit,
+) -> Result<Answer, Outcome> {
     let room = payload.len();
-    match handler.handle(request, payload, len) {
+    sink.on_request(request);
+    let mut out = Outbox::new(sink, Some(handler.budget(len)));
+    match handler.handle(request, payload, len, &mut out) {
         Verdict::Drop => Err(Outcome::HandlerDrop),
-        Verdict::Reply { len: reply } if reply > handler.max_reply_len(len) => Err(Outcome::Amplification),
+        Verdict::Reply { len: reply } if !out.reply_fits(reply) => Err(Outcome::Amplification),
         Verdict::Reply { len: reply } if reply > room => Err(Outcome::ReplyTooLarge),
-        Verdict::Reply { len: reply } => Ok(reply),
+        Verdict::Reply { len: reply } => Ok(Answer { len: reply, marking: out.reply_marking() }),
     }
 }
 
@@ -387,11 +496,12 @@ pub fn respond<H: Handler + ?Sized>(
     now: Time,
     options: RespondOptions,
 ) -> Outcome {
-    respond_with(handler, frame, len, now, options, Arrival::default())
+    respond_with(handler, frame, len, now, options, Arrival::default(), &mut NoTransmit)
 }
 
 /// [`respond`], with what the datapath knows about the frame (`arrival`: its receive timestamp, the queue)
-/// copied into the [`Request`], next to what the frame's headers say (DSCP, ECN, TTL / hop limit, VLAN id).
+/// copied into the [`Request`], next to what the frame's headers say (DSCP, ECN, TTL / hop limit, VLAN id),
+/// and with the handler's sends going to `sink`.
 #[inline]
 pub fn respond_with<H: Handler + ?Sized>(
     handler: &mut H,
@@ -400,6 +510,7 @@ pub fn respond_with<H: Handler + ?Sized>(
     now: Time,
     options: RespondOptions,
     arrival: Arrival,
+    sink: &mut dyn Transmit,
 ) -> Outcome {
     let mut d = match Datagram::parse(frame, len) {
         Ok(Some(d)) => d,
@@ -422,11 +533,15 @@ pub fn respond_with<H: Handler + ?Sized>(
         queue: arrival.queue,
     };
     let request_len = d.payload_len();
-    let reply_len = match answer(handler, &request, d.payload_room_mut(), request_len) {
-        Ok(len) => len,
+    let reply = match answer(handler, &request, d.payload_room_mut(), request_len, sink) {
+        Ok(reply) => reply,
         Err(outcome) => return outcome,
     };
-    match d.write_reply(reply_len, options.reply_headers()) {
+    let mut headers = options.reply_headers();
+    if let Some(m) = reply.marking {
+        (headers.dscp, headers.ecn) = (m.dscp, m.ecn);
+    }
+    match d.write_reply(reply.len, headers) {
         Ok(n) => Outcome::Reply(n),
         Err(packet::ReplyError::TooLarge { .. }) => Outcome::ReplyTooLarge,
         Err(packet::ReplyError::OverMtu { .. }) => Outcome::OverMtu,
@@ -446,12 +561,12 @@ mod tests {
     }
 
     impl Handler for Fixed {
-        fn handle(&mut self, _request: &Request, payload: &mut [u8], _len: usize) -> Verdict {
+        fn handle(&mut self, _request: &Request, payload: &mut [u8], _len: usize, _out: &mut Outbox<'_>) -> Verdict {
             payload[..self.reply].fill(b'r');
             Verdict::Reply { len: self.reply }
         }
-        fn max_reply_len(&self, request_len: usize) -> usize {
-            self.bound.unwrap_or(request_len)
+        fn budget(&self, request_len: usize) -> Budget {
+            Budget::echo(self.bound.unwrap_or(request_len))
         }
     }
 
@@ -487,7 +602,7 @@ mod tests {
     struct Seen(Option<Request>);
 
     impl Handler for Seen {
-        fn handle(&mut self, request: &Request, _payload: &mut [u8], len: usize) -> Verdict {
+        fn handle(&mut self, request: &Request, _payload: &mut [u8], len: usize, _out: &mut Outbox<'_>) -> Verdict {
             self.0 = Some(*request);
             Verdict::Reply { len }
         }
@@ -517,7 +632,7 @@ mod tests {
         let mut h = Seen::default();
         let copy = frame;
         assert!(matches!(
-            respond_with(&mut h, &mut frame, n, now, RespondOptions::default(), arrival),
+            respond_with(&mut h, &mut frame, n, now, RespondOptions::default(), arrival, &mut NoTransmit),
             Outcome::Reply(_)
         ));
         let r = h.0.unwrap();

@@ -172,7 +172,7 @@ pub struct WorkerSnapshot {
 
 /// The reasons a worker drops a frame and how many it dropped for each: the `reason` label of
 /// `shunt_dropped_packets_total`, and what `shunt stats` adds up as drops.
-pub fn drop_reasons(s: &WorkerStats) -> [(&'static str, u64); 7] {
+pub fn drop_reasons(s: &WorkerStats) -> [(&'static str, u64); 12] {
     [
         ("malformed", s.dropped_malformed),
         ("bad_checksum", s.dropped_bad_checksum),
@@ -181,6 +181,11 @@ pub fn drop_reasons(s: &WorkerStats) -> [(&'static str, u64); 7] {
         ("not_ours", s.dropped_not_ours),
         ("handler", s.dropped_by_handler),
         ("tx_ring_full", s.tx_ring_full),
+        ("send_pool_empty", s.send_pool_empty),
+        ("send_batch_limit", s.send_batch_limit),
+        ("send_bad_address", s.send_bad_address),
+        ("send_no_route", s.send_no_route),
+        ("send_unresolved", s.send_unresolved),
     ]
 }
 
@@ -269,9 +274,11 @@ struct Scrape {
 /// A counter family read from each worker: name (without `_total`), help text, reader.
 type PerQueue = (&'static str, &'static str, fn(&WorkerSnapshot) -> u64);
 
-const PER_QUEUE: [PerQueue; 16] = [
+const PER_QUEUE: [PerQueue; 18] = [
     ("shunt_rx_packets", "Frames taken off the AF_XDP RX ring.", |w| w.stats.rx_packets),
-    ("shunt_tx_packets", "Replies put on the AF_XDP TX ring.", |w| w.stats.tx_packets),
+    ("shunt_tx_packets", "Replies and sends put on the AF_XDP TX ring.", |w| w.stats.tx_packets),
+    ("shunt_sends", "Datagrams handlers sent through their outbox, besides in-place replies.", |w| w.stats.sends),
+    ("shunt_timeouts", "Calls of the handler's handle_timeout.", |w| w.stats.timeouts),
     ("shunt_rx_batches", "Non-empty RX batches.", |w| w.stats.rx_batches),
     ("shunt_tx_kicks", "TX wake-up system calls.", |w| w.stats.tx_kicks),
     ("shunt_tx_kick_errors", "TX wake-ups that failed with an unexpected error.", |w| w.stats.tx_kick_errors),

@@ -1,11 +1,13 @@
-//! Building a UDP request frame from scratch (for clients and load generators; the server only rewrites).
+//! Building a UDP frame from scratch: requests for clients and load generators ([`write_request`]), and the
+//! datagrams a handler sends ([`write_datagram`]), whose IP header follows the same rules as a reply's
+//! ([`ReplyHeaders`]).
 
 use std::net::{IpAddr, SocketAddr};
 
 use super::{
     bytes, checksum,
     field::{eth, ipv4, ipv6, udp, vlan},
-    put, DEFAULT_TTL, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_VLAN, IPPROTO_UDP,
+    put, ReplyHeaders, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_VLAN, IPPROTO_UDP,
 };
 
 /// Addresses of a UDP flow at every layer.
@@ -37,6 +39,14 @@ pub enum BuildError {
         /// The buffer's length.
         have: usize,
     },
+    /// The IP packet would be longer than the MTU it was built for ([`ReplyHeaders::mtu`]).
+    #[error("an IP packet of {ip_len} bytes exceeds the MTU of {mtu}")]
+    OverMtu {
+        /// The IP packet's length, header included.
+        ip_len: usize,
+        /// The MTU it was checked against.
+        mtu: usize,
+    },
     /// The payload does not fit the buffer or the IP length fields.
     #[error("a {payload}-byte payload does not fit (at most {max})")]
     TooLarge {
@@ -59,9 +69,21 @@ impl FlowSpec {
 }
 
 /// Writes Ethernet, IP and UDP headers (with IPv4 header checksum and full UDP checksum) in front of the
-/// `payload_len` bytes already at `spec.payload_offset()` in `frame`, and returns the frame length. A buffer
-/// too short for the headers or the payload is an error, never a panic.
+/// `payload_len` bytes already at `spec.payload_offset()` in `frame`, and returns the frame length. TTL 64,
+/// TOS / traffic class 0, no MTU check. A buffer too short for the headers or the payload is an error, never
+/// a panic.
 pub fn write_request(frame: &mut [u8], spec: &FlowSpec, payload_len: usize) -> Result<usize, BuildError> {
+    write_datagram(frame, spec, payload_len, ReplyHeaders { mtu: usize::MAX, ..ReplyHeaders::default() })
+}
+
+/// [`write_request`] with the IP header's TTL / hop limit, DSCP and ECN from `headers`, refusing an IP packet
+/// longer than `headers.mtu` ([`BuildError::OverMtu`]). IPv4: no options, ID 0, DF; IPv6: flow label 0.
+pub fn write_datagram(
+    frame: &mut [u8],
+    spec: &FlowSpec,
+    payload_len: usize,
+    headers: ReplyHeaders,
+) -> Result<usize, BuildError> {
     let (v4, v6) = match (spec.src.ip(), spec.dst.ip()) {
         (IpAddr::V4(s), IpAddr::V4(d)) => (Some((s.octets(), d.octets())), None),
         (IpAddr::V6(s), IpAddr::V6(d)) => (None, Some((s.octets(), d.octets()))),
@@ -78,6 +100,10 @@ pub fn write_request(frame: &mut [u8], spec: &FlowSpec, payload_len: usize) -> R
     let max = (frame.len() - payload_offset).min(by_header);
     if payload_len > max {
         return Err(BuildError::TooLarge { payload: payload_len, max });
+    }
+    let ip_len = payload_offset - l3 + payload_len;
+    if ip_len > headers.mtu {
+        return Err(BuildError::OverMtu { ip_len, mtu: headers.mtu });
     }
     // From here on every offset is below `payload_offset + payload_len <= frame.len()`, checked above.
     let frame_len = payload_offset + payload_len;
@@ -100,9 +126,10 @@ pub fn write_request(frame: &mut [u8], spec: &FlowSpec, payload_len: usize) -> R
         (Some((src, dst)), _) => {
             let mut h = [0u8; ipv4::MIN_HEADER_LEN];
             h[ipv4::VER_IHL] = 0x45;
+            h[ipv4::TOS] = headers.traffic_class();
             h[ipv4::TOTAL_LEN].copy_from_slice(&((ipv4::MIN_HEADER_LEN + udp_len) as u16).to_be_bytes());
             h[ipv4::FLAGS_FRAG].copy_from_slice(&ipv4::DONT_FRAGMENT.to_be_bytes());
-            h[ipv4::TTL] = DEFAULT_TTL;
+            h[ipv4::TTL] = headers.ttl;
             h[ipv4::PROTOCOL] = IPPROTO_UDP;
             h[ipv4::SRC].copy_from_slice(&src);
             h[ipv4::DST].copy_from_slice(&dst);
@@ -113,10 +140,11 @@ pub fn write_request(frame: &mut [u8], spec: &FlowSpec, payload_len: usize) -> R
         }
         (None, Some((src, dst))) => {
             let mut h = [0u8; ipv6::HEADER_LEN];
-            h[ipv6::VER_TC_FLOW].copy_from_slice(&0x6000_0000u32.to_be_bytes());
+            let tc = u32::from(headers.traffic_class());
+            h[ipv6::VER_TC_FLOW].copy_from_slice(&(0x6000_0000u32 | (tc << 20)).to_be_bytes());
             h[ipv6::PAYLOAD_LEN].copy_from_slice(&(udp_len as u16).to_be_bytes());
             h[ipv6::NEXT_HEADER] = IPPROTO_UDP;
-            h[ipv6::HOP_LIMIT] = DEFAULT_TTL;
+            h[ipv6::HOP_LIMIT] = headers.ttl;
             h[ipv6::SRC].copy_from_slice(&src);
             h[ipv6::DST].copy_from_slice(&dst);
             put(frame, l3, &h);

@@ -17,7 +17,7 @@ pub mod field;
 mod parse;
 mod reply;
 
-pub use build::{write_request, BuildError, FlowSpec};
+pub use build::{write_datagram, write_request, BuildError, FlowSpec};
 pub use parse::{parse, Buffer, Datagram, Ecn, IpVersion, Malformed, UdpChecksum};
 pub use reply::{ReplyError, ReplyHeaders};
 

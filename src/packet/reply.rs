@@ -22,7 +22,7 @@
 use super::{
     array, bytes, checksum,
     field::{eth, ipv4, ipv6, udp},
-    move_within, put, Datagram, IpVersion, DEFAULT_MTU, DEFAULT_TTL,
+    move_within, put, Datagram, Ecn, IpVersion, DEFAULT_MTU, DEFAULT_TTL,
 };
 
 /// What a reply's IP header says that the request does not decide.
@@ -31,23 +31,26 @@ pub struct ReplyHeaders {
     /// TTL (IPv4) or hop limit (IPv6) of every reply. Zero would make the reply undeliverable past the
     /// first router; the configuration refuses it (1..=255), this layer writes what it is given.
     pub ttl: u8,
-    /// DSCP (0..=63) of every reply; ECN is always not-ECT. Bits above the six of a DSCP are ignored.
+    /// DSCP (0..=63) of every reply. Bits above the six of a DSCP are ignored.
     pub dscp: u8,
+    /// ECN codepoint: not-ECT for replies (see the module documentation), unless the handler marks one (an
+    /// ECN-capable transport built on shunt).
+    pub ecn: Ecn,
     /// The largest IP packet, header included, a reply may be: the interface's MTU.
     pub mtu: usize,
 }
 
 impl Default for ReplyHeaders {
-    /// TTL 64, DSCP 0 (best effort), MTU 1500.
+    /// TTL 64, DSCP 0 (best effort), not-ECT, MTU 1500.
     fn default() -> Self {
-        ReplyHeaders { ttl: DEFAULT_TTL, dscp: 0, mtu: DEFAULT_MTU }
+        ReplyHeaders { ttl: DEFAULT_TTL, dscp: 0, ecn: Ecn::NotEct, mtu: DEFAULT_MTU }
     }
 }
 
 impl ReplyHeaders {
-    /// The TOS byte (IPv4) or traffic class (IPv6): DSCP in the top six bits, ECN (the low two) not-ECT.
-    fn traffic_class(&self) -> u8 {
-        (self.dscp & 0x3f) << 2
+    /// The TOS byte (IPv4) or traffic class (IPv6): DSCP in the top six bits, ECN in the low two.
+    pub fn traffic_class(&self) -> u8 {
+        ((self.dscp & 0x3f) << 2) | self.ecn.bits()
     }
 }
 

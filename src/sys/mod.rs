@@ -119,9 +119,9 @@ pub fn rx_queue_count(name: &str) -> io::Result<u32> {
     Ok(channels.rx_count + channels.combined_count)
 }
 
-/// The MTU of interface `name` (the largest IP packet it sends, header included), asked of the kernel with
-/// SIOCGIFMTU in the calling thread's network namespace.
-pub fn interface_mtu(name: &str) -> io::Result<u32> {
+/// An interface request (`struct ifreq`) for `name`, answered by the kernel's `request` ioctl (one that reads
+/// the name and writes into the request's union) in the calling thread's network namespace.
+fn interface_request(name: &str, request: libc::Ioctl) -> io::Result<libc::ifreq> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
         return Err(io::Error::from(io::ErrorKind::InvalidInput));
     }
@@ -137,15 +137,39 @@ pub fn interface_mtu(name: &str) -> io::Result<u32> {
     }
     // SAFETY: `fd` is a new socket nothing else owns.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: SIOCGIFMTU reads the NUL-terminated name in `req` (zeroed past the name, which is shorter than
-    // IFNAMSIZ) and writes ifru_mtu, inside `req`, which is alive for the call.
-    let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&sock), libc::SIOCGIFMTU, &mut req) };
+    // SAFETY: the callers' requests (SIOCGIFMTU, SIOCGIFHWADDR) read the NUL-terminated name in `req` (zeroed
+    // past the name, which is shorter than IFNAMSIZ) and write into its union, inside `req`, which is alive
+    // for the call.
+    let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&sock), request, &mut req) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(req)
+}
+
+/// The MTU of interface `name` (the largest IP packet it sends, header included), asked of the kernel with
+/// SIOCGIFMTU in the calling thread's network namespace.
+pub fn interface_mtu(name: &str) -> io::Result<u32> {
+    let req = interface_request(name, libc::SIOCGIFMTU)?;
     // SAFETY: after a successful SIOCGIFMTU the kernel has written the union's ifru_mtu member (a c_int).
     let mtu = unsafe { req.ifr_ifru.ifru_mtu };
     u32::try_from(mtu).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
+}
+
+/// The link-layer (MAC) address of Ethernet interface `name`, asked of the kernel with SIOCGIFHWADDR in the
+/// calling thread's network namespace. An interface of another link type is `InvalidData`.
+pub fn interface_mac(name: &str) -> io::Result<[u8; 6]> {
+    let req = interface_request(name, libc::SIOCGIFHWADDR)?;
+    // SAFETY: after a successful SIOCGIFHWADDR the kernel has written the union's ifru_hwaddr member.
+    let hw = unsafe { req.ifr_ifru.ifru_hwaddr };
+    if hw.sa_family != libc::ARPHRD_ETHER {
+        return Err(io::Error::from(io::ErrorKind::InvalidData));
+    }
+    let mut mac = [0u8; 6];
+    for (m, b) in mac.iter_mut().zip(hw.sa_data.iter()) {
+        *m = *b as u8;
+    }
+    Ok(mac)
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads, so XDP stamps and worker times

@@ -76,8 +76,9 @@ const IN6_PKTINFO: usize = 20;
 /// the software timestamp.
 const TIMESTAMPING64: usize = 48;
 
-/// Control bytes a reply needs at most: one IP_PKTINFO or one IPV6_PKTINFO.
-pub(super) const REPLY_ROOM: usize = space(IN6_PKTINFO);
+/// Control bytes a reply or send needs at most: one IP_PKTINFO or one IPV6_PKTINFO, and one IP_TOS or
+/// IPV6_TCLASS (an int).
+pub(super) const REPLY_ROOM: usize = space(IN6_PKTINFO) + space(INT);
 /// Control bytes a received datagram may bring: IP_PKTINFO, IPV6_PKTINFO, SCM_TIMESTAMPING_NEW, IP_TOS (one
 /// byte) and IP_TTL, or IPV6_TCLASS and IPV6_HOPLIMIT (an int each), with room to spare for anything else the
 /// socket was asked for.
@@ -164,10 +165,39 @@ pub(super) fn write_source(buf: &mut [u8], src: IpAddr, ifindex: u32) -> Option<
     }
 }
 
+/// [`write_source`], followed, if `traffic_class` is given, by the message that sets the datagram's TOS byte
+/// (IP_TOS, IPv4) or traffic class (IPV6_TCLASS): its DSCP and ECN. Returns the bytes written (0 if `buf` is
+/// too small for even the source).
+pub(super) fn write_source_and_class(buf: &mut [u8], src: IpAddr, ifindex: u32, traffic_class: Option<u8>) -> usize {
+    let Some(n) = write_source(buf, src, ifindex) else { return 0 };
+    let Some(tc) = traffic_class else { return n };
+    let (level, kind) = match src {
+        IpAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_TOS),
+        IpAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_TCLASS),
+    };
+    let more = buf.get_mut(n..).and_then(|rest| write(rest, level, kind, &i32::from(tc).to_ne_bytes()));
+    n + more.unwrap_or(0)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_source_and_a_class_fit_the_reply_room() {
+        let mut buf = [0u8; REPLY_ROOM];
+        let v6 = "2001:2::1".parse().unwrap();
+        let n = write_source_and_class(&mut buf, v6, 3, Some(0xb9));
+        assert_eq!(n, REPLY_ROOM);
+        let kinds: Vec<(i32, i32, Vec<u8>)> = messages(&buf[..n]).map(|(l, k, d)| (l, k, d.to_vec())).collect();
+        assert_eq!(kinds[1], (libc::IPPROTO_IPV6, libc::IPV6_TCLASS, 0xb9i32.to_ne_bytes().to_vec()));
+        let v4 = "198.18.0.1".parse().unwrap();
+        let n4 = write_source_and_class(&mut buf, v4, 3, None);
+        assert_eq!(messages(&buf[..n4]).count(), 1);
+        let n4 = write_source_and_class(&mut buf, v4, 3, Some(4));
+        assert_eq!(messages(&buf[..n4]).nth(1).map(|(l, k, _)| (l, k)), Some((libc::IPPROTO_IP, libc::IP_TOS)));
+    }
 
     #[test]
     fn sizes_match_the_c_library() {
@@ -300,7 +330,7 @@ mod tests {
     fn reply_sources_round_trip() {
         let mut buf = [0u8; REPLY_ROOM];
         let n = write_source(&mut buf, IpAddr::V6("2001:2::1".parse().unwrap()), 5).unwrap();
-        assert_eq!(n, REPLY_ROOM);
+        assert_eq!(n, space(IN6_PKTINFO));
         let r = parse(&buf[..n]);
         assert_eq!((r.dst, r.ifindex), (Some(IpAddr::V6("2001:2::1".parse().unwrap())), 5));
         let n = write_source(&mut buf, IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)), 5).unwrap();

@@ -86,6 +86,7 @@
 
 mod cmsg;
 mod msg;
+mod send;
 mod socket;
 mod uring;
 pub use uring::{probe as probe_io_uring, UringProbe};
@@ -180,6 +181,9 @@ pub struct KernelSocketOptions {
     /// (capped by net.core.rmem_max). Datagrams that find it full are dropped by the kernel; the worker
     /// reads how many (SO_MEMINFO) when it stops, into [`KernelSocketStats::rx_dropped`](super::counters::KernelSocketStats).
     pub receive_buffer: u32,
+    /// Handler sends allowed per wake-up, batch or timer turn, and the send buffers allocated for them
+    /// (`sends.per_batch`; 0: the handler cannot send, only reply).
+    pub sends_per_batch: u32,
 }
 
 /// Why a [`KernelWorker`] could not be opened.

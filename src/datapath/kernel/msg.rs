@@ -4,7 +4,7 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use super::{cmsg, PAYLOAD_ROOM};
+use super::{cmsg, send::Outgoing, PAYLOAD_ROOM};
 use crate::datapath::meta::Stamp;
 
 /// One datagram's buffers: what was received (payload, source address, control messages) and, once the
@@ -149,6 +149,11 @@ pub(super) struct Batch {
 unsafe impl Send for Batch {}
 
 impl Batch {
+    /// Messages one sendmmsg through these arrays may carry.
+    pub fn send_capacity(&self) -> usize {
+        self.send.len()
+    }
+
     pub fn new(batch: usize) -> Batch {
         // SAFETY: mmsghdr is plain data; all-zero is a valid value.
         let zero: libc::mmsghdr = unsafe { std::mem::zeroed() };
@@ -210,6 +215,66 @@ pub(super) fn send_batch(fd: BorrowedFd<'_>, slots: &[Slot], b: &mut Batch, from
     // SAFETY: the first `n` headers each point at one slot's reply buffers (and at their own iovec), built just
     // above from borrows that last until the call returns; sendmmsg only reads through them (it writes
     // `msg_len` into the headers, which `b` lends exclusively).
+    let sent = unsafe { libc::sendmmsg(fd.as_raw_fd(), b.send.as_mut_ptr(), n as libc::c_uint, 0) };
+    if sent < 0 {
+        return Err(errno());
+    }
+    Ok((sent as usize).min(n))
+}
+
+/// A msghdr sending `out`'s payload to its destination with its control messages, through `iov`. The kernel
+/// only reads through the (formally mutable) pointers of a send.
+pub(super) fn outgoing_header(out: &Outgoing, iov: &mut libc::iovec) -> libc::msghdr {
+    let payload = out.payload();
+    *iov = libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() };
+    // SAFETY: msghdr is plain data; all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&out.name as *const libc::sockaddr_in6 as *mut libc::sockaddr_in6).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    let control = out.control();
+    if !control.is_empty() {
+        msg.msg_control = control.as_ptr() as *mut libc::c_void;
+        msg.msg_controllen = control.len() as _;
+    }
+    msg
+}
+
+/// sendmsg(2) of a handler's send. `Err(errno)` on failure.
+pub(super) fn send_outgoing(fd: BorrowedFd<'_>, out: &Outgoing) -> Result<(), i32> {
+    let mut iov = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+    let msg = outgoing_header(out, &mut iov);
+    // SAFETY: every pointer in `msg` refers to a buffer of `out` (or to `iov`, pointing into one) with the
+    // length given, all borrowed for the call; sendmsg only reads them.
+    let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, 0) };
+    if n < 0 {
+        return Err(errno());
+    }
+    Ok(())
+}
+
+/// sendmmsg(2) of the handler's sends `list` (indices into `slots`, all out of the same socket), with the
+/// header arrays `b` lends (at most as many as it has). Returns how many the kernel took (at least one), or
+/// `Err(errno)` of the first, which was not sent.
+pub(super) fn send_outgoing_batch(
+    fd: BorrowedFd<'_>,
+    slots: &[Outgoing],
+    list: &[usize],
+    b: &mut Batch,
+) -> Result<usize, i32> {
+    let mut n = 0;
+    for ((&k, hdr), iov) in list.iter().zip(b.send.iter_mut()).zip(b.send_iov.iter_mut()) {
+        let Some(out) = slots.get(k) else { break };
+        hdr.msg_hdr = outgoing_header(out, iov);
+        hdr.msg_len = 0;
+        n += 1;
+    }
+    if n == 0 {
+        return Ok(0);
+    }
+    // SAFETY: the first `n` headers each point at one send's buffers (and at their own iovec), built just
+    // above from borrows that last until the call returns; sendmmsg only reads through them.
     let sent = unsafe { libc::sendmmsg(fd.as_raw_fd(), b.send.as_mut_ptr(), n as libc::c_uint, 0) };
     if sent < 0 {
         return Err(errno());

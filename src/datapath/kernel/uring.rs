@@ -18,7 +18,7 @@ use std::{
 
 use io_uring::{cqueue, opcode, types, IoUring};
 
-use super::{cmsg, worker::Received, PAYLOAD_ROOM};
+use super::{cmsg, send::Outgoing, worker::Received, PAYLOAD_ROOM};
 use crate::datapath::meta::Stamp;
 
 /// The provided-buffer group the receives take from (one group per ring).
@@ -28,6 +28,9 @@ const GROUP: u16 = 0;
 const SEND: u64 = 1 << 63;
 /// `user_data` of the cancellation sent when the ring is closed.
 const CANCEL: u64 = 1 << 62;
+/// `user_data` bit of a handler's send out of a send buffer ([`Outgoing`]); its low 32 bits are the
+/// buffer's index.
+const OUTGOING: u64 = 1 << 61;
 
 /// `struct io_uring_recvmsg_out`: namelen, controllen, payloadlen, flags, each a u32, before the name.
 const OUT_HEADER: usize = 16;
@@ -52,6 +55,8 @@ pub(super) enum Completion {
     Received { socket: usize, result: Result<u16, i32> },
     /// The send out of buffer `bid` completed (`Err(errno)` if it failed); the buffer is the worker's again.
     Sent { bid: u16, result: Result<(), i32> },
+    /// A handler's send out of send buffer `index` completed; the buffer is the worker's again.
+    SentOutgoing { index: usize, result: Result<(), i32> },
     /// The cancellation sent on close, or a completion that names nothing of ours.
     Other,
 }
@@ -195,6 +200,8 @@ pub(super) struct Uring {
     sends_in_flight: usize,
     /// Submissions queued since the last enter.
     queued: usize,
+    /// [`Uring::close`] has run.
+    closed: bool,
     /// The completions of one turn (`user_data`, `res`, `flags`), room for a full completion queue.
     completions: Vec<(u64, i32, u32)>,
 }
@@ -254,6 +261,7 @@ impl Uring {
             armed: vec![false; sockets],
             sends_in_flight: 0,
             queued: 0,
+            closed: false,
             completions: Vec::with_capacity(cq as usize),
         })
     }
@@ -317,6 +325,11 @@ impl Uring {
     /// armed, sends in flight) is updated.
     pub(super) fn completion(&mut self, k: usize) -> Completion {
         let Some(&(user_data, result, flags)) = self.completions.get(k) else { return Completion::Other };
+        if user_data & OUTGOING != 0 {
+            self.sends_in_flight = self.sends_in_flight.saturating_sub(1);
+            let index = (user_data & 0xffff_ffff) as usize;
+            return Completion::SentOutgoing { index, result: if result < 0 { Err(-result) } else { Ok(()) } };
+        }
         if user_data & SEND != 0 {
             self.sends_in_flight = self.sends_in_flight.saturating_sub(1);
             let bid = (user_data & 0xffff) as u16;
@@ -402,6 +415,29 @@ impl Uring {
         true
     }
 
+    /// Queues a handler's send out of `out` (send buffer `index`) on the socket it names. `out` must stay where
+    /// it is, untouched, until its [`Completion::SentOutgoing`]. Returns false if it could not be queued.
+    pub(super) fn send_outgoing(&mut self, out: &mut Outgoing, index: usize) -> bool {
+        let Some(&fd) = self.fds.get(out.socket) else { return false };
+        let mut iov = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+        let msg = super::msg::outgoing_header(out, &mut iov);
+        out.iov = iov;
+        out.msg = msg;
+        // The header was pointed at the local iovec: point it at the copy that stays with the buffer.
+        out.msg.msg_iov = &mut out.iov;
+        let entry = opcode::SendMsg::new(types::Fd(fd), &out.msg).build().user_data(OUTGOING | index as u64);
+        // SAFETY: the msghdr, its iovec, address, control messages and payload all live in `out`, one of the
+        // worker's send buffers (boxed once, never moved), which the worker does not touch or hand out again
+        // until this send's completion releases it; the ring is closed before the buffers are freed
+        // (`KernelWorker`'s Drop), and they are leaked if the kernel does not confirm the end in time.
+        if unsafe { self.ring.submission().push(&entry) }.is_err() {
+            return false;
+        }
+        self.sends_in_flight += 1;
+        self.queued += 1;
+        true
+    }
+
     /// The request times kept with buffer `bid`'s send: its kernel receive stamp and its pick-up time.
     pub(super) fn times(&self, bid: u16) -> (Option<Stamp>, u64) {
         self.outs.get(usize::from(bid)).map_or((None, 0), |o| (o.stamp, o.picked_ns))
@@ -423,11 +459,15 @@ impl Uring {
     }
 }
 
-impl Drop for Uring {
-    /// Cancels the receives and waits (a second at most) until the kernel has ended every request, so the
-    /// buffers are not freed while it could still write into them; if it does not confirm in time they are
-    /// leaked instead, and so is every `msghdr`, iovec and address a request in flight may still point at.
-    fn drop(&mut self) {
+impl Uring {
+    /// Cancels the receives and waits (a second at most) until the kernel has ended every request. Returns
+    /// whether it confirmed that; if not, the ring's own buffers will be leaked when it is dropped, and the
+    /// caller must leak the send buffers its requests may point at ([`Uring::send_outgoing`]).
+    pub(super) fn close(&mut self) -> bool {
+        if self.closed {
+            return !self.busy();
+        }
+        self.closed = true;
         let entry = opcode::AsyncCancel2::new(types::CancelBuilder::any()).build().user_data(CANCEL);
         // SAFETY: a cancellation carries no pointer into user memory.
         let cancelled = unsafe { self.ring.submission().push(&entry) }.is_ok();
@@ -441,7 +481,16 @@ impl Drop for Uring {
                 let _ = self.completion(k);
             }
         }
-        if self.busy() {
+        !self.busy()
+    }
+}
+
+impl Drop for Uring {
+    /// Closes the ring ([`Uring::close`]) so the buffers are not freed while the kernel could still write
+    /// into them; if it does not confirm in time they are leaked instead, and so is every `msghdr`, iovec
+    /// and address a request in flight may still point at.
+    fn drop(&mut self) {
+        if !self.close() {
             // The kernel may still read a reply's msghdr, iovec, address and control message (a send in
             // flight) or the receive template, and write into the buffers: all of it is leaked rather than
             // freed under it.

@@ -17,6 +17,7 @@ use rustix::event::epoll;
 use super::{
     cmsg,
     msg::{self, Batch, Slot},
+    send::{count_refusal, Outgoings, SocketSink},
     socket::{self, PortSocket},
     uring::{Completion, Uring},
     KernelSocketError, KernelSocketOptions, SocketIo, IO_SIGNAL_OFFSET, MAX_BATCH,
@@ -28,7 +29,7 @@ use crate::{
         meta::Stamp,
         WorkerExit,
     },
-    handler::{answer, Ecn, Handler, Outcome, Request, RxClock, RxTimestamp, Time},
+    handler::{answer, fire_timeout, Ecn, Handler, Outcome, Request, RxClock, RxTimestamp, SendError, Time},
     sys,
 };
 
@@ -84,6 +85,20 @@ struct Core<H> {
     stats: WorkerStats,
     /// One slot per datagram of a batch (Mmsg), or one.
     slots: Vec<Slot>,
+    /// The handler's send buffers, and the list a flush takes the queued ones into.
+    outgoing: Outgoings,
+    flushing: Vec<usize>,
+    /// sendmmsg headers for the handler's sends (Mmsg).
+    send_headers: Batch,
+    /// Sends allowed per wake-up, batch or timer turn.
+    per_batch: u32,
+    /// Sends left in the current one.
+    sends_left: u32,
+    /// The sockets' ports by index, and the interface: where sends go out.
+    ports: Vec<u16>,
+    ifindex: u32,
+    /// The handler's next deadline (CLOCK_MONOTONIC ns), asked again after each datagram, batch and timeout.
+    deadline: Option<u64>,
 }
 
 /// One wake-up's datagrams, and the clock when the latest was in hand.
@@ -111,7 +126,7 @@ impl<H: Handler> KernelWorker<H> {
             return Err(KernelSocketError::BatchTooLarge { batch: options.batch });
         }
         let batch = options.batch.max(1) as usize;
-        sys::interface_index(&options.interface)
+        let ifindex = sys::interface_index(&options.interface)
             .map_err(|source| KernelSocketError::Interface { interface: options.interface.clone(), source })?;
         let sockets = socket::open_all(&options)?;
         if options.timestamps && !socket::await_rx_stamping(socket::STAMPING_DEADLINE) {
@@ -164,6 +179,9 @@ impl<H: Handler> KernelWorker<H> {
         };
 
         let slots = if options.io == SocketIo::Mmsg { batch } else { 1 };
+        let per_batch = options.sends_per_batch;
+        let deadline = handler.poll_timeout();
+        let ports = sockets.iter().map(|ps| ps.port).collect();
         Ok(KernelWorker {
             sockets,
             io: options.io,
@@ -178,6 +196,14 @@ impl<H: Handler> KernelWorker<H> {
                 latency: None,
                 stats: WorkerStats::default(),
                 slots: (0..slots).map(|_| Slot::new()).collect(),
+                outgoing: Outgoings::new(per_batch as usize),
+                flushing: Vec::with_capacity(per_batch as usize),
+                send_headers: Batch::new(if options.io == SocketIo::Mmsg { per_batch as usize } else { 0 }),
+                per_batch,
+                sends_left: per_batch,
+                ports,
+                ifindex,
+                deadline,
             },
         })
     }
@@ -228,14 +254,26 @@ impl<H: Handler> KernelWorker<H> {
     /// One blocking recvmsg per datagram (SO_RCVTIMEO bounds each wait), one blocking sendmsg per reply.
     fn run_blocking(&mut self, stop: &AtomicBool) {
         let Some(ps) = self.sockets.first() else { return };
+        let sockets = &self.sockets[..];
         let core = &mut self.core;
+        // The receive timeout in force: the 100 ms the socket was opened with, shortened while the handler's
+        // timer is due sooner (whole milliseconds, so at most one setsockopt per millisecond).
+        let mut timeout = socket::BLOCKING_TIMEOUT;
         while !stop.load(Relaxed) {
+            let wanted = core.deadline.map_or(socket::BLOCKING_TIMEOUT, |due| {
+                let ms = due.saturating_sub(sys::monotonic_ns()).div_ceil(1_000_000).max(1);
+                Duration::from_millis(ms).min(socket::BLOCKING_TIMEOUT)
+            });
+            if wanted != timeout && ps.socket.set_read_timeout(Some(wanted)).is_ok() {
+                timeout = wanted;
+            }
             let Some(slot) = core.slots.first_mut() else { return };
             match msg::receive(ps.socket.as_fd(), slot) {
                 Ok(()) => {}
                 Err(e) if would_block(e) => {
                     // SO_RCVTIMEO passed with nothing received.
                     core.stats.sleeps += 1;
+                    core.tick(sockets, None);
                     core.idle();
                     continue;
                 }
@@ -247,8 +285,8 @@ impl<H: Handler> KernelWorker<H> {
                 }
             }
             let mut wake = Wake::default();
-            core.on_datagram(ps, &mut wake);
-            core.finish(&wake);
+            core.on_datagram(ps, sockets, &mut wake);
+            core.finish(sockets, &wake);
         }
     }
 
@@ -258,12 +296,17 @@ impl<H: Handler> KernelWorker<H> {
         while !stop.load(Relaxed) {
             let mut wake = Wake::default();
             for ps in &self.sockets {
-                self.core.drain(ps, self.batch, &mut wake, stop);
+                self.core.drain(ps, &self.sockets, self.batch, &mut wake, stop);
             }
             if wake.taken > 0 {
-                self.core.finish(&wake);
+                self.core.finish(&self.sockets, &wake);
             } else {
                 spins = spins.wrapping_add(1);
+                // With a timer set, the clock is looked at every 16 empty passes; without, only for the
+                // histograms' swaps.
+                if self.core.deadline.is_some() && spins.is_multiple_of(16) {
+                    self.core.tick(&self.sockets, None);
+                }
                 if spins.is_multiple_of(SPINS_PER_CLOCK) {
                     self.core.idle();
                 }
@@ -274,27 +317,28 @@ impl<H: Handler> KernelWorker<H> {
     /// Level-triggered epoll_wait, then every ready socket drained to EAGAIN.
     fn run_epoll(&mut self, stop: &AtomicBool) {
         let Some(poll) = &self.poll else { return };
-        let timeout = wait_timespec();
         let mut events = events();
         while !stop.load(Relaxed) {
-            let ready = self.core.wait(poll, &mut events, &timeout);
+            let ready = self.core.wait(poll, &mut events);
             if ready == 0 {
+                self.core.tick(&self.sockets, None);
                 self.core.idle();
                 continue;
             }
             let mut wake = Wake::default();
             for event in events.get(..ready).unwrap_or_default() {
                 if let Some(ps) = self.sockets.get(event.data.u64() as usize) {
-                    self.core.drain(ps, usize::MAX, &mut wake, stop);
+                    self.core.drain(ps, &self.sockets, usize::MAX, &mut wake, stop);
                 }
             }
-            self.core.finish(&wake);
+            self.core.finish(&self.sockets, &wake);
         }
     }
 
     /// sigtimedwait for the sockets' real-time signal, then the socket it names drained to EAGAIN.
     fn run_signal(&mut self, stop: &AtomicBool) {
         let Some(sig) = &self.signal else { return };
+        let sockets = &self.sockets[..];
         let core = &mut self.core;
         // Block the signals before any can be raised: an unblocked real-time signal (or SIGIO) would kill the
         // process. They stay blocked after the loop (see SocketIo::Signal).
@@ -303,26 +347,27 @@ impl<H: Handler> KernelWorker<H> {
             return;
         }
         let tid = sys::thread_id();
-        for ps in &self.sockets {
+        for ps in sockets {
             let fd = ps.socket.as_fd();
             if sys::set_io_signal(fd, sig.signal, tid).and_then(|()| sys::set_async(fd, true)).is_err() {
                 core.stats.tx_kick_errors += 1;
-                disarm(&self.sockets, sig);
+                disarm(sockets, sig);
                 return;
             }
         }
         // Datagrams that arrived before O_ASYNC was on raised no signal.
         let mut wake = Wake::default();
-        for ps in &self.sockets {
-            core.drain(ps, usize::MAX, &mut wake, stop);
+        for ps in sockets {
+            core.drain(ps, sockets, usize::MAX, &mut wake, stop);
         }
-        core.finish(&wake);
+        core.finish(sockets, &wake);
 
         while !stop.load(Relaxed) {
             core.stats.sleeps += 1;
-            let taken = match sys::take_signal(&sig.set, WAIT) {
+            let taken = match sys::take_signal(&sig.set, core.wait_time()) {
                 Ok(Some(taken)) => taken,
                 Ok(None) => {
+                    core.tick(sockets, None);
                     core.idle();
                     continue;
                 }
@@ -334,32 +379,32 @@ impl<H: Handler> KernelWorker<H> {
             };
             let mut wake = Wake::default();
             let named = match taken.fd {
-                Some(fd) if taken.signal == sig.signal => self.sockets.iter().find(|ps| ps.socket.as_raw_fd() == fd),
+                Some(fd) if taken.signal == sig.signal => sockets.iter().find(|ps| ps.socket.as_raw_fd() == fd),
                 _ => None,
             };
             match named {
-                Some(ps) => core.drain(ps, usize::MAX, &mut wake, stop),
+                Some(ps) => core.drain(ps, sockets, usize::MAX, &mut wake, stop),
                 // SIGIO: the real-time queue overflowed and which sockets are ready is lost: drain them all.
                 None => {
-                    for ps in &self.sockets {
-                        core.drain(ps, usize::MAX, &mut wake, stop);
+                    for ps in sockets {
+                        core.drain(ps, sockets, usize::MAX, &mut wake, stop);
                     }
                 }
             }
-            core.finish(&wake);
+            core.finish(sockets, &wake);
         }
-        disarm(&self.sockets, sig);
+        disarm(sockets, sig);
     }
 
     /// Level-triggered epoll_wait, then recvmmsg batches from every ready socket until a short one, each
-    /// batch's replies sent with sendmmsg.
+    /// batch's replies sent with sendmmsg (and the handler's sends with another).
     fn run_mmsg(&mut self, stop: &AtomicBool) {
         let Some(poll) = &self.poll else { return };
-        let timeout = wait_timespec();
         let mut events = events();
         while !stop.load(Relaxed) {
-            let ready = self.core.wait(poll, &mut events, &timeout);
+            let ready = self.core.wait(poll, &mut events);
             if ready == 0 {
+                self.core.tick(&self.sockets, None);
                 self.core.idle();
                 continue;
             }
@@ -372,7 +417,7 @@ impl<H: Handler> KernelWorker<H> {
                             break;
                         }
                         Ok(got) => {
-                            self.core.serve_batch(ps, got, &mut self.batch_headers);
+                            self.core.serve_batch(ps, &self.sockets, got, &mut self.batch_headers);
                             if got < self.batch || stop.load(Relaxed) {
                                 break;
                             }
@@ -393,12 +438,12 @@ impl<H: Handler> KernelWorker<H> {
         }
     }
 
-    /// One io_uring_enter per turn (submit the replies queued, wait for a completion), then every completion
-    /// handled: datagrams answered into sends out of their own buffers, sent buffers given back to the kernel.
+    /// One io_uring_enter per turn (submit the replies and sends queued, wait for a completion), then every
+    /// completion handled: datagrams answered into sends out of their own buffers, the handler's sends out of
+    /// the send buffers, sent buffers given back.
     fn run_uring(&mut self, stop: &AtomicBool) {
         let Some(u) = &mut self.uring else { return };
         let core = &mut self.core;
-        let timeout = io_uring::types::Timespec::from(WAIT);
         while !stop.load(Relaxed) {
             u.arm();
             if u.has_queued() {
@@ -406,6 +451,7 @@ impl<H: Handler> KernelWorker<H> {
             } else {
                 core.stats.sleeps += 1;
             }
+            let timeout = io_uring::types::Timespec::from(core.wait_time());
             if u.enter(&timeout).is_err() {
                 core.stats.tx_kick_errors += 1;
             }
@@ -415,6 +461,7 @@ impl<H: Handler> KernelWorker<H> {
             let reaped = u.reap();
             let now = read_time();
             let mut taken = 0;
+            core.sends_left = core.per_batch;
             for k in 0..reaped {
                 match u.completion(k) {
                     Completion::Received { socket, result: Ok(bid), .. } => {
@@ -422,15 +469,17 @@ impl<H: Handler> KernelWorker<H> {
                         core.stats.rx_packets += 1;
                         let port = self.sockets.get(socket).map_or(0, |ps| ps.port);
                         let reply = match u.take(bid) {
-                            Some(t) => serve_datagram(
-                                &mut core.handler,
-                                t.received,
-                                t.payload,
-                                t.reply_control,
-                                port,
-                                now,
-                                &mut core.stats,
-                            ),
+                            Some(t) => {
+                                let Core { handler, outgoing, ports, ifindex, sends_left, stats, .. } = &mut *core;
+                                let mut sink = SocketSink {
+                                    out: outgoing,
+                                    ports,
+                                    ifindex: *ifindex,
+                                    left: sends_left,
+                                    stats,
+                                };
+                                serve_datagram(handler, t.received, t.payload, t.reply_control, port, now, &mut sink)
+                            }
                             None => None,
                         };
                         match reply {
@@ -458,7 +507,25 @@ impl<H: Handler> KernelWorker<H> {
                         }
                         u.give_back(bid);
                     }
+                    Completion::SentOutgoing { index, result } => {
+                        match result {
+                            Ok(()) => core.stats.tx_packets += 1,
+                            Err(e) => count_outgoing_error(e, &mut core.stats),
+                        }
+                        core.outgoing.release(index);
+                    }
                     Completion::Other => {}
+                }
+            }
+            core.fire_due(now);
+            core.deadline = core.handler.poll_timeout();
+            // The turn's sends (from requests and the timer) go out with the next enter.
+            core.outgoing.take_queued(&mut core.flushing);
+            for &index in &core.flushing {
+                let queued = core.outgoing.slots.get_mut(index).is_some_and(|out| u.send_outgoing(out, index));
+                if !queued {
+                    core.stats.tx_ring_full += 1;
+                    core.outgoing.release(index);
                 }
             }
             u.publish();
@@ -477,11 +544,35 @@ impl<H: Handler> KernelWorker<H> {
     }
 }
 
+impl<H> Drop for KernelWorker<H> {
+    /// The io_uring ring is closed first, while the send buffers its requests may point at are still here; if
+    /// the kernel did not confirm that every request ended, those buffers are leaked rather than freed under
+    /// it.
+    fn drop(&mut self) {
+        if let Some(mut u) = self.uring.take() {
+            if !u.close() {
+                std::mem::forget(std::mem::replace(&mut self.core.outgoing, Outgoings::new(0)));
+            }
+        }
+    }
+}
+
 impl<H: Handler> Core<H> {
-    /// One epoll_wait; returns how many events it brought (0 on timeout or error).
-    fn wait(&mut self, poll: &Poll, events: &mut [epoll::Event], timeout: &rustix::time::Timespec) -> usize {
+    /// How long a waiting model may wait: [`WAIT`], or less if the handler's timer is due sooner.
+    fn wait_time(&self) -> Duration {
+        match self.deadline {
+            Some(due) => Duration::from_nanos(due.saturating_sub(sys::monotonic_ns())).min(WAIT),
+            None => WAIT,
+        }
+    }
+
+    /// One epoll_wait (no longer than [`Core::wait_time`]); returns how many events it brought (0 on timeout
+    /// or error).
+    fn wait(&mut self, poll: &Poll, events: &mut [epoll::Event]) -> usize {
         self.stats.sleeps += 1;
-        match epoll::wait(&poll.fd, events, Some(timeout)) {
+        let wait = self.wait_time();
+        let timeout = rustix::time::Timespec { tv_sec: wait.as_secs() as _, tv_nsec: wait.subsec_nanos() as _ };
+        match epoll::wait(&poll.fd, events, Some(&timeout)) {
             Ok(n) => n,
             Err(rustix::io::Errno::INTR) => 0,
             Err(_) => {
@@ -491,9 +582,88 @@ impl<H: Handler> Core<H> {
         }
     }
 
+    /// Calls the handler's timeout if it is due at `now`, its sends queued for the next flush.
+    fn fire_due(&mut self, now: Time) {
+        if self.deadline.is_none_or(|due| due > now.monotonic_ns) {
+            return;
+        }
+        let Core { handler, outgoing, ports, ifindex, sends_left, stats, .. } = self;
+        let mut sink = SocketSink { out: outgoing, ports, ifindex: *ifindex, left: sends_left, stats };
+        let fired = fire_timeout(handler, now, &mut sink);
+        drop(sink);
+        self.stats.timeouts += u64::from(fired);
+        self.deadline = self.handler.poll_timeout();
+    }
+
+    /// Between wake-ups: a timer due now runs (reading the clock if `now` is not given), and its sends go
+    /// out.
+    fn tick(&mut self, sockets: &[PortSocket], now: Option<Time>) {
+        let Some(due) = self.deadline else { return };
+        let now = now.unwrap_or_else(read_time);
+        if due > now.monotonic_ns {
+            return;
+        }
+        self.sends_left = self.per_batch;
+        self.fire_due(now);
+        self.flush(sockets);
+    }
+
+    /// Sends what the handler queued: one sendmsg each, or (Mmsg) one sendmmsg per run of sends out of the
+    /// same socket.
+    fn flush(&mut self, sockets: &[PortSocket]) {
+        self.outgoing.take_queued(&mut self.flushing);
+        if self.flushing.is_empty() {
+            return;
+        }
+        let batched = self.send_headers.send_capacity() > 0;
+        let mut from = 0;
+        while let Some(&first) = self.flushing.get(from) {
+            let socket = self.outgoing.slots.get(first).map_or(usize::MAX, |o| o.socket);
+            let Some(ps) = sockets.get(socket) else {
+                self.stats.send_bad_address += 1;
+                from += 1;
+                continue;
+            };
+            self.stats.tx_kicks += 1;
+            let result = if batched {
+                let run = self.flushing.get(from..).unwrap_or_default();
+                let same = run
+                    .iter()
+                    .take_while(|&&k| self.outgoing.slots.get(k).is_some_and(|o| o.socket == socket))
+                    .count();
+                msg::send_outgoing_batch(
+                    ps.socket.as_fd(),
+                    &self.outgoing.slots,
+                    run.get(..same).unwrap_or_default(),
+                    &mut self.send_headers,
+                )
+            } else {
+                match self.outgoing.slots.get(first) {
+                    Some(out) => msg::send_outgoing(ps.socket.as_fd(), out).map(|()| 1),
+                    None => Ok(1),
+                }
+            };
+            match result {
+                Ok(sent) => {
+                    self.stats.tx_packets += sent as u64;
+                    from += sent.max(1);
+                }
+                Err(libc::EINTR) => {}
+                Err(e) => {
+                    count_outgoing_error(e, &mut self.stats);
+                    from += 1;
+                }
+            }
+        }
+        for &k in &self.flushing {
+            self.outgoing.release(k);
+        }
+        self.flushing.clear();
+    }
+
     /// Receives from `ps` datagram by datagram, answering each as it comes, until EAGAIN, `limit` datagrams or
     /// `stop`.
-    fn drain(&mut self, ps: &PortSocket, limit: usize, wake: &mut Wake, stop: &AtomicBool) {
+    fn drain(&mut self, ps: &PortSocket, sockets: &[PortSocket], limit: usize, wake: &mut Wake, stop: &AtomicBool) {
         let mut taken = 0;
         while taken < limit {
             let Some(slot) = self.slots.first_mut() else { return };
@@ -510,54 +680,65 @@ impl<H: Handler> Core<H> {
                 }
             }
             taken += 1;
-            self.on_datagram(ps, wake);
+            self.on_datagram(ps, sockets, wake);
             if stop.load(Relaxed) {
                 return;
             }
         }
     }
 
-    /// Answers the datagram just received into slot 0 with one sendmsg.
+    /// Answers the datagram just received into slot 0 with one sendmsg, and sends what the handler sent.
     ///
     /// In these models every recvmsg is a pick-up of its own, so the clock is read for each datagram (vDSO, no
     /// system call): a clock read once per wake-up would predate the datagrams that arrive while the worker
     /// drains the socket, and their kernel stamps would lie in its future.
-    fn on_datagram(&mut self, ps: &PortSocket, wake: &mut Wake) {
+    fn on_datagram(&mut self, ps: &PortSocket, sockets: &[PortSocket], wake: &mut Wake) {
         self.stats.rx_packets += 1;
+        if wake.taken == 0 {
+            self.sends_left = self.per_batch;
+        }
         wake.taken += 1;
         let now = read_time();
         wake.now = Some(now);
-        let Some(slot) = self.slots.first_mut() else { return };
-        if !serve(&mut self.handler, slot, ps.port, now, &mut self.stats) {
-            return;
-        }
-        loop {
-            self.stats.tx_kicks += 1;
-            match msg::send(ps.socket.as_fd(), slot) {
-                Ok(()) => {
-                    self.stats.tx_packets += 1;
-                    if let Some(l) = &mut self.latency {
-                        l.current.record_packet(slot.stamp, now.monotonic_ns, sys::monotonic_ns());
+        let Core { handler, slots, outgoing, ports, ifindex, sends_left, stats, .. } = self;
+        let Some(slot) = slots.first_mut() else { return };
+        let mut sink = SocketSink { out: outgoing, ports, ifindex: *ifindex, left: sends_left, stats };
+        let replied = serve(handler, slot, ps.port, now, &mut sink);
+        drop(sink);
+        if replied {
+            loop {
+                self.stats.tx_kicks += 1;
+                match msg::send(ps.socket.as_fd(), slot) {
+                    Ok(()) => {
+                        self.stats.tx_packets += 1;
+                        if let Some(l) = &mut self.latency {
+                            l.current.record_packet(slot.stamp, now.monotonic_ns, sys::monotonic_ns());
+                        }
                     }
+                    Err(libc::EINTR) => continue,
+                    Err(e) => count_send_error(e, &mut self.stats),
                 }
-                Err(libc::EINTR) => continue,
-                Err(e) => count_send_error(e, &mut self.stats),
+                break;
             }
-            return;
         }
+        self.flush(sockets);
     }
 
-    /// Answers the first `got` slots (one recvmmsg batch) and sends the replies with sendmmsg.
-    fn serve_batch(&mut self, ps: &PortSocket, got: usize, b: &mut Batch) {
+    /// Answers the first `got` slots (one recvmmsg batch) and sends the replies with sendmmsg, then the
+    /// handler's sends.
+    fn serve_batch(&mut self, ps: &PortSocket, sockets: &[PortSocket], got: usize, b: &mut Batch) {
         let now = read_time();
         self.stats.rx_packets += got as u64;
         self.stats.rx_batches += 1;
+        self.sends_left = self.per_batch;
         b.send_slot.clear();
-        for (k, slot) in self.slots.iter_mut().enumerate().take(got) {
-            if serve(&mut self.handler, slot, ps.port, now, &mut self.stats)
-                && b.send_slot.len() < b.send_slot.capacity()
-            {
-                b.send_slot.push(k);
+        {
+            let Core { handler, slots, outgoing, ports, ifindex, sends_left, stats, .. } = &mut *self;
+            let mut sink = SocketSink { out: outgoing, ports, ifindex: *ifindex, left: sends_left, stats };
+            for (k, slot) in slots.iter_mut().enumerate().take(got) {
+                if serve(handler, slot, ps.port, now, &mut sink) && b.send_slot.len() < b.send_slot.capacity() {
+                    b.send_slot.push(k);
+                }
             }
         }
         let mut from = 0;
@@ -584,6 +765,9 @@ impl<H: Handler> Core<H> {
                 }
             }
         }
+        self.fire_due(now);
+        self.deadline = self.handler.poll_timeout();
+        self.flush(sockets);
         if let Some(l) = &mut self.latency {
             l.current.record_batch(got);
             l.maybe_swap(now.monotonic_ns);
@@ -591,10 +775,13 @@ impl<H: Handler> Core<H> {
         self.shared.stats.publish(&self.stats);
     }
 
-    /// Closes a wake-up: counts its batch, publishes the counters.
-    fn finish(&mut self, wake: &Wake) {
+    /// Closes a wake-up: runs a timer that fell due during it, counts its batch, publishes the counters.
+    fn finish(&mut self, sockets: &[PortSocket], wake: &Wake) {
         if let (Some(now), true) = (wake.now, wake.taken > 0) {
             self.stats.rx_batches += 1;
+            self.fire_due(now);
+            self.deadline = self.handler.poll_timeout();
+            self.flush(sockets);
             if let Some(l) = &mut self.latency {
                 l.current.record_batch(wake.taken);
                 l.maybe_swap(now.monotonic_ns);
@@ -614,14 +801,14 @@ impl<H: Handler> Core<H> {
 
 /// Runs the handler on the datagram in `slot`, received on `port`. Returns true with the reply and its source
 /// control message ready in the slot, or false having counted why there is none.
-fn serve<H: Handler>(handler: &mut H, slot: &mut Slot, port: u16, now: Time, stats: &mut WorkerStats) -> bool {
+fn serve<H: Handler>(handler: &mut H, slot: &mut Slot, port: u16, now: Time, sink: &mut SocketSink<'_>) -> bool {
     let received = Received {
         flags: slot.flags,
         control: slot.control.get(..slot.control_len).unwrap_or_default(),
         name: &slot.name,
         len: slot.len,
     };
-    match serve_datagram(handler, received, &mut slot.payload, &mut slot.reply_control, port, now, stats) {
+    match serve_datagram(handler, received, &mut slot.payload, &mut slot.reply_control, port, now, sink) {
         Some(reply) => {
             slot.reply_len = reply.len;
             slot.reply_control_len = reply.control_len;
@@ -645,7 +832,7 @@ pub(super) struct Received<'a> {
 }
 
 /// What [`serve_datagram`] made: a reply of `len` bytes in the payload buffer, `control_len` bytes of source
-/// control message, and the request's kernel receive time.
+/// (and marking) control messages, and the request's kernel receive time.
 pub(super) struct Reply {
     pub len: usize,
     pub control_len: usize,
@@ -653,8 +840,8 @@ pub(super) struct Reply {
 }
 
 /// Runs the handler on one received datagram whose payload is in `payload`, received on `port`: the reply is
-/// written over the request in `payload` and its source control message into `reply_control`. `None` when
-/// there is no reply, having counted why.
+/// written over the request in `payload` and its source (and marking) control messages into `reply_control`;
+/// the handler's sends are queued in `sink`. `None` when there is no reply, having counted why.
 pub(super) fn serve_datagram<H: Handler>(
     handler: &mut H,
     received: Received<'_>,
@@ -662,11 +849,11 @@ pub(super) fn serve_datagram<H: Handler>(
     reply_control: &mut [u8],
     port: u16,
     now: Time,
-    stats: &mut WorkerStats,
+    sink: &mut SocketSink<'_>,
 ) -> Option<Reply> {
     if received.flags & libc::MSG_TRUNC != 0 {
         // Longer than the buffer: cannot happen with a 65,535-byte buffer, but never answer a truncation.
-        stats.dropped_malformed += 1;
+        sink.stats.dropped_malformed += 1;
         return None;
     }
     let info = cmsg::parse(received.control);
@@ -685,17 +872,19 @@ pub(super) fn serve_datagram<H: Handler>(
         ..Request::new(src, SocketAddr::new(local, port), now)
     };
     let len = received.len.min(payload.len());
-    match answer(handler, &request, payload, len) {
-        Ok(n) => {
+    match answer(handler, &request, payload, len, sink) {
+        Ok(a) => {
             // Kernel receive time on the monotonic clock, for the latency histograms.
             let stamp = rx_timestamp.map(|t| Stamp { hook_ns: t.monotonic_ns, nic_to_hook_ns: None });
+            let tc = a.marking.map(|m| m.traffic_class());
             let control_len = match info.dst {
-                Some(ip) => cmsg::write_source(reply_control, ip, info.ifindex).unwrap_or(0),
+                Some(ip) => cmsg::write_source_and_class(reply_control, ip, info.ifindex, tc),
                 None => 0,
             };
-            Some(Reply { len: n, control_len, stamp })
+            Some(Reply { len: a.len, control_len, stamp })
         }
         Err(outcome) => {
+            let stats = &mut *sink.stats;
             match outcome {
                 Outcome::Amplification => stats.dropped_amplification += 1,
                 // `answer` makes no frame, so never this: the kernel writes the headers and fragments.
@@ -756,8 +945,15 @@ fn count_send_error(errno: i32, stats: &mut WorkerStats) {
     }
 }
 
-fn wait_timespec() -> rustix::time::Timespec {
-    rustix::time::Timespec { tv_sec: WAIT.as_secs() as _, tv_nsec: WAIT.subsec_nanos() as _ }
+/// A refused handler send: no room as for replies ([`count_send_error`]); a source the kernel will not send
+/// from (not an address of this host: EINVAL, EADDRNOTAVAIL) as `send_bad_address`; no route as
+/// `send_no_route`.
+fn count_outgoing_error(errno: i32, stats: &mut WorkerStats) {
+    match errno {
+        libc::EINVAL | libc::EADDRNOTAVAIL => count_refusal(stats, SendError::Source),
+        libc::ENETUNREACH | libc::EHOSTUNREACH => count_refusal(stats, SendError::NoRoute),
+        e => count_send_error(e, stats),
+    }
 }
 
 /// Turns O_ASYNC off on every socket and takes the signals still pending, which stay blocked.
@@ -775,7 +971,15 @@ mod tests {
     use crate::handler::Echo;
 
     fn options(io: SocketIo, ports: Vec<u16>, batch: u32) -> KernelSocketOptions {
-        KernelSocketOptions { interface: "lo".into(), ports, io, batch, timestamps: false, receive_buffer: 1 << 20 }
+        KernelSocketOptions {
+            interface: "lo".into(),
+            ports,
+            io,
+            batch,
+            timestamps: false,
+            receive_buffer: 1 << 20,
+            sends_per_batch: 8,
+        }
     }
 
     fn open(o: KernelSocketOptions) -> Result<KernelWorker<Echo>, KernelSocketError> {
