@@ -49,9 +49,8 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use shunt::handler::{
-    respond, respond_with, Arrival, Budget, Echo, Handler, NoTransmit, Outbox, Outcome, Request, RespondOptions, RxClock,
-    RxTimestamp, Sockperf,
-    Time, Verdict, SOCKPERF_HEADER_LEN,
+    respond, respond_with, Arrival, Budget, Echo, Handler, NoTransmit, Outbox, Outcome, Request, RespondOptions,
+    RxClock, RxTimestamp, Sockperf, Time, Verdict, SOCKPERF_HEADER_LEN,
 };
 use shunt::packet::field::{eth, ipv4, ipv6, udp, vlan, Field};
 use shunt::packet::{

@@ -155,7 +155,8 @@ impl Transmit for XskSink<'_> {
             None => self.free.pop().ok_or_else(|| self.refuse(SendError::PoolEmpty))?,
         };
         let offset = spec.payload_offset();
-        let ip_header = offset - field::eth::HEADER_LEN - if spec.vlan_tci.is_some() { field::vlan::TAG_LEN } else { 0 };
+        let ip_header =
+            offset - field::eth::HEADER_LEN - if spec.vlan_tci.is_some() { field::vlan::TAG_LEN } else { 0 };
         // The payload may fill the frame, or the MTU's worth of IP packet, whichever is less.
         let by_mtu = self.headers.mtu.saturating_sub(ip_header);
         // SAFETY: `desc` came from the worker's free pool (or was held since): a frame of this UMEM on no ring,
