@@ -205,6 +205,18 @@ bench-loop-design: deps
 	$(CARGO) build --release -p shunt -p shunt-bench
 	target/release/shunt-bench compare --plan bench/plans/loop-design.toml --name loop-design $(LOOP_DESIGN_FLAGS) $(BENCH_FLAGS)
 
+# The in-place reply path before and after the send API (bench/plans/send-api.toml): the build of
+# SEND_API_BASE (the last commit before it) into target/baseline/, then both interleaved in one lab run.
+SEND_API_BASE ?= 0bfbaab
+.PHONY: bench-send-api
+bench-send-api: deps
+	$(CARGO) build --release -p shunt -p shunt-bench
+	rm -rf target/baseline-src && git worktree prune
+	git worktree add --detach target/baseline-src $(SEND_API_BASE)
+	CARGO_TARGET_DIR=$(CURDIR)/target/baseline $(CARGO) build --release --manifest-path target/baseline-src/Cargo.toml -p shunt --bin shunt
+	git worktree remove --force target/baseline-src
+	target/release/shunt-bench compare --plan bench/plans/send-api.toml --name send-api $(BENCH_FLAGS)
+
 # Native vs generic XDP attach on veth, interleaved (bench/plans/attach-mode.toml).
 .PHONY: bench-attach-mode
 bench-attach-mode: deps

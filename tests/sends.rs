@@ -8,8 +8,12 @@
 //!   (`send_pool_empty`), never blocks, and loses no frame (the frame account adds up when the worker stops);
 //!   every datagram the worker put on the TX ring reaches the client.
 //! - The per-batch limit (`sends.per_batch`) refuses and counts the sends beyond it.
+//! - The worker allocates nothing while it sends (a counting global allocator watches its thread).
 
 mod common;
+
+#[global_allocator]
+static GLOBAL: common::alloc::CountingAllocator = common::alloc::CountingAllocator;
 
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
@@ -159,7 +163,7 @@ fn start_afxdp(
     frames: u32,
     per_batch: u32,
     stop: Arc<AtomicBool>,
-) -> (mpsc::Receiver<()>, std::thread::JoinHandle<WorkerExit>) {
+) -> (mpsc::Receiver<()>, std::thread::JoinHandle<(WorkerExit, u64)>) {
     let server_if = lab.server_if();
     let stamp = common::probed_stamp_method();
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -194,7 +198,7 @@ fn start_afxdp(
             .with_stamp_in_metadata(stamp == StampMethod::Meta)
             .with_sends(sends, None);
         ready_tx.send(()).unwrap();
-        worker.run(&stop)
+        common::alloc::count_allocations(|| worker.run(&stop))
     });
     (ready_rx, thread)
 }
@@ -211,9 +215,10 @@ fn afxdp_sends_go_back_marked_and_an_empty_pool_loses_no_frame() {
     ready.recv_timeout(Duration::from_secs(20)).expect("server side set up");
     check_fan(&lab, "afxdp");
     stop.store(true, Ordering::Relaxed);
-    let exit = server.join().expect("worker thread");
+    let (exit, allocations) = server.join().expect("worker thread");
     let s = exit.stats;
     assert_eq!((s.rx_packets, s.sends, s.tx_packets), (2, 6, 8), "{s:?}");
+    assert_eq!(allocations, 0, "the worker allocated while sending");
     assert_eq!(exit.frames.expect("frame account").frames_lost, 0, "{exit:?}");
 
     // A burst of `fan:9` into a UMEM of 128 frames (64 stocked on the fill ring): the sends outrun the pool.
@@ -236,8 +241,9 @@ fn afxdp_sends_go_back_marked_and_an_empty_pool_loses_no_frame() {
     sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let after: Vec<_> = (0..4).map(|_| receive(&sock).expect("the pool recovered").0).collect();
     stop.store(true, Ordering::Relaxed);
-    let exit = server.join().expect("worker thread");
+    let (exit, allocations) = server.join().expect("worker thread");
     let s = exit.stats;
+    assert_eq!(allocations, 0, "the worker allocated while its pool ran dry");
     println!("burst of {REQUESTS} x fan:9 into 128 frames: {s:?}");
     assert!(after.contains(&b"copy:2".to_vec()), "sends go out again once frames return: {after:?}");
     assert!(s.send_pool_empty > 0, "the burst must exhaust the pool: {s:?}");
@@ -253,7 +259,7 @@ fn start_sockets(
     io: SocketIo,
     per_batch: u32,
     stop: Arc<AtomicBool>,
-) -> (mpsc::Receiver<()>, std::thread::JoinHandle<WorkerExit>) {
+) -> (mpsc::Receiver<()>, std::thread::JoinHandle<(WorkerExit, u64)>) {
     let options = KernelSocketOptions {
         interface: lab.server_if(),
         ports: vec![PORT],
@@ -267,7 +273,7 @@ fn start_sockets(
     let thread = lab.spawn_in_server(move || {
         let mut worker = KernelWorker::open(options, Fan, Arc::new(WorkerShared::default())).expect("open");
         ready_tx.send(()).unwrap();
-        worker.run(&stop)
+        common::alloc::count_allocations(|| worker.run(&stop))
     });
     (ready_rx, thread)
 }
@@ -283,8 +289,10 @@ fn socket_sends_go_back_marked_in_every_io_model_and_the_batch_limit_counts() {
         ready.recv_timeout(Duration::from_secs(20)).expect("server side set up");
         check_fan(&lab, io.name());
         stop.store(true, Ordering::Relaxed);
-        let s = server.join().expect("worker thread").stats;
+        let (exit, allocations) = server.join().expect("worker thread");
+        let s = exit.stats;
         assert_eq!((s.rx_packets, s.sends, s.tx_packets), (2, 6, 8), "{}: {s:?}", io.name());
+        assert_eq!(allocations, 0, "{}: the worker allocated while sending", io.name());
     }
     // Two sends per batch: `fan:3` gets two copies and the reply; the third send is refused and counted.
     let stop = Arc::new(AtomicBool::new(false));
@@ -296,6 +304,6 @@ fn socket_sends_go_back_marked_in_every_io_model_and_the_batch_limit_counts() {
     got.sort();
     assert_eq!(got, [b"copy:0".to_vec(), b"copy:1".to_vec(), b"fan:3".to_vec()]);
     stop.store(true, Ordering::Relaxed);
-    let s = server.join().expect("worker thread").stats;
+    let s = server.join().expect("worker thread").0.stats;
     assert_eq!((s.sends, s.send_batch_limit, s.tx_packets), (2, 1, 3), "{s:?}");
 }
