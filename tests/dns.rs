@@ -3,8 +3,9 @@
 //! 1. `kdig` (knot-dnsutils) asks it for every record type over IPv4 and IPv6, on AF_XDP and on kernel sockets
 //!    (`--mode socket --io epoll`);
 //! 2. a differential test against Knot DNS 3.2 (`knotd`, UDP, one worker, in the server namespace on port 5300
-//!    with the same zone files): tests/data/dns/differential.py sends the same ~1100 queries to both from the
-//!    client namespace and requires the same replies (it lists the deliberate differences, with reasons);
+//!    with the same zone files): tests/data/dns/differential.py sends the same 1122 queries to both from the
+//!    client namespace, over IPv4 and again over IPv6, and requires the same replies (it lists the deliberate
+//!    differences, with reasons);
 //! 3. `dnsperf` for 5 s at 20,000 queries a second: nothing lost, NOERROR and NXDOMAIN as the query mix says;
 //! 4. response rate limiting: a burst from one address gets the rate, then slipped (TC) and dropped replies.
 //!
@@ -231,29 +232,33 @@ fn dns_example_answers_as_knot_dns_does() {
     let cfg = lab_config();
     let knot = Knot::start(&lab);
     let srv = lab.spawn_program(&bin, &dns_args(&lab, &cfg, &["--rrl-rate", "0"]));
-    let script = zone_dir().join("differential.py");
-    let v4 = lab.server_v4().to_string();
-    let out = lab.exec(
-        Side::Client,
-        &[
-            "/usr/bin/python3",
-            &script.display().to_string(),
-            &v4,
-            &DNS_PORT.to_string(),
-            &v4,
-            &KNOT_PORT.to_string(),
-            &zone_dir().display().to_string(),
-        ],
-        Duration::from_secs(300),
-    );
-    println!("{}", out.stdout);
-    assert!(out.success(), "the example and Knot DNS differ:\n{}\n--- knotd ---\n{}", out.combined(), knot.log(&lab));
-    let count: u64 = out
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("differential: ")?.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no query count:\n{}", out.combined()));
-    assert!(count >= 300, "{count} queries");
+    let script = zone_dir().join("differential.py").display().to_string();
+    let zones = zone_dir().display().to_string();
+    let mut total = 0;
+    for server in [IpAddr::V4(lab.server_v4()), IpAddr::V6(lab.server_v6())] {
+        let addr = server.to_string();
+        let (dns_port, knot_port) = (DNS_PORT.to_string(), KNOT_PORT.to_string());
+        let out = lab.exec(
+            Side::Client,
+            &["/usr/bin/python3", &script, &addr, &dns_port, &addr, &knot_port, &zones],
+            Duration::from_secs(300),
+        );
+        println!("over {addr}: {}", out.stdout);
+        assert!(
+            out.success(),
+            "the example and Knot DNS differ:\n{}\n--- knotd ---\n{}",
+            out.combined(),
+            knot.log(&lab)
+        );
+        let count: u64 = out
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("differential: ")?.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no query count:\n{}", out.combined()));
+        assert!(count >= 300, "{count} queries");
+        total += count;
+    }
+    println!("differential: {total} queries to each server over IPv4 and IPv6, no mismatch");
     let fin = srv.stop();
     fin.assert_clean_exit();
     assert_eq!(fin.report_u64("workers.0.dropped_amplification"), 0, "{}", fin.describe());

@@ -684,3 +684,55 @@ fn zone_files_that_cannot_be_served_are_refused_at_start_up() {
     assert!(Zones::load(&["/nonexistent/zone".to_string()]).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_master_file_reader_follows_rfc_1035_and_2308() {
+    let text = r#"; a comment
+$ORIGIN m.test.
+$TTL 1h
+@   IN  SOA ns hm ( 7 ; serial
+                    2 3 4 5 )
+    NS  ns.m.test.
+ns  300 IN A 198.18.0.1   ; explicit TTL, class after it
+    IN 600 AAAA 2001:2::1 ; class before the TTL, owner carried over
+txt TXT "a \"quoted\" string; not a comment" plain \065BC
+Mixed.Case A 198.18.0.2
+mixed.case A 198.18.0.2
+$ORIGIN sub.m.test.
+deep A 198.18.0.3
+"#;
+    let (origin, sets) = zone::master::parse(text, None).unwrap();
+    assert_eq!(origin.to_string(), "m.test.");
+    let find = |name: &str, t: &str| {
+        sets.iter().find(|s| s.owner.to_string().eq_ignore_ascii_case(name) && s.rtype.to_string() == t).unwrap()
+    };
+    assert_eq!(find("m.test.", "SOA").ttl, 3600, "the SOA's TTL is $TTL (not its EXPIRE or MINIMUM)");
+    assert_eq!(find("m.test.", "SOA").rdata[0].to_string(), "ns.m.test. hm.m.test. 7 2 3 4 5");
+    assert_eq!(find("m.test.", "NS").ttl, 3600, "owner carried over from the SOA line");
+    assert_eq!(find("ns.m.test.", "A").ttl, 300);
+    assert_eq!(find("ns.m.test.", "AAAA").ttl, 600);
+    let txt = find("txt.m.test.", "TXT");
+    assert_eq!(txt.ttl, 3600, "an explicit TTL does not change the $TTL default (RFC 2308)");
+    let hickory_proto::rr::RData::TXT(strings) = &txt.rdata[0] else { panic!("{:?}", txt.rdata) };
+    let strings: Vec<&[u8]> = strings.txt_data().iter().map(|s| &s[..]).collect();
+    assert_eq!(strings, [&b"a \"quoted\" string; not a comment"[..], b"plain", b"ABC"]);
+    assert_eq!(
+        find("mixed.case.m.test.", "A").rdata.len(),
+        1,
+        "one RRset, the duplicate dropped, names compared without case"
+    );
+    assert_eq!(find("deep.sub.m.test.", "A").ttl, 3600);
+    // The loader turns them into a zone with an empty non-terminal (sub) and the negative TTL min(3600, 5).
+    let zone = zone::Zone::build(&origin, sets).unwrap();
+    assert_eq!(zone.negative_ttl, 5);
+    assert!(zone.nodes.get(&b"\x03sub\x01m\x04test\x00"[..]).is_some_and(|n| n.rrsets.is_empty()));
+    for bad in [
+        "$ORIGIN x.\n@ SOA ns hm (1 2 3 4 5\n",
+        "$ORIGIN x.\n$INCLUDE other.zone\n",
+        "a A 198.18.0.1\n",
+        "$ORIGIN x.\na A 198.18.0.1\n",
+        "$ORIGIN x.\n$TTL 60\na CH A 198.18.0.1\n",
+    ] {
+        assert!(zone::master::parse(bad, None).is_err(), "{bad:?}");
+    }
+}

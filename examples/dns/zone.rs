@@ -251,7 +251,8 @@ impl Zone {
 /// owners carried over from the previous entry, `@`, relative names, TTL and class in either order. The
 /// record data are handed to hickory-proto's parser. (hickory-proto's own zone parser gives the SOA its
 /// EXPIRE value as TTL and lets an explicit TTL change the default for the records after it: Knot, BIND and
-/// RFC 2308 do neither.) `$INCLUDE` is refused.
+/// RFC 2308 do neither.) `$INCLUDE` is refused; a `\DDD` escape above 127 in a string is taken as that Unicode
+/// code point (two bytes in UTF-8, where a master file means one byte).
 pub mod master {
     use std::str::FromStr;
 
@@ -271,11 +272,12 @@ pub mod master {
         pub rdata: Vec<RData>,
     }
 
-    /// A token: its text (quotes removed, escapes kept for names, decoded in quoted strings) and whether it
-    /// started its line (an owner) or was quoted.
+    /// A token: its text (quotes removed; escapes decoded in quoted strings, kept otherwise for the name
+    /// parser), whether it started its line (an owner), whether it was quoted.
     struct Token {
         text: String,
         line_start: bool,
+        quoted: bool,
     }
 
     /// The file's entries, each a list of tokens (the first `line_start` when the entry names its owner).
@@ -322,7 +324,7 @@ pub mod master {
                     if entry.is_empty() {
                         entry_line = line;
                     }
-                    entry.push(Token { text: s, line_start: false });
+                    entry.push(Token { text: s, line_start: false, quoted: true });
                 }
                 c => {
                     let mut s = String::from(c);
@@ -341,7 +343,7 @@ pub mod master {
                     if entry.is_empty() {
                         entry_line = line;
                     }
-                    entry.push(Token { text: s, line_start: at_line_start });
+                    entry.push(Token { text: s, line_start: at_line_start, quoted: false });
                 }
             }
             at_line_start = false;
@@ -351,6 +353,20 @@ pub mod master {
         }
         if !entry.is_empty() {
             out.push((entry_line, entry));
+        }
+        Ok(out)
+    }
+
+    /// An unquoted token with its escapes decoded.
+    fn decode(text: &str) -> Result<String, String> {
+        let mut out = String::new();
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                out.push(unescape(&mut chars).ok_or_else(|| format!("bad escape in {text:?}"))?);
+            } else {
+                out.push(c);
+            }
         }
         Ok(out)
     }
@@ -439,7 +455,13 @@ pub mod master {
                 }
                 None => default_ttl.or(last_ttl).ok_or_else(|| err("no TTL and no $TTL".into()))?,
             };
-            let data: Vec<&str> = it.map(|t| t.text.as_str()).collect();
+            // Unquoted character-strings have their escapes decoded too (names keep theirs for the name parser).
+            let strings = matches!(rtype, RecordType::TXT | RecordType::CAA | RecordType::HINFO);
+            let decoded: Vec<String> = it
+                .map(|t| if strings && !t.quoted { decode(&t.text) } else { Ok(t.text.clone()) })
+                .collect::<Result<_, _>>()
+                .map_err(err)?;
+            let data: Vec<&str> = decoded.iter().map(String::as_str).collect();
             let rdata = RData::parse(rtype, data.iter().copied(), current_origin.as_ref())
                 .map_err(|e: ParseError| err(format!("{rtype} {}: {e}", data.join(" "))))?;
             let key = (to_wire(&owner), u16::from(rtype));
