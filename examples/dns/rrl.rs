@@ -9,7 +9,9 @@
 //! out "slipped": TC=1 with the header, the question and the OPT only, no larger than the query, so it
 //! amplifies nothing, while a real client behind the prefix retries over TCP (or on a later second) instead of
 //! timing out. Knot classifies responses further (by type and name); this table counts all of a prefix's
-//! responses together, which is stricter.
+//! responses to well-formed queries together (answers, referrals, NXDOMAIN, REFUSED, BADVERS), which is
+//! stricter. Replies to malformed queries and other opcodes (FORMERR, NOTIMP: the header, or the header and the
+//! question) are never longer than their query and are not counted.
 //!
 //! The table is per worker and fixed-size (allocated once at start-up; nothing per packet): a prefix hashes to
 //! one slot, and a different prefix arriving on the same slot takes it over with a full bucket. An attacker
