@@ -3,7 +3,7 @@
 //! 1. `kdig` (knot-dnsutils) asks it for every record type over IPv4 and IPv6, on AF_XDP and on kernel sockets
 //!    (`--mode socket --io epoll`);
 //! 2. a differential test against Knot DNS 3.2 (`knotd`, UDP, one worker, in the server namespace on port 5300
-//!    with the same zone files): tests/data/dns/differential.py sends the same 1122 queries to both from the
+//!    with the same zone files): tests/data/dns/differential.py sends the same 1722 queries to both from the
 //!    client namespace, over IPv4 and again over IPv6, and requires the same replies (it lists the deliberate
 //!    differences, with reasons);
 //! 3. `dnsperf` for 5 s at 20,000 queries a second: nothing lost, NOERROR and NXDOMAIN as the query mix says;

@@ -16,10 +16,11 @@
 //! - ANY gets the node's first RRset by type (RFC 8482 §4.1's "subset", the one Knot picks);
 //! - CNAMEs are chased inside the zone (wildcards included) until a name repeats or 16 links, the last
 //!   target's answer, NXDOMAIN or NODATA deciding the rcode (RFC 6604); out-of-zone targets end the chain;
-//! - additional section: A and AAAA of in-zone NS, MX and SRV targets, then glue for referrals; records that
-//!   do not fit are left out without TC; answer or authority records that do not fit the client's size
-//!   (512 without EDNS, else its size, at least 512, at most `--udp-size`) give TC=1 with the header, the
-//!   question and the OPT alone (as Knot 3.2).
+//! - additional section: A and AAAA of in-zone NS, MX and SRV targets (synthesised from a wildcard where one
+//!   matches), and glue for referrals; records that do not fit are left out, without TC except for the glue
+//!   of a referral (RFC 9471, as Knot: TC=1 and the records that fit); answer or authority records that do
+//!   not fit the client's size (512 without EDNS, else its size, at least 512, at most `--udp-size`) give
+//!   TC=1 with the header, the question and the OPT alone (as Knot 3.2).
 
 use std::net::IpAddr;
 
@@ -172,7 +173,7 @@ impl<Z: AsRef<Zones>> Server<Z> {
                 Some(zone) => {
                     let mark = m.mark();
                     match resolve(zone, qname, query.qtype, &mut m) {
-                        Ok((rc, aa)) => (rc, aa, 0, false),
+                        Ok((rc, aa, glue_left_out)) => (rc, aa, 0, glue_left_out),
                         Err(Full) => {
                             m.reset(mark);
                             (rcode::NOERROR, true, 0, true)
@@ -336,36 +337,37 @@ fn wildcard<'z>(zone: &'z Zone, encloser: &[u8]) -> Found<'z> {
     }
 }
 
-/// Writes the answer for `qname`/`qtype` in `zone`; returns (rcode, AA). `Err(Full)` when the answer or
-/// authority section does not fit (the caller truncates).
-fn resolve(zone: &Zone, qname: &[u8], qtype: u16, m: &mut Message<'_>) -> Result<(u8, bool), Full> {
+/// Writes the answer for `qname`/`qtype` in `zone`; returns (rcode, AA, TC). `Err(Full)` when the answer or
+/// authority section does not fit (the caller truncates to header, question and OPT). TC with the records
+/// kept is for a referral whose glue did not all fit (RFC 9471, as Knot).
+fn resolve(zone: &Zone, qname: &[u8], qtype: u16, m: &mut Message<'_>) -> Result<(u8, bool, bool), Full> {
     let mut name: &[u8] = qname;
     let mut seen: [&[u8]; MAX_CHAIN] = [&[]; MAX_CHAIN];
     for link in 0..=MAX_CHAIN {
         match lookup(zone, name, qtype) {
             Found::Referral(cut, ns) => {
                 put_rrset(m, Section::Authority, cut, ns, ns.ttl)?;
-                additional(zone, m, ns);
+                let all_glue = additional(zone, m, ns);
                 // A referral for the query itself is not authoritative; one at the end of a chain is.
-                return Ok((rcode::NOERROR, link > 0));
+                return Ok((rcode::NOERROR, link > 0, !all_glue));
             }
             Found::NxDomain => {
                 put_soa(zone, m)?;
-                return Ok((rcode::NXDOMAIN, true));
+                return Ok((rcode::NXDOMAIN, true, false));
             }
             Found::Node(node) => {
                 if qtype != rtype::CNAME && qtype != rtype::ANY {
                     if let Some(cname) = node.get(rtype::CNAME) {
                         put_rrset(m, Section::Answer, name, cname, cname.ttl)?;
                         let Some(target) = cname.rdata.first().and_then(|r| r.target()) else {
-                            return Ok((rcode::NOERROR, true));
+                            return Ok((rcode::NOERROR, true, false));
                         };
                         if let Some(slot) = seen.get_mut(link) {
                             *slot = name;
                         }
                         let looped = seen.iter().take(link + 1).any(|s| *s == target);
                         if looped || !wire::is_within(target, &zone.origin) {
-                            return Ok((rcode::NOERROR, true));
+                            return Ok((rcode::NOERROR, true, false));
                         }
                         name = target;
                         continue;
@@ -375,15 +377,16 @@ fn resolve(zone: &Zone, qname: &[u8], qtype: u16, m: &mut Message<'_>) -> Result
                 match rrset {
                     Some(rrset) => {
                         put_rrset(m, Section::Answer, name, rrset, rrset.ttl)?;
-                        additional(zone, m, rrset);
+                        // Additional data left out for an answer is not worth a TC (as Knot).
+                        let _ = additional(zone, m, rrset);
                     }
                     None => put_soa(zone, m)?,
                 }
-                return Ok((rcode::NOERROR, true));
+                return Ok((rcode::NOERROR, true, false));
             }
         }
     }
-    Ok((rcode::NOERROR, true))
+    Ok((rcode::NOERROR, true, false))
 }
 
 /// The apex SOA in the authority section of a negative answer (RFC 2308 §3).
@@ -413,20 +416,30 @@ fn put_rrset(m: &mut Message<'_>, section: Section, owner: &[u8], rrset: &Rrset,
 }
 
 /// Additional-section processing (RFC 1035 §3.3.2, 3.3.9, RFC 2782): A and AAAA of the in-zone names the
-/// NS, MX or SRV records point at (glue below a cut included). What does not fit is left out.
-fn additional(zone: &Zone, m: &mut Message<'_>, rrset: &Rrset) {
+/// NS, MX or SRV records point at (glue below a cut included, wildcards expanded). What does not fit is left
+/// out; returns false then.
+fn additional(zone: &Zone, m: &mut Message<'_>, rrset: &Rrset) -> bool {
     if !matches!(rrset.rtype, rtype::NS | rtype::MX | rtype::SRV) {
-        return;
+        return true;
     }
     for rdata in &rrset.rdata {
         let Some(target) = rdata.target() else { continue };
-        let Some((owner, node)) = zone.nodes.get_key_value(target) else { continue };
+        // The name itself (glue below a cut included), else what a wildcard synthesises for it (as Knot).
+        let node = match zone.nodes.get(target) {
+            Some(node) => node,
+            None if wire::is_within(target, &zone.origin) => match lookup(zone, target, rtype::A) {
+                Found::Node(node) => node,
+                Found::Referral(..) | Found::NxDomain => continue,
+            },
+            None => continue,
+        };
         for t in [rtype::A, rtype::AAAA] {
             if let Some(addresses) = node.get(t) {
-                if put_rrset(m, Section::Additional, owner, addresses, addresses.ttl).is_err() {
-                    return;
+                if put_rrset(m, Section::Additional, target, addresses, addresses.ttl).is_err() {
+                    return false;
                 }
             }
         }
     }
+    true
 }

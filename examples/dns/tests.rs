@@ -736,3 +736,33 @@ deep A 198.18.0.3
         assert!(zone::master::parse(bad, None).is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn referral_glue_that_does_not_fit_sets_tc_and_keeps_what_fits() {
+    // 8 NS under bigsub with A and AAAA glue each: not all 16 glue records fit 512 bytes.
+    let r = ask(&query("x.bigsub.example.test", rtype::A, None));
+    assert_eq!((rcode(&r), aa(&r), tc(&r)), (0, false, true));
+    assert_eq!(header(&r).counts[..3], [1, 0, 8]);
+    assert!((1..16).contains(&header(&r).counts[3]), "some glue, not all: {}", header(&r).counts[3]);
+    assert!(r.len() <= 512 && r.len() > 400, "{}", r.len());
+    // With room, all of it and no TC.
+    let r = ask(&query("x.bigsub.example.test", rtype::A, Some(Edns(1232, 0, false))));
+    assert!(!tc(&r));
+    assert_eq!(header(&r).counts, [1, 0, 8, 17]);
+}
+
+#[test]
+fn additional_addresses_come_from_wildcards_and_glue_too() {
+    let r = ask(&query("wmx.example.test", rtype::MX, None));
+    assert_eq!(additional_of(&r), ["foo.wild.example.test. 3600 A 198.18.10.20"]);
+    let r = ask(&query("nsx.example.test", rtype::MX, None));
+    assert_eq!(
+        additional_of(&r),
+        ["ns.sub.example.test. 3600 A 198.18.10.9", "ns.sub.example.test. 3600 AAAA 2001:2::10:9"]
+    );
+    // A CNAME into a delegation: the CNAME, then the referral, authoritative for the CNAME (as Knot).
+    let r = ask(&query("tosub.example.test", rtype::A, None));
+    assert_eq!((rcode(&r), aa(&r), answer_of(&r).len(), authority_of(&r).len()), (0, true, 1, 2));
+    // A CNAME into the other zone served: not followed (as Knot).
+    assert_eq!(answer_of(&ask(&query("torev.example.test", rtype::PTR, None))).len(), 1);
+}

@@ -5,8 +5,8 @@ Sends the same queries, over UDP, to both servers serving the same zones, and re
 flags, the same answer section (RRsets in the same order, records in any order within an RRset), the same
 authority section and the same additional section (in any order; the OPT compared by size, version, DO and
 extended rcode). Queries: every name of the zones (empty non-terminals included) with every type, names that do
-not exist, names below the delegation, wildcard matches, case variants, EDNS off and on at several sizes, the DO
-bit, BADVERS, and raw malformed messages. The cases where the example deliberately answers differently from Knot
+not exist, names below the delegations, wildcard matches, 300 names made of the zones' labels at random (seeded),
+case variants, EDNS off and on at several sizes, the DO bit, BADVERS, and raw malformed messages. The cases where the example deliberately answers differently from Knot
 are in DIFFERENCES, with the reason and what the example must answer instead.
 
 Usage: differential.py SHUNT_ADDR SHUNT_PORT KNOT_ADDR KNOT_PORT ZONE_DIR
@@ -219,6 +219,13 @@ def queries(zone_dir):
     for name in extra:
         for t in ["A", "AAAA", "MX", "TXT", "NS", "CNAME", "ANY", "DS"]:
             add(name, t)
+    # Names made of the zone's labels in random order and depth, random types (a seeded, repeatable mix).
+    labels = sorted({label for name in names for label in name.split(".") if label})
+    for _ in range(300):
+        depth = rng.randint(1, 4)
+        suffix = rng.choice(["example.test.", "wild.example.test.", "sub.example.test.", "10.18.198.in-addr.arpa."])
+        name = ".".join(rng.choice(labels) for _ in range(depth)) + "." + suffix
+        add(name, rng.choice(TYPES), edns=rng.choice([-1, 0]), payload=rng.choice([512, 1232]), what="(random)")
     # Case variants: random case of every name, A and TXT.
     for name in names + extra:
         mixed = "".join(c.upper() if rng.random() < 0.5 else c for c in name)
