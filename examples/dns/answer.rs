@@ -172,13 +172,11 @@ impl<Z: AsRef<Zones>> Server<Z> {
                 None => (rcode::REFUSED, false, 0, false),
                 Some(zone) => {
                     let mark = m.mark();
-                    match resolve(zone, qname, query.qtype, &mut m) {
-                        Ok((rc, aa, glue_left_out)) => (rc, aa, 0, glue_left_out),
-                        Err(Full) => {
-                            m.reset(mark);
-                            (rcode::NOERROR, true, 0, true)
-                        }
+                    let (rc, aa, fit) = resolve(zone, qname, query.qtype, &mut m);
+                    if fit == Fit::Overflow {
+                        m.reset(mark);
                     }
+                    (rc, aa, 0, fit != Fit::All)
                 }
             }
         };
@@ -337,56 +335,77 @@ fn wildcard<'z>(zone: &'z Zone, encloser: &[u8]) -> Found<'z> {
     }
 }
 
-/// Writes the answer for `qname`/`qtype` in `zone`; returns (rcode, AA, TC). `Err(Full)` when the answer or
-/// authority section does not fit (the caller truncates to header, question and OPT). TC with the records
-/// kept is for a referral whose glue did not all fit (RFC 9471, as Knot).
-fn resolve(zone: &Zone, qname: &[u8], qtype: u16, m: &mut Message<'_>) -> Result<(u8, bool, bool), Full> {
+/// How much of an answer fit the reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fit {
+    All,
+    /// A referral whose glue did not all fit: TC=1 with the records that did (RFC 9471, as Knot).
+    GlueLeftOut,
+    /// The answer or authority section did not fit: TC=1 with the header, question and OPT alone.
+    Overflow,
+}
+
+/// Writes the answer for `qname`/`qtype` in `zone`; returns its rcode and AA, and how much of it fit (the
+/// rcode and AA are those of the whole answer also when it did not).
+fn resolve(zone: &Zone, qname: &[u8], qtype: u16, m: &mut Message<'_>) -> (u8, bool, Fit) {
     let mut name: &[u8] = qname;
     let mut seen: [&[u8]; MAX_CHAIN] = [&[]; MAX_CHAIN];
     for link in 0..=MAX_CHAIN {
         match lookup(zone, name, qtype) {
             Found::Referral(cut, ns) => {
-                put_rrset(m, Section::Authority, cut, ns, ns.ttl)?;
-                let all_glue = additional(zone, m, ns);
                 // A referral for the query itself is not authoritative; one at the end of a chain is.
-                return Ok((rcode::NOERROR, link > 0, !all_glue));
+                let aa = link > 0;
+                if put_rrset(m, Section::Authority, cut, ns, ns.ttl).is_err() {
+                    return (rcode::NOERROR, aa, Fit::Overflow);
+                }
+                let fit = if additional(zone, m, ns) { Fit::All } else { Fit::GlueLeftOut };
+                return (rcode::NOERROR, aa, fit);
             }
-            Found::NxDomain => {
-                put_soa(zone, m)?;
-                return Ok((rcode::NXDOMAIN, true, false));
-            }
+            Found::NxDomain => return (rcode::NXDOMAIN, true, fits(put_soa(zone, m))),
             Found::Node(node) => {
                 if qtype != rtype::CNAME && qtype != rtype::ANY {
                     if let Some(cname) = node.get(rtype::CNAME) {
-                        put_rrset(m, Section::Answer, name, cname, cname.ttl)?;
+                        if put_rrset(m, Section::Answer, name, cname, cname.ttl).is_err() {
+                            return (rcode::NOERROR, true, Fit::Overflow);
+                        }
                         let Some(target) = cname.rdata.first().and_then(|r| r.target()) else {
-                            return Ok((rcode::NOERROR, true, false));
+                            return (rcode::NOERROR, true, Fit::All);
                         };
                         if let Some(slot) = seen.get_mut(link) {
                             *slot = name;
                         }
                         let looped = seen.iter().take(link + 1).any(|s| *s == target);
                         if looped || !wire::is_within(target, &zone.origin) {
-                            return Ok((rcode::NOERROR, true, false));
+                            return (rcode::NOERROR, true, Fit::All);
                         }
                         name = target;
                         continue;
                     }
                 }
                 let rrset = if qtype == rtype::ANY { node.rrsets.first() } else { node.get(qtype) };
-                match rrset {
+                let fit = match rrset {
                     Some(rrset) => {
-                        put_rrset(m, Section::Answer, name, rrset, rrset.ttl)?;
-                        // Additional data left out for an answer is not worth a TC (as Knot).
-                        let _ = additional(zone, m, rrset);
+                        let fit = fits(put_rrset(m, Section::Answer, name, rrset, rrset.ttl));
+                        if fit == Fit::All {
+                            // Additional data left out of an answer is not worth a TC (as Knot).
+                            let _ = additional(zone, m, rrset);
+                        }
+                        fit
                     }
-                    None => put_soa(zone, m)?,
-                }
-                return Ok((rcode::NOERROR, true, false));
+                    None => fits(put_soa(zone, m)),
+                };
+                return (rcode::NOERROR, true, fit);
             }
         }
     }
-    Ok((rcode::NOERROR, true, false))
+    (rcode::NOERROR, true, Fit::All)
+}
+
+fn fits(written: Result<(), Full>) -> Fit {
+    match written {
+        Ok(()) => Fit::All,
+        Err(Full) => Fit::Overflow,
+    }
 }
 
 /// The apex SOA in the authority section of a negative answer (RFC 2308 §3).
