@@ -12,7 +12,8 @@
 //! `--report`, `--metrics`, ...; `--handler` excepted) plus its own:
 //!
 //! - `--zone FILE` or `--zone ORIGIN=FILE` (repeatable, at least one): a master file, its origin the file's
-//!   `$ORIGIN` or ORIGIN. Parsed at start-up (hickory-proto's parser); any error stops the program with exit 2.
+//!   `$ORIGIN` or ORIGIN. Parsed at start-up (record data by hickory-proto); any error stops the program with
+//!   exit 2.
 //! - `--rrl-rate N` (responses per second per /24 or /56, default 20; 0 turns RRL off) and `--rrl-slip N`
 //!   (every Nth rate-limited response is sent truncated, the others dropped; default 2; 0: all dropped). See
 //!   [`rrl`] for why and how.
