@@ -14,9 +14,12 @@ export DEBIAN_FRONTEND := noninteractive
 #   deploy (make deb, tests/deploy.rs): shellcheck, help2man (shunt.1), dpkg-dev (cargo-deb's dpkg-shlibdeps),
 #                 systemd (systemd-analyze verify/security), python3-seccomp (the unit's filter applied without
 #                 systemd as PID 1), python3-yaml (the fleet manifests), bird2 (bird -p on the fleet configs)
+#   DNS example (tests/dns.rs): knot (knotd, the differential test's reference), knot-dnsutils (kdig), dnsperf,
+#                 python3-dnspython (the differential test's client)
 DEB_PACKAGES := clang llvm libelf-dev zlib1g-dev m4 pkg-config libbpf-dev \
 	iproute2 iputils-ping ethtool sockperf sntp python3 procps util-linux tcpdump linux-perf \
-	shellcheck help2man dpkg-dev systemd python3-seccomp python3-yaml bird2
+	shellcheck help2man dpkg-dev systemd python3-seccomp python3-yaml bird2 \
+	knot knot-dnsutils dnsperf python3-dnspython
 
 
 # Integration-test files with lab tests (tests/common: root, namespaces, the real binary) run serially in the
