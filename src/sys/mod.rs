@@ -13,6 +13,7 @@ use std::{
 pub(crate) mod answer_skel;
 pub mod netlink;
 pub mod probe;
+pub mod route;
 pub(crate) mod skel;
 
 /// `NLMSG_HDRLEN` (linux/netlink.h): the aligned `struct nlmsghdr`, for the netlink messages built and read
