@@ -36,6 +36,10 @@ struct Family {
     other_if_addr: &'static str,
     /// No route at all (the namespaces have no default route).
     unrouted: IpAddr,
+    /// Behind a gateway route via an address nobody answers for.
+    dead: IpAddr,
+    dead_net: &'static str,
+    dead_gateway: &'static str,
     /// `ip` option selecting the family.
     flag: &'static str,
 }
@@ -48,6 +52,9 @@ fn v4() -> Family {
         other_if: "198.19.250.7".parse().unwrap(),
         other_if_addr: "198.19.250.1/24",
         unrouted: "198.19.251.9".parse().unwrap(),
+        dead: "198.19.2.5".parse().unwrap(),
+        dead_net: "198.19.2.0/24",
+        dead_gateway: "198.18.0.99",
         flag: "-4",
     }
 }
@@ -60,6 +67,9 @@ fn v6() -> Family {
         other_if: "2001:2:fa::7".parse().unwrap(),
         other_if_addr: "2001:2:fa::1/64",
         unrouted: "2001:2:fb::9".parse().unwrap(),
+        dead: "2001:2:2::5".parse().unwrap(),
+        dead_net: "2001:2:2::/64",
+        dead_gateway: "2001:2::99",
         flag: "-6",
     }
 }
@@ -242,6 +252,28 @@ fn resolver_follows_the_kernel(f: Family) {
     assert!(back.is_some(), "the client was not resolved again within {DEADLINE:?}: {:?}", w0.lookup(f.client));
     eprintln!("re-resolved after deletion in {:?}", started.elapsed());
     expect_mac(&mut w1, f.far, client_mac, "gateway re-resolved, second worker");
+
+    // The entry goes FAILED, or INCOMPLETE: its MAC is withdrawn from every worker.
+    for nud in ["failed", "incomplete"] {
+        let permanent = ["ip", f.flag, "neigh", "replace", &gateway, "dev", &sif, "lladdr", &common::fmt_mac(&moved)];
+        server(&lab, &[&permanent[..], &["nud", "permanent"]].concat());
+        expect_mac(&mut w0, f.far, moved, "permanent again");
+        expect_mac(&mut w1, f.client, moved, "permanent again, second worker");
+        server(&lab, &["ip", f.flag, "neigh", "replace", &gateway, "dev", &sif, "nud", nud]);
+        let why = format!("neighbour set {nud}");
+        expect_miss(&mut w0, f.client, Miss::Unresolved, &why);
+        expect_miss(&mut w0, f.far, Miss::Unresolved, &why);
+        expect_miss(&mut w1, f.client, Miss::Unresolved, &why);
+    }
+
+    // A gateway nobody answers for: Unresolved (INCOMPLETE, then FAILED), never a MAC.
+    server(&lab, &["ip", f.flag, "route", "add", f.dead_net, "via", f.dead_gateway, "dev", &sif]);
+    expect_miss(&mut w0, f.dead, Miss::Unresolved, "unanswered gateway");
+    for _ in 0..100 {
+        w0.refresh();
+        assert_eq!(w0.lookup(f.dead), Err(Miss::Unresolved));
+        std::thread::sleep(EVERY);
+    }
 
     let stats = w0.stats();
     eprintln!("worker 0: {stats:?}; worker 1: {:?}", w1.stats());
