@@ -1,5 +1,6 @@
 //! The one OS module: the raw system calls the datapath, the XDP steering and the control plane need, each
-//! behind a safe function (bpf_link creation, rlimits, clocks, CPU affinity, interface and ethtool queries).
+//! behind a safe function (bpf_link creation, rlimits, clocks, CPU affinity, interface and ethtool queries;
+//! the kernel's routing and neighbour tables over rtnetlink in [`route`], which needs no `unsafe` at all).
 //! Where `rustix` has a safe wrapper it is used; what is left (bpf_link_create, if_nametoindex, the ethtool
 //! ioctl) is `unsafe` here and nowhere else outside the datapath. The XDP program's generated libbpf-rs
 //! skeleton (`skel`), whose generated code has `unsafe` blocks of its own, is included here for that reason.

@@ -19,7 +19,7 @@ use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_A
 use netlink_packet_route::{
     link::{LinkAttribute, LinkMessage},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage},
-    route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteType, RouteVia},
     AddressFamily, RouteNetlinkMessage,
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -45,8 +45,8 @@ pub struct Route {
     pub kind: RouteKind,
     /// The interface the packet leaves by (`RTA_OIF`); 0 when the answer names none.
     pub ifindex: u32,
-    /// The gateway (`RTA_GATEWAY`), when the destination is not on a connected network: the next hop whose
-    /// MAC a frame to the destination carries.
+    /// The gateway (`RTA_GATEWAY`, or `RTA_VIA` for an IPv4 route through an IPv6 gateway), when the
+    /// destination is not on a connected network: the next hop whose MAC a frame to the destination carries.
     pub gateway: Option<IpAddr>,
     /// The source address the kernel would pick (`RTA_PREFSRC`).
     pub source: Option<IpAddr>,
@@ -396,6 +396,8 @@ fn parse_route(msg: &RouteMessage) -> Route {
         match attr {
             RouteAttribute::Oif(i) => route.ifindex = *i,
             RouteAttribute::Gateway(g) => route.gateway = route_ip(g),
+            RouteAttribute::Via(RouteVia::Inet(v4)) => route.gateway = Some(IpAddr::V4(*v4)),
+            RouteAttribute::Via(RouteVia::Inet6(v6)) => route.gateway = Some(IpAddr::V6(*v6)),
             RouteAttribute::PrefSource(s) => route.source = route_ip(s),
             _ => {}
         }
@@ -484,6 +486,12 @@ mod tests {
         msg.attributes.push(RouteAttribute::Oif(1));
         let route = parse_route(&msg);
         assert_eq!(route.kind, RouteKind::Local);
+        // An IPv4 route through an IPv6 gateway (RFC 5549) names it with RTA_VIA.
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        let gw6 = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+        msg.attributes.push(RouteAttribute::Via(RouteVia::Inet6(gw6)));
+        assert_eq!(parse_route(&msg).gateway, Some(IpAddr::V6(gw6)));
         let dst = IpAddr::V6(Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2));
         assert_eq!(route.next_hop(dst), dst);
     }
