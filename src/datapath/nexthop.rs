@@ -98,8 +98,10 @@ const MAX_PROBE: usize = 16;
 /// to a request (workers cannot wake it: that would be a system call).
 const IDLE_WAIT: Duration = Duration::from_millis(2);
 /// The least time between two resolutions the resolver asks of the kernel for one next hop: a destination
-/// that stays unresolvable is asked about by every worker, and the kernel has its own retransmit timers.
-const RESOLVE_INTERVAL: Duration = Duration::from_millis(500);
+/// that stays unresolvable is asked about again and again by every worker. A request while the entry is
+/// INCOMPLETE costs the kernel nothing (its own retransmit timer paces the solicitations), but one on a FAILED
+/// entry starts a new round of them: this bounds those to a few per second, as sending traffic would.
+const RESOLVE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A worker's question: what is `dst`'s next-hop MAC?
 #[derive(Debug, Clone, Copy)]
@@ -585,6 +587,14 @@ impl Core {
                     for dst in changed {
                         self.broadcast(dst, answer);
                     }
+                    // Frames to a next hop we hand out bypass the kernel, so the kernel never sees it in use:
+                    // left alone, a STALE entry would never be re-confirmed (a neighbour that changed MAC or
+                    // died would keep its old address) and unused entries are garbage-collected. Do what the
+                    // kernel does when it sends to one: resolve it (STALE goes DELAY, then a unicast probe).
+                    let in_use = self.tracked.values().any(|t| t.next_hop == Some(neighbour.ip));
+                    if in_use && (deleted || neighbour.state == NudState::STALE) {
+                        self.kick(tables, neighbour.ip);
+                    }
                 }
                 RouteEvent::Neighbour { .. } => {}
             }
@@ -1000,13 +1010,37 @@ mod tests {
         assert_eq!(drain(&rx0), vec![(far, Answer::NoRoute)]);
         drain(&rx1);
 
-        // The gateway's entry is deleted: destinations through it are unresolved, never left on the old MAC.
+        // The gateway goes STALE: still sent to, and the kernel is asked to confirm it (as it would be if it
+        // sent to it itself).
+        core.resolving.clear();
+        tables.resolved.clear();
+        core.events(
+            &mut tables,
+            &[RouteEvent::Neighbour { neighbour: neighbour(gw, NudState::STALE, mac), deleted: false }],
+        );
+        core.flush();
+        assert!(drain(&rx0).is_empty());
+        assert_eq!(tables.resolved, vec![gw]);
+
+        // The gateway's entry is deleted: destinations through it are unresolved, never left on the old MAC,
+        // and the kernel is asked to resolve it again.
+        core.resolving.clear();
         core.events(
             &mut tables,
             &[RouteEvent::Neighbour { neighbour: neighbour(gw, NudState::REACHABLE, mac), deleted: true }],
         );
         core.flush();
         assert_eq!(drain(&rx0), vec![(gw, Answer::Unresolved)]);
+        assert_eq!(tables.resolved, vec![gw, gw]);
+
+        // A neighbour no tracked destination goes through is left to the kernel.
+        core.resolving.clear();
+        let stranger = v4(198, 18, 0, 77);
+        core.events(
+            &mut tables,
+            &[RouteEvent::Neighbour { neighbour: neighbour(stranger, NudState::STALE, mac), deleted: false }],
+        );
+        assert_eq!(tables.resolved, vec![gw, gw]);
     }
 
     #[test]
