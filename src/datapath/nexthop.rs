@@ -21,6 +21,37 @@
 //! resolver's answers, which follow the kernel's notifications in order. Between a change in the kernel and
 //! the worker's next `refresh` the old answer is still served: the notification's latency, as for any
 //! user-space forwarding plane.
+//!
+//! Since the workers' frames bypass the kernel, the kernel never sees a next hop in use; the resolver stands
+//! in for that traffic: it asks the kernel to re-confirm a next hop it has handed out when the entry goes
+//! STALE or is deleted (as sending through it would), and a worker asks again about a negative answer after
+//! a few thousand lookups of it (a FAILED neighbour is retried only when asked). The resolver follows at most
+//! `capacity × workers` destinations; the least recently asked one beyond that is dropped from every worker.
+//!
+//! Not covered: multicast and broadcast destinations (their routes are not unicast: [`Miss::NoRoute`]), and
+//! IPv6 link-local destinations are looked up without naming the interface (as `ip route get fe80::1` does).
+//!
+//! Wiring, for the control plane (a sketch: the worker loop owns its `NextHops`):
+//!
+//! ```no_run
+//! use shunt::datapath::nexthop::{Miss, Resolver, ResolverParams};
+//! # fn main() -> std::io::Result<()> {
+//! let ifindex = shunt::sys::interface_index("eth0")?;
+//! let (resolver, mut caches) = Resolver::start(ResolverParams::new(ifindex, 2))?;
+//! let mut hops = caches.remove(0); // moved into worker 0's thread
+//! // in the worker loop, between batches:
+//! hops.refresh();
+//! // per datagram to send:
+//! let dst = "198.51.100.7".parse().unwrap();
+//! match hops.lookup(dst) {
+//!     Ok(next_hop_mac) => { /* Ethernet header: next_hop_mac, hops.source_mac() */ }
+//!     Err(Miss::Pending | Miss::Unresolved | Miss::NoRoute) => { /* drop (and count) the datagram */ }
+//! }
+//! // publish hops.stats() with the worker's counters; at shutdown, after the workers:
+//! resolver.stop();
+//! # Ok(())
+//! # }
+//! ```
 
 use std::{
     collections::HashMap,
