@@ -98,6 +98,14 @@ fn server_ifindex(lab: &Lab) -> u32 {
     lab.in_server(move || sys::interface_index(&name)).expect("server interface index")
 }
 
+/// The client's IPv6 link-local address (the kernel gives every interface one).
+fn client_link_local(lab: &Lab) -> Option<IpAddr> {
+    let argv = ["ip", "-6", "-o", "addr", "show", "dev", &lab.client_if(), "scope", "link"];
+    let out = lab.exec(Side::Client, &argv, T).expect_success().stdout;
+    let addr = out.split_whitespace().skip_while(|w| *w != "inet6").nth(1)?;
+    addr.split('/').next()?.parse().ok()
+}
+
 /// Refreshes and looks `dst` up until `want` says yes, within [`DEADLINE`]; the last answer either way.
 fn lookup_until(
     hops: &mut NextHops,
@@ -143,6 +151,7 @@ fn route_socket_answers_like_ip_route_get_and_resolves_with_ntf_use() {
         let client_mac = lab.client_mac();
         let server_mac = lab.server_mac();
         let (f_client, f_far, f_other, f_unrouted) = (f.client, f.far, f.other_if, f.unrouted);
+        let link_local = client_link_local(&lab).filter(|_| f.client.is_ipv6());
         lab.in_server(move || {
             let mut socket = RouteSocket::open().expect("netlink socket");
             assert_eq!(socket.link_mac(ifindex).unwrap(), Some(server_mac));
@@ -156,6 +165,10 @@ fn route_socket_answers_like_ip_route_get_and_resolves_with_ntf_use() {
             let other = socket.route_get(f_other).unwrap().expect("a route through the other interface");
             assert_ne!(other.ifindex, ifindex);
             assert_eq!(socket.route_get(f_unrouted).unwrap(), None, "no route to {f_unrouted}");
+            if let Some(ll) = link_local {
+                let on = socket.route_get_on(ll, Some(ifindex)).unwrap().expect("a route to the link-local address");
+                assert_eq!((on.kind, on.ifindex, on.gateway), (RouteKind::Unicast, ifindex, None));
+            }
 
             // Flushed: no entry (or one with no usable address). NTF_USE makes the kernel resolve it.
             let before = socket.neighbour_get(ifindex, f_client).unwrap();
@@ -204,6 +217,11 @@ fn resolver_follows_the_kernel(f: Family) {
     expect_mac(&mut w0, f.far, client_mac, "behind a gateway");
     expect_mac(&mut w1, f.far, client_mac, "behind a gateway, second worker");
     expect_mac(&mut w1, f.client, client_mac, "connected, second worker");
+
+    // An IPv6 link-local destination (the client's own): looked up on our interface, the client's MAC.
+    if let Some(link_local) = client_link_local(&lab).filter(|_| f.client.is_ipv6()) {
+        expect_mac(&mut w0, link_local, client_mac, "link-local");
+    }
 
     // Through another interface, or no route at all: NoRoute.
     expect_miss(&mut w0, f.other_if, Miss::NoRoute, "routed through another interface");

@@ -28,8 +28,9 @@
 //! a few thousand lookups of it (a FAILED neighbour is retried only when asked). The resolver follows at most
 //! `capacity × workers` destinations; the least recently asked one beyond that is dropped from every worker.
 //!
-//! Not covered: multicast and broadcast destinations (their routes are not unicast: [`Miss::NoRoute`]), and
-//! IPv6 link-local destinations are looked up without naming the interface (as `ip route get fe80::1` does).
+//! Not covered: multicast and broadcast destinations (their routes are not unicast: [`Miss::NoRoute`]). IPv6
+//! link-local destinations (fe80::/10), which every interface reaches, are looked up on the resolver's
+//! interface.
 //!
 //! Wiring, for the control plane (a sketch: the worker loop owns its `NextHops`):
 //!
@@ -496,14 +497,14 @@ impl Drop for Resolver {
 
 /// The kernel queries the resolver makes: [`RouteSocket`] in production, a table in the unit tests.
 trait Tables {
-    fn route_get(&mut self, dst: IpAddr) -> io::Result<Option<Route>>;
+    fn route_get_on(&mut self, dst: IpAddr, oif: Option<u32>) -> io::Result<Option<Route>>;
     fn neighbour_get(&mut self, ifindex: u32, ip: IpAddr) -> io::Result<Option<Neighbour>>;
     fn neighbour_resolve(&mut self, ifindex: u32, ip: IpAddr) -> io::Result<()>;
 }
 
 impl Tables for RouteSocket {
-    fn route_get(&mut self, dst: IpAddr) -> io::Result<Option<Route>> {
-        RouteSocket::route_get(self, dst)
+    fn route_get_on(&mut self, dst: IpAddr, oif: Option<u32>) -> io::Result<Option<Route>> {
+        RouteSocket::route_get_on(self, dst, oif)
     }
     fn neighbour_get(&mut self, ifindex: u32, ip: IpAddr) -> io::Result<Option<Neighbour>> {
         RouteSocket::neighbour_get(self, ifindex, ip)
@@ -650,7 +651,9 @@ impl Core {
     /// usable entry (or only a STALE one, which the kernel would re-confirm on use) is handed to the kernel to
     /// resolve.
     fn resolve(&mut self, tables: &mut impl Tables, dst: IpAddr) -> (Answer, Option<IpAddr>) {
-        let route = match tables.route_get(dst) {
+        // A link-local destination is on every interface's link: ask about ours, or the kernel picks one.
+        let link_local = matches!(dst, IpAddr::V6(v6) if v6.is_unicast_link_local());
+        let route = match tables.route_get_on(dst, link_local.then_some(self.ifindex)) {
             Ok(Some(route)) => route,
             Ok(None) => return (Answer::NoRoute, None),
             Err(e) => {
@@ -973,8 +976,9 @@ mod tests {
     }
 
     impl Tables for FakeTables {
-        fn route_get(&mut self, dst: IpAddr) -> io::Result<Option<Route>> {
-            Ok(self.routes.get(&dst).copied())
+        fn route_get_on(&mut self, dst: IpAddr, oif: Option<u32>) -> io::Result<Option<Route>> {
+            let route = self.routes.get(&dst).copied();
+            Ok(route.filter(|r| oif.is_none_or(|oif| r.ifindex == oif)))
         }
         fn neighbour_get(&mut self, _ifindex: u32, ip: IpAddr) -> io::Result<Option<Neighbour>> {
             Ok(self.neighbours.get(&ip).copied())

@@ -143,10 +143,19 @@ impl RouteSocket {
     /// The kernel's route for `dst` (RTM_GETROUTE, as `ip route get` asks it). `Ok(None)` when there is no
     /// route (ENETUNREACH, EHOSTUNREACH, or a prohibit/blackhole route's EACCES/EINVAL).
     pub fn route_get(&mut self, dst: IpAddr) -> io::Result<Option<Route>> {
+        self.route_get_on(dst, None)
+    }
+
+    /// [`route_get`](RouteSocket::route_get) with the output interface given (`RTA_OIF`, as
+    /// `ip route get DST oif IF`): needed for IPv6 link-local destinations, which every interface reaches.
+    pub fn route_get_on(&mut self, dst: IpAddr, oif: Option<u32>) -> io::Result<Option<Route>> {
         let mut msg = RouteMessage::default();
         msg.header.address_family = family(dst);
         msg.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
         msg.attributes.push(RouteAttribute::Destination(RouteAddress::from(dst)));
+        if let Some(oif) = oif {
+            msg.attributes.push(RouteAttribute::Oif(oif));
+        }
         match self.request(RouteNetlinkMessage::GetRoute(msg), NLM_F_REQUEST) {
             Ok(Some(RouteNetlinkMessage::NewRoute(route))) => Ok(Some(parse_route(&route))),
             Ok(_) => Err(io::Error::new(io::ErrorKind::InvalidData, "RTM_GETROUTE: no route message in the answer")),
