@@ -189,7 +189,6 @@ fn route_socket_answers_like_ip_route_get_and_resolves_with_ntf_use() {
 
 /// The resolver and two workers' caches against the kernel, for one family.
 fn resolver_follows_the_kernel(f: Family) {
-    common::require_lab();
     let lab = lab_with_other_interface();
     let ifindex = server_ifindex(&lab);
     let sif = lab.server_if();
@@ -311,12 +310,14 @@ fn resolver_follows_the_kernel(f: Family) {
 #[test]
 #[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
 fn resolver_follows_the_kernel_ipv4() {
+    common::require_lab();
     resolver_follows_the_kernel(v4());
 }
 
 #[test]
 #[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
 fn resolver_follows_the_kernel_ipv6() {
+    common::require_lab();
     resolver_follows_the_kernel(v6());
 }
 
