@@ -189,7 +189,7 @@ fn start_afxdp(
         let _link = program.attach(&server_if, ifindex, AttachMode::Generic).expect("attach");
         let sends = SendOptions {
             per_batch,
-            source_mac: sys::interface_mac(&server_if).expect("the server's MAC"),
+            source_mac: sys::route::link_mac(ifindex).expect("RTM_GETLINK").expect("the server's MAC"),
             addresses: vec![IpAddr::V4(SERVER_V4), IpAddr::V6(SERVER_V6)],
             ports: vec![PORT],
         };

@@ -29,6 +29,22 @@ pub trait NextHop: Send {
     fn refresh(&mut self) {}
 }
 
+impl NextHop for super::nexthop::NextHops {
+    #[inline]
+    fn next_hop(&mut self, to: IpAddr) -> Result<[u8; 6], SendError> {
+        use super::nexthop::Miss;
+        self.lookup(to).map_err(|miss| match miss {
+            Miss::NoRoute => SendError::NoRoute,
+            Miss::Unresolved | Miss::Pending => SendError::Unresolved,
+        })
+    }
+
+    #[inline]
+    fn refresh(&mut self) {
+        super::nexthop::NextHops::refresh(self);
+    }
+}
+
 /// What an AF_XDP worker needs to address and build its handler's sends; made by the control plane.
 #[derive(Debug, Clone, Default)]
 pub struct SendOptions {
