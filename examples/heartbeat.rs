@@ -133,8 +133,8 @@ mod tests {
         let mut harness = Harness::new().serving(&[9000]);
         assert!(harness.timeout(&mut h, at(1)));
         assert!(!harness.timeout(&mut h, at(5)), "not due before the interval");
-        assert!(harness.timeout(&mut h, at(12)), "due at 11 ms");
-        assert_eq!(h.poll_timeout(), Some(21_000_000), "the schedule is kept, not shifted by a late turn");
+        assert!(harness.timeout(&mut h, at(12)), "due at 10 ms");
+        assert_eq!(h.poll_timeout(), Some(20_000_000), "the schedule is kept, not shifted by a late turn");
         assert!(harness.timeout(&mut h, at(100)), "a stall");
         assert_eq!(h.poll_timeout(), Some(110_000_000), "after a stall the schedule restarts from now");
         let seqs: Vec<u64> =
@@ -142,7 +142,7 @@ mod tests {
         assert_eq!(seqs, [0, 1, 2]);
         let due: Vec<u64> =
             harness.sent.iter().map(|s| u64::from_be_bytes(s.payload[8..16].try_into().unwrap())).collect();
-        assert_eq!(due, [0, 11_000_000, 21_000_000], "each beat says when it was due");
+        assert_eq!(due, [0, 10_000_000, 20_000_000], "each beat says when it was due");
         assert!(harness.sent.iter().all(|s| s.envelope.to == to && s.payload.len() == HEARTBEAT_LEN));
 
         let request = Request::new(to, "198.18.0.1:9000".parse().unwrap(), at(101));
