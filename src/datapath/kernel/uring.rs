@@ -212,12 +212,13 @@ pub(super) struct Uring {
 unsafe impl Send for Uring {}
 
 impl Uring {
-    /// A ring with `entries` provided buffers (a power of two, 1 ..= 32,768) for the sockets `fds`.
-    pub(super) fn open(fds: Vec<RawFd>, entries: u16) -> Result<Uring, (&'static str, io::Error)> {
-        let sq = u32::from(entries) + fds.len() as u32 + 1;
+    /// A ring with `entries` provided buffers (a power of two, 1 ..= 32,768) for the sockets `fds`, with
+    /// submission room for `sends` handler sends in flight besides the replies.
+    pub(super) fn open(fds: Vec<RawFd>, entries: u16, sends: u32) -> Result<Uring, (&'static str, io::Error)> {
+        let sq = u32::from(entries) + fds.len() as u32 + 1 + sends;
         // Completions: one per datagram and one per send, with room to spare, so that a multishot receive
         // is not ended by a full completion queue while a turn's replies are out.
-        let cq = (4 * u32::from(entries)).next_power_of_two();
+        let cq = (4 * u32::from(entries) + 2 * sends).next_power_of_two();
         let ring = IoUring::builder()
             .setup_cqsize(cq)
             // Completions posted from task work wait for the worker's next enter instead of interrupting it.
@@ -565,7 +566,7 @@ pub fn probe() -> UringProbe {
         sendmsg: false,
         multishot_recvmsg: Err(why),
     };
-    let ring = match Uring::open(Vec::new(), 1) {
+    let ring = match Uring::open(Vec::new(), 1, 0) {
         Ok(ring) => ring,
         Err((step, e)) => return failed(format!("{step}: {e}")),
     };
@@ -590,7 +591,7 @@ fn try_multishot() -> Result<bool, String> {
     let socket = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0))
         .map_err(|e| format!("could not try: a loopback UDP socket: {e}"))?;
     let to = socket.local_addr().map_err(|e| format!("could not try: {e}"))?;
-    let mut ring = Uring::open(vec![socket.as_raw_fd()], 2).map_err(|(step, e)| format!("{step}: {e}"))?;
+    let mut ring = Uring::open(vec![socket.as_raw_fd()], 2, 0).map_err(|(step, e)| format!("{step}: {e}"))?;
     ring.arm();
     let timeout = types::Timespec::from(Duration::from_millis(50));
     ring.enter(&timeout).map_err(|errno| format!("io_uring_enter: {}", io::Error::from_raw_os_error(errno)))?;

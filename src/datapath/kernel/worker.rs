@@ -153,7 +153,7 @@ impl<H: Handler> KernelWorker<H> {
             let fds = sockets.iter().map(|ps| ps.socket.as_raw_fd()).collect();
             // Twice the batch, so a turn's replies in flight leave a batch of buffers to receive into.
             let entries = (2 * batch).next_power_of_two().clamp(64, 512) as u16;
-            Some(Uring::open(fds, entries).map_err(|(what, source)| KernelSocketError::Uring { what, source })?)
+            Some(Uring::open(fds, entries, options.sends_per_batch).map_err(|(what, source)| KernelSocketError::Uring { what, source })?)
         } else {
             None
         };
