@@ -579,8 +579,10 @@ pub fn expected_build(spec: &FlowSpec, buf_len: usize, payload_len: usize) -> Re
 /// Target `write_request`: never panics for any flow, buffer length (0 included) and payload length (usize::MAX
 /// included); returns exactly [`expected_build`]; writes nothing when it fails and nothing but the headers when
 /// it succeeds; what it builds parses back (every accessor) with a `Correct` UDP checksum, and Echo answers it.
+/// The same input goes through `write_datagram` too (see [`write_datagram`]).
 pub fn write_request(data: &[u8]) {
     let input = BuildInput::decode(data);
+    write_datagram(&input);
     let before = input.buffer();
     let mut frame = before.clone();
     let r = packet::write_request(&mut frame, &input.spec, input.payload_len);
@@ -610,6 +612,37 @@ pub fn write_request(data: &[u8]) {
     let request = frame[..n].to_vec();
     assert_eq!(respond(&mut Echo, &mut frame, n, NOW, OPTIONS), Outcome::Reply(n));
     check_reply(&request, &v, &frame[..n], &request[off..n]);
+}
+
+/// `packet::write_datagram` (a handler's send) on the same input, its IP header fields taken from the fill
+/// bytes (TTL = fill[0] | 1, TOS = fill[1], MTU = fill[2..4] as a u16, or none when fill[2] is 0xff): never
+/// panics; the result is [`expected_build`]'s, or `OverMtu` (writing nothing) for an IP packet over the MTU;
+/// what it builds parses back with that TTL / hop limit and traffic class and a `Correct` UDP checksum.
+fn write_datagram(input: &BuildInput) {
+    let f = |i: usize| input.fill.get(i).copied().unwrap_or(0);
+    let ttl = f(0) | 1;
+    let tos = f(1);
+    let mtu = if f(2) == 0xff { usize::MAX } else { usize::from(u16::from_be_bytes([f(2), f(3)])) };
+    let headers = packet::ReplyHeaders { ttl, dscp: tos >> 2, ecn: packet::Ecn::from_traffic_class(tos), mtu };
+    let before = input.buffer();
+    let mut frame = before.clone();
+    let r = packet::write_datagram(&mut frame, &input.spec, input.payload_len, headers);
+    let l3 = eth::HEADER_LEN + if input.spec.vlan_tci.is_some() { vlan::TAG_LEN } else { 0 };
+    let expected = expected_build(&input.spec, input.buf_len, input.payload_len).and_then(|n| {
+        if n - l3 > mtu {
+            Err(BuildError::OverMtu { ip_len: n - l3, mtu })
+        } else {
+            Ok(n)
+        }
+    });
+    assert_eq!(r, expected, "{input:?}");
+    let Ok(n) = r else {
+        assert_eq!(frame, before, "a failed build wrote to the buffer");
+        return;
+    };
+    let d = packet::parse(&frame[..n]).unwrap_or_else(|e| panic!("built frame malformed: {e}")).expect("not ours");
+    assert_eq!((d.ttl(), d.traffic_class(), d.udp_checksum()), (ttl, tos, UdpChecksum::Correct));
+    assert_eq!((d.src(), d.dst(), d.payload_len()), (input.spec.src, input.spec.dst, input.payload_len));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
