@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use serde::{Deserialize, Serialize};
 
+use crate::handler::SendError;
+
 /// A snapshot of one worker's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerStats {
@@ -75,6 +77,22 @@ pub struct WorkerStats {
     /// Calls of the handler's `handle_timeout`.
     #[serde(default)]
     pub timeouts: u64,
+}
+
+impl WorkerStats {
+    /// Counts a handler's send refused with `e` under its counter (see [`SendError`]).
+    #[inline]
+    pub fn count_refused_send(&mut self, e: SendError) {
+        match e {
+            SendError::PoolEmpty => self.send_pool_empty += 1,
+            SendError::OverBudget => self.dropped_amplification += 1,
+            SendError::BatchLimit => self.send_batch_limit += 1,
+            SendError::TooLarge => self.dropped_over_mtu += 1,
+            SendError::NoRoute => self.send_no_route += 1,
+            SendError::Unresolved => self.send_unresolved += 1,
+            _ => self.send_bad_address += 1,
+        }
+    }
 }
 
 /// Where a socket's UMEM frames are: every frame is in exactly one place, so the places add up to `total`

@@ -91,38 +91,63 @@ impl Path {
 /// A send's link layer: source MAC, destination MAC, VLAN tag control information.
 type Link = ([u8; 6], [u8; 6], Option<u16>);
 
-/// The [`Transmit`] of one batch (or timer turn) of an AF_XDP worker.
-pub(super) struct XskSink<'a> {
-    pub umem: &'a Umem,
-    /// The worker's free frames: sends take theirs from here.
-    pub free: &'a mut Vec<FrameDesc>,
-    /// Sends ready to go on the TX ring, after the batch's replies.
-    pub out: &'a mut Vec<FrameDesc>,
-    pub options: &'a SendOptions,
+/// What an AF_XDP worker keeps for its handler's sends between batches.
+pub(super) struct Sending {
+    /// Sends of the current batch or timer turn, ready for the TX ring after the replies; room for
+    /// `options.per_batch`, so pushes never allocate.
+    pub queued: Vec<FrameDesc>,
+    pub options: SendOptions,
+    pub next_hops: Option<Box<dyn NextHop>>,
+    /// What every send's IP header says unless the envelope marks it (the replies' TTL, DSCP, MTU).
     pub headers: ReplyHeaders,
-    pub next_hops: Option<&'a mut (dyn NextHop + 'static)>,
+}
+
+impl Sending {
+    /// Sending as `options` and `next_hops` allow, with headers as `headers` say.
+    pub fn new(options: SendOptions, next_hops: Option<Box<dyn NextHop>>, headers: ReplyHeaders) -> Sending {
+        Sending { queued: Vec::with_capacity(options.per_batch as usize), options, next_hops, headers }
+    }
+
+    /// Sends allowed per batch or timer turn (no more than `queued` holds without allocating).
+    pub fn per_batch(&self) -> u32 {
+        self.options.per_batch.min(self.queued.capacity() as u32)
+    }
+}
+
+/// The [`Transmit`] of one request's handling (or one timer turn) of an AF_XDP worker.
+pub(super) struct XskSink<'a> {
+    umem: &'a Umem,
+    /// The worker's free frames: sends take theirs from here.
+    free: &'a mut Vec<FrameDesc>,
+    sending: &'a mut Sending,
     /// Sends left in this batch or turn.
-    pub left: &'a mut u32,
-    pub stats: &'a mut WorkerStats,
+    left: &'a mut u32,
+    stats: &'a mut WorkerStats,
     /// The request being handled: its frame's path and its addresses (none on a timer turn).
-    pub path: Option<Path>,
-    pub request: Option<(SocketAddr, SocketAddr)>,
+    path: Option<Path>,
+    request: Option<(SocketAddr, SocketAddr)>,
     /// A frame handed out by `buffer` and not committed yet, with the spec its headers will follow.
-    pub held: Option<(FrameDesc, FlowSpec)>,
+    held: Option<(FrameDesc, FlowSpec)>,
+}
+
+impl<'a> XskSink<'a> {
+    /// A sink over the worker's pool `free` and `sending`'s queue, with `left` sends left in the batch; `path`:
+    /// the request frame's link-layer path (`None` on a timer turn).
+    pub fn new(
+        umem: &'a Umem,
+        free: &'a mut Vec<FrameDesc>,
+        sending: &'a mut Sending,
+        left: &'a mut u32,
+        stats: &'a mut WorkerStats,
+        path: Option<Path>,
+    ) -> XskSink<'a> {
+        XskSink { umem, free, sending, left, stats, path, request: None, held: None }
+    }
 }
 
 impl XskSink<'_> {
     fn refuse(&mut self, e: SendError) -> SendError {
-        let s = &mut *self.stats;
-        match e {
-            SendError::PoolEmpty => s.send_pool_empty += 1,
-            SendError::OverBudget => s.dropped_amplification += 1,
-            SendError::BatchLimit => s.send_batch_limit += 1,
-            SendError::TooLarge => s.dropped_over_mtu += 1,
-            SendError::NoRoute => s.send_no_route += 1,
-            SendError::Unresolved => s.send_unresolved += 1,
-            _ => s.send_bad_address += 1,
-        }
+        self.stats.count_refused_send(e);
         e
     }
 
@@ -134,13 +159,14 @@ impl XskSink<'_> {
                 return Ok((p.own_mac, p.peer_mac, p.vlan_tci));
             }
         }
-        let Some(hops) = self.next_hops.as_deref_mut() else { return Err(SendError::NoRoute) };
-        hops.next_hop(to).map(|mac| (self.options.source_mac, mac, None))
+        let Some(hops) = self.sending.next_hops.as_deref_mut() else { return Err(SendError::NoRoute) };
+        hops.next_hop(to).map(|mac| (self.sending.options.source_mac, mac, None))
     }
 
     fn source_allowed(&self, from: SocketAddr) -> bool {
         let own_request = self.request.is_some_and(|(_, dst)| dst == from);
-        own_request || (self.options.ports.contains(&from.port()) && self.options.addresses.contains(&from.ip()))
+        let o = &self.sending.options;
+        own_request || (o.ports.contains(&from.port()) && o.addresses.contains(&from.ip()))
     }
 
     fn check(&mut self, envelope: &Envelope) -> Result<FlowSpec, SendError> {
@@ -174,7 +200,7 @@ impl Transmit for XskSink<'_> {
         let ip_header =
             offset - field::eth::HEADER_LEN - if spec.vlan_tci.is_some() { field::vlan::TAG_LEN } else { 0 };
         // The payload may fill the frame, or the MTU's worth of IP packet, whichever is less.
-        let by_mtu = self.headers.mtu.saturating_sub(ip_header);
+        let by_mtu = self.sending.headers.mtu.saturating_sub(ip_header);
         // SAFETY: `desc` came from the worker's free pool (or was held since): a frame of this UMEM on no ring,
         // so nothing else reads or writes it.
         let mut data = unsafe { self.umem.data_mut(&mut desc) };
@@ -195,7 +221,7 @@ impl Transmit for XskSink<'_> {
 
     fn commit(&mut self, envelope: &Envelope, len: usize) -> Result<(), SendError> {
         let Some((mut desc, spec)) = self.held.take() else { return Err(SendError::PoolEmpty) };
-        let mut headers = self.headers;
+        let mut headers = self.sending.headers;
         if let Some(m) = envelope.marking {
             (headers.dscp, headers.ecn) = (m.dscp, m.ecn);
         }
@@ -205,7 +231,7 @@ impl Transmit for XskSink<'_> {
         match written {
             Ok(n) => {
                 data.cursor().set_pos(n);
-                self.out.push(desc);
+                self.sending.queued.push(desc);
                 *self.left -= 1;
                 self.stats.sends += 1;
                 Ok(())

@@ -17,7 +17,7 @@ use super::{
     counters::{FrameAccount, KernelSocketStats, WorkerShared, WorkerStats},
     latency::WorkerLatency,
     meta,
-    send::{NextHop, Path, SendOptions, XskSink},
+    send::{NextHop, Path, SendOptions, Sending, XskSink},
     KickPolicy, PollMode, QueueSocket,
 };
 use crate::{
@@ -58,10 +58,8 @@ pub struct Worker<H> {
     kick: KickPolicy,
     stats: WorkerStats,
     kernel: KernelSocketStats,
-    /// The handler's sends of the current batch or timer turn, ready for the TX ring after the replies.
-    sends: Vec<FrameDesc>,
-    send_options: SendOptions,
-    next_hops: Option<Box<dyn NextHop>>,
+    /// The handler's sends: their queue, where they may come from, next hops.
+    sending: Sending,
 }
 
 /// What a worker hands back when it stops.
@@ -108,9 +106,7 @@ impl<H: Handler> Worker<H> {
             kick: KickPolicy::default(),
             stats: WorkerStats::default(),
             kernel: KernelSocketStats::default(),
-            sends: Vec::new(),
-            send_options: SendOptions::default(),
-            next_hops: None,
+            sending: Sending::new(SendOptions::default(), None, RespondOptions::default().reply_headers()),
         }
     }
 
@@ -118,9 +114,7 @@ impl<H: Handler> Worker<H> {
     /// or timer turn, from `options`' addresses and ports, to the request's sender along its own path and to
     /// anyone else through `next_hops` (without it, only back to senders). Default: no sends.
     pub fn with_sends(mut self, options: SendOptions, next_hops: Option<Box<dyn NextHop>>) -> Self {
-        self.sends = Vec::with_capacity(options.per_batch as usize);
-        self.send_options = options;
-        self.next_hops = next_hops;
+        self.sending = Sending::new(options, next_hops, self.options.reply_headers());
         self
     }
 
@@ -147,9 +141,11 @@ impl<H: Handler> Worker<H> {
         self
     }
 
-    /// Sets how requests are checked before the handler sees them (default: verify UDP checksums).
+    /// Sets how requests are checked before the handler sees them (default: verify UDP checksums), and the
+    /// IP header of replies and sends.
     pub fn with_options(mut self, options: RespondOptions) -> Self {
         self.options = options;
+        self.sending.headers = options.reply_headers();
         self
     }
 
@@ -187,12 +183,9 @@ impl<H: Handler> Worker<H> {
             kick,
             stats,
             kernel,
-            sends,
-            send_options,
-            next_hops,
+            sending,
         } = self;
-        let headers = options.reply_headers();
-        let per_batch = send_options.per_batch.min(sends.capacity() as u32);
+        let per_batch = sending.per_batch();
         // The handler's next deadline, asked again after every batch and timer turn.
         let mut deadline = handler.poll_timeout();
         // Replies on the TX ring not kicked yet, and when the oldest of them got there.
@@ -234,30 +227,18 @@ impl<H: Handler> Worker<H> {
                         if due <= now.monotonic_ns {
                             let mut left = per_batch;
                             let fired = {
-                                let mut sink = XskSink {
-                                    umem: &s.umem,
-                                    free,
-                                    out: sends,
-                                    options: send_options,
-                                    headers,
-                                    next_hops: next_hops.as_deref_mut(),
-                                    left: &mut left,
-                                    stats,
-                                    path: None,
-                                    request: None,
-                                    held: None,
-                                };
+                                let mut sink = XskSink::new(&s.umem, free, sending, &mut left, stats, None);
                                 fire_timeout(handler, now, &mut sink)
                             };
                             stats.timeouts += u64::from(fired);
                             deadline = handler.poll_timeout();
-                            if !sends.is_empty() {
-                                transmit_sends(s, sends, free, stats);
+                            if !sending.queued.is_empty() {
+                                transmit_sends(s, &mut sending.queued, free, stats);
                                 stats.tx_kicks += s.kick_tx();
                             }
                         }
                     }
-                    if let Some(hops) = next_hops {
+                    if let Some(hops) = &mut sending.next_hops {
                         hops.refresh();
                     }
                     // Frames whose replies have left go back to the pool, the fill ring is kept stocked, and
@@ -360,19 +341,7 @@ impl<H: Handler> Worker<H> {
                 let arrival = Arrival { rx_timestamp, queue };
                 let path = Path::of(data.contents());
                 let outcome = {
-                    let mut sink = XskSink {
-                        umem: &s.umem,
-                        free,
-                        out: sends,
-                        options: send_options,
-                        headers,
-                        next_hops: next_hops.as_deref_mut(),
-                        left: &mut sends_left,
-                        stats,
-                        path,
-                        request: None,
-                        held: None,
-                    };
+                    let mut sink = XskSink::new(&s.umem, free, sending, &mut sends_left, stats, path);
                     respond_with(handler, data.contents_mut(), len, now, *options, arrival, &mut sink)
                 };
                 match outcome {
@@ -400,30 +369,18 @@ impl<H: Handler> Worker<H> {
             // A timer due by now runs with the batch: its sends go out with the batch's.
             if deadline.is_some_and(|due| due <= now.monotonic_ns) {
                 let fired = {
-                    let mut sink = XskSink {
-                        umem: &s.umem,
-                        free,
-                        out: sends,
-                        options: send_options,
-                        headers,
-                        next_hops: next_hops.as_deref_mut(),
-                        left: &mut sends_left,
-                        stats,
-                        path: None,
-                        request: None,
-                        held: None,
-                    };
+                    let mut sink = XskSink::new(&s.umem, free, sending, &mut sends_left, stats, None);
                     fire_timeout(handler, now, &mut sink)
                 };
                 stats.timeouts += u64::from(fired);
             }
             deadline = handler.poll_timeout();
-            if let Some(hops) = next_hops {
+            if let Some(hops) = &mut sending.next_hops {
                 hops.refresh();
             }
 
             // The replies go out as one batch, the handler's sends after them.
-            if !tx_batch.is_empty() || !sends.is_empty() {
+            if !tx_batch.is_empty() || !sending.queued.is_empty() {
                 let sent = s.transmit(tx_batch);
                 stats.tx_packets += sent as u64;
                 if sent < tx_batch.len() {
@@ -431,7 +388,7 @@ impl<H: Handler> Worker<H> {
                     free.extend_from_slice(&tx_batch[sent..]);
                 }
                 tx_batch.clear();
-                let sent_sends = transmit_sends(s, sends, free, stats);
+                let sent_sends = transmit_sends(s, &mut sending.queued, free, stats);
                 // Service ends when the replies are on the TX ring; the kick that follows is transmission.
                 let coalescing = kick.batch > 1;
                 let queued_ns = if latency.is_some() || coalescing { sys::monotonic_ns() } else { 0 };

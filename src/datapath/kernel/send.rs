@@ -115,21 +115,8 @@ pub(super) struct SocketSink<'a> {
 
 impl SocketSink<'_> {
     fn refuse(&mut self, e: SendError) -> SendError {
-        count_refusal(self.stats, e);
+        self.stats.count_refused_send(e);
         e
-    }
-}
-
-/// Counts a refused send under its reason.
-pub(super) fn count_refusal(s: &mut WorkerStats, e: SendError) {
-    match e {
-        SendError::PoolEmpty => s.send_pool_empty += 1,
-        SendError::OverBudget => s.dropped_amplification += 1,
-        SendError::BatchLimit => s.send_batch_limit += 1,
-        SendError::TooLarge => s.dropped_over_mtu += 1,
-        SendError::NoRoute => s.send_no_route += 1,
-        SendError::Unresolved => s.send_unresolved += 1,
-        _ => s.send_bad_address += 1,
     }
 }
 
@@ -137,7 +124,7 @@ impl Transmit for SocketSink<'_> {
     fn on_request(&mut self, _request: &Request) {}
 
     fn refused(&mut self, error: SendError) {
-        count_refusal(self.stats, error);
+        self.stats.count_refused_send(error);
     }
 
     fn buffer(&mut self, envelope: &Envelope) -> Result<&mut [u8], SendError> {

@@ -17,7 +17,7 @@ use rustix::event::epoll;
 use super::{
     cmsg,
     msg::{self, Batch, Slot},
-    send::{count_refusal, Outgoings, SocketSink},
+    send::{Outgoings, SocketSink},
     socket::{self, PortSocket},
     uring::{Completion, Uring},
     KernelSocketError, KernelSocketOptions, SocketIo, IO_SIGNAL_OFFSET, MAX_BATCH,
@@ -153,7 +153,10 @@ impl<H: Handler> KernelWorker<H> {
             let fds = sockets.iter().map(|ps| ps.socket.as_raw_fd()).collect();
             // Twice the batch, so a turn's replies in flight leave a batch of buffers to receive into.
             let entries = (2 * batch).next_power_of_two().clamp(64, 512) as u16;
-            Some(Uring::open(fds, entries, options.sends_per_batch).map_err(|(what, source)| KernelSocketError::Uring { what, source })?)
+            Some(
+                Uring::open(fds, entries, options.sends_per_batch)
+                    .map_err(|(what, source)| KernelSocketError::Uring { what, source })?,
+            )
         } else {
             None
         };
@@ -943,8 +946,8 @@ fn count_send_error(errno: i32, stats: &mut WorkerStats) {
 /// `send_no_route`.
 fn count_outgoing_error(errno: i32, stats: &mut WorkerStats) {
     match errno {
-        libc::EINVAL | libc::EADDRNOTAVAIL => count_refusal(stats, SendError::Source),
-        libc::ENETUNREACH | libc::EHOSTUNREACH => count_refusal(stats, SendError::NoRoute),
+        libc::EINVAL | libc::EADDRNOTAVAIL => stats.count_refused_send(SendError::Source),
+        libc::ENETUNREACH | libc::EHOSTUNREACH => stats.count_refused_send(SendError::NoRoute),
         e => count_send_error(e, stats),
     }
 }
