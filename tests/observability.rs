@@ -202,6 +202,11 @@ fn latency_report_log_and_endpoint_agree_with_the_traffic() {
         assert_eq!(value(&text, &samples, "shunt_dropped_packets_total", &labels), n as f64, "{reason}");
     }
     assert_eq!(value(&text, &samples, "shunt_xdp_packets_total", &[("verdict", "redirected")]), sent as f64);
+    // Busy time: the worker handled every batch inside a busy stretch, so it has some; in seconds on /metrics.
+    let busy_ns = w.stats.busy_ns;
+    assert!(busy_ns > 0, "a worker that answered {sent} requests was never busy: {:?}", w.stats);
+    let busy_secs = value(&text, &samples, "shunt_worker_busy_seconds_total", &queue0);
+    assert!((busy_secs - busy_ns as f64 / 1e9).abs() <= 1e-9 * busy_ns as f64, "{busy_secs} s vs {busy_ns} ns");
     for (stage, summary) in latency.stages() {
         let b = buckets(&samples, "0", stage);
         assert_eq!(b.len(), LATENCY_BUCKETS_NS.len() + 1, "{stage}: one bucket per bound and +Inf:\n{text}");
@@ -261,6 +266,20 @@ fn latency_report_log_and_endpoint_agree_with_the_traffic() {
     assert!(kick_samples <= worker["tx_kicks"].as_u64().expect("tx_kicks"), "more kick samples than kicks");
     assert!(kick_samples <= worker["rx_batches"].as_u64().expect("rx_batches"), "more kick samples than batches");
     assert_eq!(worker["latency"]["total_ns"]["count"].as_u64(), Some(tx));
+    // Busy time: the report's is at least what the endpoint showed (idle turns add none), and the per-reply
+    // figure is it over the replies.
+    let report_busy = worker["busy_ns"].as_u64().expect("workers[0].busy_ns");
+    assert!(report_busy >= busy_ns, "report busy_ns {report_busy} < the endpoint's {busy_ns}");
+    let per = report["cpu"]["busy_ns_per_packet"].as_f64().expect("cpu.busy_ns_per_packet");
+    assert!((per - report_busy as f64 / tx as f64).abs() < 1e-6 * per, "busy_ns_per_packet {per}");
+    // Every interval line gives the workers' busy share.
+    let out = &done.stdout;
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with('[') && l.contains(" pps ")).collect();
+    assert!(!lines.is_empty(), "no interval line for an interval with traffic:\n{out}");
+    for line in lines {
+        let pct = line.split("busy ").nth(1).and_then(|r| r.split('%').next()).and_then(|p| p.parse::<f64>().ok());
+        assert!(pct.is_some_and(|p| (0.0..=100.5).contains(&p)), "no busy % in the interval line {line:?}");
+    }
 
     // The interval log reads back with the hdrhistogram crate and holds every sample; merged per stage, it is
     // the histogram the endpoint's buckets and sums came from.

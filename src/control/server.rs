@@ -1096,7 +1096,10 @@ impl RunningServer {
             (Mode::Socket, SocketIo::Nonblocking, _) | (Mode::Afxdp, _, config::PollMode::Spin) => cpu::SPIN_NOTE,
             _ => cpu::WAIT_NOTE,
         };
-        let cpu = CpuReport::new(cpu_workers, &self.cpu_start, &cpu_stop, replies, note);
+        // Busy time per reply over the workers' counters (replies, as for the other figures); no workers (the
+        // in-kernel server), no figure.
+        let busy = (!workers.is_empty()).then(|| workers.iter().map(|w| w.stats.busy_ns).sum::<u64>());
+        let cpu = CpuReport::new(cpu_workers, &self.cpu_start, &cpu_stop, replies, busy, note);
         let mut report = Report::new(
             c.interface.clone(),
             self.handler_name,

@@ -77,6 +77,34 @@ pub struct WorkerStats {
     /// Calls of the handler's `handle_timeout`.
     #[serde(default)]
     pub timeouts: u64,
+    /// Time spent in turns that found work (DPDK's lcore busyness), in ns: RX batches (or a waiting model's
+    /// wake-ups) from pick-up to the end of their handling, kicks, and timer turns that fired. Empty polls,
+    /// housekeeping and waits are idle. Measured with clock reads the loop makes anyway, plus at most one per
+    /// batch or kick, never one per packet (see [`WorkerStats::add_busy`]). Absent from reports of servers
+    /// older than the counter, hence the default.
+    #[serde(default)]
+    pub busy_ns: u64,
+}
+
+impl WorkerStats {
+    /// Counts a busy stretch that began at `start_ns` and ended at `end_ns` (CLOCK_MONOTONIC readings;
+    /// a reversed pair counts nothing).
+    ///
+    /// The clock is `CLOCK_MONOTONIC` through the vDSO, not the TSC: the loops read it already (once per
+    /// batch for the handler's `now`), so a busy stretch costs the one reading at its end, per batch and never
+    /// per packet; on x86 with the `tsc` clocksource that reading is itself a TSC read plus a scale (tens of
+    /// ns), and it needs no calibration, stays right across frequency changes and migrations, and is the
+    /// clock every other figure of the worker (latency, timers) is on.
+    #[inline]
+    pub fn add_busy(&mut self, start_ns: u64, end_ns: u64) {
+        self.busy_ns = self.busy_ns.wrapping_add(end_ns.saturating_sub(start_ns));
+    }
+}
+
+/// The share of `wall_ns` that `busy_ns` is (0.0 ..= 1.0 for one worker; several workers' busy time over one
+/// wall interval add up beyond 1.0); `None` for an empty interval.
+pub fn busy_fraction(busy_ns: u64, wall_ns: u64) -> Option<f64> {
+    (wall_ns > 0).then(|| busy_ns as f64 / wall_ns as f64)
 }
 
 impl WorkerStats {
@@ -181,6 +209,7 @@ published!(
         send_no_route,
         send_unresolved,
         timeouts,
+        busy_ns,
     }
 );
 
@@ -212,5 +241,39 @@ impl WorkerShared {
     /// Whether the worker is running its loop now.
     pub fn is_alive(&self) -> bool {
         self.alive.load(Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_stretches_add_up_and_reversed_readings_count_nothing() {
+        let mut s = WorkerStats::default();
+        s.add_busy(1_000, 1_250);
+        s.add_busy(5_000, 5_000);
+        s.add_busy(9_000, 8_000);
+        s.add_busy(10_000, 10_750);
+        assert_eq!(s.busy_ns, 1_000);
+    }
+
+    #[test]
+    fn busy_fraction_is_busy_over_wall() {
+        assert_eq!(busy_fraction(40_000_000, 1_000_000_000), Some(0.04));
+        assert_eq!(busy_fraction(0, 1_000), Some(0.0));
+        assert_eq!(busy_fraction(5, 0), None);
+    }
+
+    #[test]
+    fn busy_ns_is_published_and_defaults_when_absent() {
+        let shared = WorkerShared::default();
+        shared.stats.publish(&WorkerStats { busy_ns: 123, ..WorkerStats::default() });
+        assert_eq!(shared.stats.snapshot().busy_ns, 123);
+        let old: WorkerStats = serde_json::from_str(
+            &serde_json::to_string(&WorkerStats::default()).unwrap().replace(",\"busy_ns\":0", ""),
+        )
+        .unwrap();
+        assert_eq!(old.busy_ns, 0);
     }
 }

@@ -2,6 +2,9 @@
 //! each worker as it stops) and the whole machine's busy and softirq time per core over the run (from
 //! /proc/stat), each divided by the replies sent.
 //!
+//! Beside them, the workers' busy time (`WorkerStats::busy_ns`, DPDK's lcore busyness: turns that found work,
+//! timed by the worker's own clock reads) per reply, which a spinning worker's CPU time cannot give.
+//!
 //! On veth, the machine's figure includes the peer's work and the XDP hook wherever they ran; on a real NIC
 //! it includes the driver's NAPI polling. A spinning worker burns its core by design, so its figure measures
 //! the load it was given as much as the server: compare spinning modes by latency, and work-conserving
@@ -90,6 +93,10 @@ pub struct CpuReport {
     pub system_ns_per_packet: Option<f64>,
     /// Softirq time of all cores, per reply, in ns.
     pub softirq_ns_per_packet: Option<f64>,
+    /// The workers' busy time (`workers[].busy_ns`: turns that found work, empty polls and waits left out)
+    /// summed, per reply, in ns: what a reply cost a worker whatever its poll mode, where a spinning worker's
+    /// CPU time is its whole run. Absent without worker threads (the in-kernel server) or replies.
+    pub busy_ns_per_packet: Option<f64>,
     /// How to read the figures.
     pub note: &'static str,
 }
@@ -97,7 +104,7 @@ pub struct CpuReport {
 /// How to read the figures when the workers spin (poll_mode = spin, socket.io = nonblocking).
 pub const SPIN_NOTE: &str = "the workers spin (poll_mode = spin or socket.io = nonblocking): a worker's CPU time is \
     its whole run, whatever the load, so worker_ns_per_packet falls as load rises; compare it between servers at \
-    equal offered load";
+    equal offered load, or read busy_ns_per_packet (the worker's time in turns that found work)";
 /// How to read the figures when the workers sleep while there is no work.
 pub const WAIT_NOTE: &str = "the workers sleep when there is no work: their CPU time follows the load; compare \
     worker_ns_per_packet between servers at equal offered load";
@@ -106,13 +113,15 @@ pub const IN_KERNEL_NOTE: &str = "no worker threads: replies are made in the XDP
     system_ns_per_packet and softirq_ns_per_packet";
 
 impl CpuReport {
-    /// Builds the report from the workers' times, the machine's readings at start and stop, the replies, and
-    /// the note on how to read them ([`SPIN_NOTE`], [`WAIT_NOTE`] or [`IN_KERNEL_NOTE`]).
+    /// Builds the report from the workers' times, the machine's readings at start and stop, the replies, the
+    /// workers' summed busy time (`None` without worker threads), and the note on how to read them
+    /// ([`SPIN_NOTE`], [`WAIT_NOTE`] or [`IN_KERNEL_NOTE`]).
     pub fn new(
         workers: Vec<WorkerCpu>,
         start: &SystemCpu,
         stop: &SystemCpu,
         packets: u64,
+        busy_ns: Option<u64>,
         note: &'static str,
     ) -> CpuReport {
         let tick_ns = 1_000_000_000 / sys::clock_ticks_per_second().max(1);
@@ -138,6 +147,7 @@ impl CpuReport {
             worker_system_ns_per_packet: per(system),
             system_ns_per_packet: per(cores.iter().map(|c| c.busy_ns).sum()),
             softirq_ns_per_packet: per(cores.iter().map(|c| c.softirq_ns).sum()),
+            busy_ns_per_packet: busy_ns.and_then(per),
             workers,
             cores,
             note,
@@ -163,11 +173,14 @@ mod tests {
         let stop = SystemCpu::parse("cpu0 14 1 3 50 2 1 2 0 0 0\ncpu1 6 0 7 50 0 0 13 0 0 0\n");
         let tick = 1_000_000_000 / sys::clock_ticks_per_second();
         let w = WorkerCpu { queue: 0, core: 1, times: CpuTimes { user_ns: 3_000, system_ns: 1_000 } };
-        let r = CpuReport::new(vec![w], &start, &stop, 100, SPIN_NOTE);
+        let r = CpuReport::new(vec![w], &start, &stop, 100, Some(2_500), SPIN_NOTE);
         assert_eq!(r.worker_ns_per_packet, Some(40.0));
         assert_eq!(r.worker_system_ns_per_packet, Some(10.0));
         assert_eq!(r.system_ns_per_packet, Some((20 * tick) as f64 / 100.0));
         assert_eq!(r.softirq_ns_per_packet, Some((10 * tick) as f64 / 100.0));
-        assert_eq!(CpuReport::new(vec![], &start, &stop, 0, SPIN_NOTE).worker_ns_per_packet, None);
+        assert_eq!(r.busy_ns_per_packet, Some(25.0));
+        let none = CpuReport::new(vec![], &start, &stop, 0, Some(0), SPIN_NOTE);
+        assert_eq!((none.worker_ns_per_packet, none.busy_ns_per_packet), (None, None));
+        assert_eq!(CpuReport::new(vec![], &start, &stop, 10, None, IN_KERNEL_NOTE).busy_ns_per_packet, None);
     }
 }

@@ -3,7 +3,8 @@
 //! - `GET /metrics`: the OpenMetrics text format (prometheus-client's encoder), per-queue counters only
 //!   (summing over `queue` gives the server's total; there is no pre-aggregated series to double-count), and
 //!   the in-server latency as a histogram `shunt_latency_seconds{queue,stage}` with the fixed buckets
-//!   [`LATENCY_BUCKETS_NS`], its `_sum` the sum of the recorded samples;
+//!   [`LATENCY_BUCKETS_NS`], its `_sum` the sum of the recorded samples, and each worker's busy time (turns
+//!   that found work) as the counter `shunt_worker_busy_seconds_total{queue}`;
 //! - `GET /stats.json`: a [`StatsSnapshot`], the structured counters and latency summaries that `shunt stats`
 //!   reads (it deserializes this very type);
 //! - `GET /ready`: the readiness probe, `200 ready` while the server serves with every worker running, `503`
@@ -338,6 +339,17 @@ impl Collector for Scrape {
                 counter(&mut family, &[("queue", w.queue.to_string())], read(w))?;
             }
         }
+        let mut busy = encoder.encode_descriptor(
+            "shunt_worker_busy",
+            "Time the worker spent in turns that found work (RX batches, kicks, timer turns), not in empty polls \
+             or waits.",
+            Some(&Unit::Seconds),
+            MetricType::Counter,
+        )?;
+        for w in workers {
+            busy.encode_family(&[("queue", w.queue.to_string())])?
+                .encode_counter::<NoLabelSet, f64, u64>(&(w.stats.busy_ns as f64 / 1e9), None)?;
+        }
         let mut drops = encoder.encode_descriptor(
             "shunt_dropped_packets",
             "Frames dropped by the workers, by reason.",
@@ -555,7 +567,13 @@ mod tests {
             workers: vec![
                 WorkerSnapshot {
                     queue: 3,
-                    stats: WorkerStats { rx_packets: 9, tx_packets: 7, dropped_bad_checksum: 2, ..Default::default() },
+                    stats: WorkerStats {
+                        rx_packets: 9,
+                        tx_packets: 7,
+                        dropped_bad_checksum: 2,
+                        busy_ns: 1_500_000_000,
+                        ..Default::default()
+                    },
                     kernel: KernelSocketStats { rx_ring_full: 4, ..Default::default() },
                     latency: Some(q.report),
                 },
@@ -607,6 +625,10 @@ mod tests {
         assert_eq!(value(&text, "shunt_dropped_packets_total", &[("queue", "3"), ("reason", "malformed")]), 0.0);
         assert_eq!(value(&text, "shunt_xsk_rx_ring_full_total", &[("queue", "3")]), 4.0);
         assert_eq!(value(&text, "shunt_xdp_packets_total", &[("verdict", "redirected")]), 11.0);
+        assert_eq!(value(&text, "shunt_worker_busy_seconds_total", &[("queue", "3")]), 1.5);
+        assert_eq!(value(&text, "shunt_worker_busy_seconds_total", &[("queue", "5")]), 0.0);
+        assert!(text.contains("# TYPE shunt_worker_busy_seconds counter\n"), "{text}");
+        assert!(text.contains("# UNIT shunt_worker_busy_seconds seconds\n"), "{text}");
         assert!(text.contains("# TYPE shunt_latency_seconds histogram\n"), "{text}");
         assert!(text.contains("# UNIT shunt_latency_seconds seconds\n"), "{text}");
 

@@ -208,10 +208,12 @@ impl Report {
         let ns = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
         let _ = writeln!(
             out,
-            "  cpu per reply: workers {} ns (user {} + system {}), all cores {} ns (softirq {}) over {} replies",
+            "  cpu per reply: workers {} ns (user {} + system {}, busy {}), all cores {} ns (softirq {}) over {} \
+             replies",
             ns(c.worker_ns_per_packet),
             ns(c.worker_user_ns_per_packet),
             ns(c.worker_system_ns_per_packet),
+            ns(c.busy_ns_per_packet),
             ns(c.system_ns_per_packet),
             ns(c.softirq_ns_per_packet),
             c.packets

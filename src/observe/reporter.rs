@@ -20,7 +20,7 @@ use super::{
     LatencySnapshot,
 };
 use crate::datapath::{
-    counters::{WorkerShared, WorkerStats},
+    counters::{busy_fraction, WorkerShared, WorkerStats},
     latency::{LatencySet, ReporterLatency},
 };
 
@@ -219,13 +219,29 @@ fn interval_line(
         )
     };
     format!(
-        "[{:>7.1}s] rx {:>9.0} pps  tx {:>9.0} pps  drops {:>6}  {}",
+        "[{:>7.1}s] rx {:>9.0} pps  tx {:>9.0} pps  drops {:>6}  {}  {}",
         at.as_secs_f64(),
         rx as f64 / secs,
         tx as f64 / secs,
         drops,
+        busy(elapsed, stats, last),
         latency
     )
+}
+
+/// The workers' busyness over the interval: busy time (turns that found work) over the interval's wall time,
+/// averaged over the workers (so 100 % is every worker core busy all the time), with the busiest worker's
+/// when there are several: `busy 12.3%` or `busy 12.3% (max 20.1%)`.
+fn busy(elapsed: Duration, stats: &[WorkerStats], last: &[WorkerStats]) -> String {
+    let wall_ns = elapsed.as_nanos() as u64;
+    let fractions =
+        stats.iter().zip(last).filter_map(|(s, l)| busy_fraction(s.busy_ns.saturating_sub(l.busy_ns), wall_ns));
+    let (sum, max, n) = fractions.fold((0.0, 0.0f64, 0usize), |(sum, max, n), f| (sum + f, max.max(f), n + 1));
+    match n {
+        0 => "busy -".to_string(),
+        1 => format!("busy {:.1}%", 100.0 * sum),
+        _ => format!("busy {:.1}% (max {:.1}%)", 100.0 * sum / n as f64, 100.0 * max),
+    }
 }
 
 #[cfg(test)]
@@ -245,5 +261,20 @@ mod tests {
         stamped.record_packet(Some(Stamp { hook_ns: 500, nic_to_hook_ns: None }), 1_000, 1_400);
         let line = interval_line(Duration::from_secs(1), Duration::from_secs(1), &stats, &last, &stamped, false);
         assert!(line.contains("in-server latency p50 0.9us") && !line.contains("not measured"), "{line}");
+    }
+
+    #[test]
+    fn the_interval_line_gives_the_busy_share_of_the_interval() {
+        let at = Duration::from_secs(3);
+        let second = Duration::from_secs(1);
+        let stats = [WorkerStats { rx_packets: 10, busy_ns: 1_123_000_000, ..WorkerStats::default() }];
+        let last = [WorkerStats { busy_ns: 1_000_000_000, ..WorkerStats::default() }];
+        let empty = LatencySet::new(1_000_000_000);
+        let line = interval_line(at, second, &stats, &last, &empty, false);
+        assert!(line.contains("busy 12.3%"), "{line}");
+        let two = [stats[0], WorkerStats { busy_ns: 201_000_000, ..WorkerStats::default() }];
+        let line = interval_line(at, second, &two, &[last[0], WorkerStats::default()], &empty, false);
+        assert!(line.contains("busy 16.2% (max 20.1%)"), "{line}");
+        assert!(interval_line(at, Duration::ZERO, &stats, &last, &empty, false).contains("busy -"));
     }
 }

@@ -1,6 +1,14 @@
 //! The kernel-socket worker: one loop per I/O model around the same per-datagram step (control messages →
 //! [`Request`] → [`answer`] → reply from the request's destination), with the AF_XDP worker's counters and
 //! latency conventions (see the module docs of [`super`]).
+//!
+//! Busyness (`WorkerStats::busy_ns`), in every model: a wake-up (or a pass of the non-blocking model, or a
+//! recvmmsg batch, or an io_uring turn that reaped something) is busy from the clock read of its first
+//! datagram, which the loop makes anyway, to one more read when its handling ends (replies and sends out);
+//! a timer turn that fired likewise. The wait itself (epoll_wait, sigtimedwait, a blocking recvmsg, the
+//! io_uring wait) and empty polls are idle. One extra clock read per wake-up, batch or turn, none per
+//! datagram. In io_uring the replies are submitted by the same io_uring_enter that waits, so their
+//! submission counts as idle.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
@@ -101,9 +109,11 @@ struct Core<H> {
     deadline: Option<u64>,
 }
 
-/// One wake-up's datagrams, and the clock when the latest was in hand.
+/// One wake-up's datagrams, the clock when the first was in hand (where its busy stretch starts) and when
+/// the latest was.
 #[derive(Default)]
 struct Wake {
+    first_ns: u64,
     now: Option<Time>,
     taken: usize,
 }
@@ -463,6 +473,7 @@ impl<H: Handler> KernelWorker<H> {
             // later than its pick-up. Every datagram reaped is picked up now; every send reaped is done by now.
             let reaped = u.reap();
             let now = read_time();
+            let timeouts_before = core.stats.timeouts;
             let mut taken = 0;
             core.sends_left = core.per_batch;
             for k in 0..reaped {
@@ -537,6 +548,11 @@ impl<H: Handler> KernelWorker<H> {
                 }
                 l.maybe_swap(now.monotonic_ns);
             }
+            // A turn that reaped completions (datagrams answered, sends confirmed) or fired a timer was busy
+            // from its clock read to here; a timed-out wait with nothing to do was not.
+            if reaped > 0 || core.stats.timeouts != timeouts_before {
+                core.stats.add_busy(now.monotonic_ns, sys::monotonic_ns());
+            }
             core.shared.stats.publish(&core.stats);
         }
     }
@@ -604,6 +620,7 @@ impl<H: Handler> Core<H> {
         self.sends_left = self.per_batch;
         self.fire_due(now);
         self.flush(sockets);
+        self.stats.add_busy(now.monotonic_ns, sys::monotonic_ns());
     }
 
     /// Sends what the handler queued: one sendmsg each, or (Mmsg) one sendmmsg per run of sends out of the
@@ -690,11 +707,12 @@ impl<H: Handler> Core<H> {
     /// drains the socket, and their kernel stamps would lie in its future.
     fn on_datagram(&mut self, ps: &PortSocket, sockets: &[PortSocket], wake: &mut Wake) {
         self.stats.rx_packets += 1;
+        let now = read_time();
         if wake.taken == 0 {
             self.sends_left = self.per_batch;
+            wake.first_ns = now.monotonic_ns;
         }
         wake.taken += 1;
-        let now = read_time();
         wake.now = Some(now);
         let Core { handler, slots, outgoing, ports, ifindex, sends_left, stats, .. } = self;
         let Some(slot) = slots.first_mut() else { return };
@@ -768,6 +786,8 @@ impl<H: Handler> Core<H> {
             l.current.record_batch(got);
             l.maybe_swap(now.monotonic_ns);
         }
+        // The batch's busy stretch: its clock read to here (the one extra read per batch).
+        self.stats.add_busy(now.monotonic_ns, sys::monotonic_ns());
         self.shared.stats.publish(&self.stats);
     }
 
@@ -782,6 +802,9 @@ impl<H: Handler> Core<H> {
                 l.current.record_batch(wake.taken);
                 l.maybe_swap(now.monotonic_ns);
             }
+            // The wake-up's busy stretch: its first datagram's clock read to here (the one extra read per
+            // wake-up).
+            self.stats.add_busy(wake.first_ns, sys::monotonic_ns());
         }
         self.shared.stats.publish(&self.stats);
     }
