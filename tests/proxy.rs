@@ -1,0 +1,505 @@
+//! The proxy example (examples/proxy: a UDP forwarder / load balancer on shunt's Handler API) in the lab, in
+//! front of a real DNS server: Knot DNS (`knotd`, UDP mode, one UDP worker) runs in the client namespace on
+//! addresses of its own, with a zone the test writes; the proxy runs in the server namespace with those
+//! addresses as its backends; `dnsperf` and `kdig` in the client namespace query through the proxy.
+//!
+//! - `dnsperf` through the proxy at a bounded rate loses nothing, and `kdig` gets the same answers through the
+//!   proxy as directly from knotd, over IPv4 and IPv6;
+//! - a backend on another subnet, reached through a gateway route, answers through the proxy;
+//! - a flow table smaller than the number of client flows evicts (counted) and still serves new flows.
+//!
+//! Each runs on a kernel-socket datapath (`--mode socket --io epoll`) and on AF_XDP (the default mode). On
+//! AF_XDP the proxy's sends go to hosts other than the request's sender (the backend, then the client), which
+//! needs the datapath's next-hop resolution.
+//!
+//! Like tests/sntp.rs, the test builds nothing: it runs `target/<profile>/examples/proxy`, which
+//! `cargo build --release --examples` makes. knotd is stopped by its PID at the end, also when a test fails.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Knot's addresses on the client's veth (on-link backends).
+const KNOT_V4: &str = "198.18.0.3";
+const KNOT_V6: &str = "2001:2::3";
+/// Knot's addresses on the client namespace's loopback, on subnets the server reaches through the client (a
+/// gateway route).
+const ROUTED_V4: &str = "198.18.1.1";
+const ROUTED_V6: &str = "2001:2:0:1::1";
+/// The proxy's served port and its proxy-side ports.
+const DNS_PORT: &str = "53";
+const PROXY_PORTS: &str = "40000-40063";
+
+/// The zone knotd serves.
+const ZONE: &str = "example.test";
+const ZONE_TEXT: &str = "$ORIGIN example.test.
+$TTL 3600
+@       SOA   ns.example.test. hostmaster.example.test. 1 3600 900 604800 300
+@       NS    ns
+@       MX    10 mail
+ns      A     198.18.0.3
+www     A     198.18.5.5
+www     AAAA  2001:2::5:5
+mail    A     198.18.5.6
+txt     TXT   \"hello through the proxy\"
+alias   CNAME www
+";
+/// Names and types compared through the proxy and directly (one NXDOMAIN among them).
+const QUERIES: &[(&str, &str)] = &[
+    ("www.example.test", "A"),
+    ("www.example.test", "AAAA"),
+    ("example.test", "MX"),
+    ("example.test", "SOA"),
+    ("txt.example.test", "TXT"),
+    ("alias.example.test", "A"),
+    ("nope.example.test", "A"),
+];
+
+/// The datapath the proxy runs on.
+#[derive(Debug, Clone, Copy)]
+enum Datapath {
+    /// Kernel sockets, epoll.
+    Socket,
+    /// AF_XDP (the default mode).
+    AfXdp,
+}
+
+impl Datapath {
+    fn flags(self) -> &'static [&'static str] {
+        match self {
+            Datapath::Socket => &["--mode", "socket", "--io", "epoll"],
+            Datapath::AfXdp => &[],
+        }
+    }
+}
+
+/// Makes a child die with the test (its spawning thread) should the test process die first.
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec here.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+            Ok(())
+        });
+    }
+}
+
+/// A knotd in the client namespace, with its own config, rundir and storage in the lab's directory; stopped
+/// by PID (SIGTERM, then SIGKILL) when dropped, so also when the test fails.
+struct Knot {
+    child: Option<Child>,
+    pid: u32,
+    log: PathBuf,
+}
+
+impl Knot {
+    /// Starts knotd listening on `addrs` (port 53) with [`ZONE_TEXT`], and waits (bounded) until it answers.
+    fn start(lab: &Lab, addrs: &[&str]) -> Knot {
+        let dir = lab.dir().join(format!("knot-{}", addrs.first().copied().unwrap_or("x").replace(':', "_")));
+        fs::create_dir_all(dir.join("run")).expect("create knot's rundir");
+        fs::create_dir_all(dir.join("storage")).expect("create knot's storage");
+        let zone_file = dir.join("example.test.zone");
+        fs::write(&zone_file, ZONE_TEXT).expect("write the zone");
+        let listen: Vec<String> = addrs.iter().map(|a| format!("{a}@53")).collect();
+        let conf = format!(
+            "server:
+    rundir: \"{run}\"
+    user: root:root
+    listen: [ {listen} ]
+    udp-workers: 1
+    tcp-workers: 1
+    background-workers: 1
+database:
+    storage: \"{storage}\"
+log:
+  - target: stderr
+    any: info
+template:
+  - id: default
+    storage: \"{storage}\"
+    zonefile-sync: -1
+    zonefile-load: whole
+    journal-content: none
+zone:
+  - domain: {ZONE}
+    file: \"{zone}\"
+",
+            run = dir.join("run").display(),
+            storage = dir.join("storage").display(),
+            listen = listen.join(", "),
+            zone = zone_file.display(),
+        );
+        let conf_path = dir.join("knot.conf");
+        fs::write(&conf_path, conf).expect("write knot.conf");
+        let log = dir.join("knotd.log");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &lab.client_ns(), "knotd", "-c"])
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&log).expect("create knotd.log"))
+            .stderr(fs::File::create(dir.join("knotd.stderr")).expect("create knotd.stderr"));
+        die_with_parent(&mut cmd);
+        // `ip netns exec` execs knotd: the child's PID is knotd's.
+        let child = cmd.spawn().expect("start knotd (Debian package knot)");
+        let pid = child.id();
+        let mut knot = Knot { child: Some(child), pid, log: dir.join("knotd.stderr") };
+        let ready = poll_until(Duration::from_secs(15), Duration::from_millis(100), || {
+            if let Some(Ok(Some(st))) = knot.child.as_mut().map(Child::try_wait) {
+                panic!("knotd exited at start-up ({st}):\n{}", knot.log_text());
+            }
+            let (status, _) = dig(lab, addrs.first().copied().unwrap_or(KNOT_V4), ZONE, "SOA");
+            (status == "NOERROR").then_some(())
+        });
+        assert!(ready.is_some(), "knotd did not answer within 15 s:\n{}", knot.log_text());
+        knot
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, bounded wait, SIGKILL: by the PID of the knotd this test started.
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        // SAFETY: our own child, not yet reaped, so the PID cannot have been reused.
+        unsafe {
+            libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
+        }
+        if wait_exit(&mut child, Duration::from_secs(10)).is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Knot {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("--- knotd log ---\n{}", self.log_text());
+        }
+    }
+}
+
+/// `kdig @server NAME TYPE` from the client namespace: the response's status and its answer section's lines
+/// (sorted). Status "TIMEOUT" when no answer came.
+fn dig(lab: &Lab, server: &str, name: &str, rtype: &str) -> (String, Vec<String>) {
+    let out = lab.exec(
+        Side::Client,
+        &["kdig", &format!("@{server}"), "-p", DNS_PORT, "+timeout=1", "+retry=1", "+notcp", name, rtype],
+        Duration::from_secs(15),
+    );
+    let text = out.stdout;
+    let status = text
+        .split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_alphanumeric()).next())
+        .unwrap_or("TIMEOUT")
+        .to_string();
+    let mut answer: Vec<String> = text
+        .lines()
+        .skip_while(|l| !l.starts_with(";; ANSWER SECTION:"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase())
+        .collect();
+    answer.sort();
+    (status, answer)
+}
+
+/// Adds an extra address on the client's veth (on-link: the server resolves it like the client's own).
+fn add_client_addresses(lab: &Lab) {
+    let cns = lab.client_ns();
+    let cif = lab.client_if();
+    run_cmd(&["ip", "-n", &cns, "addr", "add", &format!("{KNOT_V4}/24"), "dev", &cif], Duration::from_secs(10))
+        .expect_success();
+    run_cmd(
+        &["ip", "-n", &cns, "-6", "addr", "add", &format!("{KNOT_V6}/64"), "dev", &cif, "nodad"],
+        Duration::from_secs(10),
+    )
+    .expect_success();
+}
+
+/// Puts [`ROUTED_V4`] / [`ROUTED_V6`] on the client namespace's loopback (this kernel has no dummy
+/// interfaces; a local address on `lo` is reached the same way), and routes their subnets from the server
+/// namespace through the client's lab addresses: the server reaches them only through that gateway.
+fn add_routed_backend(lab: &Lab) {
+    let (cns, sns) = (lab.client_ns(), lab.server_ns());
+    let t = Duration::from_secs(10);
+    for argv in [
+        vec!["ip", "-n", &cns, "addr", "add", "198.18.1.1/32", "dev", "lo"],
+        vec!["ip", "-n", &cns, "-6", "addr", "add", "2001:2:0:1::1/128", "dev", "lo", "nodad"],
+        vec!["ip", "-n", &sns, "route", "add", "198.18.1.0/24", "via", "198.18.0.2"],
+        vec!["ip", "-n", &sns, "-6", "route", "add", "2001:2:0:1::/64", "via", "2001:2::2"],
+    ] {
+        run_cmd(&argv, t).expect_success();
+    }
+}
+
+/// Starts the proxy in the server namespace on `datapath`, serving port 53 with `backends`, plus `extra`.
+fn start_proxy(lab: &Lab, datapath: Datapath, backends: &[String], extra: &[&str]) -> ServerProcess {
+    let cfg = lab_config().display().to_string();
+    let sif = lab.server_if();
+    let mut args: Vec<String> =
+        ["--config", &cfg, "--interface", &sif, "--port", DNS_PORT].iter().map(|s| s.to_string()).collect();
+    args.extend(datapath.flags().iter().map(|s| s.to_string()));
+    for b in backends {
+        args.push("--backend".into());
+        args.push(b.clone());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    lab.spawn_program(&example_bin("proxy"), &args)
+}
+
+/// The `key=value` fields of the proxy's stderr line that starts with `prefix`.
+fn summary_fields(fin: &Finished, prefix: &str) -> HashMap<String, u64> {
+    let line = fin.stderr.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| {
+        panic!("no `{prefix}` line\n{}", fin.describe());
+    });
+    line.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect()
+}
+
+/// What dnsperf printed: queries sent, completed, lost; queries per second; average latency in seconds.
+#[derive(Debug)]
+struct Perf {
+    sent: u64,
+    completed: u64,
+    lost: u64,
+    qps: f64,
+    latency_s: f64,
+}
+
+fn parse_dnsperf(out: &str) -> Option<Perf> {
+    let field = |key: &str| -> Option<&str> {
+        let line = out.lines().find(|l| l.trim_start().starts_with(key))?;
+        line.split_once(':')?.1.split_whitespace().next()
+    };
+    Some(Perf {
+        sent: field("Queries sent")?.parse().ok()?,
+        completed: field("Queries completed")?.parse().ok()?,
+        lost: field("Queries lost")?.parse().ok()?,
+        qps: field("Queries per second")?.parse().ok()?,
+        latency_s: field("Average Latency")?.parse().ok()?,
+    })
+}
+
+/// dnsperf from the client namespace against `server`: 5 s at 5,000 queries/s, 4 client sockets.
+fn dnsperf(lab: &Lab, server: &str, what: &str) -> Perf {
+    let qfile = lab.tmp_path("queries", "txt");
+    let text: String = QUERIES.iter().map(|(n, t)| format!("{n} {t}\n")).collect();
+    fs::write(&qfile, text).expect("write the query file");
+    let q = qfile.display().to_string();
+    let out = lab.exec(
+        Side::Client,
+        &["dnsperf", "-s", server, "-p", DNS_PORT, "-d", &q, "-l", "5", "-Q", "5000", "-c", "4", "-T", "1", "-t", "2"],
+        Duration::from_secs(40),
+    );
+    println!("--- dnsperf {what} ---\n{}", out.combined());
+    assert!(out.success(), "dnsperf {what} failed:\n{}", out.combined());
+    let perf =
+        parse_dnsperf(&out.stdout).unwrap_or_else(|| panic!("cannot read dnsperf's summary:\n{}", out.combined()));
+    println!(
+        "figures: dnsperf {what}: {} sent, {} completed, {} lost, {:.0} qps, average latency {:.1} µs",
+        perf.sent,
+        perf.completed,
+        perf.lost,
+        perf.qps,
+        perf.latency_s * 1e6
+    );
+    perf
+}
+
+fn dnsperf_through_the_proxy_to_knot(datapath: Datapath) {
+    require_lab();
+    let lab = Lab::new(1);
+    add_client_addresses(&lab);
+    let mut knot = Knot::start(&lab, &[KNOT_V4, KNOT_V6]);
+    let backends = [format!("{KNOT_V4}:53"), format!("[{KNOT_V6}]:53")];
+    let srv = start_proxy(&lab, datapath, &backends, &["--proxy-ports", PROXY_PORTS, "--idle-timeout-ms", "30000"]);
+
+    // The same answers through the proxy as from knotd itself, over both IP versions.
+    for (proxy, direct) in [(lab.server_v4().to_string(), KNOT_V4), (lab.server_v6().to_string(), KNOT_V6)] {
+        for (name, rtype) in QUERIES {
+            let through = dig(&lab, &proxy, name, rtype);
+            let straight = dig(&lab, direct, name, rtype);
+            assert_ne!(straight.0, "TIMEOUT", "knotd itself did not answer {name} {rtype}");
+            assert_eq!(through, straight, "{name} {rtype} through the proxy at {proxy} vs from knotd at {direct}");
+        }
+    }
+    assert_eq!(dig(&lab, &lab.server_v4().to_string(), "nope.example.test", "A").0, "NXDOMAIN");
+    assert_eq!(dig(&lab, &lab.server_v4().to_string(), "www.example.test", "A").1.len(), 1);
+
+    let direct = dnsperf(&lab, KNOT_V4, "directly to knotd");
+    let through = dnsperf(&lab, &lab.server_v4().to_string(), "through the proxy");
+    for (what, p) in [("direct", &direct), ("through the proxy", &through)] {
+        assert!(p.sent >= 20_000, "{what}: dnsperf sent only {} queries in 5 s at 5,000/s", p.sent);
+        assert_eq!((p.completed, p.lost), (p.sent, 0), "{what}: queries lost");
+    }
+
+    let fin = srv.stop();
+    knot.stop();
+    fin.assert_clean_exit();
+    let s = summary_fields(&fin, "proxy summary:");
+    for zero in ["evicted", "unknown_port", "foreign_source", "other_worker", "no_backend", "send_failed"] {
+        assert_eq!(s[zero], 0, "{zero}\n{}", fin.describe());
+    }
+    let b4 = summary_fields(&fin, &format!("proxy backend {KNOT_V4}:53:"));
+    let b6 = summary_fields(&fin, &format!("proxy backend [{KNOT_V6}]:53:"));
+    // Every query went to its family's backend and every answer came back: dnsperf's, and kdig's (2 per name).
+    assert_eq!(b4["to_backend"], b4["from_backend"], "{}", fin.describe());
+    assert_eq!(b6["to_backend"], b6["from_backend"], "{}", fin.describe());
+    assert_eq!(b6["to_backend"], QUERIES.len() as u64, "{}", fin.describe());
+    assert_eq!(b4["to_backend"], through.sent + QUERIES.len() as u64 + 2, "{}", fin.describe());
+    // dnsperf's 4 sockets, and one flow per kdig run (each from a port of its own).
+    assert!(b4["flows"] >= 4 && b4["flows"] <= 4 + QUERIES.len() as u64 + 2, "{}", fin.describe());
+    assert_eq!(s["flows"], b4["flows"] + b6["flows"], "{}", fin.describe());
+    assert_eq!(fin.report_u64("workers.0.dropped_amplification"), 0, "{}", fin.describe());
+    lab.assert_no_xdp_within(Duration::from_secs(5));
+}
+
+fn a_backend_behind_a_gateway_answers_through_the_proxy(datapath: Datapath) {
+    require_lab();
+    let lab = Lab::new(1);
+    add_routed_backend(&lab);
+    let mut knot = Knot::start(&lab, &[ROUTED_V4, ROUTED_V6]);
+    let backends = [format!("{ROUTED_V4}:53"), format!("[{ROUTED_V6}]:53")];
+    let srv = start_proxy(&lab, datapath, &backends, &["--proxy-ports", PROXY_PORTS]);
+    for (proxy, direct) in [(lab.server_v4().to_string(), ROUTED_V4), (lab.server_v6().to_string(), ROUTED_V6)] {
+        for (name, rtype) in &QUERIES[..3] {
+            let through = dig(&lab, &proxy, name, rtype);
+            assert_eq!(through.0, "NOERROR", "{name} {rtype} through the proxy at {proxy} to {direct}");
+            assert_eq!(through, dig(&lab, direct, name, rtype), "{name} {rtype} through the proxy vs direct");
+        }
+    }
+    let fin = srv.stop();
+    knot.stop();
+    fin.assert_clean_exit();
+    let s = summary_fields(&fin, "proxy summary:");
+    assert_eq!((s["flows"], s["send_failed"]), (6, 0), "{}", fin.describe());
+    for b in &backends {
+        let c = summary_fields(&fin, &format!("proxy backend {b}:"));
+        assert_eq!((c["to_backend"], c["from_backend"]), (3, 3), "{b}\n{}", fin.describe());
+    }
+}
+
+/// A DNS query for www.example.test A with `id`.
+fn dns_query(id: u16) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD; one question
+    for label in ["www", "example", "test"] {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]); // root; A; IN
+    q
+}
+
+/// From a socket of its own in the client namespace (a flow of its own), one query to `server`; whether
+/// its answer (same id, QR set, NOERROR, one answer record) came back within 3 s.
+fn query_from_own_socket(sock: &UdpSocket, server: SocketAddr, id: u16) -> Result<(), String> {
+    sock.send_to(&dns_query(id), server).map_err(|e| format!("send: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut buf = [0u8; 1500];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("no answer to query {id:#06x} within 3 s"));
+        }
+        sock.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                let a = &buf[..n];
+                if from != server {
+                    return Err(format!("an answer from {from}, not from {server}"));
+                }
+                let ok =
+                    n > 12 && a[..2] == id.to_be_bytes() && a[2] & 0x80 != 0 && a[3] & 0x0f == 0 && a[6..8] == [0, 1];
+                return if ok { Ok(()) } else { Err(format!("a bad answer to {id:#06x}: {a:02x?}")) };
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => return Err(format!("recv: {e}")),
+        }
+    }
+}
+
+fn a_full_flow_table_evicts_and_still_serves_new_flows(datapath: Datapath) {
+    require_lab();
+    let lab = Lab::new(1);
+    add_client_addresses(&lab);
+    let mut knot = Knot::start(&lab, &[KNOT_V4]);
+    let srv = start_proxy(
+        &lab,
+        datapath,
+        &[format!("{KNOT_V4}:53")],
+        &["--proxy-ports", "40000-40009", "--max-flows", "4", "--idle-timeout-ms", "60000"],
+    );
+    let server = SocketAddr::from((lab.server_v4(), 53));
+    // Ten client flows (ten sockets, ten source ports) one after the other, then the first one again (evicted
+    // long ago: a new flow). Every query is answered.
+    let results = lab.in_client(move || {
+        let socks: Vec<UdpSocket> =
+            (0..10).map(|_| UdpSocket::bind(("198.18.0.2", 0)).expect("bind a client socket")).collect();
+        let mut results: Vec<Result<(), String>> =
+            socks.iter().enumerate().map(|(i, s)| query_from_own_socket(s, server, 0x100 + i as u16)).collect();
+        results.push(query_from_own_socket(&socks[0], server, 0x200));
+        results
+    });
+    for (i, r) in results.iter().enumerate() {
+        assert!(r.is_ok(), "client {i}: {r:?}\n{}", srv.describe());
+    }
+    let fin = srv.stop();
+    knot.stop();
+    fin.assert_clean_exit();
+    let s = summary_fields(&fin, "proxy summary:");
+    assert_eq!((s["flows"], s["evicted"], s["expired"]), (11, 7, 0), "{}", fin.describe());
+    assert_eq!((s["unknown_port"], s["send_failed"]), (0, 0), "{}", fin.describe());
+    let b = summary_fields(&fin, &format!("proxy backend {KNOT_V4}:53:"));
+    assert_eq!((b["flows"], b["to_backend"], b["from_backend"]), (11, 11, 11), "{}", fin.describe());
+}
+
+#[test]
+#[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
+fn dnsperf_through_the_proxy_to_knot_on_kernel_sockets() {
+    dnsperf_through_the_proxy_to_knot(Datapath::Socket);
+}
+
+#[test]
+#[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
+fn dnsperf_through_the_proxy_to_knot_on_af_xdp() {
+    dnsperf_through_the_proxy_to_knot(Datapath::AfXdp);
+}
+
+#[test]
+#[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
+fn a_backend_behind_a_gateway_answers_through_the_proxy_on_kernel_sockets() {
+    a_backend_behind_a_gateway_answers_through_the_proxy(Datapath::Socket);
+}
+
+#[test]
+#[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
+fn a_backend_behind_a_gateway_answers_through_the_proxy_on_af_xdp() {
+    a_backend_behind_a_gateway_answers_through_the_proxy(Datapath::AfXdp);
+}
+
+#[test]
+#[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
+fn a_full_flow_table_evicts_and_still_serves_new_flows_on_kernel_sockets() {
+    a_full_flow_table_evicts_and_still_serves_new_flows(Datapath::Socket);
+}
+
+#[test]
+#[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
+fn a_full_flow_table_evicts_and_still_serves_new_flows_on_af_xdp() {
+    a_full_flow_table_evicts_and_still_serves_new_flows(Datapath::AfXdp);
+}
