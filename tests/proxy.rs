@@ -259,6 +259,13 @@ fn start_proxy(lab: &Lab, datapath: Datapath, backends: &[String], extra: &[&str
     lab.spawn_program(&example_bin("proxy"), &args)
 }
 
+/// Stops the proxy and fails the test with `what` and everything the proxy said and counted (its summary
+/// lines and report are written as it exits).
+fn fail(srv: ServerProcess, what: &str) -> ! {
+    let fin = srv.stop();
+    panic!("{what}\n{}", fin.describe());
+}
+
 /// The `key=value` fields of the proxy's stderr line that starts with `prefix`.
 fn summary_fields(fin: &Finished, prefix: &str) -> HashMap<String, u64> {
     let line = fin.stderr.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| {
@@ -334,7 +341,12 @@ fn dnsperf_through_the_proxy_to_knot(datapath: Datapath) {
             let through = dig(&lab, &proxy, name, rtype);
             let straight = dig(&lab, direct, name, rtype);
             assert_ne!(straight.0, "TIMEOUT", "knotd itself did not answer {name} {rtype}");
-            assert_eq!(through, straight, "{name} {rtype} through the proxy at {proxy} vs from knotd at {direct}");
+            if through != straight {
+                fail(
+                    srv,
+                    &format!("{name} {rtype} through the proxy at {proxy}: {through:?}; from knotd: {straight:?}"),
+                );
+            }
         }
     }
     assert_eq!(dig(&lab, &lab.server_v4().to_string(), "nope.example.test", "A").0, "NXDOMAIN");
@@ -377,9 +389,13 @@ fn a_backend_behind_a_gateway_answers_through_the_proxy(datapath: Datapath) {
     let srv = start_proxy(&lab, datapath, &backends, &["--proxy-ports", PROXY_PORTS]);
     for (proxy, direct) in [(lab.server_v4().to_string(), ROUTED_V4), (lab.server_v6().to_string(), ROUTED_V6)] {
         for (name, rtype) in &QUERIES[..3] {
-            let through = dig(&lab, &proxy, name, rtype);
-            assert_eq!(through.0, "NOERROR", "{name} {rtype} through the proxy at {proxy} to {direct}");
-            assert_eq!(through, dig(&lab, direct, name, rtype), "{name} {rtype} through the proxy vs direct");
+            let (through, straight) = (dig(&lab, &proxy, name, rtype), dig(&lab, direct, name, rtype));
+            if through.0 != "NOERROR" || through != straight {
+                fail(
+                    srv,
+                    &format!("{name} {rtype} through the proxy at {proxy}: {through:?}; from {direct}: {straight:?}"),
+                );
+            }
         }
     }
     let fin = srv.stop();
@@ -450,13 +466,14 @@ fn a_full_flow_table_evicts_and_still_serves_new_flows(datapath: Datapath) {
     let results = lab.in_client(move || {
         let socks: Vec<UdpSocket> =
             (0..10).map(|_| UdpSocket::bind(("198.18.0.2", 0)).expect("bind a client socket")).collect();
-        let mut results: Vec<Result<(), String>> =
-            socks.iter().enumerate().map(|(i, s)| query_from_own_socket(s, server, 0x100 + i as u16)).collect();
-        results.push(query_from_own_socket(&socks[0], server, 0x200));
-        results
+        // The first failure ends it (the rest would only wait out their own timeouts).
+        for (i, s) in socks.iter().enumerate() {
+            query_from_own_socket(s, server, 0x100 + i as u16).map_err(|e| format!("client {i}: {e}"))?;
+        }
+        query_from_own_socket(&socks[0], server, 0x200).map_err(|e| format!("client 0 again: {e}"))
     });
-    for (i, r) in results.iter().enumerate() {
-        assert!(r.is_ok(), "client {i}: {r:?}\n{}", srv.describe());
+    if let Err(e) = results {
+        fail(srv, &e);
     }
     let fin = srv.stop();
     knot.stop();
