@@ -142,6 +142,8 @@ impl Counters {
 /// All workers' counters, added up as each stops (off the hot path).
 #[derive(Debug, Default)]
 struct Summary {
+    /// Workers whose counters are in.
+    workers: usize,
     counters: Counters,
     backends: Vec<BackendCounters>,
 }
@@ -359,6 +361,7 @@ impl Drop for Proxy {
         );
         if let Some(summary) = &self.summary {
             let mut s = summary.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            s.workers += 1;
             s.counters.add(c);
             s.backends.resize(self.per_backend.len(), BackendCounters::default());
             for (total, mine) in s.backends.iter_mut().zip(&self.per_backend) {
@@ -472,6 +475,10 @@ fn main() -> ExitCode {
         p
     });
     let s = summary.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if s.workers == 0 {
+        // The server did not start (its error is on stderr already): nothing was relayed.
+        return code;
+    }
     let c = s.counters;
     eprintln!(
         "proxy summary: flows={} evicted={} expired={} unknown_port={} foreign_source={} other_worker={} \
