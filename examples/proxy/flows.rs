@@ -178,21 +178,34 @@ impl FlowTable {
         self.get(self.live.head).map(|f| f.last_ns)
     }
 
-    /// Removes up to `most` flows last seen at or before `cutoff_ns`, oldest first; returns those removed, and
-    /// calls `gone` with each.
-    pub fn expire(&mut self, cutoff_ns: u64, most: usize, mut gone: impl FnMut(&Flow)) -> usize {
-        let mut n = 0;
-        while n < most {
+    /// Removes the flows last seen at or before `cutoff_ns`, oldest first, looking at `most` flows at most;
+    /// returns how many it removed, and calls `gone` with each one's slot. `refreshed(slot)` tells of traffic
+    /// the table did not see (answers another worker relayed, in CLOCK_MONOTONIC ns; 0: none): a flow seen
+    /// after the cutoff that way is kept, as the most recently used.
+    pub fn expire(
+        &mut self,
+        cutoff_ns: u64,
+        most: usize,
+        mut refreshed: impl FnMut(u32) -> u64,
+        mut gone: impl FnMut(u32, &Flow),
+    ) -> usize {
+        let mut removed = 0;
+        for _ in 0..most {
             let head = self.live.head;
             let Some(flow) = self.get(head).copied() else { break };
             if flow.last_ns > cutoff_ns {
                 break;
             }
+            let seen = refreshed(head);
+            if seen > cutoff_ns {
+                self.touch(head, seen);
+                continue;
+            }
             self.remove(head);
-            gone(&flow);
-            n += 1;
+            gone(head, &flow);
+            removed += 1;
         }
-        n
+        removed
     }
 
     /// Frees the live flow in `slot`: out of the index and the LRU list, onto the back of the free list.
@@ -337,14 +350,20 @@ mod tests {
             t.insert(client(i), served(), 0, at).unwrap();
         }
         let mut gone = Vec::new();
-        assert_eq!(t.expire(250, usize::MAX, |f| gone.push(f.client.port())), 2);
-        assert_eq!(gone, [1, 2]);
+        assert_eq!(t.expire(250, usize::MAX, |_| 0, |slot, f| gone.push((slot, f.client.port()))), 2);
+        assert_eq!(gone, [(0, 1), (1, 2)]);
         assert_eq!((t.len(), t.oldest_ns()), (1, Some(300)));
         check(&t);
         // Slot 3 was never used, then slots 0 and 1 were freed: the next flows take 3, then 0, then 1.
         let slots: Vec<u32> = (10..13).map(|p| t.insert(client(p), served(), 0, 400).unwrap().slot).collect();
         assert_eq!(slots, [3, 0, 1]);
-        assert_eq!(t.expire(1000, 1, |_| {}), 1, "bounded per call");
+        // Traffic seen elsewhere keeps a flow: slot 2 (seen at 300) was answered at 900.
+        assert_eq!(t.oldest_ns(), Some(300));
+        assert_eq!(t.expire(350, usize::MAX, |slot| if slot == 2 { 900 } else { 0 }, |_, _| {}), 0);
+        assert_eq!(t.oldest_ns(), Some(400), "slot 2 is now the most recently used");
+        assert_eq!(t.expire(1000, 1, |_| 0, |_, _| {}), 1, "bounded per call");
+        assert_eq!(t.expire(950, usize::MAX, |_| 0, |_, _| {}), 3);
+        assert_eq!(t.len(), 0);
         check(&t);
     }
 
@@ -370,7 +389,7 @@ mod tests {
         }
         check(&t);
         let before = t.len();
-        assert_eq!(t.expire(u64::MAX, usize::MAX, |_| {}), before);
+        assert_eq!(t.expire(u64::MAX, usize::MAX, |_| 0, |_, _| {}), before);
         assert_eq!(t.len(), 0);
         check(&t);
     }

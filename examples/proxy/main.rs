@@ -39,12 +39,13 @@
 //! declared as client source ports ([`Handler::client_source_ports`]) so that the reflection filter
 //! (`limits.deny_source_ports`, which lists 53) lets their answers in.
 //!
-//! Workers. Each worker has its own flow table (no locks); the proxy ports are split between workers (port
-//! START+j belongs to worker j mod n), and so are `--max-flows`. A backend's answer must reach the worker
-//! whose port it came to: with one worker always; with several, neither RSS (AF_XDP) nor SO_REUSEPORT (kernel
-//! sockets) routes by destination port, so answers that land on another worker are dropped and counted
-//! (`other_worker`), and the proxy warns at start-up. Run it with one worker per server until the server can
-//! steer owned ports to chosen workers.
+//! Workers. Each worker has its own flow table (no locks), and the proxy ports are split between workers
+//! (port START+j belongs to worker j mod n), and so is `--max-flows`. A client flow stays on one worker (RSS
+//! and SO_REUSEPORT hash its addresses and ports); but neither hands a datagram to a worker by its destination
+//! port, so a backend's answer on port P may reach another worker than P's owner. The owner publishes each
+//! port's flow in a map all workers share (a sequence lock per port over atomics: no lock, no allocation),
+//! and whichever worker an answer reaches relays it (`cross_worker` counts those it relayed for another) and
+//! notes the time, which the owner reads before it expires the flow.
 //!
 //! Counters. Each worker logs its counters when it stops (`proxy worker stopped`); once the server has
 //! stopped, the proxy prints one summary line over all workers (`proxy summary: flows=... evicted=...`) and
@@ -59,6 +60,7 @@
 
 mod backends;
 mod flows;
+mod ports;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -72,6 +74,7 @@ use shunt::{
 };
 
 use flows::FlowTable;
+use ports::{Mapping, PortMap};
 
 /// Flows expired per timer turn at most (the rest on the next turn), so that a turn stays short.
 const EXPIRE_PER_TURN: usize = 1024;
@@ -118,8 +121,8 @@ struct Counters {
     unknown_port: u64,
     /// Datagrams to a live flow's proxy port from someone other than its backend.
     foreign_source: u64,
-    /// Datagrams to a proxy port another worker owns.
-    other_worker: u64,
+    /// Answers relayed for a flow of another worker (its port's answers reached this one).
+    cross_worker: u64,
     /// Client datagrams of an IP version no backend has.
     no_backend: u64,
     /// Sends the server refused (no buffer, batch limit, no route, ...).
@@ -133,7 +136,7 @@ impl Counters {
         self.expired += o.expired;
         self.unknown_port += o.unknown_port;
         self.foreign_source += o.foreign_source;
-        self.other_worker += o.other_worker;
+        self.cross_worker += o.cross_worker;
         self.no_backend += o.no_backend;
         self.send_failed += o.send_failed;
     }
@@ -166,14 +169,16 @@ struct Proxy {
     owned: Vec<u16>,
     client_ports: &'static [u16],
     table: FlowTable,
+    /// Every proxy port's flow, shared by all workers (each writes only its own ports).
+    ports: Arc<PortMap>,
     /// Where to add this worker's counters when it stops, and which worker it is (for the log).
     summary: Option<Arc<Mutex<Summary>>>,
     info: Option<WorkerInfo>,
 }
 
 impl Proxy {
-    /// Worker `worker`'s handler (of `settings.workers`).
-    fn new(settings: &Settings, worker: usize, client_ports: &'static [u16]) -> Proxy {
+    /// Worker `worker`'s handler (of `settings.workers`), with the workers' shared port map.
+    fn new(settings: &Settings, worker: usize, client_ports: &'static [u16], ports: Arc<PortMap>) -> Proxy {
         let workers = settings.workers.max(1);
         let worker = worker % workers;
         // Port START+j is worker (j mod n)'s, as slot j / n of its table.
@@ -197,16 +202,22 @@ impl Proxy {
             owned: (settings.ports.0..=settings.ports.1).collect(),
             client_ports,
             table: FlowTable::new(mine.min(share).max(1)),
+            ports,
             summary: None,
             info: None,
         }
     }
 
+    /// The index (port - START) of this worker's slot `slot`'s proxy port.
+    #[inline]
+    fn index_of(slot: u32, worker: usize, workers: usize) -> usize {
+        (slot as usize).saturating_mul(workers).saturating_add(worker)
+    }
+
     /// The proxy port of this worker's slot `slot`.
     #[inline]
     fn port_of(&self, slot: u32) -> Option<u16> {
-        let j = (slot as usize).checked_mul(self.workers)?.checked_add(self.worker)?;
-        let port = usize::from(self.first_port).checked_add(j)?;
+        let port = usize::from(self.first_port).checked_add(Self::index_of(slot, self.worker, self.workers))?;
         u16::try_from(port).ok().filter(|&p| p <= self.last_port)
     }
 
@@ -235,6 +246,9 @@ impl Proxy {
                 if let Some(b) = self.per_backend.get_mut(usize::from(backend)) {
                     b.flows += 1;
                 }
+                // The port's answers may reach any worker: publish the flow (over the evicted one's).
+                let mapping = Mapping { client: request.src, served: request.dst, backend };
+                self.ports.set(Self::index_of(inserted.slot, self.worker, self.workers), Some(mapping));
                 inserted.slot
             }
         };
@@ -251,16 +265,12 @@ impl Proxy {
         }
     }
 
-    /// A datagram to proxy port `port`: from the backend of the flow that owns it, on to its client.
+    /// A datagram to proxy port `port`: from the backend of the flow that owns it, on to its client. The flow
+    /// may be another worker's (the answer reached this one): the shared port map says which it is.
     #[inline]
     fn on_backend(&mut self, request: &Request, port: u16, data: &[u8], out: &mut Outbox<'_>) {
         let j = usize::from(port - self.first_port);
-        if j % self.workers != self.worker {
-            self.counters.other_worker += 1;
-            return;
-        }
-        let slot = u32::try_from(j / self.workers).unwrap_or(u32::MAX);
-        let Some(flow) = self.table.get(slot).copied() else {
+        let Some(flow) = self.ports.get(j) else {
             self.counters.unknown_port += 1;
             return;
         };
@@ -268,7 +278,14 @@ impl Proxy {
             self.counters.foreign_source += 1;
             return;
         }
-        self.table.touch(slot, request.now.monotonic_ns);
+        let now = request.now.monotonic_ns;
+        if j % self.workers == self.worker {
+            self.table.touch(u32::try_from(j / self.workers).unwrap_or(u32::MAX), now);
+        } else {
+            // The owner sees it when it looks for idle flows.
+            self.ports.seen(j, now);
+            self.counters.cross_worker += 1;
+        }
         if relay(out, Envelope::new(flow.served, flow.client), data) {
             if let Some(b) = self.per_backend.get_mut(usize::from(flow.backend)) {
                 b.from_backend += 1;
@@ -282,7 +299,13 @@ impl Proxy {
     #[inline]
     fn expire(&mut self, now: Time) {
         let Some(cutoff) = now.monotonic_ns.checked_sub(self.idle_ns) else { return };
-        let n = self.table.expire(cutoff, EXPIRE_PER_TURN, |_| {});
+        let (worker, workers, ports) = (self.worker, self.workers, &self.ports);
+        let n = self.table.expire(
+            cutoff,
+            EXPIRE_PER_TURN,
+            |slot| ports.seen_ns(Self::index_of(slot, worker, workers)),
+            |slot, _| ports.set(Self::index_of(slot, worker, workers), None),
+        );
         self.counters.expired += n as u64;
     }
 }
@@ -354,7 +377,7 @@ impl Drop for Proxy {
             expired = c.expired,
             unknown_port = c.unknown_port,
             foreign_source = c.foreign_source,
-            other_worker = c.other_worker,
+            cross_worker = c.cross_worker,
             no_backend = c.no_backend,
             send_failed = c.send_failed,
             "proxy worker stopped"
@@ -460,16 +483,10 @@ fn main() -> ExitCode {
     let summary = Arc::new(Mutex::new(Summary::default()));
     let shared = summary.clone();
     let factory = settings.clone();
+    let ports = Arc::new(PortMap::new(settings.port_count()));
     cli::init_logging();
-    if workers > 1 {
-        tracing::warn!(
-            workers,
-            "each worker relays only the answers that reach it: answers that the NIC's RSS or SO_REUSEPORT \
-             hands to another worker than their flow's are dropped (other_worker); run one worker"
-        );
-    }
     let code = cli::run_with_logging(args.serve, "proxy", move |worker| {
-        let mut p = Proxy::new(&factory, worker.index, client_ports);
+        let mut p = Proxy::new(&factory, worker.index, client_ports, ports.clone());
         p.summary = Some(shared.clone());
         p.info = Some(worker);
         p
@@ -481,9 +498,9 @@ fn main() -> ExitCode {
     }
     let c = s.counters;
     eprintln!(
-        "proxy summary: flows={} evicted={} expired={} unknown_port={} foreign_source={} other_worker={} \
+        "proxy summary: flows={} evicted={} expired={} unknown_port={} foreign_source={} cross_worker={} \
          no_backend={} send_failed={}",
-        c.flows, c.evicted, c.expired, c.unknown_port, c.foreign_source, c.other_worker, c.no_backend, c.send_failed
+        c.flows, c.evicted, c.expired, c.unknown_port, c.foreign_source, c.cross_worker, c.no_backend, c.send_failed
     );
     for (addr, b) in settings.backends.iter().zip(&s.backends) {
         eprintln!(
@@ -517,7 +534,8 @@ mod tests {
     }
 
     fn proxy(backends: &[&str], max_flows: usize) -> Proxy {
-        Proxy::new(&settings(backends, max_flows), 0, &[53])
+        let s = settings(backends, max_flows);
+        Proxy::new(&s, 0, &[53], Arc::new(PortMap::new(s.port_count())))
     }
 
     fn at(ms: u64) -> Time {
@@ -732,9 +750,11 @@ mod tests {
     }
 
     #[test]
-    fn workers_split_the_ports_and_the_flows() {
+    fn workers_split_the_ports_and_relay_each_others_answers() {
         let s = Settings { workers: 3, ..settings(&[B1], 10) };
-        let mut w1 = Proxy::new(&s, 1, &[53]);
+        let map = Arc::new(PortMap::new(s.port_count()));
+        let mut w1 = Proxy::new(&s, 1, &[53], map.clone());
+        let mut w2 = Proxy::new(&s, 2, &[53], map);
         let mut harness = Harness::new().serving(&[53]);
         assert_eq!(w1.owned_ports().len(), 10, "every worker declares every port");
         let ports: Vec<u16> = (0..5)
@@ -743,9 +763,31 @@ mod tests {
         // Ports 40001, 40004, 40007 are worker 1's, and 10 flows over 3 workers is 4 each at most: 3 here.
         assert_eq!(ports[..3], [40001, 40004, 40007]);
         assert_eq!(ports[3], 40001, "evicted the oldest");
-        let a = harness.request(&mut w1, &req(B1, "198.18.0.1:40002", 9), b"a");
-        assert!(a.sent.is_empty());
-        assert_eq!(w1.counters.other_worker, 1);
+        assert_eq!(ports[4], 40004);
+        // Worker 2's first flow takes its first port.
+        assert_eq!(forward(&mut w2, &mut harness, "198.18.0.9:9", SERVED, 5, b"q").from.port(), 40002);
+
+        // The answer on worker 1's port 40007 (client 5002) reaches worker 2, which relays it.
+        let a = harness.request(&mut w2, &req(B1, "198.18.0.1:40007", 900), b"answer");
+        assert_eq!(a.sent[0].envelope, Envelope::new(addr(SERVED), addr("198.18.0.2:5002")));
+        assert_eq!((w2.counters.cross_worker, w2.per_backend[0].from_backend), (1, 1));
+        // The evicted flow's port now carries the new flow, on every worker.
+        let a = harness.request(&mut w2, &req(B1, "198.18.0.1:40001", 901), b"answer");
+        assert_eq!(a.sent[0].envelope.to, addr("198.18.0.2:5003"));
+        // A port no worker uses, and a foreign source, on any worker.
+        assert!(harness.request(&mut w2, &req(B1, "198.18.0.1:40000", 902), b"a").sent.is_empty());
+        assert!(harness.request(&mut w2, &req(B2, "198.18.0.1:40007", 902), b"a").sent.is_empty());
+        assert_eq!((w2.counters.unknown_port, w2.counters.foreign_source), (1, 1));
+
+        // Worker 1's timer: 5002 and 5003 were answered (by worker 2) at 900 and 901, so at 1,500 only 5004 is
+        // idle; at 2,000 they all are.
+        assert!(harness.timeout(&mut w1, at(1_500)));
+        assert_eq!((w1.counters.expired, w1.table.len()), (1, 2), "5004 expired; 5002 and 5003 kept");
+        assert!(harness.timeout(&mut w1, at(2_000)));
+        assert_eq!((w1.counters.expired, w1.table.len()), (3, 0));
+        // Expired flows are gone from the shared map too: their answers are unknown everywhere.
+        assert!(harness.request(&mut w2, &req(B1, "198.18.0.1:40007", 2_001), b"late").sent.is_empty());
+        assert_eq!(w2.counters.unknown_port, 2);
     }
 
     #[test]
