@@ -45,7 +45,12 @@
 //! port, so a backend's answer on port P may reach another worker than P's owner. The owner publishes each
 //! port's flow in a map all workers share (a sequence lock per port over atomics: no lock, no allocation),
 //! and whichever worker an answer reaches relays it (`cross_worker` counts those it relayed for another) and
-//! notes the time, which the owner reads before it expires the flow.
+//! notes the time, which the owner reads before it expires the flow (such a flow may then outlive its idle
+//! timeout by up to one more, as the owner's list is ordered by what it saw itself).
+//!
+//! The worker's own counters. Every datagram is relayed through the outbox and the handler returns
+//! [`Verdict::Drop`] (nothing goes back in place), so the server's report counts each one in
+//! `dropped_by_handler` as well as in `sends`: the API has no verdict for "handled, no in-place reply".
 //!
 //! Counters. Each worker logs its counters when it stops (`proxy worker stopped`); once the server has
 //! stopped, the proxy prints one summary line over all workers (`proxy summary: flows=... evicted=...`) and
