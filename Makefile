@@ -14,9 +14,12 @@ export DEBIAN_FRONTEND := noninteractive
 #   deploy (make deb, tests/deploy.rs): shellcheck, help2man (shunt.1), dpkg-dev (cargo-deb's dpkg-shlibdeps),
 #                 systemd (systemd-analyze verify/security), python3-seccomp (the unit's filter applied without
 #                 systemd as PID 1), python3-yaml (the fleet manifests), bird2 (bird -p on the fleet configs)
+#   DNS example (tests/dns.rs): knot (knotd, the differential test's reference), knot-dnsutils (kdig), dnsperf,
+#                 python3-dnspython (the differential test's client)
 DEB_PACKAGES := clang llvm libelf-dev zlib1g-dev m4 pkg-config libbpf-dev \
 	iproute2 iputils-ping ethtool sockperf sntp python3 procps util-linux tcpdump linux-perf \
-	shellcheck help2man dpkg-dev systemd python3-seccomp python3-yaml bird2
+	shellcheck help2man dpkg-dev systemd python3-seccomp python3-yaml bird2 \
+	knot knot-dnsutils dnsperf python3-dnspython
 
 
 # Integration-test files with lab tests (tests/common: root, namespaces, the real binary) run serially in the
@@ -204,6 +207,18 @@ LOOP_DESIGN_FLAGS ?= --reps 6 --rates 20k --duration 1
 bench-loop-design: deps
 	$(CARGO) build --release -p shunt -p shunt-bench
 	target/release/shunt-bench compare --plan bench/plans/loop-design.toml --name loop-design $(LOOP_DESIGN_FLAGS) $(BENCH_FLAGS)
+
+# The in-place reply path before and after the send API (bench/plans/send-api.toml): the build of
+# SEND_API_BASE (the last commit before it) into target/baseline/, then both interleaved in one lab run.
+SEND_API_BASE ?= 0bfbaab
+.PHONY: bench-send-api
+bench-send-api: deps
+	$(CARGO) build --release -p shunt -p shunt-bench
+	rm -rf target/baseline-src && git worktree prune
+	git worktree add --detach target/baseline-src $(SEND_API_BASE)
+	CARGO_TARGET_DIR=$(CURDIR)/target/baseline $(CARGO) build --release --manifest-path target/baseline-src/Cargo.toml -p shunt --bin shunt
+	git worktree remove --force target/baseline-src
+	target/release/shunt-bench compare --plan bench/plans/send-api.toml --name send-api $(BENCH_FLAGS)
 
 # Native vs generic XDP attach on veth, interleaved (bench/plans/attach-mode.toml).
 .PHONY: bench-attach-mode

@@ -40,3 +40,8 @@ pub use handler::{Budget, Envelope, Handler, Outbox, Request, Verdict};
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The handler guide's code blocks (docs/handlers.md), compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/handlers.md")]
+pub struct HandlerGuideDoctests;

@@ -25,7 +25,8 @@
 //!   with etherparse both ways;
 //! * handler semantics (Sockperf, too-large, longer / shorter replies, what the handler sees);
 //! * `write_request` never panics (any buffer length, any payload length, any flow) and what it builds parses back
-//!   with a `Correct` checksum and reads the same in etherparse;
+//!   with a `Correct` checksum and reads the same in etherparse; `write_datagram` (a handler's send) writes the
+//!   TTL, DSCP and ECN it is given and refuses (writing nothing) an IP packet over its MTU;
 //! * `checksum::{add, fold, internet, udp_ipv4, udp_ipv6, pseudo_header_v4, pseudo_header_v6}` against naive
 //!   references;
 //! * request metadata: `traffic_class`, `dscp`, `ecn`, `ttl` and `vlan_id` read what the frame's bytes say (on
@@ -49,13 +50,12 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use shunt::handler::{
-    respond, respond_with, Arrival, Budget, Echo, Handler, NoTransmit, Outbox, Outcome, Request, RespondOptions, RxClock,
-    RxTimestamp, Sockperf,
-    Time, Verdict, SOCKPERF_HEADER_LEN,
+    respond, respond_with, Arrival, Budget, Echo, Handler, NoTransmit, Outbox, Outcome, Request, RespondOptions,
+    RxClock, RxTimestamp, Sockperf, Time, Verdict, SOCKPERF_HEADER_LEN,
 };
 use shunt::packet::field::{eth, ipv4, ipv6, udp, vlan, Field};
 use shunt::packet::{
-    checksum, parse, write_request, Buffer, BuildError, Datagram, Ecn, FlowSpec, IpVersion, Malformed, ReplyError,
+    checksum, parse, write_datagram, write_request, Buffer, BuildError, Datagram, Ecn, FlowSpec, IpVersion, Malformed, ReplyError,
     ReplyHeaders, UdpChecksum, DEFAULT_TTL, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_QINQ, ETHERTYPE_VLAN,
     IPPROTO_UDP,
 };
@@ -2240,6 +2240,68 @@ proptest! {
         let request = frame[..n].to_vec();
         prop_assert_eq!(run(&mut Echo, &mut frame, n), Outcome::Reply(n));
         verify_reply(&request, &v, &frame[..n], &request[off..n])?;
+    }
+}
+
+fn arb_ecn() -> impl Strategy<Value = Ecn> {
+    prop_oneof![Just(Ecn::NotEct), Just(Ecn::Ect0), Just(Ecn::Ect1), Just(Ecn::Ce)]
+}
+
+proptest! {
+    #![proptest_config(config(4096))]
+
+    /// write_datagram (a handler's send) never panics; it returns write_request's result with the IP header
+    /// from `headers` (TTL / hop limit, DSCP and ECN in the TOS / traffic class, flow label 0, DF), or
+    /// OverMtu (writing nothing) when the IP packet would exceed `headers.mtu`; what it builds parses back
+    /// with a Correct UDP checksum and the request's metadata.
+    #[test]
+    fn write_datagram_marks_what_it_builds_and_keeps_to_the_mtu(
+        spec in arb_flow(),
+        buf_len in prop_oneof![4 => 0usize..100, 4 => 0usize..1600],
+        payload_len in prop_oneof![4 => 0usize..1600, 1 => any::<usize>()],
+        ttl in 1u8..=255,
+        dscp in any::<u8>(),
+        ecn in arb_ecn(),
+        mtu in prop_oneof![3 => 0usize..1600, 1 => Just(usize::MAX)],
+        fill in any::<u8>(),
+    ) {
+        let headers = ReplyHeaders { ttl, dscp, ecn, mtu };
+        let before: Vec<u8> = (0..buf_len).map(|i| fill ^ (i as u8)).collect();
+        let mut frame = before.clone();
+        let r = write_datagram(&mut frame, &spec, payload_len, headers);
+        let expected = expected_build(&spec, buf_len, payload_len).and_then(|n| {
+            let l3 = eth::HEADER_LEN + if spec.vlan_tci.is_some() { vlan::TAG_LEN } else { 0 };
+            let ip_len = n - l3;
+            if ip_len > mtu { Err(BuildError::OverMtu { ip_len, mtu }) } else { Ok(n) }
+        });
+        prop_assert_eq!(r, expected);
+        let Ok(n) = r else {
+            prop_assert_eq!(&frame, &before, "a failed build wrote to the buffer");
+            return Ok(());
+        };
+        let d = parse(&frame[..n]).unwrap().unwrap();
+        prop_assert_eq!((d.src(), d.dst(), d.payload_len()), (spec.src, spec.dst, payload_len));
+        prop_assert_eq!(d.udp_checksum(), UdpChecksum::Correct);
+        prop_assert_eq!(d.ttl(), ttl);
+        prop_assert_eq!(d.traffic_class(), ((dscp & 0x3f) << 2) | ecn.bits());
+        let r = Request::new(spec.src, spec.dst, NOW).with_traffic_class(d.traffic_class());
+        prop_assert_eq!((r.dscp, r.ecn), (Some(dscp & 0x3f), Some(ecn)));
+        let l3 = eth::HEADER_LEN + if spec.vlan_tci.is_some() { vlan::TAG_LEN } else { 0 };
+        if spec.src.is_ipv4() {
+            prop_assert_eq!(get16(&frame, l3, ipv4::FLAGS_FRAG), ipv4::DONT_FRAGMENT);
+            prop_assert_eq!(checksum::internet(&frame[l3..l3 + ipv4::MIN_HEADER_LEN]), 0);
+        } else {
+            prop_assert_eq!(get16(&frame, l3, 2..4) & 0x0fff, 0, "flow label 0 (low bits)");
+            prop_assert_eq!(frame[l3 + 1] & 0x0f, 0, "flow label 0 (high bits)");
+        }
+        // write_request is write_datagram with the defaults and no MTU.
+        let mut again = before.clone();
+        let plain = write_request(&mut again, &spec, payload_len);
+        let mut defaults = before.clone();
+        let with_defaults =
+            write_datagram(&mut defaults, &spec, payload_len, ReplyHeaders { mtu: usize::MAX, ..ReplyHeaders::default() });
+        prop_assert_eq!(plain, with_defaults);
+        prop_assert_eq!(again, defaults);
     }
 }
 

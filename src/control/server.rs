@@ -32,7 +32,8 @@ use crate::{
         counters::{WorkerShared, WorkerStats},
         kernel::{KernelSocketError, KernelSocketOptions, KernelWorker},
         latency::{self, LatencySet},
-        BindMode, DatapathError, PollMode, QueueSocket, SendOptions, SocketOptions, Worker, WorkerExit,
+        nexthop::{Resolver, ResolverParams},
+        BindMode, DatapathError, NextHop, PollMode, QueueSocket, SendOptions, SocketOptions, Worker, WorkerExit,
     },
     handler::Handler,
     observe::host::HostReport,
@@ -306,6 +307,9 @@ pub struct RunningServer {
     deaths: Arc<Mutex<Vec<WorkerDeath>>>,
     /// Keeps the served destination addresses in step with the interface's (`xdp.addresses` absent).
     addresses: Option<super::addresses::AddressFollower>,
+    /// Follows the kernel's routing and neighbour tables for the workers' next-hop caches (AF_XDP sends);
+    /// stopped and joined when the server is dropped, after the workers.
+    next_hops: Option<Resolver>,
 }
 
 /// Capabilities needed, by bit number in CapEff.
@@ -492,6 +496,7 @@ impl RunningServer {
             deaths_rx,
             deaths: Arc::new(Mutex::new(Vec::new())),
             addresses: None,
+            next_hops: None,
         }
     }
 
@@ -624,14 +629,47 @@ impl RunningServer {
         let interval = Duration::from_millis(server.config.report.interval_ms);
         let mut watched = Vec::new();
         let respond_options = respond_options(&server.config);
-        let send_options = SendOptions {
-            per_batch: server.config.sends.per_batch,
-            source_mac: sys::interface_mac(&server.config.interface).map_err(|e| {
-                StartError::Unavailable(super::host::Unavailable {
+        // Next hops for the handlers' sends to anyone but a requester: the kernel's routing and neighbour
+        // tables, followed by one resolver thread, cached per worker. Without it (netlink refused), such sends
+        // are refused and counted (send_no_route); replies and sends back to requesters still work.
+        let workers = server.config.workers.queues.len();
+        let mut caches: Vec<Option<Box<dyn NextHop>>> = (0..workers).map(|_| None).collect();
+        if server.config.sends.per_batch > 0 {
+            let params = ResolverParams {
+                capacity: server.config.sends.neighbours as usize,
+                ..ResolverParams::new(ifindex, workers)
+            };
+            // The resolver's thread inherits this thread's affinity: keep it off the workers' cores (this thread
+            // keeps off them from here on anyway, see finish_start).
+            if let Err(e) = sys::avoid_cores(&server.config.workers.cores) {
+                tracing::warn!("could not keep the next-hop resolver off the worker cores: {e}");
+            }
+            match Resolver::start(params) {
+                Ok((resolver, hops)) => {
+                    for (slot, h) in caches.iter_mut().zip(hops) {
+                        *slot = Some(Box::new(h));
+                    }
+                    server.next_hops = Some(resolver);
+                }
+                Err(e) => tracing::warn!(
+                    "next-hop resolution is unavailable ({e}): handlers' sends to anyone but the requester will be \
+                     refused and counted (send_no_route)"
+                ),
+            }
+        }
+        let source_mac = match sys::route::link_mac(ifindex) {
+            Ok(Some(mac)) => mac,
+            Ok(None) => [0; 6],
+            Err(e) => {
+                return Err(StartError::Unavailable(super::host::Unavailable {
                     key: "interface",
                     message: format!("reading the MAC address of {}: {e}", server.config.interface),
-                })
-            })?,
+                }))
+            }
+        };
+        let send_options = SendOptions {
+            per_batch: server.config.sends.per_batch,
+            source_mac,
             addresses: match &server.config.xdp.addresses {
                 Some(listed) => listed.clone(),
                 None => sys::interface_addresses(&server.config.interface).unwrap_or_default(),
@@ -656,7 +694,7 @@ impl RunningServer {
                 .with_kick_policy(server.config.workers.kick_policy())
                 .with_stamp_in_packet(stamp == StampMethod::Head)
                 .with_stamp_in_metadata(stamp == StampMethod::Meta)
-                .with_sends(send_options.clone(), None);
+                .with_sends(send_options.clone(), caches.get_mut(i).and_then(Option::take));
             if let Some(l) = worker_side {
                 worker = worker.with_latency(l);
             }

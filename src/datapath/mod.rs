@@ -11,6 +11,7 @@ pub mod counters;
 pub mod kernel;
 pub mod latency;
 pub mod meta;
+pub mod nexthop;
 mod port;
 mod send;
 mod socket;

@@ -29,6 +29,22 @@ pub trait NextHop: Send {
     fn refresh(&mut self) {}
 }
 
+impl NextHop for super::nexthop::NextHops {
+    #[inline]
+    fn next_hop(&mut self, to: IpAddr) -> Result<[u8; 6], SendError> {
+        use super::nexthop::Miss;
+        self.lookup(to).map_err(|miss| match miss {
+            Miss::NoRoute => SendError::NoRoute,
+            Miss::Unresolved | Miss::Pending => SendError::Unresolved,
+        })
+    }
+
+    #[inline]
+    fn refresh(&mut self) {
+        super::nexthop::NextHops::refresh(self);
+    }
+}
+
 /// What an AF_XDP worker needs to address and build its handler's sends; made by the control plane.
 #[derive(Debug, Clone, Default)]
 pub struct SendOptions {
@@ -155,7 +171,8 @@ impl Transmit for XskSink<'_> {
             None => self.free.pop().ok_or_else(|| self.refuse(SendError::PoolEmpty))?,
         };
         let offset = spec.payload_offset();
-        let ip_header = offset - field::eth::HEADER_LEN - if spec.vlan_tci.is_some() { field::vlan::TAG_LEN } else { 0 };
+        let ip_header =
+            offset - field::eth::HEADER_LEN - if spec.vlan_tci.is_some() { field::vlan::TAG_LEN } else { 0 };
         // The payload may fill the frame, or the MTU's worth of IP packet, whichever is less.
         let by_mtu = self.headers.mtu.saturating_sub(ip_header);
         // SAFETY: `desc` came from the worker's free pool (or was held since): a frame of this UMEM on no ring,

@@ -487,7 +487,12 @@ impl<H: Handler> Worker<H> {
 /// Puts the handler's sends on the TX ring (after the batch's replies), counting those that found no room
 /// (their frames go back to the pool); returns how many went on.
 #[inline]
-fn transmit_sends(s: &mut QueueSocket, sends: &mut Vec<FrameDesc>, free: &mut Vec<FrameDesc>, stats: &mut WorkerStats) -> usize {
+fn transmit_sends(
+    s: &mut QueueSocket,
+    sends: &mut Vec<FrameDesc>,
+    free: &mut Vec<FrameDesc>,
+    stats: &mut WorkerStats,
+) -> usize {
     let sent = s.transmit(sends);
     stats.tx_packets += sent as u64;
     if sent < sends.len() {

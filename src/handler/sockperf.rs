@@ -56,7 +56,10 @@ mod tests {
     #[test]
     fn answers_pong_requests_with_client_flag_cleared() {
         let mut m = message(CLIENT | PONG_REQUEST, 64);
-        assert_eq!(Sockperf.handle(&req(), &mut m, 64, &mut Outbox::new(&mut crate::handler::NoTransmit, None)), Verdict::Reply { len: 64 });
+        assert_eq!(
+            Sockperf.handle(&req(), &mut m, 64, &mut Outbox::new(&mut crate::handler::NoTransmit, None)),
+            Verdict::Reply { len: 64 }
+        );
         assert_eq!(u16::from_be_bytes([m[8], m[9]]), PONG_REQUEST);
         assert_eq!(&m[..8], &7u64.to_be_bytes(), "sequence number untouched");
     }
@@ -64,23 +67,35 @@ mod tests {
     #[test]
     fn keeps_other_flags() {
         let mut m = message(CLIENT | PONG_REQUEST | 4, 20);
-        assert_eq!(Sockperf.handle(&req(), &mut m, 20, &mut Outbox::new(&mut crate::handler::NoTransmit, None)), Verdict::Reply { len: 20 });
+        assert_eq!(
+            Sockperf.handle(&req(), &mut m, 20, &mut Outbox::new(&mut crate::handler::NoTransmit, None)),
+            Verdict::Reply { len: 20 }
+        );
         assert_eq!(u16::from_be_bytes([m[8], m[9]]), PONG_REQUEST | 4);
     }
 
     #[test]
     fn silent_without_pong_request() {
         let mut m = message(CLIENT, 64);
-        assert_eq!(Sockperf.handle(&req(), &mut m, 64, &mut Outbox::new(&mut crate::handler::NoTransmit, None)), Verdict::Drop);
+        assert_eq!(
+            Sockperf.handle(&req(), &mut m, 64, &mut Outbox::new(&mut crate::handler::NoTransmit, None)),
+            Verdict::Drop
+        );
     }
 
     #[test]
     fn ignores_replies_and_short_messages() {
         let mut m = message(PONG_REQUEST, 64);
-        assert_eq!(Sockperf.handle(&req(), &mut m, 64, &mut Outbox::new(&mut crate::handler::NoTransmit, None)), Verdict::Drop);
+        assert_eq!(
+            Sockperf.handle(&req(), &mut m, 64, &mut Outbox::new(&mut crate::handler::NoTransmit, None)),
+            Verdict::Drop
+        );
         for len in 0..SOCKPERF_HEADER_LEN {
             let mut m = message(CLIENT | PONG_REQUEST, len);
-            assert_eq!(Sockperf.handle(&req(), &mut m, len, &mut Outbox::new(&mut crate::handler::NoTransmit, None)), Verdict::Drop);
+            assert_eq!(
+                Sockperf.handle(&req(), &mut m, len, &mut Outbox::new(&mut crate::handler::NoTransmit, None)),
+                Verdict::Drop
+            );
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The one OS module: the raw system calls the datapath, the XDP steering and the control plane need, each
-//! behind a safe function (bpf_link creation, rlimits, clocks, CPU affinity, interface and ethtool queries).
+//! behind a safe function (bpf_link creation, rlimits, clocks, CPU affinity, interface and ethtool queries;
+//! the kernel's routing and neighbour tables over rtnetlink in [`route`], which needs no `unsafe` at all).
 //! Where `rustix` has a safe wrapper it is used; what is left (bpf_link_create, if_nametoindex, the ethtool
 //! ioctl) is `unsafe` here and nowhere else outside the datapath. The XDP program's generated libbpf-rs
 //! skeleton (`skel`), whose generated code has `unsafe` blocks of its own, is included here for that reason.
@@ -13,6 +14,7 @@ use std::{
 pub(crate) mod answer_skel;
 pub mod netlink;
 pub mod probe;
+pub mod route;
 pub(crate) mod skel;
 
 /// `NLMSG_HDRLEN` (linux/netlink.h): the aligned `struct nlmsghdr`, for the netlink messages built and read
@@ -137,7 +139,7 @@ fn interface_request(name: &str, request: libc::Ioctl) -> io::Result<libc::ifreq
     }
     // SAFETY: `fd` is a new socket nothing else owns.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: the callers' requests (SIOCGIFMTU, SIOCGIFHWADDR) read the NUL-terminated name in `req` (zeroed
+    // SAFETY: the callers' requests (SIOCGIFMTU) read the NUL-terminated name in `req` (zeroed
     // past the name, which is shorter than IFNAMSIZ) and write into its union, inside `req`, which is alive
     // for the call.
     let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&sock), request, &mut req) };
@@ -154,22 +156,6 @@ pub fn interface_mtu(name: &str) -> io::Result<u32> {
     // SAFETY: after a successful SIOCGIFMTU the kernel has written the union's ifru_mtu member (a c_int).
     let mtu = unsafe { req.ifr_ifru.ifru_mtu };
     u32::try_from(mtu).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
-}
-
-/// The link-layer (MAC) address of Ethernet interface `name`, asked of the kernel with SIOCGIFHWADDR in the
-/// calling thread's network namespace. An interface of another link type is `InvalidData`.
-pub fn interface_mac(name: &str) -> io::Result<[u8; 6]> {
-    let req = interface_request(name, libc::SIOCGIFHWADDR)?;
-    // SAFETY: after a successful SIOCGIFHWADDR the kernel has written the union's ifru_hwaddr member.
-    let hw = unsafe { req.ifr_ifru.ifru_hwaddr };
-    if hw.sa_family != libc::ARPHRD_ETHER {
-        return Err(io::Error::from(io::ErrorKind::InvalidData));
-    }
-    let mut mac = [0u8; 6];
-    for (m, b) in mac.iter_mut().zip(hw.sa_data.iter()) {
-        *m = *b as u8;
-    }
-    Ok(mac)
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads, so XDP stamps and worker times

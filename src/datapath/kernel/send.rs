@@ -217,8 +217,7 @@ mod tests {
         let mut left = 8;
         let ports = [9000u16, 9001];
         {
-            let mut sink =
-                SocketSink { out: &mut out, ports: &ports, ifindex: 1, left: &mut left, stats: &mut stats };
+            let mut sink = SocketSink { out: &mut out, ports: &ports, ifindex: 1, left: &mut left, stats: &mut stats };
             let mut outbox = Outbox::new(&mut sink, None);
             let e = Envelope::new("198.18.0.1:9001".parse().unwrap(), "198.18.0.2:53".parse().unwrap())
                 .with_marking(46, Ecn::Ect0);

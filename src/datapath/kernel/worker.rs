@@ -471,13 +471,8 @@ impl<H: Handler> KernelWorker<H> {
                         let reply = match u.take(bid) {
                             Some(t) => {
                                 let Core { handler, outgoing, ports, ifindex, sends_left, stats, .. } = &mut *core;
-                                let mut sink = SocketSink {
-                                    out: outgoing,
-                                    ports,
-                                    ifindex: *ifindex,
-                                    left: sends_left,
-                                    stats,
-                                };
+                                let mut sink =
+                                    SocketSink { out: outgoing, ports, ifindex: *ifindex, left: sends_left, stats };
                                 serve_datagram(handler, t.received, t.payload, t.reply_control, port, now, &mut sink)
                             }
                             None => None,
@@ -627,10 +622,8 @@ impl<H: Handler> Core<H> {
             self.stats.tx_kicks += 1;
             let result = if batched {
                 let run = self.flushing.get(from..).unwrap_or_default();
-                let same = run
-                    .iter()
-                    .take_while(|&&k| self.outgoing.slots.get(k).is_some_and(|o| o.socket == socket))
-                    .count();
+                let same =
+                    run.iter().take_while(|&&k| self.outgoing.slots.get(k).is_some_and(|o| o.socket == socket)).count();
                 msg::send_outgoing_batch(
                     ps.socket.as_fd(),
                     &self.outgoing.slots,
