@@ -40,13 +40,19 @@
 //! (`limits.deny_source_ports`, which lists 53) lets their answers in.
 //!
 //! Workers. Each worker has its own flow table (no locks), and the proxy ports are split between workers
-//! (port START+j belongs to worker j mod n), and so is `--max-flows`. A client flow stays on one worker (RSS
-//! and SO_REUSEPORT hash its addresses and ports); but neither hands a datagram to a worker by its destination
-//! port, so a backend's answer on port P may reach another worker than P's owner. The owner publishes each
+//! (port START+j belongs to worker j mod n), and so is `--max-flows`. A client flow usually stays on one
+//! worker (RSS and SO_REUSEPORT hash its addresses and ports; on veth the queue is the sender's CPU's, so a
+//! client that migrates shows up on both, and gets a flow and a port on each: both work). But neither hands a
+//! datagram to a worker by its destination port, so a backend's answer on port P may reach another worker
+//! than P's owner. The owner publishes each
 //! port's flow in a map all workers share (a sequence lock per port over atomics: no lock, no allocation),
 //! and whichever worker an answer reaches relays it (`cross_worker` counts those it relayed for another) and
 //! notes the time, which the owner reads before it expires the flow (such a flow may then outlive its idle
 //! timeout by up to one more, as the owner's list is ordered by what it saw itself).
+//!
+//! Eviction reuses the evicted flow's port at once: an answer still on its way to the old flow then reaches
+//! the new one's client (from the same backend, so it passes the source check). Evicting the least recently
+//! used flow makes that unlikely; a table sized for the flows (`--max-flows`, `--proxy-ports`) avoids it.
 //!
 //! The worker's own counters. Every datagram is relayed through the outbox and the handler returns
 //! [`Verdict::Drop`] (nothing goes back in place), so the server's report counts each one in
