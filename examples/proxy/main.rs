@@ -50,6 +50,12 @@
 //! notes the time, which the owner reads before it expires the flow (such a flow may then outlive its idle
 //! timeout by up to one more, as the owner's list is ordered by what it saw itself).
 //!
+//! Configuration. The proxy sends one datagram per datagram it receives, and `[sends] per_batch` bounds the
+//! sends of one worker turn: at least `workers.batch_size` on AF_XDP, `socket.batch` with `socket.io =
+//! "mmsg"`, and, in the socket models that drain every ready socket per wake-up (epoll, ...), as many as a
+//! backlog may hold (4096, the most it may be). Beyond it sends are refused (`send_batch_limit`) and the
+//! datagrams lost; the proxy warns at start-up when the configuration allows that.
+//!
 //! Eviction reuses the evicted flow's port at once: an answer still on its way to the old flow then reaches
 //! the new one's client (from the same backend, so it passes the source check). Evicting the least recently
 //! used flow makes that unlikely; a table sized for the flows (`--max-flows`, `--proxy-ports`) avoids it.
@@ -407,6 +413,20 @@ impl Drop for Proxy {
     }
 }
 
+/// `Some((per_batch, wanted))` when `[sends] per_batch` is below the most datagrams one worker turn may take
+/// in: an AF_XDP RX batch (`workers.batch_size`), a recvmmsg batch (`socket.batch`), or, in the socket models
+/// that drain every ready socket per wake-up, a backlog (4096, the most `per_batch` may be, is asked for).
+fn sends_advice(config: &shunt::control::config::Config) -> Option<(u32, u32)> {
+    use shunt::control::config::{Mode, SocketIo};
+    let want = match (config.mode, config.socket.io) {
+        (Mode::Afxdp, _) => config.workers.batch_size,
+        (Mode::Socket, SocketIo::Mmsg) => config.socket.batch,
+        (Mode::Socket, _) => 4096,
+        _ => return None,
+    };
+    (config.sends.per_batch < want).then_some((config.sends.per_batch, want))
+}
+
 /// `START-END`, two ports (1..=65535) with START <= END.
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
     let (a, b) = s.split_once('-').ok_or_else(|| format!("{s:?}: expected START-END, e.g. 40000-40999"))?;
@@ -477,9 +497,9 @@ fn main() -> ExitCode {
     let args = Args::parse();
     // The server's own checks (and their exit code) come from cli::run below; here only what the proxy needs:
     // the served ports and the number of workers.
-    let (served, workers) = match args.serve.load_config() {
-        Ok(config) => (config.ports.clone(), config.workers.cores.len().max(1)),
-        Err(_) => (args.serve.ports.clone(), 1),
+    let (served, workers, sends_advice) = match args.serve.load_config() {
+        Ok(config) => (config.ports.clone(), config.workers.cores.len().max(1), sends_advice(&config)),
+        Err(_) => (args.serve.ports.clone(), 1, None),
     };
     let settings = match args.settings(&served, workers) {
         Ok(s) => s,
@@ -496,6 +516,14 @@ fn main() -> ExitCode {
     let factory = settings.clone();
     let ports = Arc::new(PortMap::new(settings.port_count()));
     cli::init_logging();
+    if let Some((per_batch, want)) = sends_advice {
+        tracing::warn!(
+            per_batch,
+            want,
+            "sends.per_batch is below what one batch or wake-up may receive: the proxy sends one datagram per \
+             datagram, and sends beyond it are refused (send_batch_limit) and their datagrams lost"
+        );
+    }
     let code = cli::run_with_logging(args.serve, "proxy", move |worker| {
         let mut p = Proxy::new(&factory, worker.index, client_ports, ports.clone());
         p.summary = Some(shared.clone());
@@ -799,6 +827,26 @@ mod tests {
         // Expired flows are gone from the shared map too: their answers are unknown everywhere.
         assert!(harness.request(&mut w2, &req(B1, "198.18.0.1:40007", 2_001), b"late").sent.is_empty());
         assert_eq!(w2.counters.unknown_port, 2);
+    }
+
+    #[test]
+    fn a_per_batch_send_limit_below_a_turns_intake_is_reported() {
+        use shunt::control::config::{Config, Mode, SocketIo};
+        let mut c = Config::defaults_for("lo", &[53]).unwrap();
+        c.workers.batch_size = 64;
+        c.sends.per_batch = 64;
+        assert_eq!(sends_advice(&c), None, "AF_XDP: one RX batch");
+        c.workers.batch_size = 128;
+        assert_eq!(sends_advice(&c), Some((64, 128)));
+        c.mode = Mode::Socket;
+        c.socket.io = SocketIo::Epoll;
+        assert_eq!(sends_advice(&c), Some((64, 4096)), "epoll drains every ready socket");
+        c.socket.io = SocketIo::Mmsg;
+        c.socket.batch = 32;
+        assert_eq!(sends_advice(&c), None);
+        c.sends.per_batch = 4096;
+        c.socket.io = SocketIo::Epoll;
+        assert_eq!(sends_advice(&c), None);
     }
 
     #[test]
