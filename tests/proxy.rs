@@ -391,7 +391,7 @@ fn check_accounting(fin: &Finished, backends: &[String]) -> u64 {
         flows += c["flows"];
     }
     assert_eq!(s["flows"], flows, "every flow has a backend\n{}", fin.describe());
-    for zero in ["unknown_port", "foreign_source", "no_backend"] {
+    for zero in ["unknown_port", "foreign_source", "no_backend", "looped"] {
         assert_eq!(s[zero], 0, "{zero}\n{}", fin.describe());
     }
     for w in fin.workers() {

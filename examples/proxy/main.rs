@@ -28,7 +28,9 @@
 //! the flows), and the free proxy port that has been free longest. A datagram from that backend to that proxy
 //! port is sent, unchanged, to the client, from the served address and port the client sent to. Anything else
 //! arriving on a proxy port is dropped and counted: on a port with no live flow (`unknown_port`), or from
-//! someone other than the flow's backend (`foreign_source`). Flows expire through the timer API
+//! someone other than the flow's backend (`foreign_source`); and a datagram to a served port from a backend's
+//! own address and port is refused (`looped`: an echoing backend, or a source spoofed as one, would make the
+//! proxy and the backend bounce it between them forever). Flows expire through the timer API
 //! ([`Handler::poll_timeout`] / [`Handler::handle_timeout`]); time comes from the requests and timeouts, the
 //! handler reads no clock.
 //!
@@ -142,6 +144,9 @@ struct Counters {
     cross_worker: u64,
     /// Client datagrams of an IP version no backend has.
     no_backend: u64,
+    /// Datagrams to a served port from a backend's own address and port (refused: a backend that echoes,
+    /// or a source spoofed as one, would otherwise make the proxy and the backend loop).
+    looped: u64,
     /// Sends the server refused (no buffer, batch limit, no route, ...).
     send_failed: u64,
 }
@@ -155,6 +160,7 @@ impl Counters {
         self.foreign_source += o.foreign_source;
         self.cross_worker += o.cross_worker;
         self.no_backend += o.no_backend;
+        self.looped += o.looped;
         self.send_failed += o.send_failed;
     }
 }
@@ -241,6 +247,10 @@ impl Proxy {
     /// A datagram from a client: on to its flow's backend.
     #[inline]
     fn on_client(&mut self, request: &Request, data: &[u8], out: &mut Outbox<'_>) {
+        if self.backends.contains(&request.src) {
+            self.counters.looped += 1;
+            return;
+        }
         let now = request.now.monotonic_ns;
         let slot = match self.table.find(request.src, request.dst) {
             Some(slot) => {
@@ -396,6 +406,7 @@ impl Drop for Proxy {
             foreign_source = c.foreign_source,
             cross_worker = c.cross_worker,
             no_backend = c.no_backend,
+            looped = c.looped,
             send_failed = c.send_failed,
             "proxy worker stopped"
         );
@@ -538,8 +549,16 @@ fn main() -> ExitCode {
     let c = s.counters;
     eprintln!(
         "proxy summary: flows={} evicted={} expired={} unknown_port={} foreign_source={} cross_worker={} \
-         no_backend={} send_failed={}",
-        c.flows, c.evicted, c.expired, c.unknown_port, c.foreign_source, c.cross_worker, c.no_backend, c.send_failed
+         no_backend={} looped={} send_failed={}",
+        c.flows,
+        c.evicted,
+        c.expired,
+        c.unknown_port,
+        c.foreign_source,
+        c.cross_worker,
+        c.no_backend,
+        c.looped,
+        c.send_failed
     );
     for (addr, b) in settings.backends.iter().zip(&s.backends) {
         eprintln!(
@@ -741,6 +760,10 @@ mod tests {
             assert!(a.sent.is_empty(), "{src}");
         }
         assert_eq!(h.counters.foreign_source, 4);
+        // A backend's own address and port as a client: refused, or an echoing backend would loop with us.
+        assert!(harness.request(&mut h, &req(B1, SERVED, 2), b"echo").sent.is_empty());
+        assert_eq!(h.counters.looped, 1);
+        assert_eq!(forward(&mut h, &mut harness, "198.18.2.1:5353", SERVED, 3, b"q").to, addr(B1), "other ports may");
         // Any payload is opaque: empty, one byte, the largest, random bytes, to any port.
         let mut x: u32 = 1;
         for i in 0..2_000u32 {
