@@ -9,8 +9,9 @@
 //!     --to 198.18.0.2:7000 --interval-ms 10
 //! ```
 //!
-//! Each heartbeat is 16 bytes: the sequence number (u64, big-endian, from 0) and the send time on
-//! CLOCK_MONOTONIC (u64 ns, big-endian) as the worker's timer turn read it. `--from` is the source: a served
+//! Each heartbeat is 24 bytes, three big-endian u64s: the sequence number (from 0), when it was due and
+//! when it was sent (CLOCK_MONOTONIC ns: the deadline the handler asked for, and the time the worker's timer
+//! turn read). `--from` is the source: a served
 //! address and a served port (`--port`). With several workers each sends its own heartbeats (the sequence is
 //! per worker); give `--queues 0` for one stream. It takes every flag of `shunt serve` (`--handler` excepted).
 //!
@@ -28,8 +29,8 @@ use shunt::{
     Handler, Outbox, Request, Verdict,
 };
 
-/// Bytes of a heartbeat: sequence number and send time.
-const HEARTBEAT_LEN: usize = 16;
+/// Bytes of a heartbeat: sequence number, due time, send time.
+const HEARTBEAT_LEN: usize = 24;
 
 /// Sends heartbeats to `to` every `interval_ns`; see the module documentation.
 struct Heartbeat {
@@ -59,13 +60,12 @@ impl Handler for Heartbeat {
     }
 
     fn handle_timeout(&mut self, now: Time, out: &mut Outbox<'_>) {
+        let fields = [self.sent, self.next_ns, now.monotonic_ns];
         for &to in &self.to {
-            let (seq, at) = (self.sent, now.monotonic_ns);
             let _ = out.send(Envelope::new(self.from, to), |buf| {
-                let b = buf.get_mut(..HEARTBEAT_LEN)?;
-                let (s, t) = b.split_at_mut(8);
-                s.copy_from_slice(&seq.to_be_bytes());
-                t.copy_from_slice(&at.to_be_bytes());
+                for (chunk, field) in buf.get_mut(..HEARTBEAT_LEN)?.chunks_exact_mut(8).zip(fields) {
+                    chunk.copy_from_slice(&field.to_be_bytes());
+                }
                 Some(HEARTBEAT_LEN)
             });
         }
@@ -133,13 +133,16 @@ mod tests {
         let mut harness = Harness::new().serving(&[9000]);
         assert!(harness.timeout(&mut h, at(1)));
         assert!(!harness.timeout(&mut h, at(5)), "not due before the interval");
-        assert!(harness.timeout(&mut h, at(12)), "due at 11 ms");
-        assert_eq!(h.poll_timeout(), Some(21_000_000), "the schedule is kept, not shifted by a late turn");
+        assert!(harness.timeout(&mut h, at(12)), "due at 10 ms");
+        assert_eq!(h.poll_timeout(), Some(20_000_000), "the schedule is kept, not shifted by a late turn");
         assert!(harness.timeout(&mut h, at(100)), "a stall");
         assert_eq!(h.poll_timeout(), Some(110_000_000), "after a stall the schedule restarts from now");
         let seqs: Vec<u64> =
             harness.sent.iter().map(|s| u64::from_be_bytes(s.payload[..8].try_into().unwrap())).collect();
         assert_eq!(seqs, [0, 1, 2]);
+        let due: Vec<u64> =
+            harness.sent.iter().map(|s| u64::from_be_bytes(s.payload[8..16].try_into().unwrap())).collect();
+        assert_eq!(due, [0, 10_000_000, 20_000_000], "each beat says when it was due");
         assert!(harness.sent.iter().all(|s| s.envelope.to == to && s.payload.len() == HEARTBEAT_LEN));
 
         let request = Request::new(to, "198.18.0.1:9000".parse().unwrap(), at(101));

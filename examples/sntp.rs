@@ -323,7 +323,14 @@ fn main() -> ExitCode {
 #[allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use shunt::handler::{respond, respond_with, Arrival, Outcome, RespondOptions, RxClock, RxTimestamp, Time};
+    use shunt::handler::{
+        respond, respond_with, Arrival, NoTransmit, Outcome, RespondOptions, RxClock, RxTimestamp, Time,
+    };
+
+    /// The handler on one request, with an outbox that takes no sends (SNTP only replies in place).
+    fn handle(h: &mut Sntp, request: &Request, payload: &mut [u8], len: usize) -> Verdict {
+        h.handle(request, payload, len, &mut Outbox::new(&mut NoTransmit, None))
+    }
     use shunt::packet::{write_request, FlowSpec};
 
     /// NTP timestamp → Unix nanoseconds (era 0), rounding the fraction down.
@@ -411,7 +418,7 @@ mod tests {
     fn a_v4_request_gets_a_48_byte_server_reply() {
         let mut h = handler(gps());
         let mut p = client_request(4, MODE_CLIENT, PACKET_LEN);
-        assert_eq!(h.handle(&at(NOW_NS), &mut p, PACKET_LEN), Verdict::Reply { len: PACKET_LEN });
+        assert_eq!(handle(&mut h, &at(NOW_NS), &mut p, PACKET_LEN), Verdict::Reply { len: PACKET_LEN });
         assert_eq!(p[0] >> 6, 0, "leap indicator: none");
         assert_eq!(p[0] >> 3 & 7, 4, "version echoed");
         assert_eq!(p[0] & 7, MODE_SERVER);
@@ -439,7 +446,7 @@ mod tests {
         let mut h = handler(gps());
         let mut p = client_request(4, MODE_CLIENT, PACKET_LEN);
         let request = at(NOW_NS).with_rx_timestamp(stamp);
-        assert_eq!(h.handle(&request, &mut p, PACKET_LEN), Verdict::Reply { len: PACKET_LEN });
+        assert_eq!(handle(&mut h, &request, &mut p, PACKET_LEN), Verdict::Reply { len: PACKET_LEN });
         assert_eq!(be64(&p, at::RECEIVE_TS), ntp_timestamp(arrived), "receive = the packet's stamp");
         assert_eq!(be64(&p, at::TRANSMIT_TS), ntp_timestamp(NOW_NS), "transmit = the batch's clock reading");
         assert!(unix_ns(be64(&p, at::RECEIVE_TS)) < unix_ns(be64(&p, at::TRANSMIT_TS)));
@@ -449,7 +456,7 @@ mod tests {
         let late = RxTimestamp { unix_ns: NOW_NS + 7, monotonic_ns: 6, source: RxClock::KernelSocket };
         let mut p = client_request(4, MODE_CLIENT, PACKET_LEN);
         assert_eq!(
-            h.handle(&at(NOW_NS).with_rx_timestamp(late), &mut p, PACKET_LEN),
+            handle(&mut h, &at(NOW_NS).with_rx_timestamp(late), &mut p, PACKET_LEN),
             Verdict::Reply { len: PACKET_LEN }
         );
         assert_eq!(be64(&p, at::RECEIVE_TS), be64(&p, at::TRANSMIT_TS));
@@ -467,7 +474,7 @@ mod tests {
         };
         let mut h = handler(clock);
         let mut p = client_request(3, MODE_CLIENT, PACKET_LEN);
-        assert_eq!(h.handle(&at(NOW_NS), &mut p, PACKET_LEN), Verdict::Reply { len: PACKET_LEN });
+        assert_eq!(handle(&mut h, &at(NOW_NS), &mut p, PACKET_LEN), Verdict::Reply { len: PACKET_LEN });
         assert_eq!(p[0], 3 << 6 | 3 << 3 | MODE_SERVER, "alarm, version 3, server");
         assert_eq!(p[at::STRATUM], 3);
         assert_eq!(p[at::PRECISION], 0xFA);
@@ -482,7 +489,11 @@ mod tests {
             let mut h = handler(gps());
             let mut p = client_request(4, MODE_CLIENT, len);
             let tail = p[PACKET_LEN..].to_vec();
-            assert_eq!(h.handle(&at(NOW_NS), &mut p, len), Verdict::Reply { len: PACKET_LEN }, "request of {len}");
+            assert_eq!(
+                handle(&mut h, &at(NOW_NS), &mut p, len),
+                Verdict::Reply { len: PACKET_LEN },
+                "request of {len}"
+            );
             assert_eq!(&p[PACKET_LEN..], &tail[..], "bytes past the header untouched");
         }
     }
@@ -495,7 +506,7 @@ mod tests {
             for len in [PACKET_LEN, 12, 100] {
                 let mut p = client_request(4, mode, len);
                 let before = p.clone();
-                assert_eq!(h.handle(&at(NOW_NS), &mut p, len), Verdict::Drop, "mode {mode}, {len} bytes");
+                assert_eq!(handle(&mut h, &at(NOW_NS), &mut p, len), Verdict::Drop, "mode {mode}, {len} bytes");
                 assert_eq!(p, before);
                 refused += 1;
             }
@@ -503,22 +514,22 @@ mod tests {
         for version in [0, 1, 2, 5, 6, 7] {
             let mut p = client_request(version, MODE_CLIENT, PACKET_LEN);
             let before = p.clone();
-            assert_eq!(h.handle(&at(NOW_NS), &mut p, PACKET_LEN), Verdict::Drop, "version {version}");
+            assert_eq!(handle(&mut h, &at(NOW_NS), &mut p, PACKET_LEN), Verdict::Drop, "version {version}");
             assert_eq!(p, before);
             refused += 1;
         }
         for len in 0..PACKET_LEN {
             let mut p = client_request(4, MODE_CLIENT, PACKET_LEN);
             let before = p.clone();
-            assert_eq!(h.handle(&at(NOW_NS), &mut p, len), Verdict::Drop, "{len} bytes");
+            assert_eq!(handle(&mut h, &at(NOW_NS), &mut p, len), Verdict::Drop, "{len} bytes");
             assert_eq!(p, before);
             let mut short = p[..len].to_vec();
-            assert_eq!(h.handle(&at(NOW_NS), &mut short, len), Verdict::Drop, "{len}-byte buffer");
+            assert_eq!(handle(&mut h, &at(NOW_NS), &mut short, len), Verdict::Drop, "{len}-byte buffer");
             refused += 2;
         }
         // A length the buffer does not hold (a broken caller) is refused too.
         let mut p = client_request(4, MODE_CLIENT, PACKET_LEN);
-        assert_eq!(h.handle(&at(NOW_NS), &mut p, PACKET_LEN + 1), Verdict::Drop);
+        assert_eq!(handle(&mut h, &at(NOW_NS), &mut p, PACKET_LEN + 1), Verdict::Drop);
         refused += 1;
         assert_eq!((h.answered, h.refused), (0, refused));
     }
@@ -538,7 +549,7 @@ mod tests {
                     *b = x as u8;
                 }
                 p[0] = first;
-                match h.handle(&at(x), &mut p, len) {
+                match handle(&mut h, &at(x), &mut p, len) {
                     Verdict::Reply { len: reply } => {
                         assert_eq!(reply, PACKET_LEN);
                         assert!(reply <= len, "reply of {reply} to a request of {len}");
@@ -573,7 +584,7 @@ mod tests {
             // As the AF_XDP worker hands it over: the XDP hook's monotonic stamp, 400 µs before the pick-up.
             let stamp = RxTimestamp::from_monotonic(600_000, now, RxClock::XdpHook);
             let arrival = Arrival { rx_timestamp: stamp, queue: Some(0) };
-            let out = respond_with(&mut h, &mut frame, n, now, RespondOptions::default(), arrival);
+            let out = respond_with(&mut h, &mut frame, n, now, RespondOptions::default(), arrival, &mut NoTransmit);
             assert_eq!(out, Outcome::Reply(n - 20), "{src}: the 68-byte request is answered with 48 bytes");
             let reply = &frame[at_payload..at_payload + PACKET_LEN];
             assert_eq!(reply[0] & 7, MODE_SERVER);

@@ -55,8 +55,8 @@ use shunt::handler::{
 };
 use shunt::packet::field::{eth, ipv4, ipv6, udp, vlan, Field};
 use shunt::packet::{
-    checksum, parse, write_datagram, write_request, Buffer, BuildError, Datagram, Ecn, FlowSpec, IpVersion, Malformed, ReplyError,
-    ReplyHeaders, UdpChecksum, DEFAULT_TTL, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_QINQ, ETHERTYPE_VLAN,
+    checksum, parse, write_datagram, write_request, Buffer, BuildError, Datagram, Ecn, FlowSpec, IpVersion, Malformed,
+    ReplyError, ReplyHeaders, UdpChecksum, DEFAULT_TTL, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_QINQ, ETHERTYPE_VLAN,
     IPPROTO_UDP,
 };
 

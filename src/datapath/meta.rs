@@ -1,6 +1,8 @@
 //! The XDP metadata the steering program writes in front of each packet (`struct shunt_meta` in
 //! bpf/shunt.bpf.c). AF_XDP copies it into the UMEM immediately before the packet data.
 
+use crate::handler::{RxClock, RxTimestamp, Time};
+
 /// `SHUNT_META_MAGIC`: marks a stamp written for this packet.
 const MAGIC: u32 = 0x7368_7574;
 /// `sizeof(struct shunt_meta)`.
@@ -67,9 +69,35 @@ pub fn decode(bytes: &[u8; META_LEN]) -> Option<Stamp> {
     Some(Stamp { hook_ns: word(8), nic_to_hook_ns })
 }
 
+impl Stamp {
+    /// When the packet arrived, for the handler: the NIC's hardware stamp where the program read one
+    /// ([`RxClock::Nic`], on the monotonic clock as `hook_ns − nic_to_hook_ns`), else the XDP hook's
+    /// ([`RxClock::XdpHook`]); the realtime reading from the batch's clock pair `now`. `None` if a conversion
+    /// does not fit.
+    #[inline]
+    pub fn arrival(&self, now: Time) -> Option<RxTimestamp> {
+        match self.nic_to_hook_ns.and_then(|d| self.hook_ns.checked_sub(d)) {
+            Some(nic_ns) => RxTimestamp::from_monotonic(nic_ns, now, RxClock::Nic),
+            None => RxTimestamp::from_monotonic(self.hook_ns, now, RxClock::XdpHook),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_arrival_is_the_nics_stamp_where_there_is_one() {
+        let now = Time { unix_ns: 10_000, monotonic_ns: 1_000 };
+        let hook = Stamp { hook_ns: 900, nic_to_hook_ns: None }.arrival(now).unwrap();
+        assert_eq!((hook.monotonic_ns, hook.unix_ns, hook.source), (900, 9_900, RxClock::XdpHook));
+        let nic = Stamp { hook_ns: 900, nic_to_hook_ns: Some(30) }.arrival(now).unwrap();
+        assert_eq!((nic.monotonic_ns, nic.unix_ns, nic.source), (870, 9_870, RxClock::Nic));
+        // A delay longer than the monotonic clock's age is not a time: the hook's stamp stands.
+        let odd = Stamp { hook_ns: 20, nic_to_hook_ns: Some(30) }.arrival(now).unwrap();
+        assert_eq!(odd.source, RxClock::XdpHook);
+    }
 
     fn meta(magic: u32, flags: u32, xdp: u64, hw: u64, tai: u64) -> [u8; META_LEN] {
         let mut b = [0u8; META_LEN];

@@ -21,7 +21,7 @@ use super::{
     KickPolicy, PollMode, QueueSocket,
 };
 use crate::{
-    handler::{fire_timeout, respond_with, Arrival, Handler, Outcome, RespondOptions, RxClock, RxTimestamp, Time},
+    handler::{fire_timeout, respond_with, Arrival, Handler, Outcome, RespondOptions, Time},
     sys,
 };
 
@@ -356,7 +356,7 @@ impl<H: Handler> Worker<H> {
                 let capacity = data.cursor().buf_len();
                 data.cursor().set_pos(capacity);
                 // The stamp on both clocks for the handler, converted with the batch's clock pair (no clock read).
-                let rx_timestamp = stamp.and_then(|st| RxTimestamp::from_monotonic(st.hook_ns, now, RxClock::XdpHook));
+                let rx_timestamp = stamp.and_then(|st| st.arrival(now));
                 let arrival = Arrival { rx_timestamp, queue };
                 let path = Path::of(data.contents());
                 let outcome = {

@@ -147,6 +147,11 @@ pub enum RxClock {
     /// driver hands the packet to XDP, before it waits in the socket's RX ring. Present when the program stamps
     /// (`latency.stamp` resolves to `meta` or `head`, which needs `latency.enabled`).
     XdpHook,
+    /// AF_XDP with NIC hardware timestamps (a device-bound program on a driver that gives them, native attach:
+    /// `bpf_xdp_metadata_rx_timestamp`): when the NIC received the packet, moved onto CLOCK_MONOTONIC by the
+    /// XDP hook's own stamp minus the NIC-to-hook delay (measured against CLOCK_TAI, so it is meaningful when
+    /// the NIC's clock is synchronised to TAI, e.g. by phc2sys). The earliest arrival time shunt can know.
+    Nic,
     /// Kernel sockets: the kernel's software receive timestamp (SO_TIMESTAMPING with
     /// SOF_TIMESTAMPING_RX_SOFTWARE, CLOCK_REALTIME), taken as the datagram enters the network stack. Present
     /// when the sockets ask for it (`latency.enabled`).
@@ -204,7 +209,8 @@ pub struct Request {
     pub now: Time,
     /// When the request arrived, if the packet was stamped: on AF_XDP the XDP hook's stamp
     /// ([`RxClock::XdpHook`]) whenever the steering program stamps (`latency.stamp` = `meta` or `head`, so
-    /// `None` with `latency.stamp = "none"`, `latency.enabled = false` or `--no-latency`); on kernel sockets the
+    /// `None` with `latency.stamp = "none"`, `latency.enabled = false` or `--no-latency`), or the NIC's
+    /// hardware stamp where the device-bound program read one ([`RxClock::Nic`]); on kernel sockets the
     /// kernel's software stamp ([`RxClock::KernelSocket`]) when `latency.enabled`.
     pub rx_timestamp: Option<RxTimestamp>,
     /// The request's DSCP (0..=63), from the IPv4 TOS / IPv6 traffic class: read from the frame on AF_XDP,
