@@ -162,7 +162,7 @@ impl Handler for Sntp {
 
     /// ntpd (and chrony in some set-ups) sends its client requests from port 123, which the default
     /// reflection filter denies: an NTP server must leave it alone. The reply is no longer than the request.
-    fn client_source_ports(&self) -> &'static [u16] {
+    fn client_source_ports(&self) -> &[u16] {
         &[123]
     }
 }

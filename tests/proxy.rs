@@ -244,21 +244,9 @@ fn add_routed_backend(lab: &Lab) {
     }
 }
 
-/// config/lab.toml with `[sends] per_batch = 4096`: the proxy sends one datagram per datagram it receives,
-/// and a kernel-socket worker drains every ready socket per wake-up, so after a pause (two cores shared with
-/// the load generator and knotd) one wake-up can take more than the default 64, whose sends beyond 64 would
-/// be refused (`send_batch_limit`) and their queries lost.
-fn proxy_config(lab: &Lab) -> String {
-    let text = fs::read_to_string(lab_config()).expect("read config/lab.toml");
-    assert!(!text.contains("[sends]"), "config/lab.toml has a [sends] table now: set per_batch there");
-    let path = lab.tmp_path("proxy-config", "toml");
-    fs::write(&path, format!("{text}\n[sends]\nper_batch = 4096\n")).expect("write the proxy's config");
-    path.display().to_string()
-}
-
 /// Starts the proxy in the server namespace on `datapath`, serving port 53 with `backends`, plus `extra`.
 fn start_proxy(lab: &Lab, datapath: Datapath, backends: &[String], extra: &[&str]) -> ServerProcess {
-    let cfg = proxy_config(lab);
+    let cfg = lab_config().display().to_string();
     let sif = lab.server_if();
     let mut args: Vec<String> =
         ["--config", &cfg, "--interface", &sif, "--port", DNS_PORT].iter().map(|s| s.to_string()).collect();

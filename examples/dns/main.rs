@@ -69,7 +69,7 @@ impl Handler for Dns {
     }
 
     /// Resolvers may query from port 53, which the default reflection filter denies.
-    fn client_source_ports(&self) -> &'static [u16] {
+    fn client_source_ports(&self) -> &[u16] {
         &[53]
     }
 }

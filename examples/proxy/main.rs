@@ -54,17 +54,17 @@
 //!
 //! Configuration. The proxy sends one datagram per datagram it receives, and `[sends] per_batch` bounds the
 //! sends of one worker turn: at least `workers.batch_size` on AF_XDP, `socket.batch` with `socket.io =
-//! "mmsg"`, and, in the socket models that drain every ready socket per wake-up (epoll, ...), as many as a
-//! backlog may hold (4096, the most it may be). Beyond it sends are refused (`send_batch_limit`) and the
-//! datagrams lost; the proxy warns at start-up when the configuration allows that.
+//! "mmsg"`, an io_uring turn's buffers with `"io_uring"` (the models that answer datagram by datagram count
+//! it per datagram). Beyond it sends are refused (`send_batch_limit`) and the datagrams lost; the proxy warns
+//! at start-up when the configuration allows that.
 //!
 //! Eviction reuses the evicted flow's port at once: an answer still on its way to the old flow then reaches
 //! the new one's client (from the same backend, so it passes the source check). Evicting the least recently
 //! used flow makes that unlikely; a table sized for the flows (`--max-flows`, `--proxy-ports`) avoids it.
 //!
-//! The worker's own counters. Every datagram is relayed through the outbox and the handler returns
-//! [`Verdict::Drop`] (nothing goes back in place), so the server's report counts each one in
-//! `dropped_by_handler` as well as in `sends`: the API has no verdict for "handled, no in-place reply".
+//! The worker's own counters. A relayed datagram goes out through the outbox and the handler returns
+//! [`Verdict::Handled`] (nothing goes back in place): the server's report counts it in `handled` and `sends`;
+//! one the proxy refuses (no backend, a foreign source, ...) is [`Verdict::Drop`], in `dropped_by_handler`.
 //!
 //! Counters. Each worker logs its counters when it stops (`proxy worker stopped`); once the server has
 //! stopped, the proxy prints one summary line over all workers (`proxy summary: flows=... evicted=...`) and
@@ -190,7 +190,7 @@ struct Proxy {
     counters: Counters,
     /// Every proxy port (all workers'): the server binds or steers them all.
     owned: Vec<u16>,
-    client_ports: &'static [u16],
+    client_ports: Vec<u16>,
     table: FlowTable,
     /// Every proxy port's flow, shared by all workers (each writes only its own ports).
     ports: Arc<PortMap>,
@@ -201,7 +201,7 @@ struct Proxy {
 
 impl Proxy {
     /// Worker `worker`'s handler (of `settings.workers`), with the workers' shared port map.
-    fn new(settings: &Settings, worker: usize, client_ports: &'static [u16], ports: Arc<PortMap>) -> Proxy {
+    fn new(settings: &Settings, worker: usize, client_ports: Vec<u16>, ports: Arc<PortMap>) -> Proxy {
         let workers = settings.workers.max(1);
         let worker = worker % workers;
         // Port START+j is worker (j mod n)'s, as slot j / n of its table.
@@ -246,10 +246,10 @@ impl Proxy {
 
     /// A datagram from a client: on to its flow's backend.
     #[inline]
-    fn on_client(&mut self, request: &Request, data: &[u8], out: &mut Outbox<'_>) {
+    fn on_client(&mut self, request: &Request, data: &[u8], out: &mut Outbox<'_>) -> bool {
         if self.backends.contains(&request.src) {
             self.counters.looped += 1;
-            return;
+            return false;
         }
         let now = request.now.monotonic_ns;
         let slot = match self.table.find(request.src, request.dst) {
@@ -261,11 +261,11 @@ impl Proxy {
                 let candidates = if request.src.is_ipv4() { &self.v4 } else { &self.v6 };
                 let Some(backend) = backends::pick(backends::addr_hash(request.src), candidates) else {
                     self.counters.no_backend += 1;
-                    return;
+                    return false;
                 };
                 // Free the idle flows first: a slot they leave is better than evicting a live one.
                 self.expire(request.now);
-                let Some(inserted) = self.table.insert(request.src, request.dst, backend, now) else { return };
+                let Some(inserted) = self.table.insert(request.src, request.dst, backend, now) else { return false };
                 if inserted.evicted.is_some() {
                     self.counters.evicted += 1;
                 }
@@ -279,31 +279,35 @@ impl Proxy {
                 inserted.slot
             }
         };
-        let Some(flow) = self.table.get(slot) else { return };
+        let Some(flow) = self.table.get(slot) else { return false };
         let backend = flow.backend;
-        let (Some(&to), Some(port)) = (self.backends.get(usize::from(backend)), self.port_of(slot)) else { return };
+        let (Some(&to), Some(port)) = (self.backends.get(usize::from(backend)), self.port_of(slot)) else {
+            return false;
+        };
         let from = SocketAddr::new(request.dst.ip(), port);
         if relay(out, Envelope::new(from, to), data) {
             if let Some(b) = self.per_backend.get_mut(usize::from(backend)) {
                 b.to_backend += 1;
             }
+            true
         } else {
             self.counters.send_failed += 1;
+            false
         }
     }
 
     /// A datagram to proxy port `port`: from the backend of the flow that owns it, on to its client. The flow
     /// may be another worker's (the answer reached this one): the shared port map says which it is.
     #[inline]
-    fn on_backend(&mut self, request: &Request, port: u16, data: &[u8], out: &mut Outbox<'_>) {
+    fn on_backend(&mut self, request: &Request, port: u16, data: &[u8], out: &mut Outbox<'_>) -> bool {
         let j = usize::from(port - self.first_port);
         let Some(flow) = self.ports.get(j) else {
             self.counters.unknown_port += 1;
-            return;
+            return false;
         };
         if self.backends.get(usize::from(flow.backend)) != Some(&request.src) {
             self.counters.foreign_source += 1;
-            return;
+            return false;
         }
         let now = request.now.monotonic_ns;
         if j % self.workers == self.worker {
@@ -317,8 +321,10 @@ impl Proxy {
             if let Some(b) = self.per_backend.get_mut(usize::from(flow.backend)) {
                 b.from_backend += 1;
             }
+            true
         } else {
             self.counters.send_failed += 1;
+            false
         }
     }
 
@@ -355,13 +361,17 @@ impl Handler for Proxy {
     fn handle(&mut self, request: &Request, payload: &mut [u8], len: usize, out: &mut Outbox<'_>) -> Verdict {
         let Some(data) = payload.get(..len) else { return Verdict::Drop };
         let port = request.dst.port();
-        if (self.first_port..=self.last_port).contains(&port) {
-            self.on_backend(request, port, data, out);
+        let relayed = if (self.first_port..=self.last_port).contains(&port) {
+            self.on_backend(request, port, data, out)
         } else {
-            self.on_client(request, data, out);
+            self.on_client(request, data, out)
+        };
+        // Nothing goes back in place: a datagram is relayed through the outbox (handled) or dropped.
+        if relayed {
+            Verdict::Handled
+        } else {
+            Verdict::Drop
         }
-        // Nothing goes back in place: every datagram is relayed through the outbox.
-        Verdict::Drop
     }
 
     /// One datagram of the request's length, whichever way it goes: the proxy amplifies nothing.
@@ -371,8 +381,8 @@ impl Handler for Proxy {
     }
 
     /// The backends' ports: their answers come from them (53 for DNS, which the reflection filter lists).
-    fn client_source_ports(&self) -> &'static [u16] {
-        self.client_ports
+    fn client_source_ports(&self) -> &[u16] {
+        &self.client_ports
     }
 
     fn owned_ports(&self) -> &[u16] {
@@ -425,14 +435,16 @@ impl Drop for Proxy {
 }
 
 /// `Some((per_batch, wanted))` when `[sends] per_batch` is below the most datagrams one worker turn may take
-/// in: an AF_XDP RX batch (`workers.batch_size`), a recvmmsg batch (`socket.batch`), or, in the socket models
-/// that drain every ready socket per wake-up, a backlog (4096, the most `per_batch` may be, is asked for).
+/// in: an AF_XDP RX batch (`workers.batch_size`), a recvmmsg batch (`socket.batch`), an io_uring turn (as many
+/// as its provided buffers: twice `socket.batch`, a power of two within 64..=512); the socket models that
+/// answer datagram by datagram count the limit per datagram, so 1 is enough there.
 fn sends_advice(config: &shunt::control::config::Config) -> Option<(u32, u32)> {
     use shunt::control::config::{Mode, SocketIo};
     let want = match (config.mode, config.socket.io) {
         (Mode::Afxdp, _) => config.workers.batch_size,
         (Mode::Socket, SocketIo::Mmsg) => config.socket.batch,
-        (Mode::Socket, _) => 4096,
+        (Mode::Socket, SocketIo::IoUring) => (2 * config.socket.batch).next_power_of_two().clamp(64, 512),
+        (Mode::Socket, _) => 1,
         _ => return None,
     };
     (config.sends.per_batch < want).then_some((config.sends.per_batch, want))
@@ -520,8 +532,7 @@ fn main() -> ExitCode {
     let mut backend_ports: Vec<u16> = settings.backends.iter().map(SocketAddr::port).collect();
     backend_ports.sort_unstable();
     backend_ports.dedup();
-    // Made once, for the life of the process (the trait hands out a 'static slice).
-    let client_ports: &'static [u16] = Box::leak(backend_ports.into_boxed_slice());
+    let client_ports = backend_ports;
     let summary = Arc::new(Mutex::new(Summary::default()));
     let shared = summary.clone();
     let factory = settings.clone();
@@ -536,7 +547,7 @@ fn main() -> ExitCode {
         );
     }
     let code = cli::run_with_logging(args.serve, "proxy", move |worker| {
-        let mut p = Proxy::new(&factory, worker.index, client_ports, ports.clone());
+        let mut p = Proxy::new(&factory, worker.index, client_ports.clone(), ports.clone());
         p.summary = Some(shared.clone());
         p.info = Some(worker);
         p
@@ -593,7 +604,7 @@ mod tests {
 
     fn proxy(backends: &[&str], max_flows: usize) -> Proxy {
         let s = settings(backends, max_flows);
-        Proxy::new(&s, 0, &[53], Arc::new(PortMap::new(s.port_count())))
+        Proxy::new(&s, 0, vec![53], Arc::new(PortMap::new(s.port_count())))
     }
 
     fn at(ms: u64) -> Time {
@@ -815,8 +826,8 @@ mod tests {
     fn workers_split_the_ports_and_relay_each_others_answers() {
         let s = Settings { workers: 3, ..settings(&[B1], 10) };
         let map = Arc::new(PortMap::new(s.port_count()));
-        let mut w1 = Proxy::new(&s, 1, &[53], map.clone());
-        let mut w2 = Proxy::new(&s, 2, &[53], map);
+        let mut w1 = Proxy::new(&s, 1, vec![53], map.clone());
+        let mut w2 = Proxy::new(&s, 2, vec![53], map);
         let mut harness = Harness::new().serving(&[53]);
         assert_eq!(w1.owned_ports().len(), 10, "every worker declares every port");
         let ports: Vec<u16> = (0..5)
@@ -863,13 +874,17 @@ mod tests {
         assert_eq!(sends_advice(&c), Some((64, 128)));
         c.mode = Mode::Socket;
         c.socket.io = SocketIo::Epoll;
-        assert_eq!(sends_advice(&c), Some((64, 4096)), "epoll drains every ready socket");
+        assert_eq!(sends_advice(&c), None, "epoll: the limit is per datagram");
         c.socket.io = SocketIo::Mmsg;
         c.socket.batch = 32;
         assert_eq!(sends_advice(&c), None);
-        c.sends.per_batch = 4096;
+        c.socket.io = SocketIo::IoUring;
+        assert_eq!(sends_advice(&c), None, "io_uring: 64 buffers, 64 sends");
+        c.socket.batch = 128;
+        assert_eq!(sends_advice(&c), Some((64, 256)), "io_uring: a turn may reap 256 datagrams");
+        c.sends.per_batch = 0;
         c.socket.io = SocketIo::Epoll;
-        assert_eq!(sends_advice(&c), None);
+        assert_eq!(sends_advice(&c), Some((0, 1)));
     }
 
     #[test]

@@ -582,8 +582,9 @@ impl LimitsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SendsConfig {
-    /// Sends one worker allows per RX batch (or socket wake-up) and per timer turn; more are refused and
-    /// counted (`send_batch_limit`). On kernel sockets, also the send buffers each worker allocates. 0: a
+    /// Sends one worker allows per AF_XDP RX batch, recvmmsg batch or io_uring turn (per datagram in the
+    /// socket models that answer datagram by datagram) and per timer turn; more are refused and counted
+    /// (`send_batch_limit`). On kernel sockets, also the send buffers each worker allocates. 0: a
     /// handler can only reply in place.
     pub per_batch: u32,
     /// AF_XDP: destinations whose next-hop MAC each worker caches (from the kernel's routing and neighbour

@@ -84,6 +84,10 @@ pub struct WorkerStats {
     /// older than the counter, hence the default.
     #[serde(default)]
     pub busy_ns: u64,
+    /// Requests the handler dealt with without a reply in place (`Verdict::Handled`: relayed through its
+    /// outbox, or one-way): neither replies nor drops.
+    #[serde(default)]
+    pub handled: u64,
 }
 
 impl WorkerStats {
@@ -210,6 +214,7 @@ published!(
         send_unresolved,
         timeouts,
         busy_ns,
+        handled,
     }
 );
 

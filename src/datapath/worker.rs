@@ -377,6 +377,7 @@ impl<H: Handler> Worker<H> {
                             Outcome::NotOurs => stats.dropped_not_ours += 1,
                             Outcome::Amplification => stats.dropped_amplification += 1,
                             Outcome::OverMtu => stats.dropped_over_mtu += 1,
+                            Outcome::Handled => stats.handled += 1,
                             Outcome::HandlerDrop | Outcome::ReplyTooLarge | Outcome::Reply(_) => {
                                 stats.dropped_by_handler += 1
                             }

@@ -284,8 +284,12 @@ pub enum Verdict {
         /// Reply payload length in bytes.
         len: usize,
     },
-    /// Send nothing; the frame is recycled.
+    /// Send nothing; the frame is recycled. Counted as a drop (`dropped_by_handler`).
     Drop,
+    /// The request was dealt with and needs nothing back in place (a proxy that relayed it through the
+    /// [`Outbox`], a one-way protocol): the frame is recycled, and the request is counted as `handled`, not as
+    /// a drop.
+    Handled,
 }
 
 /// Application logic: turns a request into a reply written in place, and/or datagrams sent through the
@@ -318,7 +322,7 @@ pub trait Handler: Send {
     /// `limits.deny_source_ports` (reflection-prone services' ports) then leaves alone. An NTP server says 123
     /// (ntpd queries from port 123), a DNS server 53 (resolvers may query from it): denying those would drop
     /// real clients. The replies such clients get are still bounded by [`Handler::budget`]. Default: none.
-    fn client_source_ports(&self) -> &'static [u16] {
+    fn client_source_ports(&self) -> &[u16] {
         &[]
     }
 
@@ -358,7 +362,7 @@ impl<H: Handler + ?Sized> Handler for Box<H> {
         (**self).budget(request_len)
     }
 
-    fn client_source_ports(&self) -> &'static [u16] {
+    fn client_source_ports(&self) -> &[u16] {
         (**self).client_source_ports()
     }
 
@@ -440,6 +444,8 @@ pub enum Outcome {
     NotOurs,
     /// The handler chose not to answer.
     HandlerDrop,
+    /// The handler dealt with the request without a reply in place ([`Verdict::Handled`]).
+    Handled,
     /// The handler asked for a reply that does not fit the frame: dropped, never sent truncated.
     ReplyTooLarge,
     /// The reply would exceed what is left of the handler's declared budget ([`Handler::budget`]): dropped, so
@@ -481,6 +487,7 @@ pub fn answer<H: Handler + ?Sized>(
     let mut out = Outbox::new(sink, Some(handler.budget(len)));
     match handler.handle(request, payload, len, &mut out) {
         Verdict::Drop => Err(Outcome::HandlerDrop),
+        Verdict::Handled => Err(Outcome::Handled),
         Verdict::Reply { len: reply } if !out.reply_fits(reply) => Err(Outcome::Amplification),
         Verdict::Reply { len: reply } if reply > room => Err(Outcome::ReplyTooLarge),
         Verdict::Reply { len: reply } => Ok(Answer { len: reply, marking: out.reply_marking() }),

@@ -1,7 +1,7 @@
 //! Testing a handler without sockets: [`Harness`] feeds it requests and time, as a worker would, and
 //! collects what it replies and sends.
 //!
-//! The harness applies the same rules as the datapaths: the handler's [`Budget`] per request, a per-turn
+//! The harness applies the same rules as the datapaths: the handler's [`Budget`](super::Budget) per request, a per-turn
 //! send limit, the MTU's worth of payload per datagram, and only served or owned source ports. It allocates
 //! (it keeps what was sent), so it is for tests, not the hot path.
 

@@ -708,8 +708,9 @@ impl<H: Handler> Core<H> {
     fn on_datagram(&mut self, ps: &PortSocket, sockets: &[PortSocket], wake: &mut Wake) {
         self.stats.rx_packets += 1;
         let now = read_time();
+        // These models flush a datagram's sends right after it (below): the per-batch limit is per datagram.
+        self.sends_left = self.per_batch;
         if wake.taken == 0 {
-            self.sends_left = self.per_batch;
             wake.first_ns = now.monotonic_ns;
         }
         wake.taken += 1;
@@ -795,6 +796,7 @@ impl<H: Handler> Core<H> {
     fn finish(&mut self, sockets: &[PortSocket], wake: &Wake) {
         if let (Some(now), true) = (wake.now, wake.taken > 0) {
             self.stats.rx_batches += 1;
+            self.sends_left = self.per_batch;
             self.fire_due(now);
             self.deadline = self.handler.poll_timeout();
             self.flush(sockets);
@@ -911,6 +913,7 @@ pub(super) fn serve_datagram<H: Handler>(
                 Outcome::Malformed(_) => stats.dropped_malformed += 1,
                 Outcome::BadChecksum => stats.dropped_bad_checksum += 1,
                 Outcome::NotOurs => stats.dropped_not_ours += 1,
+                Outcome::Handled => stats.handled += 1,
                 Outcome::HandlerDrop | Outcome::ReplyTooLarge | Outcome::Reply(_) => stats.dropped_by_handler += 1,
             }
             None
