@@ -74,11 +74,12 @@ pub struct CompareArgs {
     /// Sweep: cores of the generator threads (default: the client core, then the next allowed cores).
     #[arg(long, value_delimiter = ',')]
     pub sweep_cores: Option<Vec<usize>>,
-    /// CPU cost: the fixed offered rate (k/M suffixes) of the run during which the server's CPU time is read
+    /// CPU cost: the fixed offered loads (k/M suffixes; `max` = the highest loss-free rate the sweep found for
+    /// that target) of the runs during which the server's CPU time is read, from light to near the server's limit
     /// (the same for every target, so that work-conserving servers compare at equal load); 0 skips the phase.
-    #[arg(long, value_parser = parse_rate, default_value = "20k")]
-    pub cpu_rate: f64,
-    /// CPU cost: seconds of that run.
+    #[arg(long, value_delimiter = ',', value_parser = parse_cpu_load, default_value = "20k,100k,200k,max")]
+    pub cpu_rate: Vec<CpuLoad>,
+    /// CPU cost: seconds of each run.
     #[arg(long, default_value_t = 3.0)]
     pub cpu_duration: f64,
     /// UDP payload bytes.
@@ -100,6 +101,59 @@ pub struct CompareArgs {
     /// the rates and CPU rate it was run with).
     #[arg(long)]
     pub replot: bool,
+}
+
+/// One load of the CPU phase: a fixed offered rate, or the highest loss-free rate the target's sweep found.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CpuLoad {
+    /// Requests per second (0: skip).
+    Rate(f64),
+    /// The sweep's highest rate with loss < 0.1 % for this target (in this repetition).
+    Max,
+}
+
+impl CpuLoad {
+    /// Key in figure names and in the JSON's params (`20000`, `max`).
+    pub fn key(&self) -> String {
+        match self {
+            CpuLoad::Rate(r) => format!("{r:.0}"),
+            CpuLoad::Max => "max".into(),
+        }
+    }
+
+    /// Column heading (`20k`, `1.5M`, `max`).
+    pub fn label(&self) -> String {
+        match self {
+            CpuLoad::Rate(r) => rate_label(*r),
+            CpuLoad::Max => "max".into(),
+        }
+    }
+}
+
+/// `20k`, `max`, `0` (nothing) ...
+pub fn parse_cpu_load(s: &str) -> Result<CpuLoad, String> {
+    if s.trim().eq_ignore_ascii_case("max") {
+        return Ok(CpuLoad::Max);
+    }
+    let r = parse_rate(s)?;
+    if !(0.0..=crate::load::MAX_RATE).contains(&r) {
+        return Err(format!("CPU load {s:?} out of 0..={}", crate::load::MAX_RATE));
+    }
+    Ok(CpuLoad::Rate(r))
+}
+
+/// The loads actually measured (0 dropped).
+fn cpu_loads(loads: &[CpuLoad]) -> Vec<CpuLoad> {
+    loads.iter().copied().filter(|l| *l != CpuLoad::Rate(0.0)).collect()
+}
+
+/// `20k`, `1.5M`.
+fn rate_label(r: f64) -> String {
+    if r >= 1e6 {
+        format!("{:.1}M", r / 1e6)
+    } else {
+        format!("{:.0}k", r / 1e3)
+    }
 }
 
 /// The plan file.
@@ -466,9 +520,10 @@ pub struct Round {
     pub alternations: Vec<Alternation>,
     /// shunt-bench open-loop sweep.
     pub sweep: Option<SweepReport>,
-    /// The CPU time spent during the fixed-load run.
-    #[serde(default)]
-    pub cpu: Option<CpuCost>,
+    /// The CPU time spent during the fixed-load runs, one per load of `--cpu-rate` (results written before
+    /// several loads existed hold one object here, or null: both still read).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub cpu: Vec<CpuCost>,
     /// What went wrong, if anything.
     pub errors: Vec<String>,
 }
@@ -517,12 +572,33 @@ pub struct Comparison {
     pub findings: Vec<Finding>,
 }
 
+/// `null`, one object or a list of them (older result files had one CPU reading per round).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<CpuCost>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<CpuCost>),
+        One(CpuCost),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(d)? {
+        None => Vec::new(),
+        Some(OneOrMany::One(c)) => vec![c],
+        Some(OneOrMany::Many(v)) => v,
+    })
+}
+
 /// CPU time read around one open-loop run at a fixed offered rate, from the kernel's accounting (outside the
 /// server, so it is the same reading for every target, shunt or not).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CpuCost {
+    /// Which load of `--cpu-rate` (`20000`, `max`; empty in older files: the only one).
+    #[serde(default)]
+    pub load: String,
     /// Offered rate (pps).
     pub rate: f64,
+    /// Whether the generator fell behind its schedule in this run (the load was the generator's, not the server's).
+    #[serde(default)]
+    pub generator_behind: bool,
     /// Replies the generator received in the run.
     pub replies: u64,
     /// Wall time between the two readings, s.
@@ -578,7 +654,7 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
 }
 
-fn summarize(t: &Target, rounds: &[Round], rates: &[f64]) -> TargetSummary {
+fn summarize(t: &Target, rounds: &[Round], rates: &[f64], loads: &[CpuLoad]) -> TargetSummary {
     let mut figures = BTreeMap::new();
     let mut put = |k: &str, vals: Vec<f64>| {
         if let Some(m) = median(vals) {
@@ -600,11 +676,31 @@ fn summarize(t: &Target, rounds: &[Round], rates: &[f64]) -> TargetSummary {
     let sw: Vec<&SweepReport> = rounds.iter().filter_map(|r| r.sweep.as_ref()).collect();
     put("max_rate_loss_lt_0.1pct", sw.iter().map(|s| s.max_rate_loss_below_0_1pct.unwrap_or(0.0)).collect());
     put("p99_knee_rate", sw.iter().filter_map(|s| s.p99_knee_rate).collect());
-    let cpu: Vec<&CpuCost> = rounds.iter().filter_map(|r| r.cpu.as_ref()).filter(|c| c.replies > 0).collect();
-    let per = |f: fn(&CpuCost) -> u64| cpu.iter().map(|c| f(c) as f64 / c.replies as f64).collect::<Vec<_>>();
-    put("cpu_server_ns", per(|c| c.server_ns));
-    put("cpu_server_core_ns", per(|c| c.server_core_ns));
-    put("cpu_all_cores_ns", per(|c| c.all_cores_ns));
+    // CPU per reply at each load (`cpu_server_ns@20000`, `...@max`, and the actual offered rate `cpu_rate@max`);
+    // the first load's figures also go by the plain names (the main table's columns).
+    for (i, load) in loads.iter().enumerate() {
+        let key = load.key();
+        let cpu: Vec<&CpuCost> = rounds
+            .iter()
+            .flat_map(|r| &r.cpu)
+            .filter(|c| c.replies > 0 && (c.load == key || (c.load.is_empty() && i == 0)))
+            .collect();
+        let per = |f: fn(&CpuCost) -> u64| cpu.iter().map(|c| f(c) as f64 / c.replies as f64).collect::<Vec<_>>();
+        for (name, f) in [
+            ("cpu_server_ns", (|c| c.server_ns) as fn(&CpuCost) -> u64),
+            ("cpu_server_core_ns", |c| c.server_core_ns),
+            ("cpu_all_cores_ns", |c| c.all_cores_ns),
+        ] {
+            put(&format!("{name}@{key}"), per(f));
+            if i == 0 {
+                put(name, per(f));
+            }
+        }
+        put(&format!("cpu_rate@{key}"), cpu.iter().map(|c| c.rate).collect());
+        if cpu.iter().any(|c| c.generator_behind) {
+            put(&format!("cpu_generator_behind@{key}"), vec![1.0]);
+        }
+    }
     let mut sweep = Vec::new();
     let mut behind = Vec::new();
     for &rate in rates {
@@ -888,7 +984,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<ExitCode> {
     let summaries: Vec<TargetSummary> = plan
         .targets
         .iter()
-        .map(|t| summarize(t, rounds.get(&t.name).map(Vec::as_slice).unwrap_or(&[]), &a.rates))
+        .map(|t| summarize(t, rounds.get(&t.name).map(Vec::as_slice).unwrap_or(&[]), &a.rates, &cpu_loads(&a.cpu_rate)))
         .collect();
     let mut params = BTreeMap::new();
     params.insert("reps".into(), a.reps.to_string());
@@ -901,7 +997,9 @@ pub fn run(a: CompareArgs) -> anyhow::Result<ExitCode> {
     params.insert("sweep_sender".into(), format!("{:?}", a.sweep_sender).to_lowercase());
     params.insert("sweep_flows".into(), a.flows.to_string());
     params.insert("size".into(), a.size.to_string());
-    params.insert("cpu_rate".into(), format!("{:.0}", a.cpu_rate));
+    let loads = cpu_loads(&a.cpu_rate);
+    params.insert("cpu_rate".into(), loads.first().map_or("0".into(), CpuLoad::key));
+    params.insert("cpu_rates".into(), loads.iter().map(CpuLoad::key).collect::<Vec<_>>().join(","));
     params.insert("cpu_duration_s".into(), a.cpu_duration.to_string());
     let mut machine = machine;
     machine
@@ -1165,9 +1263,21 @@ fn round_inner(
     } else {
         round.errors.push(format!("sweep failed ({}): {}", out.status, out.stderr.trim()));
     }
-    if a.cpu_rate > 0.0 && server.alive() {
+    for load in cpu_loads(&a.cpu_rate) {
+        if !server.alive() {
+            break;
+        }
         check_stop()?;
-        round.cpu = cpu_cost(a, vars, &target, &server, &client, &b, work, &tag, cmds, round)?;
+        let rate = match load {
+            CpuLoad::Rate(r) => r,
+            CpuLoad::Max => match round.sweep.as_ref().and_then(|s| s.max_rate_loss_below_0_1pct) {
+                Some(r) if r > 0.0 => r,
+                _ => continue, // no loss-free rate: nothing to measure at "max"
+            },
+        };
+        if let Some(c) = cpu_cost(a, vars, &target, &server, &client, &b, work, &tag, cmds, round, load, rate)? {
+            round.cpu.push(c);
+        }
     }
     if !server.alive() {
         round.errors.push(format!("{} exited during the run:\n{}", t.name, server.log_tail()));
@@ -1201,9 +1311,11 @@ fn cpu_cost(
     tag: &str,
     cmds: &mut Vec<String>,
     round: &mut Round,
+    load: CpuLoad,
+    rate: f64,
 ) -> anyhow::Result<Option<CpuCost>> {
     let Some(pid) = server.pid() else { return Ok(None) };
-    let json = work.join(format!("{tag}-cpu.json"));
+    let json = work.join(format!("{tag}-cpu-{}.json", load.key()));
     let mut args: Vec<String> = vec![
         bench.into(),
         "run".into(),
@@ -1212,7 +1324,7 @@ fn cpu_cost(
         "--target".into(),
         target.into(),
         "--rate".into(),
-        format!("{:.0}", a.cpu_rate),
+        format!("{rate:.0}"),
         "--duration".into(),
         a.cpu_duration.to_string(),
         "--warmup".into(),
@@ -1229,22 +1341,26 @@ fn cpu_cost(
     ];
     args.extend(sender_flags(a, vars));
     let argv = client(args);
-    cmds.push(format!(
-        "# CPU cost at a fixed load (shunt-bench; server CPU read from /proc around it)\n{}",
-        shown(&argv)
-    ));
+    if round.cpu.is_empty() {
+        cmds.push(format!(
+            "# CPU cost at each fixed load (shunt-bench; server CPU read from /proc around it); the first:\n{}",
+            shown(&argv)
+        ));
+    }
     let server_core: usize = vars["server_core"].parse().unwrap_or(usize::MAX);
     let (cores0, proc0, t0) = (core_busy_ns(), process_tree_cpu_ns(pid), Instant::now());
     let out = run_bounded(&argv, Duration::from_secs_f64(a.cpu_duration + 30.0))?;
     let (cores1, proc1, wall) = (core_busy_ns(), process_tree_cpu_ns(pid), t0.elapsed());
     if !out.ok {
-        round.errors.push(format!("CPU-cost run failed ({}): {}", out.status, out.stderr.trim()));
+        round.errors.push(format!("CPU-cost run at {} failed ({}): {}", load.label(), out.status, out.stderr.trim()));
         return Ok(None);
     }
     let run: RunReport = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
     let delta = |k: &usize| cores1.get(k).unwrap_or(&0).saturating_sub(*cores0.get(k).unwrap_or(&0));
     Ok(Some(CpuCost {
-        rate: a.cpu_rate,
+        load: load.key(),
+        rate,
+        generator_behind: run.generator_behind,
         replies: run.received,
         wall_s: wall.as_secs_f64(),
         server_ns: proc1.saturating_sub(proc0),
@@ -1271,14 +1387,24 @@ fn write_page(cmp: &Comparison, a: &CompareArgs) -> anyhow::Result<String> {
     let pp_svg = a.out_dir.join(format!("{}-pingpong.svg", a.name));
     let sweep_svg = a.out_dir.join(format!("{}-sweep.svg", a.name));
     let cost_svg = a.out_dir.join(format!("{}-cost.svg", a.name));
+    let cost_lat_svg = a.out_dir.join(format!("{}-cost-latency.svg", a.name));
     write_plots(cmp, &pp_svg, &sweep_svg)?;
-    let with_cost = a.cpu_rate > 0.0;
+    let loads = cpu_loads(&a.cpu_rate);
+    let with_cost = !loads.is_empty();
     if with_cost {
-        write_cost_plot(cmp, &cost_svg)?;
+        write_cost_plots(cmp, &loads, &cost_svg, &cost_lat_svg)?;
     }
-    let md = markdown(cmp, a, &pp_svg, &sweep_svg, with_cost.then_some(cost_svg.as_path()));
+    let costs = [cost_svg.as_path(), cost_lat_svg.as_path()];
+    let md = markdown(cmp, a, &pp_svg, &sweep_svg, if with_cost { &costs } else { &[] });
     std::fs::write(base.with_extension("md"), &md)?;
     Ok(md)
+}
+
+/// The CPU loads a result file was measured at: `cpu_rates` (`20000,100000,max`), or the one `cpu_rate` of
+/// files written before several loads existed.
+fn loads_of(params: &BTreeMap<String, String>) -> Vec<CpuLoad> {
+    let list = params.get("cpu_rates").or_else(|| params.get("cpu_rate")).map(String::as_str).unwrap_or("0");
+    cpu_loads(&list.split(',').filter_map(|x| parse_cpu_load(x).ok()).collect::<Vec<_>>())
 }
 
 /// `--replot`: the page and plots again from `<out-dir>/<name>.json`, with the rates it was measured at.
@@ -1290,37 +1416,81 @@ fn replot(mut a: CompareArgs) -> anyhow::Result<ExitCode> {
         a.rates =
             r.split(',').map(parse_rate).collect::<Result<_, _>>().map_err(|e| anyhow!("rates in the JSON: {e}"))?;
     }
-    a.cpu_rate = cmp.params.get("cpu_rate").and_then(|r| r.parse().ok()).unwrap_or(0.0);
+    a.cpu_rate = loads_of(&cmp.params);
     write_page(&cmp, &a)?;
     eprintln!("compare: rewrote {}.md and the plots from {}", a.out_dir.join(&a.name).display(), path.display());
     Ok(ExitCode::SUCCESS)
 }
 
-/// Latency against CPU per reply, one point per target with a server process doing the work. A server whose
-/// process used under 1 % of the machine's busy time per reply (the in-kernel one) is left out: on veth its
-/// work runs in softirq on the generator's core, where it cannot be told apart from the generator's.
-fn write_cost_plot(c: &Comparison, path: &Path) -> anyhow::Result<()> {
+/// A figure of `s` at CPU load `i` (`key`): `name@key`, or the plain name for the first load (older files).
+fn cpu_fig(s: &TargetSummary, name: &str, load: &CpuLoad, i: usize) -> Option<f64> {
+    s.figures
+        .get(&format!("{name}@{}", load.key()))
+        .or_else(|| (i == 0).then(|| s.figures.get(name)).flatten())
+        .copied()
+}
+
+/// Whether the server's process shows in the CPU readings: a server whose process used under 1 % of the
+/// machine's busy time per reply (the in-kernel one) does not; on veth its work runs in softirq on the
+/// generator's core, where it cannot be told apart from the generator's.
+fn has_server_process(s: &TargetSummary) -> bool {
+    match (s.figures.get("cpu_server_ns"), s.figures.get("cpu_all_cores_ns")) {
+        (Some(server), all) => server * 100.0 >= all.copied().unwrap_or(0.0),
+        (None, _) => false,
+    }
+}
+
+/// The cost plot's curves: per target with a server process, (offered load in kpps, server CPU ns per reply) at
+/// each CPU load, in order of load (`max` at the rate it was for that target: the median over repetitions).
+fn cost_curves(c: &Comparison, loads: &[CpuLoad]) -> Vec<plot::Series> {
+    c.summaries
+        .iter()
+        .filter(|s| has_server_process(s))
+        .map(|s| {
+            let mut points: Vec<(f64, f64)> = loads
+                .iter()
+                .enumerate()
+                .filter_map(|(i, l)| {
+                    let y = cpu_fig(s, "cpu_server_ns", l, i)?;
+                    let x = cpu_fig(s, "cpu_rate", l, usize::MAX).or(match l {
+                        CpuLoad::Rate(r) => Some(*r),
+                        CpuLoad::Max => None,
+                    })?;
+                    Some((x / 1e3, y))
+                })
+                .collect();
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            points.dedup_by(|a, b| a.0 == b.0);
+            plot::Series { name: s.name.clone(), points }
+        })
+        .filter(|s| !s.points.is_empty())
+        .collect()
+}
+
+/// `-cost.svg`: server CPU per reply against offered load, a curve per target; `-cost-latency.svg`: ping-pong
+/// latency against CPU per reply at the lightest load, one point per target with a server process.
+fn write_cost_plots(c: &Comparison, loads: &[CpuLoad], curve: &Path, latency: &Path) -> anyhow::Result<()> {
+    plot::cost_over_load(curve, &format!("{}: server CPU per reply vs offered load", c.name), &cost_curves(c, loads))?;
     let points: Vec<plot::CostPoint> = c
         .summaries
         .iter()
+        .filter(|s| has_server_process(s))
         .filter_map(|s| {
             let f = |k: &str| s.figures.get(k).copied();
-            let (p50, p99, server) = (f("pp_p50_us")?, f("pp_p99_us")?, f("cpu_server_ns")?);
-            let all = f("cpu_all_cores_ns").unwrap_or(0.0);
-            (server * 100.0 >= all).then(|| plot::CostPoint {
+            Some(plot::CostPoint {
                 name: s.name.clone(),
-                cpu_ns: server,
-                p50_us: p50,
-                p99_us: p99,
+                cpu_ns: f("cpu_server_ns")?,
+                p50_us: f("pp_p50_us")?,
+                p99_us: f("pp_p99_us")?,
             })
         })
         .collect();
     plot::cost_latency(
-        path,
+        latency,
         &format!(
             "{}: ping-pong latency vs server CPU per reply at {} pps",
             c.name,
-            c.params.get("cpu_rate").map(String::as_str).unwrap_or("?")
+            loads.first().map_or("?".into(), CpuLoad::label)
         ),
         "server CPU per reply (ns, log)",
         &points,
@@ -1387,7 +1557,47 @@ fn fmt_fig(v: Option<f64>, base: Option<f64>, unit: &str) -> String {
     }
 }
 
-fn markdown(c: &Comparison, a: &CompareArgs, pp_svg: &Path, sweep_svg: &Path, cost_svg: Option<&Path>) -> String {
+/// The CPU sub-table: per target, server CPU ns per reply (and every core's) at each load of the CPU phase.
+fn cpu_table(c: &Comparison, loads: &[CpuLoad], base: Option<&TargetSummary>) -> String {
+    let mut m = String::from(
+        "### CPU per reply at each load\n\nServer CPU ns per reply / all cores ns per reply, median over \
+         repetitions, at each offered load of the CPU phase (ratio of the server figure to the baseline's in \
+         parentheses; `max` also gives the rate it was for that target). ⚠: the generator fell behind in that \
+         run, so the load was the generator's. A spinning server costs a core whatever the load: its figure \
+         falls as the load rises.\n\n| target |",
+    );
+    for l in loads {
+        m += &format!(" {} |", l.label());
+    }
+    m += "\n|---|";
+    m += &"---|".repeat(loads.len());
+    m += "\n";
+    for s in &c.summaries {
+        m += &format!("| {} |", s.name);
+        for (i, l) in loads.iter().enumerate() {
+            let server = cpu_fig(s, "cpu_server_ns", l, i);
+            let b = base.and_then(|b| cpu_fig(b, "cpu_server_ns", l, i));
+            match server {
+                None => m += " – |",
+                Some(_) => {
+                    let all = cpu_fig(s, "cpu_all_cores_ns", l, i).map_or("–".into(), |v| format!("{v:.0}"));
+                    let at = match (l, cpu_fig(s, "cpu_rate", l, usize::MAX)) {
+                        (CpuLoad::Max, Some(r)) => format!(" @ {}", rate_label(r)),
+                        _ => String::new(),
+                    };
+                    let warn =
+                        if s.figures.contains_key(&format!("cpu_generator_behind@{}", l.key())) { " ⚠" } else { "" };
+                    m += &format!(" {} / {all}{at}{warn} |", fmt_fig(server, b, "ns"));
+                }
+            }
+        }
+        m += "\n";
+    }
+    m += "\n";
+    m
+}
+
+fn markdown(c: &Comparison, a: &CompareArgs, pp_svg: &Path, sweep_svg: &Path, cost_svgs: &[&Path]) -> String {
     let mut m = String::new();
     let base = c.summaries.iter().find(|s| s.name == c.plan.baseline);
     let p = &c.params;
@@ -1435,7 +1645,6 @@ fn markdown(c: &Comparison, a: &CompareArgs, pp_svg: &Path, sweep_svg: &Path, co
     );
     // The one table: latency unloaded (ping-pong), p99 at two fixed offered loads (the sweep's lowest and
     // middle rates), the highest loss-free rate, and CPU per reply at the fixed CPU-phase load.
-    let rate_label = |r: f64| if r >= 1e6 { format!("{:.1}M", r / 1e6) } else { format!("{:.0}k", r / 1e3) };
     let mut fixed: Vec<f64> = a.rates.first().copied().into_iter().collect();
     if let Some(&mid) = a.rates.get(a.rates.len() / 2) {
         if a.rates.len() > 1 {
@@ -1444,7 +1653,8 @@ fn markdown(c: &Comparison, a: &CompareArgs, pp_svg: &Path, sweep_svg: &Path, co
     }
     let p99_keys: Vec<(String, String)> =
         fixed.iter().map(|&r| (format!("sweep_p99_us@{r:.0}"), format!("p99 µs @ {} pps", rate_label(r)))).collect();
-    let cpu_rate = rate_label(a.cpu_rate);
+    let loads = cpu_loads(&a.cpu_rate);
+    let cpu_rate = loads.first().map_or("-".into(), CpuLoad::label);
     let cpu_server = format!("server CPU ns/reply @ {cpu_rate} pps");
     let cpu_all = format!("all cores ns/reply @ {cpu_rate} pps");
     let mut cols: Vec<(&str, &str, &str)> = vec![
@@ -1454,7 +1664,7 @@ fn markdown(c: &Comparison, a: &CompareArgs, pp_svg: &Path, sweep_svg: &Path, co
     ];
     cols.extend(p99_keys.iter().map(|(k, h)| (k.as_str(), h.as_str(), "us")));
     cols.push(("max_rate_loss_lt_0.1pct", "max rate, loss < 0.1 % (kpps)", "kpps"));
-    if a.cpu_rate > 0.0 {
+    if !loads.is_empty() {
         cols.push(("cpu_server_ns", cpu_server.as_str(), "ns"));
         cols.push(("cpu_all_cores_ns", cpu_all.as_str(), "ns"));
     }
@@ -1493,8 +1703,9 @@ fn markdown(c: &Comparison, a: &CompareArgs, pp_svg: &Path, sweep_svg: &Path, co
     }
     m += &format!(
         "\n`p99 µs @ R pps`: the sweep's p99 at that offered rate (from the intended send time). `max rate`: highest \
-         offered rate with loss < 0.1 % (0: none). The CPU columns come from a run of their own at {} pps offered \
-         ({} s, one generator thread, the sweep's sender), the same for every target: `server CPU` is the time the \
+         offered rate with loss < 0.1 % (0: none). The CPU columns come from runs of their own at fixed offered \
+         loads ({} pps; `max`: the highest loss-free rate of that target's sweep; {} s each, one generator thread, \
+         the sweep's sender), the same for every target; the main table shows the lightest: `server CPU` is the time the \
          server's process spent on CPU (every thread, user + system, from /proc/PID/task/*/schedstat) and `all \
          cores` the busy time of every core (/proc/stat, softirq included, and the generator's core with it), each \
          divided by the replies the generator received. A server that spins (AF_XDP `spin`, the non-blocking \
@@ -1502,9 +1713,12 @@ fn markdown(c: &Comparison, a: &CompareArgs, pp_svg: &Path, sweep_svg: &Path, co
          load; the in-kernel server has no process on the CPU at all and shows only in `all cores` (on veth its \
          work runs on the generator's core, so it is left off the cost plot). Per-rate \
          detail, the p99 bend and sockperf's own figures are below.\n\n",
-        c.params.get("cpu_rate").map(String::as_str).unwrap_or("-"),
+        loads.iter().map(CpuLoad::label).collect::<Vec<_>>().join(", "),
         c.params.get("cpu_duration_s").map(String::as_str).unwrap_or("-"),
     );
+    if !loads.is_empty() {
+        m += &cpu_table(c, &loads, base);
+    }
     m += &format!(
         "`p99 bend` (per target): the lowest offered rate whose p99 exceeds {} x the p99 at the lowest rate of the \
          sweep.\n\n",
@@ -1590,7 +1804,7 @@ fn markdown(c: &Comparison, a: &CompareArgs, pp_svg: &Path, sweep_svg: &Path, co
         m += "\n";
     }
     m += "\n## Plots\n\n";
-    for f in [Some(pp_svg), Some(sweep_svg), cost_svg].into_iter().flatten() {
+    for f in [pp_svg, sweep_svg].into_iter().chain(cost_svgs.iter().copied()) {
         let n = f.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         m += &format!("![{n}]({n})\n\n");
     }
@@ -1671,6 +1885,129 @@ sockperf: ---> <MIN> observation =    9.866
                 toml::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap_or_else(|e| panic!("{f}: {e}"));
             assert!(plan.targets.iter().any(|t| t.name == plan.baseline), "{f}: baseline is a target");
         }
+    }
+
+    #[test]
+    fn cpu_loads_parse() {
+        assert_eq!(parse_cpu_load("20k"), Ok(CpuLoad::Rate(20_000.0)));
+        assert_eq!(parse_cpu_load("MAX"), Ok(CpuLoad::Max));
+        assert!(parse_cpu_load("fast").is_err() && parse_cpu_load("-5").is_err());
+        let a = <CompareArgs as clap::FromArgMatches>::from_arg_matches(
+            &<CompareArgs as clap::Args>::augment_args(clap::Command::new("c")).get_matches_from([
+                "c",
+                "--cpu-rate",
+                "20k,100k,max",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(a.cpu_rate, vec![CpuLoad::Rate(20e3), CpuLoad::Rate(100e3), CpuLoad::Max]);
+        let d = <CompareArgs as clap::FromArgMatches>::from_arg_matches(
+            &<CompareArgs as clap::Args>::augment_args(clap::Command::new("c")).get_matches_from(["c"]),
+        )
+        .unwrap();
+        assert_eq!(d.cpu_rate.len(), 4, "default: light to near the limit, and max");
+        assert_eq!(d.cpu_rate.last(), Some(&CpuLoad::Max));
+        assert!(cpu_loads(&[CpuLoad::Rate(0.0)]).is_empty(), "0 skips the phase");
+        assert_eq!(
+            [CpuLoad::Rate(2e5), CpuLoad::Max].map(|l| (l.key(), l.label())),
+            [("200000".to_string(), "200k".to_string()), ("max".into(), "max".into())]
+        );
+        let mut params = BTreeMap::new();
+        params.insert("cpu_rate".to_string(), "20000".to_string());
+        assert_eq!(loads_of(&params), vec![CpuLoad::Rate(20e3)], "a file from before: its one rate");
+        params.insert("cpu_rates".to_string(), "20000,max".to_string());
+        assert_eq!(loads_of(&params), vec![CpuLoad::Rate(20e3), CpuLoad::Max]);
+    }
+
+    #[test]
+    fn old_rounds_with_one_cpu_reading_still_read() {
+        let one: Round = serde_json::from_str(
+            r#"{"rep":1,"alternations":[],"sweep":null,"errors":[],
+                "cpu":{"rate":20000.0,"replies":60000,"wall_s":3.0,"server_ns":600000000,"server_core_ns":1,"all_cores_ns":2}}"#,
+        )
+        .unwrap();
+        assert_eq!(one.cpu.len(), 1);
+        assert_eq!(one.cpu[0].load, "");
+        let none: Round =
+            serde_json::from_str(r#"{"rep":1,"alternations":[],"sweep":null,"errors":[],"cpu":null}"#).unwrap();
+        assert!(none.cpu.is_empty());
+        let absent: Round = serde_json::from_str(r#"{"rep":1,"alternations":[],"sweep":null,"errors":[]}"#).unwrap();
+        assert!(absent.cpu.is_empty());
+        let back: Round = serde_json::from_str(&serde_json::to_string(&one).unwrap()).unwrap();
+        assert_eq!(back.cpu.len(), 1);
+    }
+
+    fn cost(load: &str, rate: f64, replies: u64, server_ns: u64, all: u64) -> CpuCost {
+        CpuCost {
+            load: load.into(),
+            rate,
+            replies,
+            server_ns,
+            all_cores_ns: all,
+            server_core_ns: server_ns,
+            wall_s: 3.0,
+            generator_behind: false,
+        }
+    }
+
+    fn target(name: &str) -> Target {
+        toml::from_str(&format!("name = \"{name}\"\nstart = \"true\"")).unwrap()
+    }
+
+    #[test]
+    fn cpu_figures_table_and_curves_at_every_load() {
+        let loads = [CpuLoad::Rate(20e3), CpuLoad::Rate(100e3), CpuLoad::Max];
+        // A spinner: one core's second whatever the load; max was 150k and 170k in two repetitions.
+        let spin = |max: f64| Round {
+            rep: 1,
+            cpu: vec![
+                cost("20000", 20e3, 60_000, 3_000_000_000, 3_100_000_000),
+                cost("100000", 100e3, 300_000, 3_000_000_000, 3_500_000_000),
+                cost("max", max, (max * 3.0) as u64, 3_000_000_000, 3_900_000_000),
+            ],
+            ..Default::default()
+        };
+        let s = summarize(&target("spin"), &[spin(150e3), spin(170e3)], &[], &loads);
+        assert_eq!(s.figures["cpu_server_ns@20000"], 50_000.0);
+        assert_eq!(s.figures["cpu_server_ns"], 50_000.0, "the first load by its plain name");
+        assert_eq!(s.figures["cpu_server_ns@100000"], 10_000.0);
+        assert_eq!(s.figures["cpu_rate@max"], 160e3);
+        // The in-kernel server: no process time; left off the curves.
+        let kern = Round { rep: 1, cpu: vec![cost("20000", 20e3, 60_000, 0, 900_000_000)], ..Default::default() };
+        let k = summarize(&target("kernel"), &[kern], &[], &loads);
+        // A file from before several loads: one reading without a load key, plain figures only.
+        let old = Round { rep: 1, cpu: vec![cost("", 20e3, 60_000, 120_000_000, 300_000_000)], ..Default::default() };
+        let o = summarize(&target("old"), &[old], &[], &loads[..1]);
+        assert_eq!(o.figures["cpu_server_ns"], 2_000.0);
+        let plan: Plan = toml::from_str(
+            "baseline = \"spin\"\n[[target]]\nname = \"spin\"\nstart = \"true\"\n[[target]]\nname = \"kernel\"\nstart = \"true\"",
+        )
+        .unwrap();
+        let c = Comparison {
+            name: "t".into(),
+            command: String::new(),
+            started: String::new(),
+            machine: vec![],
+            plan,
+            params: BTreeMap::new(),
+            summaries: vec![s, k, o],
+            rounds: BTreeMap::new(),
+            commands: BTreeMap::new(),
+            findings: vec![],
+        };
+        let curves = cost_curves(&c, &loads);
+        assert_eq!(curves.len(), 2, "the in-kernel server has no process to measure: {curves:?}");
+        assert_eq!(curves[0].name, "spin");
+        let at_max = (3e9 / 450e3 + 3e9 / 510e3) / 2.0; // the median of two repetitions' figures
+        assert_eq!(curves[0].points, vec![(20.0, 50_000.0), (100.0, 10_000.0), (160.0, at_max)]);
+        assert_eq!(curves[1].points, vec![(20.0, 2_000.0)], "old files: one point at their one rate");
+        let t = cpu_table(&c, &loads, c.summaries.first());
+        assert!(t.contains("| target | 20k | 100k | max |"), "{t}");
+        assert!(
+            t.contains("| spin | 50000 (1.00x) / 51667 | 10000 (1.00x) / 11667 | 6275 (1.00x) / 8157 @ 160k |"),
+            "{t}"
+        );
+        assert!(t.contains("| old | 2000 (0.04x) / 5000 | – | – |"), "{t}");
     }
 
     #[test]
