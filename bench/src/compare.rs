@@ -82,6 +82,13 @@ pub struct CompareArgs {
     /// CPU cost: seconds of each run.
     #[arg(long, default_value_t = 3.0)]
     pub cpu_duration: f64,
+    /// DNS plans (`dns_queries`): dnsperf's loads, queries per second (`-Q`; `max`: no `-Q`, as fast as
+    /// dnsperf goes); empty or 0 skips dnsperf.
+    #[arg(long, value_delimiter = ',', value_parser = parse_cpu_load, default_value = "20k,50k,max")]
+    pub dnsperf_rates: Vec<CpuLoad>,
+    /// DNS plans: seconds of each dnsperf run (its `-l`).
+    #[arg(long, default_value_t = 3.0)]
+    pub dnsperf_duration: f64,
     /// UDP payload bytes.
     #[arg(long, default_value_t = 64)]
     pub size: usize,
@@ -162,6 +169,10 @@ fn rate_label(r: f64) -> String {
 pub struct Plan {
     /// Name of the target that ratios are relative to.
     pub baseline: String,
+    /// DNS servers: every shunt-bench run sends the queries of this file (dnsperf's format, path relative to the
+    /// repository) instead of its own payload and checks each answer (bench/src/dns.rs), and dnsperf runs too.
+    #[serde(default)]
+    pub dns_queries: Option<String>,
     /// The lab.
     #[serde(default)]
     pub lab: LabSpec,
@@ -249,6 +260,21 @@ pub struct Target {
     /// Seconds to wait for its first reply.
     #[serde(default = "default_ready")]
     pub ready_timeout: f64,
+    /// It may fail to start on some machines (e.g. a peer whose XDP program this kernel refuses): a failure is
+    /// reported on its row with the server's own messages, as `unavailable`, not as a broken benchmark.
+    #[serde(default)]
+    pub may_fail: bool,
+    /// A DNS server: this target's query file (overrides the plan's `dns_queries`; a plan of mixed targets sets it
+    /// on its DNS targets only).
+    #[serde(default)]
+    pub dns_queries: Option<String>,
+}
+
+impl Target {
+    /// Its DNS query file, its own or the plan's (None: not a DNS server).
+    fn dns_queries<'a>(&'a self, plan: &'a Plan) -> Option<&'a str> {
+        self.dns_queries.as_deref().or(plan.dns_queries.as_deref())
+    }
 }
 
 fn default_port() -> u16 {
@@ -524,8 +550,73 @@ pub struct Round {
     /// several loads existed hold one object here, or null: both still read).
     #[serde(default, deserialize_with = "one_or_many")]
     pub cpu: Vec<CpuCost>,
+    /// dnsperf runs (DNS plans), one per `--dnsperf-rates` load.
+    #[serde(default)]
+    pub dnsperf: Vec<DnsperfResult>,
     /// What went wrong, if anything.
     pub errors: Vec<String>,
+}
+
+/// What one dnsperf run printed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DnsperfResult {
+    /// The load (`20000`, `max`).
+    pub load: String,
+    /// Queries per second asked for (`-Q`; 0: as fast as it goes).
+    pub requested_qps: f64,
+    /// Queries sent.
+    pub sent: u64,
+    /// Queries completed.
+    pub completed: u64,
+    /// Queries lost.
+    pub lost: u64,
+    /// Its "Queries per second".
+    pub qps: f64,
+    /// Its average latency, µs.
+    pub avg_latency_us: f64,
+    /// Its maximum latency, µs.
+    pub max_latency_us: f64,
+    /// Response codes and counts.
+    pub rcodes: Vec<(String, u64)>,
+    /// The command.
+    pub command: String,
+}
+
+/// Parses dnsperf's summary.
+pub fn parse_dnsperf(text: &str) -> Option<DnsperfResult> {
+    let field = |key: &str| -> Option<String> {
+        let line = text.lines().find(|l| l.trim_start().starts_with(key))?;
+        Some(line.split_once(':')?.1.split_whitespace().next()?.to_string())
+    };
+    let num = |key: &str| -> Option<u64> { field(key)?.parse().ok() };
+    let rcodes = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("Response codes:"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, r)| {
+            r.split(',')
+                .filter_map(|part| {
+                    let mut w = part.split_whitespace();
+                    Some((w.next()?.to_string(), w.next()?.parse().ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // "Average Latency (s):  0.000123 (min 0.000050, max 0.001000)"
+    let avg_line = text.lines().find(|l| l.trim_start().starts_with("Average Latency"))?;
+    let avg = avg_line.split_once(':')?.1.split_whitespace().next()?.parse::<f64>().ok()?;
+    let max =
+        avg_line.split("max ").nth(1).and_then(|m| m.trim_end_matches(')').trim().parse::<f64>().ok()).unwrap_or(0.0);
+    Some(DnsperfResult {
+        sent: num("Queries sent")?,
+        completed: num("Queries completed")?,
+        lost: num("Queries lost")?,
+        qps: field("Queries per second")?.parse().ok()?,
+        avg_latency_us: avg * 1e6,
+        max_latency_us: max * 1e6,
+        rcodes,
+        ..Default::default()
+    })
 }
 
 /// Medians over the repetitions of one target.
@@ -654,7 +745,7 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
 }
 
-fn summarize(t: &Target, rounds: &[Round], rates: &[f64], loads: &[CpuLoad]) -> TargetSummary {
+fn summarize(t: &Target, rounds: &[Round], rates: &[f64], loads: &[CpuLoad], dnsperf: &[CpuLoad]) -> TargetSummary {
     let mut figures = BTreeMap::new();
     let mut put = |k: &str, vals: Vec<f64>| {
         if let Some(m) = median(vals) {
@@ -701,6 +792,19 @@ fn summarize(t: &Target, rounds: &[Round], rates: &[f64], loads: &[CpuLoad]) -> 
             put(&format!("cpu_generator_behind@{key}"), vec![1.0]);
         }
     }
+    for load in dnsperf {
+        let key = load.key();
+        let runs: Vec<&DnsperfResult> = rounds.iter().flat_map(|r| &r.dnsperf).filter(|d| d.load == key).collect();
+        put(&format!("dnsperf_qps@{key}"), runs.iter().map(|d| d.qps).collect());
+        put(
+            &format!("dnsperf_loss_pct@{key}"),
+            runs.iter().filter(|d| d.sent > 0).map(|d| d.lost as f64 * 100.0 / d.sent as f64).collect(),
+        );
+        put(&format!("dnsperf_avg_us@{key}"), runs.iter().map(|d| d.avg_latency_us).collect());
+        if runs.iter().any(|d| dnsperf_limited(d)) {
+            put(&format!("dnsperf_limited@{key}"), vec![1.0]);
+        }
+    }
     let mut sweep = Vec::new();
     let mut behind = Vec::new();
     for &rate in rates {
@@ -708,6 +812,9 @@ fn summarize(t: &Target, rounds: &[Round], rates: &[f64], loads: &[CpuLoad]) -> 
             sw.iter().flat_map(|s| s.points.iter()).filter(|p| (p.offered_rate - rate).abs() < 0.5).collect();
         if pts.iter().any(|p| p.generator_behind) {
             behind.push(rate);
+        }
+        if let Some(p50) = median(pts.iter().map(|p| us(p.latency_ns.p50)).collect()) {
+            figures.insert(format!("sweep_p50_us@{rate:.0}"), p50);
         }
         if let (Some(p99), Some(loss)) = (
             median(pts.iter().map(|p| us(p.latency_ns.p99)).collect()),
@@ -733,6 +840,12 @@ fn summarize(t: &Target, rounds: &[Round], rates: &[f64], loads: &[CpuLoad]) -> 
         sweep,
         generator_behind_at: behind,
     }
+}
+
+/// dnsperf did not keep the rate it was asked for although the server answered everything (< 0.1 % lost): the
+/// figure is dnsperf's (one thread), not the server's.
+fn dnsperf_limited(d: &DnsperfResult) -> bool {
+    d.requested_qps > 0.0 && d.qps < 0.98 * d.requested_qps && d.lost * 1000 <= d.sent
 }
 
 /// What one target's rounds say about the trust its figures deserve (see bench/src/verdict.rs).
@@ -761,7 +874,42 @@ fn evidence(t: &Target, rounds: &[Round], summary: &TargetSummary) -> Evidence {
     for round in rounds {
         let rep = round.rep;
         for e in &round.errors {
-            ev.errors.push(format!("rep {rep}: {}", e.lines().next().unwrap_or("")));
+            let line = format!("rep {rep}: {}", e.lines().next().unwrap_or(""));
+            if t.may_fail {
+                ev.unavailable.push(line);
+            } else {
+                ev.errors.push(line);
+            }
+        }
+        for c in &round.cpu {
+            if c.generator_behind {
+                ev.limited.push(format!(
+                    "rep {rep}: the CPU-phase run at {:.0}k req/s: the generator fell behind (CPU table ⚠)",
+                    c.rate / 1e3
+                ));
+            }
+        }
+        for d in round.dnsperf.iter().filter(|d| dnsperf_limited(d)) {
+            ev.limited.push(format!(
+                "rep {rep}: dnsperf asked for {:.0}k qps, did {:.1}k with {} lost: dnsperf, not the server, is the limit",
+                d.requested_qps / 1e3,
+                d.qps / 1e3,
+                d.lost
+            ));
+        }
+        let runs = round
+            .sweep
+            .iter()
+            .flat_map(|s| &s.points)
+            .chain(round.alternations.iter().filter_map(|a| a.ping_pong.as_ref()));
+        for r in runs {
+            if let Some(d) = r.dns.as_ref().filter(|d| d.bad_rcode > 0) {
+                ev.contradictions.push(format!(
+                    "rep {rep} at {:.0}/s: {} DNS answers with a wrong rcode (not NOERROR/NXDOMAIN, or not what the \
+                     same query got before)",
+                    r.offered_rate, d.bad_rcode
+                ));
+            }
         }
         for (k, alt) in round.alternations.iter().enumerate() {
             if let Some(pp) = &alt.ping_pong {
@@ -951,6 +1099,19 @@ pub fn run(a: CompareArgs) -> anyhow::Result<ExitCode> {
     }
     vars.insert("repo".into(), repo.display().to_string());
     vars.insert("shunt".into(), shunt.display().to_string());
+    // The examples built next to that shunt binary (target/release/examples).
+    vars.insert(
+        "examples".into(),
+        shunt.parent().map(|d| d.join("examples")).unwrap_or_else(|| "examples".into()).display().to_string(),
+    );
+    let mut dns_count = None;
+    for t in &plan.targets {
+        if let Some(q) = t.dns_queries(&plan) {
+            let queries =
+                crate::dns::Queries::load(&repo.join(q)).with_context(|| format!("{}'s dns_queries", t.name))?;
+            dns_count.get_or_insert(queries.count());
+        }
+    }
     vars.insert("bench".into(), bench.display().to_string());
     vars.insert("server_core".into(), plan.lab.server_core.to_string());
     vars.insert("client_core".into(), plan.lab.client_core.to_string());
@@ -966,6 +1127,9 @@ pub fn run(a: CompareArgs) -> anyhow::Result<ExitCode> {
             check_stop()?;
             let mut tv = vars.clone();
             tv.insert("port".into(), t.port.to_string());
+            if let Some(q) = t.dns_queries(&plan) {
+                tv.insert("dns_queries".into(), repo.join(q).display().to_string());
+            }
             eprintln!("compare: rep {rep}/{} target {} ({:.0} s elapsed)", a.reps, t.name, t0.elapsed().as_secs_f64());
             let mut cmds = Vec::new();
             let round = one_round(&a, t, rep, &tv, &server_exec, &client_exec, &bench, &work, &mut cmds);
@@ -984,7 +1148,10 @@ pub fn run(a: CompareArgs) -> anyhow::Result<ExitCode> {
     let summaries: Vec<TargetSummary> = plan
         .targets
         .iter()
-        .map(|t| summarize(t, rounds.get(&t.name).map(Vec::as_slice).unwrap_or(&[]), &a.rates, &cpu_loads(&a.cpu_rate)))
+        .map(|t| {
+            let rs = rounds.get(&t.name).map(Vec::as_slice).unwrap_or(&[]);
+            summarize(t, rs, &a.rates, &cpu_loads(&a.cpu_rate), &cpu_loads(&a.dnsperf_rates))
+        })
         .collect();
     let mut params = BTreeMap::new();
     params.insert("reps".into(), a.reps.to_string());
@@ -1001,6 +1168,14 @@ pub fn run(a: CompareArgs) -> anyhow::Result<ExitCode> {
     params.insert("cpu_rate".into(), loads.first().map_or("0".into(), CpuLoad::key));
     params.insert("cpu_rates".into(), loads.iter().map(CpuLoad::key).collect::<Vec<_>>().join(","));
     params.insert("cpu_duration_s".into(), a.cpu_duration.to_string());
+    if let Some(n) = dns_count {
+        params.insert("dns_query_count".into(), n.to_string());
+        params.insert(
+            "dnsperf_rates".into(),
+            cpu_loads(&a.dnsperf_rates).iter().map(CpuLoad::key).collect::<Vec<_>>().join(","),
+        );
+        params.insert("dnsperf_duration_s".into(), a.dnsperf_duration.to_string());
+    }
     let mut machine = machine;
     machine
         .push(format!("load average at end: {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()));
@@ -1103,7 +1278,9 @@ fn round_inner(
         v
     };
     let b = bench.display().to_string();
-    let probe = client(vec![
+    // DNS plans: every shunt-bench run sends the query file's messages and checks the answers.
+    let dns: Vec<String> = vars.get("dns_queries").map(|q| vec!["--dns-queries".into(), q.clone()]).unwrap_or_default();
+    let mut probe = client(vec![
         b.clone(),
         "probe".into(),
         "--target".into(),
@@ -1111,10 +1288,14 @@ fn round_inner(
         "--timeout".into(),
         t.ready_timeout.to_string(),
     ]);
+    probe.extend(dns.iter().cloned());
     cmds.push(format!("# wait until it answers\n{}", shown(&probe)));
     let out = run_bounded(&probe, Duration::from_secs_f64(t.ready_timeout + 10.0))?;
     if !out.ok || !server.alive() {
-        bail!("{} did not answer: {}{}\n--- server log ---\n{}", t.name, out.stdout, out.stderr, server.log_tail());
+        let log = server.log_tail();
+        let what = if server.alive() { "did not answer" } else { "exited without answering" };
+        // The server's own words on the first line (the page's error list shows first lines).
+        bail!("{} {what}: {}\n{}{}\n--- server log ---\n{log}", t.name, key_lines(&log), out.stdout, out.stderr);
     }
 
     // Ping-pong: shunt-bench (kernel sockets, like sockperf's client) and, where the target speaks sockperf's
@@ -1191,6 +1372,8 @@ fn round_inner(
                     "--json".into(),
                     pp_json.display().to_string(),
                 ]);
+                let mut pp = pp;
+                pp.extend(dns.iter().cloned());
                 if first || k == 1 {
                     cmds.push(format!("# ping-pong {} (shunt-bench)\n{}", k + 1, shown(&pp)));
                 }
@@ -1239,6 +1422,7 @@ fn round_inner(
         sw_json.display().to_string(),
     ];
     sw.extend(sender_flags(a, vars));
+    sw.extend(dns.iter().cloned());
     let sw = if a.sweep_threads > 1 {
         // Each thread pinned to its own core (shunt-bench pins them; taskset lets it), AF_XDP: its own queue.
         let cores = sweep_cores(a, vars["client_core"].parse().unwrap_or(0));
@@ -1279,11 +1463,79 @@ fn round_inner(
             round.cpu.push(c);
         }
     }
+    if let Some(queries) = vars.get("dns_queries") {
+        for load in cpu_loads(&a.dnsperf_rates) {
+            if !server.alive() {
+                break;
+            }
+            check_stop()?;
+            let mut argv = vec![
+                "dnsperf".to_string(),
+                "-s".into(),
+                vars["server_ip"].clone(),
+                "-p".into(),
+                t.port.to_string(),
+                "-d".into(),
+                queries.clone(),
+                "-l".into(),
+                format!("{}", a.dnsperf_duration.ceil().max(1.0) as u64),
+                "-c".into(),
+                a.flows.max(1).to_string(),
+                "-T".into(),
+                "1".into(),
+                "-t".into(),
+                "1".into(),
+            ];
+            let qps = match load {
+                CpuLoad::Rate(r) => r,
+                CpuLoad::Max => 0.0,
+            };
+            if qps > 0.0 {
+                argv.extend(["-Q".into(), format!("{qps:.0}")]);
+            }
+            let argv = client(argv);
+            if round.dnsperf.is_empty() {
+                cmds.push(format!("# dnsperf at each load (-Q; none for max); the first:\n{}", shown(&argv)));
+            }
+            let out = run_bounded(&argv, Duration::from_secs_f64(a.dnsperf_duration + 30.0))?;
+            match parse_dnsperf(&out.stdout) {
+                Some(mut r) if out.ok => {
+                    r.load = load.key();
+                    r.requested_qps = qps;
+                    r.command = shown(&argv);
+                    round.dnsperf.push(r);
+                }
+                _ => round.errors.push(format!(
+                    "dnsperf at {} failed ({}): {}{}",
+                    load.label(),
+                    out.status,
+                    out.stdout.lines().last().unwrap_or(""),
+                    out.stderr.trim()
+                )),
+            }
+        }
+    }
     if !server.alive() {
         round.errors.push(format!("{} exited during the run:\n{}", t.name, server.log_tail()));
     }
     server.stop();
     Ok(())
+}
+
+/// The lines of a server log that say what went wrong (error, critical, failed, cannot ...), joined with ` | `,
+/// so that a failure's first line carries the server's own words; the last line when none matches.
+fn key_lines(log: &str) -> String {
+    let words = ["error", "critical", "fatal", "failed", "cannot", "refused", "panicked"];
+    let keys: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && words.iter().any(|w| l.to_ascii_lowercase().contains(w)))
+        .collect();
+    if keys.is_empty() {
+        log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(empty log)").trim().to_string()
+    } else {
+        keys.join(" | ")
+    }
 }
 
 /// The AF_XDP sender's interface and MAC flags (none for the kernel sender).
@@ -1340,6 +1592,9 @@ fn cpu_cost(
         json.display().to_string(),
     ];
     args.extend(sender_flags(a, vars));
+    if let Some(q) = vars.get("dns_queries") {
+        args.extend(["--dns-queries".into(), q.clone()]);
+    }
     let argv = client(args);
     if round.cpu.is_empty() {
         cmds.push(format!(
@@ -1417,6 +1672,11 @@ fn replot(mut a: CompareArgs) -> anyhow::Result<ExitCode> {
             r.split(',').map(parse_rate).collect::<Result<_, _>>().map_err(|e| anyhow!("rates in the JSON: {e}"))?;
     }
     a.cpu_rate = loads_of(&cmp.params);
+    a.dnsperf_rates = cmp
+        .params
+        .get("dnsperf_rates")
+        .map(|r| r.split(',').filter_map(|x| parse_cpu_load(x).ok()).collect())
+        .unwrap_or_default();
     write_page(&cmp, &a)?;
     eprintln!("compare: rewrote {}.md and the plots from {}", a.out_dir.join(&a.name).display(), path.display());
     Ok(ExitCode::SUCCESS)
@@ -1557,6 +1817,99 @@ fn fmt_fig(v: Option<f64>, base: Option<f64>, unit: &str) -> String {
     }
 }
 
+/// The first error of a target's rounds (first line), or "?".
+fn first_error(c: &Comparison, name: &str) -> String {
+    c.rounds
+        .get(name)
+        .into_iter()
+        .flatten()
+        .flat_map(|r| &r.errors)
+        .next()
+        .map_or("?".into(), |e| e.lines().next().unwrap_or("?").to_string())
+}
+
+/// The DNS section: per target, the highest loss-free qps, p50/p99 at each offered rate (shunt-bench, from the
+/// intended send time), how the answers checked out, and dnsperf's figures at its loads.
+fn dns_section(c: &Comparison, a: &CompareArgs) -> String {
+    let p = &c.params;
+    let mut m = format!(
+        "## DNS\n\nThe same zone and query file for every DNS server (`{}`, {} queries cycled in order). shunt-bench \
+         sends them open loop ({} sender, {} flow(s), {} s per rate), each with a fresh ID, and counts a reply only \
+         with the ID and question sent and a NOERROR / NXDOMAIN rcode that the same query always got \
+         (bench/src/dns.rs); latency from the intended send time. dnsperf: one thread, {} s per load, `-Q` at the \
+         fixed loads, none at `max` (as fast as dnsperf goes: its own limit or the server's).\n\n",
+        c.plan.targets.iter().find_map(|t| t.dns_queries(&c.plan)).unwrap_or("?"),
+        p.get("dns_query_count").map(String::as_str).unwrap_or("?"),
+        p.get("sweep_sender").map(String::as_str).unwrap_or("?"),
+        p.get("sweep_flows").map(String::as_str).unwrap_or("?"),
+        p.get("sweep_duration_s").map(String::as_str).unwrap_or("?"),
+        p.get("dnsperf_duration_s").map(String::as_str).unwrap_or("?"),
+    );
+    m += "| target | max qps, loss < 0.1 % (k) |";
+    for r in &a.rates {
+        m += &format!(" p50 / p99 µs @ {} |", rate_label(*r));
+    }
+    m += " answers checked (NOERROR / NXDOMAIN / TC / wrong rcode / mismatched) |\n|---|---|";
+    m += &"---|".repeat(a.rates.len() + 1);
+    m += "\n";
+    let is_dns = |name: &str| c.plan.targets.iter().any(|t| t.name == name && t.dns_queries(&c.plan).is_some());
+    for s in c.summaries.iter().filter(|s| is_dns(&s.name)) {
+        if s.figures.is_empty() {
+            m += &format!("| {} | did not run: {} |", s.name, first_error(c, &s.name).replace('|', "/"));
+            m += &" – |".repeat(a.rates.len() + 1);
+            m += "\n";
+            continue;
+        }
+        m += &format!("| {} | {} |", s.name, fmt_fig(s.figures.get("max_rate_loss_lt_0.1pct").copied(), None, "kpps"));
+        for r in &a.rates {
+            let f = |k: &str| s.figures.get(&format!("{k}@{r:.0}")).copied();
+            let mark = if s.generator_behind_at.contains(r) { " ⚠" } else { "" };
+            match (f("sweep_p50_us"), f("sweep_p99_us")) {
+                (Some(p50), Some(p99)) => m += &format!(" {p50:.1} / {p99:.1}{mark} |"),
+                _ => m += " – |",
+            }
+        }
+        let mut sum = crate::dns::DnsCounts::default();
+        for r in c.rounds.get(&s.name).into_iter().flatten() {
+            for p in r.sweep.iter().flat_map(|s| &s.points) {
+                if let Some(d) = &p.dns {
+                    sum.add(d);
+                }
+            }
+        }
+        m += &format!(
+            " {} / {} / {} / {} / {} |\n",
+            sum.noerror, sum.nxdomain, sum.truncated, sum.bad_rcode, sum.mismatched
+        );
+    }
+    let dp = cpu_loads(&a.dnsperf_rates);
+    if !dp.is_empty() {
+        m += "\ndnsperf: queries per second completed (k) / lost % / average latency µs, median over repetitions; \
+              ⚠ = dnsperf did not keep the asked rate while the server lost nothing (dnsperf is the limit).\n\n| target |";
+        for l in &dp {
+            m += &format!(" {} |", l.label());
+        }
+        m += "\n|---|";
+        m += &"---|".repeat(dp.len());
+        m += "\n";
+        for s in c.summaries.iter().filter(|s| is_dns(&s.name)) {
+            m += &format!("| {} |", s.name);
+            for l in &dp {
+                let k = l.key();
+                let f = |n: &str| s.figures.get(&format!("{n}@{k}")).copied();
+                let mark = if f("dnsperf_limited").is_some() { " ⚠" } else { "" };
+                match (f("dnsperf_qps"), f("dnsperf_loss_pct"), f("dnsperf_avg_us")) {
+                    (Some(q), Some(l), Some(avg)) => m += &format!(" {:.1} / {l:.2} / {avg:.0}{mark} |", q / 1e3),
+                    _ => m += " – |",
+                }
+            }
+            m += "\n";
+        }
+    }
+    m += "\n";
+    m
+}
+
 /// The CPU sub-table: per target, server CPU ns per reply (and every core's) at each load of the CPU phase.
 fn cpu_table(c: &Comparison, loads: &[CpuLoad], base: Option<&TargetSummary>) -> String {
     let mut m = String::from(
@@ -1674,6 +2027,12 @@ fn markdown(c: &Comparison, a: &CompareArgs, pp_svg: &Path, sweep_svg: &Path, co
     m += &"---|".repeat(cols.len() + 1);
     m += "\n";
     for s in &c.summaries {
+        if s.figures.is_empty() {
+            m += &format!("| {} | ", s.name);
+            m += &vec!["–"; cols.len()].join(" | ");
+            m += &format!(" | did not run: {} |\n", first_error(c, &s.name).replace('|', "/"));
+            continue;
+        }
         m += &format!("| {} | ", s.name);
         let cells: Vec<String> = cols
             .iter()
@@ -1718,6 +2077,9 @@ fn markdown(c: &Comparison, a: &CompareArgs, pp_svg: &Path, sweep_svg: &Path, co
     );
     if !loads.is_empty() {
         m += &cpu_table(c, &loads, base);
+    }
+    if c.plan.targets.iter().any(|t| t.dns_queries(&c.plan).is_some()) {
+        m += &dns_section(c, a);
     }
     m += &format!(
         "`p99 bend` (per target): the lowest offered rate whose p99 exceeds {} x the p99 at the lowest rate of the \
@@ -1879,7 +2241,7 @@ sockperf: ---> <MIN> observation =    9.866
 
     #[test]
     fn the_shipped_plans_parse() {
-        for f in ["plans/lab.toml", "plans/many-core.toml", "plans/nic-example.toml"] {
+        for f in ["plans/lab.toml", "plans/many-core.toml", "plans/nic-example.toml", "plans/dns.toml"] {
             let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
             let plan: Plan =
                 toml::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap_or_else(|e| panic!("{f}: {e}"));
@@ -1967,17 +2329,17 @@ sockperf: ---> <MIN> observation =    9.866
             ],
             ..Default::default()
         };
-        let s = summarize(&target("spin"), &[spin(150e3), spin(170e3)], &[], &loads);
+        let s = summarize(&target("spin"), &[spin(150e3), spin(170e3)], &[], &loads, &[]);
         assert_eq!(s.figures["cpu_server_ns@20000"], 50_000.0);
         assert_eq!(s.figures["cpu_server_ns"], 50_000.0, "the first load by its plain name");
         assert_eq!(s.figures["cpu_server_ns@100000"], 10_000.0);
         assert_eq!(s.figures["cpu_rate@max"], 160e3);
         // The in-kernel server: no process time; left off the curves.
         let kern = Round { rep: 1, cpu: vec![cost("20000", 20e3, 60_000, 0, 900_000_000)], ..Default::default() };
-        let k = summarize(&target("kernel"), &[kern], &[], &loads);
+        let k = summarize(&target("kernel"), &[kern], &[], &loads, &[]);
         // A file from before several loads: one reading without a load key, plain figures only.
         let old = Round { rep: 1, cpu: vec![cost("", 20e3, 60_000, 120_000_000, 300_000_000)], ..Default::default() };
-        let o = summarize(&target("old"), &[old], &[], &loads[..1]);
+        let o = summarize(&target("old"), &[old], &[], &loads[..1], &[]);
         assert_eq!(o.figures["cpu_server_ns"], 2_000.0);
         let plan: Plan = toml::from_str(
             "baseline = \"spin\"\n[[target]]\nname = \"spin\"\nstart = \"true\"\n[[target]]\nname = \"kernel\"\nstart = \"true\"",
@@ -2008,6 +2370,47 @@ sockperf: ---> <MIN> observation =    9.866
             "{t}"
         );
         assert!(t.contains("| old | 2000 (0.04x) / 5000 | – | – |"), "{t}");
+    }
+
+    #[test]
+    fn parses_dnsperf_output_and_judges_it() {
+        let text = "DNS Performance Testing Tool
+Statistics:
+
+  Queries sent:         60000
+  Queries completed:    59990 (99.98%)
+  Queries lost:         10 (0.02%)
+
+  Response codes:       NOERROR 53991 (90.00%), NXDOMAIN 5999 (10.00%)
+  Average packet size:  request 38, response 102
+  Run time (s):         3.000123
+  Queries per second:   19996.180000
+
+  Average Latency (s):  0.000231 (min 0.000041, max 0.012001)
+  Latency StdDev (s):   0.000300
+";
+        let d = parse_dnsperf(text).unwrap();
+        assert_eq!((d.sent, d.completed, d.lost), (60_000, 59_990, 10));
+        assert_eq!(d.rcodes, vec![("NOERROR".to_string(), 53_991), ("NXDOMAIN".to_string(), 5_999)]);
+        assert!((d.qps - 19_996.18).abs() < 1e-6);
+        assert!((d.avg_latency_us - 231.0).abs() < 1e-6 && (d.max_latency_us - 12_001.0).abs() < 1e-6);
+        assert!(parse_dnsperf("garbage").is_none());
+        let asked =
+            |q: f64, qps: f64, lost: u64| DnsperfResult { requested_qps: q, qps, lost, sent: 100_000, ..d.clone() };
+        assert!(dnsperf_limited(&asked(50e3, 40e3, 0)), "slower than asked, nothing lost: dnsperf's limit");
+        assert!(!dnsperf_limited(&asked(50e3, 40e3, 5_000)), "the server lost queries: its limit");
+        assert!(!dnsperf_limited(&asked(0.0, 40e3, 0)), "max: nothing asked");
+    }
+
+    #[test]
+    fn a_failed_start_keeps_the_servers_own_words() {
+        let log = "info: Knot DNS 3.2.6 starting\n29: (85) call bpf_xdp_adjust_meta#54\nprogram of this type cannot \
+                   use helper bpf_xdp_adjust_meta#54\nwarning: failed to initialize XDP interface s@53, queue 0 \
+                   (program not loaded)\ncritical: failed to configure server\n";
+        let k = key_lines(log);
+        assert!(k.starts_with("program of this type cannot use helper bpf_xdp_adjust_meta#54 | "), "{k}");
+        assert!(k.ends_with("critical: failed to configure server"), "{k}");
+        assert_eq!(key_lines("a\nlast words\n"), "last words");
     }
 
     #[test]
