@@ -578,6 +578,10 @@ pub struct DnsperfResult {
     pub max_latency_us: f64,
     /// Response codes and counts.
     pub rcodes: Vec<(String, u64)>,
+    /// The server process's CPU time over the run's wall time (1.0: one core busy all along; a spinning server
+    /// shows 1.0 at any load). Below 1 at `max` with nothing lost: dnsperf, not the server, set the pace.
+    #[serde(default)]
+    pub server_cpu_share: f64,
     /// The command.
     pub command: String,
 }
@@ -801,6 +805,7 @@ fn summarize(t: &Target, rounds: &[Round], rates: &[f64], loads: &[CpuLoad], dns
             runs.iter().filter(|d| d.sent > 0).map(|d| d.lost as f64 * 100.0 / d.sent as f64).collect(),
         );
         put(&format!("dnsperf_avg_us@{key}"), runs.iter().map(|d| d.avg_latency_us).collect());
+        put(&format!("dnsperf_server_cpu@{key}"), runs.iter().map(|d| d.server_cpu_share * 100.0).collect());
         if runs.iter().any(|d| dnsperf_limited(d)) {
             put(&format!("dnsperf_limited@{key}"), vec![1.0]);
         }
@@ -1497,9 +1502,14 @@ fn round_inner(
             if round.dnsperf.is_empty() {
                 cmds.push(format!("# dnsperf at each load (-Q; none for max); the first:\n{}", shown(&argv)));
             }
+            let pid = server.pid();
+            let (cpu0, t0) = (pid.map_or(0, process_tree_cpu_ns), Instant::now());
             let out = run_bounded(&argv, Duration::from_secs_f64(a.dnsperf_duration + 30.0))?;
+            let cpu = pid.map_or(0, process_tree_cpu_ns).saturating_sub(cpu0) as f64;
+            let wall = t0.elapsed().as_secs_f64();
             match parse_dnsperf(&out.stdout) {
                 Some(mut r) if out.ok => {
+                    r.server_cpu_share = if wall > 0.0 { cpu / 1e9 / wall } else { 0.0 };
                     r.load = load.key();
                     r.requested_qps = qps;
                     r.command = shown(&argv);
@@ -1884,8 +1894,11 @@ fn dns_section(c: &Comparison, a: &CompareArgs) -> String {
     }
     let dp = cpu_loads(&a.dnsperf_rates);
     if !dp.is_empty() {
-        m += "\ndnsperf: queries per second completed (k) / lost % / average latency µs, median over repetitions; \
-              ⚠ = dnsperf did not keep the asked rate while the server lost nothing (dnsperf is the limit).\n\n| target |";
+        m += "\ndnsperf: queries per second completed (k) / lost % / average latency µs / the server process's CPU \
+              (% of one core, over the run, startup included), median over repetitions; ⚠ = dnsperf did not keep the \
+              asked rate while the server lost nothing (dnsperf is the limit). At `max` a server that sleeps when \
+              idle and stays well under 100 % with nothing lost was not the limit: dnsperf was (spinning servers \
+              show 100 % at any load).\n\n| target |";
         for l in &dp {
             m += &format!(" {} |", l.label());
         }
@@ -1898,8 +1911,11 @@ fn dns_section(c: &Comparison, a: &CompareArgs) -> String {
                 let k = l.key();
                 let f = |n: &str| s.figures.get(&format!("{n}@{k}")).copied();
                 let mark = if f("dnsperf_limited").is_some() { " ⚠" } else { "" };
+                let cpu = f("dnsperf_server_cpu").map_or("–".into(), |c| format!("{c:.0} %"));
                 match (f("dnsperf_qps"), f("dnsperf_loss_pct"), f("dnsperf_avg_us")) {
-                    (Some(q), Some(l), Some(avg)) => m += &format!(" {:.1} / {l:.2} / {avg:.0}{mark} |", q / 1e3),
+                    (Some(q), Some(l), Some(avg)) => {
+                        m += &format!(" {:.1} / {l:.2} / {avg:.0} / {cpu}{mark} |", q / 1e3)
+                    }
                     _ => m += " – |",
                 }
             }
@@ -2400,6 +2416,71 @@ Statistics:
         assert!(dnsperf_limited(&asked(50e3, 40e3, 0)), "slower than asked, nothing lost: dnsperf's limit");
         assert!(!dnsperf_limited(&asked(50e3, 40e3, 5_000)), "the server lost queries: its limit");
         assert!(!dnsperf_limited(&asked(0.0, 40e3, 0)), "max: nothing asked");
+    }
+
+    #[test]
+    fn the_dns_section_shows_every_dns_target() {
+        let a = <CompareArgs as clap::FromArgMatches>::from_arg_matches(
+            &<CompareArgs as clap::Args>::augment_args(clap::Command::new("c")).get_matches_from([
+                "c",
+                "--rates",
+                "20k,50k",
+                "--dnsperf-rates",
+                "20k,max",
+            ]),
+        )
+        .unwrap();
+        let plan: Plan = toml::from_str(
+            "baseline = \"echo\"\n[[target]]\nname = \"echo\"\nstart = \"true\"\n\
+             [[target]]\nname = \"dns-a\"\nstart = \"true\"\ndns_queries = \"q.txt\"\n\
+             [[target]]\nname = \"knot-xdp\"\nstart = \"true\"\ndns_queries = \"q.txt\"\nmay_fail = true",
+        )
+        .unwrap();
+        let dnsperf = |load: &str, q: f64, qps: f64| DnsperfResult {
+            load: load.into(),
+            requested_qps: q,
+            sent: 40_000,
+            completed: 40_000,
+            qps,
+            avg_latency_us: 100.0,
+            server_cpu_share: 0.25,
+            ..Default::default()
+        };
+        let round = Round {
+            rep: 1,
+            dnsperf: vec![dnsperf("20000", 20e3, 20e3), dnsperf("max", 0.0, 60e3)],
+            ..Default::default()
+        };
+        let mut sa = summarize(&plan.targets[1], &[round], &a.rates, &[], &cpu_loads(&a.dnsperf_rates));
+        sa.figures.insert("max_rate_loss_lt_0.1pct".into(), 50e3);
+        for (r, p50, p99) in [(20e3, 20.0, 40.0), (50e3, 25.0, 90.0)] {
+            sa.figures.insert(format!("sweep_p50_us@{r:.0}"), p50);
+            sa.figures.insert(format!("sweep_p99_us@{r:.0}"), p99);
+        }
+        sa.generator_behind_at = vec![50e3];
+        let failed = Round {
+            rep: 1,
+            errors: vec!["knot-xdp exited without answering: critical: no".into()],
+            ..Default::default()
+        };
+        let sk = summarize(&plan.targets[2], std::slice::from_ref(&failed), &a.rates, &[], &[]);
+        let c = Comparison {
+            name: "t".into(),
+            command: String::new(),
+            started: String::new(),
+            machine: vec![],
+            plan,
+            params: BTreeMap::new(),
+            summaries: vec![TargetSummary { name: "echo".into(), ..Default::default() }, sa, sk],
+            rounds: [("knot-xdp".to_string(), vec![failed])].into_iter().collect(),
+            commands: BTreeMap::new(),
+            findings: vec![],
+        };
+        let m = dns_section(&c, &a);
+        assert!(!m.contains("| echo |"), "not a DNS target: {m}");
+        assert!(m.contains("| dns-a | 50 | 20.0 / 40.0 | 25.0 / 90.0 ⚠ | 0 / 0 / 0 / 0 / 0 |"), "{m}");
+        assert!(m.contains("| dns-a | 20.0 / 0.00 / 100 / 25 % | 60.0 / 0.00 / 100 / 25 % |"), "{m}");
+        assert!(m.contains("| knot-xdp | did not run: knot-xdp exited without answering: critical: no |"), "{m}");
     }
 
     #[test]
