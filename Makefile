@@ -193,6 +193,21 @@ bench-many-core: bench-deps
 	$(CARGO) build --release -p shunt -p shunt-bench
 	target/release/shunt-bench compare --plan bench/plans/many-core.toml --name many-core $(MANY_CORE_FLAGS) $(BENCH_FLAGS)
 
+# Authoritative DNS (bench/plans/dns.toml): the DNS example on AF_XDP and kernel sockets, Knot DNS in UDP and XDP
+# mode, the same zone and queries (bench/data/dns/); shunt-bench sends DNS queries and checks every answer, dnsperf
+# runs at fixed -Q loads and at its maximum. Writes bench/results/dns.md (+ .json, plots).
+DNS_BENCH_PACKAGES := knot knot-dnsutils dnsperf
+.PHONY: bench-dns
+bench-dns: deps
+	@missing=""; \
+	for p in $(DNS_BENCH_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q '^install ok installed$$' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then apt-get update -q && apt-get install -y -q --no-install-recommends $$missing </dev/null; fi
+	$(CARGO) build --release -p shunt -p shunt-bench
+	$(CARGO) build --release -p shunt --example dns
+	target/release/shunt-bench compare --plan bench/plans/dns.toml --name dns $(BENCH_FLAGS)
+
 # The cost of in-server latency measurement: histograms on vs off, interleaved (bench/plans/latency-overhead.toml).
 .PHONY: bench-overhead
 bench-overhead: deps

@@ -74,13 +74,21 @@ pub struct CompareArgs {
     /// Sweep: cores of the generator threads (default: the client core, then the next allowed cores).
     #[arg(long, value_delimiter = ',')]
     pub sweep_cores: Option<Vec<usize>>,
-    /// CPU cost: the fixed offered rate (k/M suffixes) of the run during which the server's CPU time is read
+    /// CPU cost: the fixed offered loads (k/M suffixes; `max` = the highest loss-free rate the sweep found for
+    /// that target) of the runs during which the server's CPU time is read, from light to near the server's limit
     /// (the same for every target, so that work-conserving servers compare at equal load); 0 skips the phase.
-    #[arg(long, value_parser = parse_rate, default_value = "20k")]
-    pub cpu_rate: f64,
-    /// CPU cost: seconds of that run.
+    #[arg(long, value_delimiter = ',', value_parser = parse_cpu_load, default_value = "20k,100k,200k,max")]
+    pub cpu_rate: Vec<CpuLoad>,
+    /// CPU cost: seconds of each run.
     #[arg(long, default_value_t = 3.0)]
     pub cpu_duration: f64,
+    /// DNS plans (`dns_queries`): dnsperf's loads, queries per second (`-Q`; `max`: no `-Q`, as fast as
+    /// dnsperf goes); empty or 0 skips dnsperf.
+    #[arg(long, value_delimiter = ',', value_parser = parse_cpu_load, default_value = "20k,50k,max")]
+    pub dnsperf_rates: Vec<CpuLoad>,
+    /// DNS plans: seconds of each dnsperf run (its `-l`).
+    #[arg(long, default_value_t = 3.0)]
+    pub dnsperf_duration: f64,
     /// UDP payload bytes.
     #[arg(long, default_value_t = 64)]
     pub size: usize,
@@ -102,12 +110,69 @@ pub struct CompareArgs {
     pub replot: bool,
 }
 
+/// One load of the CPU phase: a fixed offered rate, or the highest loss-free rate the target's sweep found.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CpuLoad {
+    /// Requests per second (0: skip).
+    Rate(f64),
+    /// The sweep's highest rate with loss < 0.1 % for this target (in this repetition).
+    Max,
+}
+
+impl CpuLoad {
+    /// Key in figure names and in the JSON's params (`20000`, `max`).
+    pub fn key(&self) -> String {
+        match self {
+            CpuLoad::Rate(r) => format!("{r:.0}"),
+            CpuLoad::Max => "max".into(),
+        }
+    }
+
+    /// Column heading (`20k`, `1.5M`, `max`).
+    pub fn label(&self) -> String {
+        match self {
+            CpuLoad::Rate(r) => rate_label(*r),
+            CpuLoad::Max => "max".into(),
+        }
+    }
+}
+
+/// `20k`, `max`, `0` (nothing) ...
+pub fn parse_cpu_load(s: &str) -> Result<CpuLoad, String> {
+    if s.trim().eq_ignore_ascii_case("max") {
+        return Ok(CpuLoad::Max);
+    }
+    let r = parse_rate(s)?;
+    if !(0.0..=crate::load::MAX_RATE).contains(&r) {
+        return Err(format!("CPU load {s:?} out of 0..={}", crate::load::MAX_RATE));
+    }
+    Ok(CpuLoad::Rate(r))
+}
+
+/// The loads actually measured (0 dropped).
+fn cpu_loads(loads: &[CpuLoad]) -> Vec<CpuLoad> {
+    loads.iter().copied().filter(|l| *l != CpuLoad::Rate(0.0)).collect()
+}
+
+/// `20k`, `1.5M`.
+fn rate_label(r: f64) -> String {
+    if r >= 1e6 {
+        format!("{:.1}M", r / 1e6)
+    } else {
+        format!("{:.0}k", r / 1e3)
+    }
+}
+
 /// The plan file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
     /// Name of the target that ratios are relative to.
     pub baseline: String,
+    /// DNS servers: every shunt-bench run sends the queries of this file (dnsperf's format, path relative to the
+    /// repository) instead of its own payload and checks each answer (bench/src/dns.rs), and dnsperf runs too.
+    #[serde(default)]
+    pub dns_queries: Option<String>,
     /// The lab.
     #[serde(default)]
     pub lab: LabSpec,
@@ -195,6 +260,21 @@ pub struct Target {
     /// Seconds to wait for its first reply.
     #[serde(default = "default_ready")]
     pub ready_timeout: f64,
+    /// It may fail to start on some machines (e.g. a peer whose XDP program this kernel refuses): a failure is
+    /// reported on its row with the server's own messages, as `unavailable`, not as a broken benchmark.
+    #[serde(default)]
+    pub may_fail: bool,
+    /// A DNS server: this target's query file (overrides the plan's `dns_queries`; a plan of mixed targets sets it
+    /// on its DNS targets only).
+    #[serde(default)]
+    pub dns_queries: Option<String>,
+}
+
+impl Target {
+    /// Its DNS query file, its own or the plan's (None: not a DNS server).
+    fn dns_queries<'a>(&'a self, plan: &'a Plan) -> Option<&'a str> {
+        self.dns_queries.as_deref().or(plan.dns_queries.as_deref())
+    }
 }
 
 fn default_port() -> u16 {
@@ -466,11 +546,81 @@ pub struct Round {
     pub alternations: Vec<Alternation>,
     /// shunt-bench open-loop sweep.
     pub sweep: Option<SweepReport>,
-    /// The CPU time spent during the fixed-load run.
+    /// The CPU time spent during the fixed-load runs, one per load of `--cpu-rate` (results written before
+    /// several loads existed hold one object here, or null: both still read).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub cpu: Vec<CpuCost>,
+    /// dnsperf runs (DNS plans), one per `--dnsperf-rates` load.
     #[serde(default)]
-    pub cpu: Option<CpuCost>,
+    pub dnsperf: Vec<DnsperfResult>,
     /// What went wrong, if anything.
     pub errors: Vec<String>,
+}
+
+/// What one dnsperf run printed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DnsperfResult {
+    /// The load (`20000`, `max`).
+    pub load: String,
+    /// Queries per second asked for (`-Q`; 0: as fast as it goes).
+    pub requested_qps: f64,
+    /// Queries sent.
+    pub sent: u64,
+    /// Queries completed.
+    pub completed: u64,
+    /// Queries lost.
+    pub lost: u64,
+    /// Its "Queries per second".
+    pub qps: f64,
+    /// Its average latency, µs.
+    pub avg_latency_us: f64,
+    /// Its maximum latency, µs.
+    pub max_latency_us: f64,
+    /// Response codes and counts.
+    pub rcodes: Vec<(String, u64)>,
+    /// The server process's CPU time over the run's wall time (1.0: one core busy all along; a spinning server
+    /// shows 1.0 at any load). Below 1 at `max` with nothing lost: dnsperf, not the server, set the pace.
+    #[serde(default)]
+    pub server_cpu_share: f64,
+    /// The command.
+    pub command: String,
+}
+
+/// Parses dnsperf's summary.
+pub fn parse_dnsperf(text: &str) -> Option<DnsperfResult> {
+    let field = |key: &str| -> Option<String> {
+        let line = text.lines().find(|l| l.trim_start().starts_with(key))?;
+        Some(line.split_once(':')?.1.split_whitespace().next()?.to_string())
+    };
+    let num = |key: &str| -> Option<u64> { field(key)?.parse().ok() };
+    let rcodes = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("Response codes:"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, r)| {
+            r.split(',')
+                .filter_map(|part| {
+                    let mut w = part.split_whitespace();
+                    Some((w.next()?.to_string(), w.next()?.parse().ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // "Average Latency (s):  0.000123 (min 0.000050, max 0.001000)"
+    let avg_line = text.lines().find(|l| l.trim_start().starts_with("Average Latency"))?;
+    let avg = avg_line.split_once(':')?.1.split_whitespace().next()?.parse::<f64>().ok()?;
+    let max =
+        avg_line.split("max ").nth(1).and_then(|m| m.trim_end_matches(')').trim().parse::<f64>().ok()).unwrap_or(0.0);
+    Some(DnsperfResult {
+        sent: num("Queries sent")?,
+        completed: num("Queries completed")?,
+        lost: num("Queries lost")?,
+        qps: field("Queries per second")?.parse().ok()?,
+        avg_latency_us: avg * 1e6,
+        max_latency_us: max * 1e6,
+        rcodes,
+        ..Default::default()
+    })
 }
 
 /// Medians over the repetitions of one target.
@@ -517,12 +667,33 @@ pub struct Comparison {
     pub findings: Vec<Finding>,
 }
 
+/// `null`, one object or a list of them (older result files had one CPU reading per round).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<CpuCost>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<CpuCost>),
+        One(CpuCost),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(d)? {
+        None => Vec::new(),
+        Some(OneOrMany::One(c)) => vec![c],
+        Some(OneOrMany::Many(v)) => v,
+    })
+}
+
 /// CPU time read around one open-loop run at a fixed offered rate, from the kernel's accounting (outside the
 /// server, so it is the same reading for every target, shunt or not).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CpuCost {
+    /// Which load of `--cpu-rate` (`20000`, `max`; empty in older files: the only one).
+    #[serde(default)]
+    pub load: String,
     /// Offered rate (pps).
     pub rate: f64,
+    /// Whether the generator fell behind its schedule in this run (the load was the generator's, not the server's).
+    #[serde(default)]
+    pub generator_behind: bool,
     /// Replies the generator received in the run.
     pub replies: u64,
     /// Wall time between the two readings, s.
@@ -578,7 +749,7 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
 }
 
-fn summarize(t: &Target, rounds: &[Round], rates: &[f64]) -> TargetSummary {
+fn summarize(t: &Target, rounds: &[Round], rates: &[f64], loads: &[CpuLoad], dnsperf: &[CpuLoad]) -> TargetSummary {
     let mut figures = BTreeMap::new();
     let mut put = |k: &str, vals: Vec<f64>| {
         if let Some(m) = median(vals) {
@@ -600,11 +771,45 @@ fn summarize(t: &Target, rounds: &[Round], rates: &[f64]) -> TargetSummary {
     let sw: Vec<&SweepReport> = rounds.iter().filter_map(|r| r.sweep.as_ref()).collect();
     put("max_rate_loss_lt_0.1pct", sw.iter().map(|s| s.max_rate_loss_below_0_1pct.unwrap_or(0.0)).collect());
     put("p99_knee_rate", sw.iter().filter_map(|s| s.p99_knee_rate).collect());
-    let cpu: Vec<&CpuCost> = rounds.iter().filter_map(|r| r.cpu.as_ref()).filter(|c| c.replies > 0).collect();
-    let per = |f: fn(&CpuCost) -> u64| cpu.iter().map(|c| f(c) as f64 / c.replies as f64).collect::<Vec<_>>();
-    put("cpu_server_ns", per(|c| c.server_ns));
-    put("cpu_server_core_ns", per(|c| c.server_core_ns));
-    put("cpu_all_cores_ns", per(|c| c.all_cores_ns));
+    // CPU per reply at each load (`cpu_server_ns@20000`, `...@max`, and the actual offered rate `cpu_rate@max`);
+    // the first load's figures also go by the plain names (the main table's columns).
+    for (i, load) in loads.iter().enumerate() {
+        let key = load.key();
+        let cpu: Vec<&CpuCost> = rounds
+            .iter()
+            .flat_map(|r| &r.cpu)
+            .filter(|c| c.replies > 0 && (c.load == key || (c.load.is_empty() && i == 0)))
+            .collect();
+        let per = |f: fn(&CpuCost) -> u64| cpu.iter().map(|c| f(c) as f64 / c.replies as f64).collect::<Vec<_>>();
+        for (name, f) in [
+            ("cpu_server_ns", (|c| c.server_ns) as fn(&CpuCost) -> u64),
+            ("cpu_server_core_ns", |c| c.server_core_ns),
+            ("cpu_all_cores_ns", |c| c.all_cores_ns),
+        ] {
+            put(&format!("{name}@{key}"), per(f));
+            if i == 0 {
+                put(name, per(f));
+            }
+        }
+        put(&format!("cpu_rate@{key}"), cpu.iter().map(|c| c.rate).collect());
+        if cpu.iter().any(|c| c.generator_behind) {
+            put(&format!("cpu_generator_behind@{key}"), vec![1.0]);
+        }
+    }
+    for load in dnsperf {
+        let key = load.key();
+        let runs: Vec<&DnsperfResult> = rounds.iter().flat_map(|r| &r.dnsperf).filter(|d| d.load == key).collect();
+        put(&format!("dnsperf_qps@{key}"), runs.iter().map(|d| d.qps).collect());
+        put(
+            &format!("dnsperf_loss_pct@{key}"),
+            runs.iter().filter(|d| d.sent > 0).map(|d| d.lost as f64 * 100.0 / d.sent as f64).collect(),
+        );
+        put(&format!("dnsperf_avg_us@{key}"), runs.iter().map(|d| d.avg_latency_us).collect());
+        put(&format!("dnsperf_server_cpu@{key}"), runs.iter().map(|d| d.server_cpu_share * 100.0).collect());
+        if runs.iter().any(|d| dnsperf_limited(d)) {
+            put(&format!("dnsperf_limited@{key}"), vec![1.0]);
+        }
+    }
     let mut sweep = Vec::new();
     let mut behind = Vec::new();
     for &rate in rates {
@@ -612,6 +817,9 @@ fn summarize(t: &Target, rounds: &[Round], rates: &[f64]) -> TargetSummary {
             sw.iter().flat_map(|s| s.points.iter()).filter(|p| (p.offered_rate - rate).abs() < 0.5).collect();
         if pts.iter().any(|p| p.generator_behind) {
             behind.push(rate);
+        }
+        if let Some(p50) = median(pts.iter().map(|p| us(p.latency_ns.p50)).collect()) {
+            figures.insert(format!("sweep_p50_us@{rate:.0}"), p50);
         }
         if let (Some(p99), Some(loss)) = (
             median(pts.iter().map(|p| us(p.latency_ns.p99)).collect()),
@@ -637,6 +845,12 @@ fn summarize(t: &Target, rounds: &[Round], rates: &[f64]) -> TargetSummary {
         sweep,
         generator_behind_at: behind,
     }
+}
+
+/// dnsperf did not keep the rate it was asked for although the server answered everything (< 0.1 % lost): the
+/// figure is dnsperf's (one thread), not the server's.
+fn dnsperf_limited(d: &DnsperfResult) -> bool {
+    d.requested_qps > 0.0 && d.qps < 0.98 * d.requested_qps && d.lost * 1000 <= d.sent
 }
 
 /// What one target's rounds say about the trust its figures deserve (see bench/src/verdict.rs).
@@ -665,7 +879,42 @@ fn evidence(t: &Target, rounds: &[Round], summary: &TargetSummary) -> Evidence {
     for round in rounds {
         let rep = round.rep;
         for e in &round.errors {
-            ev.errors.push(format!("rep {rep}: {}", e.lines().next().unwrap_or("")));
+            let line = format!("rep {rep}: {}", e.lines().next().unwrap_or(""));
+            if t.may_fail {
+                ev.unavailable.push(line);
+            } else {
+                ev.errors.push(line);
+            }
+        }
+        for c in &round.cpu {
+            if c.generator_behind {
+                ev.limited.push(format!(
+                    "rep {rep}: the CPU-phase run at {:.0}k req/s: the generator fell behind (CPU table ⚠)",
+                    c.rate / 1e3
+                ));
+            }
+        }
+        for d in round.dnsperf.iter().filter(|d| dnsperf_limited(d)) {
+            ev.limited.push(format!(
+                "rep {rep}: dnsperf asked for {:.0}k qps, did {:.1}k with {} lost: dnsperf, not the server, is the limit",
+                d.requested_qps / 1e3,
+                d.qps / 1e3,
+                d.lost
+            ));
+        }
+        let runs = round
+            .sweep
+            .iter()
+            .flat_map(|s| &s.points)
+            .chain(round.alternations.iter().filter_map(|a| a.ping_pong.as_ref()));
+        for r in runs {
+            if let Some(d) = r.dns.as_ref().filter(|d| d.bad_rcode > 0) {
+                ev.contradictions.push(format!(
+                    "rep {rep} at {:.0}/s: {} DNS answers with a wrong rcode (not NOERROR/NXDOMAIN, or not what the \
+                     same query got before)",
+                    r.offered_rate, d.bad_rcode
+                ));
+            }
         }
         for (k, alt) in round.alternations.iter().enumerate() {
             if let Some(pp) = &alt.ping_pong {
@@ -855,6 +1104,19 @@ pub fn run(a: CompareArgs) -> anyhow::Result<ExitCode> {
     }
     vars.insert("repo".into(), repo.display().to_string());
     vars.insert("shunt".into(), shunt.display().to_string());
+    // The examples built next to that shunt binary (target/release/examples).
+    vars.insert(
+        "examples".into(),
+        shunt.parent().map(|d| d.join("examples")).unwrap_or_else(|| "examples".into()).display().to_string(),
+    );
+    let mut dns_count = None;
+    for t in &plan.targets {
+        if let Some(q) = t.dns_queries(&plan) {
+            let queries =
+                crate::dns::Queries::load(&repo.join(q)).with_context(|| format!("{}'s dns_queries", t.name))?;
+            dns_count.get_or_insert(queries.count());
+        }
+    }
     vars.insert("bench".into(), bench.display().to_string());
     vars.insert("server_core".into(), plan.lab.server_core.to_string());
     vars.insert("client_core".into(), plan.lab.client_core.to_string());
@@ -870,6 +1132,9 @@ pub fn run(a: CompareArgs) -> anyhow::Result<ExitCode> {
             check_stop()?;
             let mut tv = vars.clone();
             tv.insert("port".into(), t.port.to_string());
+            if let Some(q) = t.dns_queries(&plan) {
+                tv.insert("dns_queries".into(), repo.join(q).display().to_string());
+            }
             eprintln!("compare: rep {rep}/{} target {} ({:.0} s elapsed)", a.reps, t.name, t0.elapsed().as_secs_f64());
             let mut cmds = Vec::new();
             let round = one_round(&a, t, rep, &tv, &server_exec, &client_exec, &bench, &work, &mut cmds);
@@ -888,7 +1153,10 @@ pub fn run(a: CompareArgs) -> anyhow::Result<ExitCode> {
     let summaries: Vec<TargetSummary> = plan
         .targets
         .iter()
-        .map(|t| summarize(t, rounds.get(&t.name).map(Vec::as_slice).unwrap_or(&[]), &a.rates))
+        .map(|t| {
+            let rs = rounds.get(&t.name).map(Vec::as_slice).unwrap_or(&[]);
+            summarize(t, rs, &a.rates, &cpu_loads(&a.cpu_rate), &cpu_loads(&a.dnsperf_rates))
+        })
         .collect();
     let mut params = BTreeMap::new();
     params.insert("reps".into(), a.reps.to_string());
@@ -901,8 +1169,18 @@ pub fn run(a: CompareArgs) -> anyhow::Result<ExitCode> {
     params.insert("sweep_sender".into(), format!("{:?}", a.sweep_sender).to_lowercase());
     params.insert("sweep_flows".into(), a.flows.to_string());
     params.insert("size".into(), a.size.to_string());
-    params.insert("cpu_rate".into(), format!("{:.0}", a.cpu_rate));
+    let loads = cpu_loads(&a.cpu_rate);
+    params.insert("cpu_rate".into(), loads.first().map_or("0".into(), CpuLoad::key));
+    params.insert("cpu_rates".into(), loads.iter().map(CpuLoad::key).collect::<Vec<_>>().join(","));
     params.insert("cpu_duration_s".into(), a.cpu_duration.to_string());
+    if let Some(n) = dns_count {
+        params.insert("dns_query_count".into(), n.to_string());
+        params.insert(
+            "dnsperf_rates".into(),
+            cpu_loads(&a.dnsperf_rates).iter().map(CpuLoad::key).collect::<Vec<_>>().join(","),
+        );
+        params.insert("dnsperf_duration_s".into(), a.dnsperf_duration.to_string());
+    }
     let mut machine = machine;
     machine
         .push(format!("load average at end: {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()));
@@ -1005,7 +1283,9 @@ fn round_inner(
         v
     };
     let b = bench.display().to_string();
-    let probe = client(vec![
+    // DNS plans: every shunt-bench run sends the query file's messages and checks the answers.
+    let dns: Vec<String> = vars.get("dns_queries").map(|q| vec!["--dns-queries".into(), q.clone()]).unwrap_or_default();
+    let mut probe = client(vec![
         b.clone(),
         "probe".into(),
         "--target".into(),
@@ -1013,10 +1293,14 @@ fn round_inner(
         "--timeout".into(),
         t.ready_timeout.to_string(),
     ]);
+    probe.extend(dns.iter().cloned());
     cmds.push(format!("# wait until it answers\n{}", shown(&probe)));
     let out = run_bounded(&probe, Duration::from_secs_f64(t.ready_timeout + 10.0))?;
     if !out.ok || !server.alive() {
-        bail!("{} did not answer: {}{}\n--- server log ---\n{}", t.name, out.stdout, out.stderr, server.log_tail());
+        let log = server.log_tail();
+        let what = if server.alive() { "did not answer" } else { "exited without answering" };
+        // The server's own words on the first line (the page's error list shows first lines).
+        bail!("{} {what}: {}\n{}{}\n--- server log ---\n{log}", t.name, key_lines(&log), out.stdout, out.stderr);
     }
 
     // Ping-pong: shunt-bench (kernel sockets, like sockperf's client) and, where the target speaks sockperf's
@@ -1093,6 +1377,8 @@ fn round_inner(
                     "--json".into(),
                     pp_json.display().to_string(),
                 ]);
+                let mut pp = pp;
+                pp.extend(dns.iter().cloned());
                 if first || k == 1 {
                     cmds.push(format!("# ping-pong {} (shunt-bench)\n{}", k + 1, shown(&pp)));
                 }
@@ -1141,6 +1427,7 @@ fn round_inner(
         sw_json.display().to_string(),
     ];
     sw.extend(sender_flags(a, vars));
+    sw.extend(dns.iter().cloned());
     let sw = if a.sweep_threads > 1 {
         // Each thread pinned to its own core (shunt-bench pins them; taskset lets it), AF_XDP: its own queue.
         let cores = sweep_cores(a, vars["client_core"].parse().unwrap_or(0));
@@ -1165,15 +1452,100 @@ fn round_inner(
     } else {
         round.errors.push(format!("sweep failed ({}): {}", out.status, out.stderr.trim()));
     }
-    if a.cpu_rate > 0.0 && server.alive() {
+    for load in cpu_loads(&a.cpu_rate) {
+        if !server.alive() {
+            break;
+        }
         check_stop()?;
-        round.cpu = cpu_cost(a, vars, &target, &server, &client, &b, work, &tag, cmds, round)?;
+        let rate = match load {
+            CpuLoad::Rate(r) => r,
+            CpuLoad::Max => match round.sweep.as_ref().and_then(|s| s.max_rate_loss_below_0_1pct) {
+                Some(r) if r > 0.0 => r,
+                _ => continue, // no loss-free rate: nothing to measure at "max"
+            },
+        };
+        if let Some(c) = cpu_cost(a, vars, &target, &server, &client, &b, work, &tag, cmds, round, load, rate)? {
+            round.cpu.push(c);
+        }
+    }
+    if let Some(queries) = vars.get("dns_queries") {
+        for load in cpu_loads(&a.dnsperf_rates) {
+            if !server.alive() {
+                break;
+            }
+            check_stop()?;
+            let mut argv = vec![
+                "dnsperf".to_string(),
+                "-s".into(),
+                vars["server_ip"].clone(),
+                "-p".into(),
+                t.port.to_string(),
+                "-d".into(),
+                queries.clone(),
+                "-l".into(),
+                format!("{}", a.dnsperf_duration.ceil().max(1.0) as u64),
+                "-c".into(),
+                a.flows.max(1).to_string(),
+                "-T".into(),
+                "1".into(),
+                "-t".into(),
+                "1".into(),
+            ];
+            let qps = match load {
+                CpuLoad::Rate(r) => r,
+                CpuLoad::Max => 0.0,
+            };
+            if qps > 0.0 {
+                argv.extend(["-Q".into(), format!("{qps:.0}")]);
+            }
+            let argv = client(argv);
+            if round.dnsperf.is_empty() {
+                cmds.push(format!("# dnsperf at each load (-Q; none for max); the first:\n{}", shown(&argv)));
+            }
+            let pid = server.pid();
+            let (cpu0, t0) = (pid.map_or(0, process_tree_cpu_ns), Instant::now());
+            let out = run_bounded(&argv, Duration::from_secs_f64(a.dnsperf_duration + 30.0))?;
+            let cpu = pid.map_or(0, process_tree_cpu_ns).saturating_sub(cpu0) as f64;
+            let wall = t0.elapsed().as_secs_f64();
+            match parse_dnsperf(&out.stdout) {
+                Some(mut r) if out.ok => {
+                    r.server_cpu_share = if wall > 0.0 { cpu / 1e9 / wall } else { 0.0 };
+                    r.load = load.key();
+                    r.requested_qps = qps;
+                    r.command = shown(&argv);
+                    round.dnsperf.push(r);
+                }
+                _ => round.errors.push(format!(
+                    "dnsperf at {} failed ({}): {}{}",
+                    load.label(),
+                    out.status,
+                    out.stdout.lines().last().unwrap_or(""),
+                    out.stderr.trim()
+                )),
+            }
+        }
     }
     if !server.alive() {
         round.errors.push(format!("{} exited during the run:\n{}", t.name, server.log_tail()));
     }
     server.stop();
     Ok(())
+}
+
+/// The lines of a server log that say what went wrong (error, critical, failed, cannot ...), joined with ` | `,
+/// so that a failure's first line carries the server's own words; the last line when none matches.
+fn key_lines(log: &str) -> String {
+    let words = ["error", "critical", "fatal", "failed", "cannot", "refused", "panicked"];
+    let keys: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && words.iter().any(|w| l.to_ascii_lowercase().contains(w)))
+        .collect();
+    if keys.is_empty() {
+        log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(empty log)").trim().to_string()
+    } else {
+        keys.join(" | ")
+    }
 }
 
 /// The AF_XDP sender's interface and MAC flags (none for the kernel sender).
@@ -1201,9 +1573,11 @@ fn cpu_cost(
     tag: &str,
     cmds: &mut Vec<String>,
     round: &mut Round,
+    load: CpuLoad,
+    rate: f64,
 ) -> anyhow::Result<Option<CpuCost>> {
     let Some(pid) = server.pid() else { return Ok(None) };
-    let json = work.join(format!("{tag}-cpu.json"));
+    let json = work.join(format!("{tag}-cpu-{}.json", load.key()));
     let mut args: Vec<String> = vec![
         bench.into(),
         "run".into(),
@@ -1212,7 +1586,7 @@ fn cpu_cost(
         "--target".into(),
         target.into(),
         "--rate".into(),
-        format!("{:.0}", a.cpu_rate),
+        format!("{rate:.0}"),
         "--duration".into(),
         a.cpu_duration.to_string(),
         "--warmup".into(),
@@ -1228,23 +1602,30 @@ fn cpu_cost(
         json.display().to_string(),
     ];
     args.extend(sender_flags(a, vars));
+    if let Some(q) = vars.get("dns_queries") {
+        args.extend(["--dns-queries".into(), q.clone()]);
+    }
     let argv = client(args);
-    cmds.push(format!(
-        "# CPU cost at a fixed load (shunt-bench; server CPU read from /proc around it)\n{}",
-        shown(&argv)
-    ));
+    if round.cpu.is_empty() {
+        cmds.push(format!(
+            "# CPU cost at each fixed load (shunt-bench; server CPU read from /proc around it); the first:\n{}",
+            shown(&argv)
+        ));
+    }
     let server_core: usize = vars["server_core"].parse().unwrap_or(usize::MAX);
     let (cores0, proc0, t0) = (core_busy_ns(), process_tree_cpu_ns(pid), Instant::now());
     let out = run_bounded(&argv, Duration::from_secs_f64(a.cpu_duration + 30.0))?;
     let (cores1, proc1, wall) = (core_busy_ns(), process_tree_cpu_ns(pid), t0.elapsed());
     if !out.ok {
-        round.errors.push(format!("CPU-cost run failed ({}): {}", out.status, out.stderr.trim()));
+        round.errors.push(format!("CPU-cost run at {} failed ({}): {}", load.label(), out.status, out.stderr.trim()));
         return Ok(None);
     }
     let run: RunReport = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
     let delta = |k: &usize| cores1.get(k).unwrap_or(&0).saturating_sub(*cores0.get(k).unwrap_or(&0));
     Ok(Some(CpuCost {
-        rate: a.cpu_rate,
+        load: load.key(),
+        rate,
+        generator_behind: run.generator_behind,
         replies: run.received,
         wall_s: wall.as_secs_f64(),
         server_ns: proc1.saturating_sub(proc0),
@@ -1271,14 +1652,24 @@ fn write_page(cmp: &Comparison, a: &CompareArgs) -> anyhow::Result<String> {
     let pp_svg = a.out_dir.join(format!("{}-pingpong.svg", a.name));
     let sweep_svg = a.out_dir.join(format!("{}-sweep.svg", a.name));
     let cost_svg = a.out_dir.join(format!("{}-cost.svg", a.name));
+    let cost_lat_svg = a.out_dir.join(format!("{}-cost-latency.svg", a.name));
     write_plots(cmp, &pp_svg, &sweep_svg)?;
-    let with_cost = a.cpu_rate > 0.0;
+    let loads = cpu_loads(&a.cpu_rate);
+    let with_cost = !loads.is_empty();
     if with_cost {
-        write_cost_plot(cmp, &cost_svg)?;
+        write_cost_plots(cmp, &loads, &cost_svg, &cost_lat_svg)?;
     }
-    let md = markdown(cmp, a, &pp_svg, &sweep_svg, with_cost.then_some(cost_svg.as_path()));
+    let costs = [cost_svg.as_path(), cost_lat_svg.as_path()];
+    let md = markdown(cmp, a, &pp_svg, &sweep_svg, if with_cost { &costs } else { &[] });
     std::fs::write(base.with_extension("md"), &md)?;
     Ok(md)
+}
+
+/// The CPU loads a result file was measured at: `cpu_rates` (`20000,100000,max`), or the one `cpu_rate` of
+/// files written before several loads existed.
+fn loads_of(params: &BTreeMap<String, String>) -> Vec<CpuLoad> {
+    let list = params.get("cpu_rates").or_else(|| params.get("cpu_rate")).map(String::as_str).unwrap_or("0");
+    cpu_loads(&list.split(',').filter_map(|x| parse_cpu_load(x).ok()).collect::<Vec<_>>())
 }
 
 /// `--replot`: the page and plots again from `<out-dir>/<name>.json`, with the rates it was measured at.
@@ -1290,37 +1681,86 @@ fn replot(mut a: CompareArgs) -> anyhow::Result<ExitCode> {
         a.rates =
             r.split(',').map(parse_rate).collect::<Result<_, _>>().map_err(|e| anyhow!("rates in the JSON: {e}"))?;
     }
-    a.cpu_rate = cmp.params.get("cpu_rate").and_then(|r| r.parse().ok()).unwrap_or(0.0);
+    a.cpu_rate = loads_of(&cmp.params);
+    a.dnsperf_rates = cmp
+        .params
+        .get("dnsperf_rates")
+        .map(|r| r.split(',').filter_map(|x| parse_cpu_load(x).ok()).collect())
+        .unwrap_or_default();
     write_page(&cmp, &a)?;
     eprintln!("compare: rewrote {}.md and the plots from {}", a.out_dir.join(&a.name).display(), path.display());
     Ok(ExitCode::SUCCESS)
 }
 
-/// Latency against CPU per reply, one point per target with a server process doing the work. A server whose
-/// process used under 1 % of the machine's busy time per reply (the in-kernel one) is left out: on veth its
-/// work runs in softirq on the generator's core, where it cannot be told apart from the generator's.
-fn write_cost_plot(c: &Comparison, path: &Path) -> anyhow::Result<()> {
+/// A figure of `s` at CPU load `i` (`key`): `name@key`, or the plain name for the first load (older files).
+fn cpu_fig(s: &TargetSummary, name: &str, load: &CpuLoad, i: usize) -> Option<f64> {
+    s.figures
+        .get(&format!("{name}@{}", load.key()))
+        .or_else(|| (i == 0).then(|| s.figures.get(name)).flatten())
+        .copied()
+}
+
+/// Whether the server's process shows in the CPU readings: a server whose process used under 1 % of the
+/// machine's busy time per reply (the in-kernel one) does not; on veth its work runs in softirq on the
+/// generator's core, where it cannot be told apart from the generator's.
+fn has_server_process(s: &TargetSummary) -> bool {
+    match (s.figures.get("cpu_server_ns"), s.figures.get("cpu_all_cores_ns")) {
+        (Some(server), all) => server * 100.0 >= all.copied().unwrap_or(0.0),
+        (None, _) => false,
+    }
+}
+
+/// The cost plot's curves: per target with a server process, (offered load in kpps, server CPU ns per reply) at
+/// each CPU load, in order of load (`max` at the rate it was for that target: the median over repetitions).
+fn cost_curves(c: &Comparison, loads: &[CpuLoad]) -> Vec<plot::Series> {
+    c.summaries
+        .iter()
+        .filter(|s| has_server_process(s))
+        .map(|s| {
+            let mut points: Vec<(f64, f64)> = loads
+                .iter()
+                .enumerate()
+                .filter_map(|(i, l)| {
+                    let y = cpu_fig(s, "cpu_server_ns", l, i)?;
+                    let x = cpu_fig(s, "cpu_rate", l, usize::MAX).or(match l {
+                        CpuLoad::Rate(r) => Some(*r),
+                        CpuLoad::Max => None,
+                    })?;
+                    Some((x / 1e3, y))
+                })
+                .collect();
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            points.dedup_by(|a, b| a.0 == b.0);
+            plot::Series { name: s.name.clone(), points }
+        })
+        .filter(|s| !s.points.is_empty())
+        .collect()
+}
+
+/// `-cost.svg`: server CPU per reply against offered load, a curve per target; `-cost-latency.svg`: ping-pong
+/// latency against CPU per reply at the lightest load, one point per target with a server process.
+fn write_cost_plots(c: &Comparison, loads: &[CpuLoad], curve: &Path, latency: &Path) -> anyhow::Result<()> {
+    plot::cost_over_load(curve, &format!("{}: server CPU per reply vs offered load", c.name), &cost_curves(c, loads))?;
     let points: Vec<plot::CostPoint> = c
         .summaries
         .iter()
+        .filter(|s| has_server_process(s))
         .filter_map(|s| {
             let f = |k: &str| s.figures.get(k).copied();
-            let (p50, p99, server) = (f("pp_p50_us")?, f("pp_p99_us")?, f("cpu_server_ns")?);
-            let all = f("cpu_all_cores_ns").unwrap_or(0.0);
-            (server * 100.0 >= all).then(|| plot::CostPoint {
+            Some(plot::CostPoint {
                 name: s.name.clone(),
-                cpu_ns: server,
-                p50_us: p50,
-                p99_us: p99,
+                cpu_ns: f("cpu_server_ns")?,
+                p50_us: f("pp_p50_us")?,
+                p99_us: f("pp_p99_us")?,
             })
         })
         .collect();
     plot::cost_latency(
-        path,
+        latency,
         &format!(
             "{}: ping-pong latency vs server CPU per reply at {} pps",
             c.name,
-            c.params.get("cpu_rate").map(String::as_str).unwrap_or("?")
+            loads.first().map_or("?".into(), CpuLoad::label)
         ),
         "server CPU per reply (ns, log)",
         &points,
@@ -1387,7 +1827,146 @@ fn fmt_fig(v: Option<f64>, base: Option<f64>, unit: &str) -> String {
     }
 }
 
-fn markdown(c: &Comparison, a: &CompareArgs, pp_svg: &Path, sweep_svg: &Path, cost_svg: Option<&Path>) -> String {
+/// The first error of a target's rounds (first line), or "?".
+fn first_error(c: &Comparison, name: &str) -> String {
+    c.rounds
+        .get(name)
+        .into_iter()
+        .flatten()
+        .flat_map(|r| &r.errors)
+        .next()
+        .map_or("?".into(), |e| e.lines().next().unwrap_or("?").to_string())
+}
+
+/// The DNS section: per target, the highest loss-free qps, p50/p99 at each offered rate (shunt-bench, from the
+/// intended send time), how the answers checked out, and dnsperf's figures at its loads.
+fn dns_section(c: &Comparison, a: &CompareArgs) -> String {
+    let p = &c.params;
+    let mut m = format!(
+        "## DNS\n\nThe same zone and query file for every DNS server (`{}`, {} queries cycled in order). shunt-bench \
+         sends them open loop ({} sender, {} flow(s), {} s per rate), each with a fresh ID, and counts a reply only \
+         with the ID and question sent and a NOERROR / NXDOMAIN rcode that the same query always got \
+         (bench/src/dns.rs); latency from the intended send time. dnsperf: one thread, {} s per load, `-Q` at the \
+         fixed loads, none at `max` (as fast as dnsperf goes: its own limit or the server's).\n\n",
+        c.plan.targets.iter().find_map(|t| t.dns_queries(&c.plan)).unwrap_or("?"),
+        p.get("dns_query_count").map(String::as_str).unwrap_or("?"),
+        p.get("sweep_sender").map(String::as_str).unwrap_or("?"),
+        p.get("sweep_flows").map(String::as_str).unwrap_or("?"),
+        p.get("sweep_duration_s").map(String::as_str).unwrap_or("?"),
+        p.get("dnsperf_duration_s").map(String::as_str).unwrap_or("?"),
+    );
+    m += "| target | max qps, loss < 0.1 % (k) |";
+    for r in &a.rates {
+        m += &format!(" p50 / p99 µs @ {} |", rate_label(*r));
+    }
+    m += " answers checked (NOERROR / NXDOMAIN / TC / wrong rcode / mismatched) |\n|---|---|";
+    m += &"---|".repeat(a.rates.len() + 1);
+    m += "\n";
+    let is_dns = |name: &str| c.plan.targets.iter().any(|t| t.name == name && t.dns_queries(&c.plan).is_some());
+    for s in c.summaries.iter().filter(|s| is_dns(&s.name)) {
+        if s.figures.is_empty() {
+            m += &format!("| {} | did not run: {} |", s.name, first_error(c, &s.name).replace('|', "/"));
+            m += &" – |".repeat(a.rates.len() + 1);
+            m += "\n";
+            continue;
+        }
+        m += &format!("| {} | {} |", s.name, fmt_fig(s.figures.get("max_rate_loss_lt_0.1pct").copied(), None, "kpps"));
+        for r in &a.rates {
+            let f = |k: &str| s.figures.get(&format!("{k}@{r:.0}")).copied();
+            let mark = if s.generator_behind_at.contains(r) { " ⚠" } else { "" };
+            match (f("sweep_p50_us"), f("sweep_p99_us")) {
+                (Some(p50), Some(p99)) => m += &format!(" {p50:.1} / {p99:.1}{mark} |"),
+                _ => m += " – |",
+            }
+        }
+        let mut sum = crate::dns::DnsCounts::default();
+        for r in c.rounds.get(&s.name).into_iter().flatten() {
+            for p in r.sweep.iter().flat_map(|s| &s.points) {
+                if let Some(d) = &p.dns {
+                    sum.add(d);
+                }
+            }
+        }
+        m += &format!(
+            " {} / {} / {} / {} / {} |\n",
+            sum.noerror, sum.nxdomain, sum.truncated, sum.bad_rcode, sum.mismatched
+        );
+    }
+    let dp = cpu_loads(&a.dnsperf_rates);
+    if !dp.is_empty() {
+        m += "\ndnsperf: queries per second completed (k) / lost % / average latency µs / the server process's CPU \
+              (% of one core, over the run, startup included), median over repetitions; ⚠ = dnsperf did not keep the \
+              asked rate while the server lost nothing (dnsperf is the limit). At `max` a server that sleeps when \
+              idle and stays well under 100 % with nothing lost was not the limit: dnsperf was (spinning servers \
+              show 100 % at any load).\n\n| target |";
+        for l in &dp {
+            m += &format!(" {} |", l.label());
+        }
+        m += "\n|---|";
+        m += &"---|".repeat(dp.len());
+        m += "\n";
+        for s in c.summaries.iter().filter(|s| is_dns(&s.name)) {
+            m += &format!("| {} |", s.name);
+            for l in &dp {
+                let k = l.key();
+                let f = |n: &str| s.figures.get(&format!("{n}@{k}")).copied();
+                let mark = if f("dnsperf_limited").is_some() { " ⚠" } else { "" };
+                let cpu = f("dnsperf_server_cpu").map_or("–".into(), |c| format!("{c:.0} %"));
+                match (f("dnsperf_qps"), f("dnsperf_loss_pct"), f("dnsperf_avg_us")) {
+                    (Some(q), Some(l), Some(avg)) => {
+                        m += &format!(" {:.1} / {l:.2} / {avg:.0} / {cpu}{mark} |", q / 1e3)
+                    }
+                    _ => m += " – |",
+                }
+            }
+            m += "\n";
+        }
+    }
+    m += "\n";
+    m
+}
+
+/// The CPU sub-table: per target, server CPU ns per reply (and every core's) at each load of the CPU phase.
+fn cpu_table(c: &Comparison, loads: &[CpuLoad], base: Option<&TargetSummary>) -> String {
+    let mut m = String::from(
+        "### CPU per reply at each load\n\nServer CPU ns per reply / all cores ns per reply, median over \
+         repetitions, at each offered load of the CPU phase (ratio of the server figure to the baseline's in \
+         parentheses; `max` also gives the rate it was for that target). ⚠: the generator fell behind in that \
+         run, so the load was the generator's. A spinning server costs a core whatever the load: its figure \
+         falls as the load rises.\n\n| target |",
+    );
+    for l in loads {
+        m += &format!(" {} |", l.label());
+    }
+    m += "\n|---|";
+    m += &"---|".repeat(loads.len());
+    m += "\n";
+    for s in &c.summaries {
+        m += &format!("| {} |", s.name);
+        for (i, l) in loads.iter().enumerate() {
+            let server = cpu_fig(s, "cpu_server_ns", l, i);
+            let b = base.and_then(|b| cpu_fig(b, "cpu_server_ns", l, i));
+            match server {
+                None => m += " – |",
+                Some(_) => {
+                    let all = cpu_fig(s, "cpu_all_cores_ns", l, i).map_or("–".into(), |v| format!("{v:.0}"));
+                    let at = match (l, cpu_fig(s, "cpu_rate", l, usize::MAX)) {
+                        (CpuLoad::Max, Some(r)) => format!(" @ {}", rate_label(r)),
+                        _ => String::new(),
+                    };
+                    let warn =
+                        if s.figures.contains_key(&format!("cpu_generator_behind@{}", l.key())) { " ⚠" } else { "" };
+                    m += &format!(" {} / {all}{at}{warn} |", fmt_fig(server, b, "ns"));
+                }
+            }
+        }
+        m += "\n";
+    }
+    m += "\n";
+    m
+}
+
+fn markdown(c: &Comparison, a: &CompareArgs, pp_svg: &Path, sweep_svg: &Path, cost_svgs: &[&Path]) -> String {
     let mut m = String::new();
     let base = c.summaries.iter().find(|s| s.name == c.plan.baseline);
     let p = &c.params;
@@ -1435,7 +2014,6 @@ fn markdown(c: &Comparison, a: &CompareArgs, pp_svg: &Path, sweep_svg: &Path, co
     );
     // The one table: latency unloaded (ping-pong), p99 at two fixed offered loads (the sweep's lowest and
     // middle rates), the highest loss-free rate, and CPU per reply at the fixed CPU-phase load.
-    let rate_label = |r: f64| if r >= 1e6 { format!("{:.1}M", r / 1e6) } else { format!("{:.0}k", r / 1e3) };
     let mut fixed: Vec<f64> = a.rates.first().copied().into_iter().collect();
     if let Some(&mid) = a.rates.get(a.rates.len() / 2) {
         if a.rates.len() > 1 {
@@ -1444,7 +2022,8 @@ fn markdown(c: &Comparison, a: &CompareArgs, pp_svg: &Path, sweep_svg: &Path, co
     }
     let p99_keys: Vec<(String, String)> =
         fixed.iter().map(|&r| (format!("sweep_p99_us@{r:.0}"), format!("p99 µs @ {} pps", rate_label(r)))).collect();
-    let cpu_rate = rate_label(a.cpu_rate);
+    let loads = cpu_loads(&a.cpu_rate);
+    let cpu_rate = loads.first().map_or("-".into(), CpuLoad::label);
     let cpu_server = format!("server CPU ns/reply @ {cpu_rate} pps");
     let cpu_all = format!("all cores ns/reply @ {cpu_rate} pps");
     let mut cols: Vec<(&str, &str, &str)> = vec![
@@ -1454,7 +2033,7 @@ fn markdown(c: &Comparison, a: &CompareArgs, pp_svg: &Path, sweep_svg: &Path, co
     ];
     cols.extend(p99_keys.iter().map(|(k, h)| (k.as_str(), h.as_str(), "us")));
     cols.push(("max_rate_loss_lt_0.1pct", "max rate, loss < 0.1 % (kpps)", "kpps"));
-    if a.cpu_rate > 0.0 {
+    if !loads.is_empty() {
         cols.push(("cpu_server_ns", cpu_server.as_str(), "ns"));
         cols.push(("cpu_all_cores_ns", cpu_all.as_str(), "ns"));
     }
@@ -1464,6 +2043,12 @@ fn markdown(c: &Comparison, a: &CompareArgs, pp_svg: &Path, sweep_svg: &Path, co
     m += &"---|".repeat(cols.len() + 1);
     m += "\n";
     for s in &c.summaries {
+        if s.figures.is_empty() {
+            m += &format!("| {} | ", s.name);
+            m += &vec!["–"; cols.len()].join(" | ");
+            m += &format!(" | did not run: {} |\n", first_error(c, &s.name).replace('|', "/"));
+            continue;
+        }
         m += &format!("| {} | ", s.name);
         let cells: Vec<String> = cols
             .iter()
@@ -1493,8 +2078,9 @@ fn markdown(c: &Comparison, a: &CompareArgs, pp_svg: &Path, sweep_svg: &Path, co
     }
     m += &format!(
         "\n`p99 µs @ R pps`: the sweep's p99 at that offered rate (from the intended send time). `max rate`: highest \
-         offered rate with loss < 0.1 % (0: none). The CPU columns come from a run of their own at {} pps offered \
-         ({} s, one generator thread, the sweep's sender), the same for every target: `server CPU` is the time the \
+         offered rate with loss < 0.1 % (0: none). The CPU columns come from runs of their own at fixed offered \
+         loads ({} pps; `max`: the highest loss-free rate of that target's sweep; {} s each, one generator thread, \
+         the sweep's sender), the same for every target; the main table shows the lightest: `server CPU` is the time the \
          server's process spent on CPU (every thread, user + system, from /proc/PID/task/*/schedstat) and `all \
          cores` the busy time of every core (/proc/stat, softirq included, and the generator's core with it), each \
          divided by the replies the generator received. A server that spins (AF_XDP `spin`, the non-blocking \
@@ -1502,9 +2088,15 @@ fn markdown(c: &Comparison, a: &CompareArgs, pp_svg: &Path, sweep_svg: &Path, co
          load; the in-kernel server has no process on the CPU at all and shows only in `all cores` (on veth its \
          work runs on the generator's core, so it is left off the cost plot). Per-rate \
          detail, the p99 bend and sockperf's own figures are below.\n\n",
-        c.params.get("cpu_rate").map(String::as_str).unwrap_or("-"),
+        loads.iter().map(CpuLoad::label).collect::<Vec<_>>().join(", "),
         c.params.get("cpu_duration_s").map(String::as_str).unwrap_or("-"),
     );
+    if !loads.is_empty() {
+        m += &cpu_table(c, &loads, base);
+    }
+    if c.plan.targets.iter().any(|t| t.dns_queries(&c.plan).is_some()) {
+        m += &dns_section(c, a);
+    }
     m += &format!(
         "`p99 bend` (per target): the lowest offered rate whose p99 exceeds {} x the p99 at the lowest rate of the \
          sweep.\n\n",
@@ -1590,7 +2182,7 @@ fn markdown(c: &Comparison, a: &CompareArgs, pp_svg: &Path, sweep_svg: &Path, co
         m += "\n";
     }
     m += "\n## Plots\n\n";
-    for f in [Some(pp_svg), Some(sweep_svg), cost_svg].into_iter().flatten() {
+    for f in [pp_svg, sweep_svg].into_iter().chain(cost_svgs.iter().copied()) {
         let n = f.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         m += &format!("![{n}]({n})\n\n");
     }
@@ -1665,12 +2257,241 @@ sockperf: ---> <MIN> observation =    9.866
 
     #[test]
     fn the_shipped_plans_parse() {
-        for f in ["plans/lab.toml", "plans/many-core.toml", "plans/nic-example.toml"] {
+        for f in ["plans/lab.toml", "plans/many-core.toml", "plans/nic-example.toml", "plans/dns.toml"] {
             let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
             let plan: Plan =
                 toml::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap_or_else(|e| panic!("{f}: {e}"));
             assert!(plan.targets.iter().any(|t| t.name == plan.baseline), "{f}: baseline is a target");
         }
+    }
+
+    #[test]
+    fn cpu_loads_parse() {
+        assert_eq!(parse_cpu_load("20k"), Ok(CpuLoad::Rate(20_000.0)));
+        assert_eq!(parse_cpu_load("MAX"), Ok(CpuLoad::Max));
+        assert!(parse_cpu_load("fast").is_err() && parse_cpu_load("-5").is_err());
+        let a = <CompareArgs as clap::FromArgMatches>::from_arg_matches(
+            &<CompareArgs as clap::Args>::augment_args(clap::Command::new("c")).get_matches_from([
+                "c",
+                "--cpu-rate",
+                "20k,100k,max",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(a.cpu_rate, vec![CpuLoad::Rate(20e3), CpuLoad::Rate(100e3), CpuLoad::Max]);
+        let d = <CompareArgs as clap::FromArgMatches>::from_arg_matches(
+            &<CompareArgs as clap::Args>::augment_args(clap::Command::new("c")).get_matches_from(["c"]),
+        )
+        .unwrap();
+        assert_eq!(d.cpu_rate.len(), 4, "default: light to near the limit, and max");
+        assert_eq!(d.cpu_rate.last(), Some(&CpuLoad::Max));
+        assert!(cpu_loads(&[CpuLoad::Rate(0.0)]).is_empty(), "0 skips the phase");
+        assert_eq!(
+            [CpuLoad::Rate(2e5), CpuLoad::Max].map(|l| (l.key(), l.label())),
+            [("200000".to_string(), "200k".to_string()), ("max".into(), "max".into())]
+        );
+        let mut params = BTreeMap::new();
+        params.insert("cpu_rate".to_string(), "20000".to_string());
+        assert_eq!(loads_of(&params), vec![CpuLoad::Rate(20e3)], "a file from before: its one rate");
+        params.insert("cpu_rates".to_string(), "20000,max".to_string());
+        assert_eq!(loads_of(&params), vec![CpuLoad::Rate(20e3), CpuLoad::Max]);
+    }
+
+    #[test]
+    fn old_rounds_with_one_cpu_reading_still_read() {
+        let one: Round = serde_json::from_str(
+            r#"{"rep":1,"alternations":[],"sweep":null,"errors":[],
+                "cpu":{"rate":20000.0,"replies":60000,"wall_s":3.0,"server_ns":600000000,"server_core_ns":1,"all_cores_ns":2}}"#,
+        )
+        .unwrap();
+        assert_eq!(one.cpu.len(), 1);
+        assert_eq!(one.cpu[0].load, "");
+        let none: Round =
+            serde_json::from_str(r#"{"rep":1,"alternations":[],"sweep":null,"errors":[],"cpu":null}"#).unwrap();
+        assert!(none.cpu.is_empty());
+        let absent: Round = serde_json::from_str(r#"{"rep":1,"alternations":[],"sweep":null,"errors":[]}"#).unwrap();
+        assert!(absent.cpu.is_empty());
+        let back: Round = serde_json::from_str(&serde_json::to_string(&one).unwrap()).unwrap();
+        assert_eq!(back.cpu.len(), 1);
+    }
+
+    fn cost(load: &str, rate: f64, replies: u64, server_ns: u64, all: u64) -> CpuCost {
+        CpuCost {
+            load: load.into(),
+            rate,
+            replies,
+            server_ns,
+            all_cores_ns: all,
+            server_core_ns: server_ns,
+            wall_s: 3.0,
+            generator_behind: false,
+        }
+    }
+
+    fn target(name: &str) -> Target {
+        toml::from_str(&format!("name = \"{name}\"\nstart = \"true\"")).unwrap()
+    }
+
+    #[test]
+    fn cpu_figures_table_and_curves_at_every_load() {
+        let loads = [CpuLoad::Rate(20e3), CpuLoad::Rate(100e3), CpuLoad::Max];
+        // A spinner: one core's second whatever the load; max was 150k and 170k in two repetitions.
+        let spin = |max: f64| Round {
+            rep: 1,
+            cpu: vec![
+                cost("20000", 20e3, 60_000, 3_000_000_000, 3_100_000_000),
+                cost("100000", 100e3, 300_000, 3_000_000_000, 3_500_000_000),
+                cost("max", max, (max * 3.0) as u64, 3_000_000_000, 3_900_000_000),
+            ],
+            ..Default::default()
+        };
+        let s = summarize(&target("spin"), &[spin(150e3), spin(170e3)], &[], &loads, &[]);
+        assert_eq!(s.figures["cpu_server_ns@20000"], 50_000.0);
+        assert_eq!(s.figures["cpu_server_ns"], 50_000.0, "the first load by its plain name");
+        assert_eq!(s.figures["cpu_server_ns@100000"], 10_000.0);
+        assert_eq!(s.figures["cpu_rate@max"], 160e3);
+        // The in-kernel server: no process time; left off the curves.
+        let kern = Round { rep: 1, cpu: vec![cost("20000", 20e3, 60_000, 0, 900_000_000)], ..Default::default() };
+        let k = summarize(&target("kernel"), &[kern], &[], &loads, &[]);
+        // A file from before several loads: one reading without a load key, plain figures only.
+        let old = Round { rep: 1, cpu: vec![cost("", 20e3, 60_000, 120_000_000, 300_000_000)], ..Default::default() };
+        let o = summarize(&target("old"), &[old], &[], &loads[..1], &[]);
+        assert_eq!(o.figures["cpu_server_ns"], 2_000.0);
+        let plan: Plan = toml::from_str(
+            "baseline = \"spin\"\n[[target]]\nname = \"spin\"\nstart = \"true\"\n[[target]]\nname = \"kernel\"\nstart = \"true\"",
+        )
+        .unwrap();
+        let c = Comparison {
+            name: "t".into(),
+            command: String::new(),
+            started: String::new(),
+            machine: vec![],
+            plan,
+            params: BTreeMap::new(),
+            summaries: vec![s, k, o],
+            rounds: BTreeMap::new(),
+            commands: BTreeMap::new(),
+            findings: vec![],
+        };
+        let curves = cost_curves(&c, &loads);
+        assert_eq!(curves.len(), 2, "the in-kernel server has no process to measure: {curves:?}");
+        assert_eq!(curves[0].name, "spin");
+        let at_max = (3e9 / 450e3 + 3e9 / 510e3) / 2.0; // the median of two repetitions' figures
+        assert_eq!(curves[0].points, vec![(20.0, 50_000.0), (100.0, 10_000.0), (160.0, at_max)]);
+        assert_eq!(curves[1].points, vec![(20.0, 2_000.0)], "old files: one point at their one rate");
+        let t = cpu_table(&c, &loads, c.summaries.first());
+        assert!(t.contains("| target | 20k | 100k | max |"), "{t}");
+        assert!(
+            t.contains("| spin | 50000 (1.00x) / 51667 | 10000 (1.00x) / 11667 | 6275 (1.00x) / 8157 @ 160k |"),
+            "{t}"
+        );
+        assert!(t.contains("| old | 2000 (0.04x) / 5000 | – | – |"), "{t}");
+    }
+
+    #[test]
+    fn parses_dnsperf_output_and_judges_it() {
+        let text = "DNS Performance Testing Tool
+Statistics:
+
+  Queries sent:         60000
+  Queries completed:    59990 (99.98%)
+  Queries lost:         10 (0.02%)
+
+  Response codes:       NOERROR 53991 (90.00%), NXDOMAIN 5999 (10.00%)
+  Average packet size:  request 38, response 102
+  Run time (s):         3.000123
+  Queries per second:   19996.180000
+
+  Average Latency (s):  0.000231 (min 0.000041, max 0.012001)
+  Latency StdDev (s):   0.000300
+";
+        let d = parse_dnsperf(text).unwrap();
+        assert_eq!((d.sent, d.completed, d.lost), (60_000, 59_990, 10));
+        assert_eq!(d.rcodes, vec![("NOERROR".to_string(), 53_991), ("NXDOMAIN".to_string(), 5_999)]);
+        assert!((d.qps - 19_996.18).abs() < 1e-6);
+        assert!((d.avg_latency_us - 231.0).abs() < 1e-6 && (d.max_latency_us - 12_001.0).abs() < 1e-6);
+        assert!(parse_dnsperf("garbage").is_none());
+        let asked =
+            |q: f64, qps: f64, lost: u64| DnsperfResult { requested_qps: q, qps, lost, sent: 100_000, ..d.clone() };
+        assert!(dnsperf_limited(&asked(50e3, 40e3, 0)), "slower than asked, nothing lost: dnsperf's limit");
+        assert!(!dnsperf_limited(&asked(50e3, 40e3, 5_000)), "the server lost queries: its limit");
+        assert!(!dnsperf_limited(&asked(0.0, 40e3, 0)), "max: nothing asked");
+    }
+
+    #[test]
+    fn the_dns_section_shows_every_dns_target() {
+        let a = <CompareArgs as clap::FromArgMatches>::from_arg_matches(
+            &<CompareArgs as clap::Args>::augment_args(clap::Command::new("c")).get_matches_from([
+                "c",
+                "--rates",
+                "20k,50k",
+                "--dnsperf-rates",
+                "20k,max",
+            ]),
+        )
+        .unwrap();
+        let plan: Plan = toml::from_str(
+            "baseline = \"echo\"\n[[target]]\nname = \"echo\"\nstart = \"true\"\n\
+             [[target]]\nname = \"dns-a\"\nstart = \"true\"\ndns_queries = \"q.txt\"\n\
+             [[target]]\nname = \"knot-xdp\"\nstart = \"true\"\ndns_queries = \"q.txt\"\nmay_fail = true",
+        )
+        .unwrap();
+        let dnsperf = |load: &str, q: f64, qps: f64| DnsperfResult {
+            load: load.into(),
+            requested_qps: q,
+            sent: 40_000,
+            completed: 40_000,
+            qps,
+            avg_latency_us: 100.0,
+            server_cpu_share: 0.25,
+            ..Default::default()
+        };
+        let round = Round {
+            rep: 1,
+            dnsperf: vec![dnsperf("20000", 20e3, 20e3), dnsperf("max", 0.0, 60e3)],
+            ..Default::default()
+        };
+        let mut sa = summarize(&plan.targets[1], &[round], &a.rates, &[], &cpu_loads(&a.dnsperf_rates));
+        sa.figures.insert("max_rate_loss_lt_0.1pct".into(), 50e3);
+        for (r, p50, p99) in [(20e3, 20.0, 40.0), (50e3, 25.0, 90.0)] {
+            sa.figures.insert(format!("sweep_p50_us@{r:.0}"), p50);
+            sa.figures.insert(format!("sweep_p99_us@{r:.0}"), p99);
+        }
+        sa.generator_behind_at = vec![50e3];
+        let failed = Round {
+            rep: 1,
+            errors: vec!["knot-xdp exited without answering: critical: no".into()],
+            ..Default::default()
+        };
+        let sk = summarize(&plan.targets[2], std::slice::from_ref(&failed), &a.rates, &[], &[]);
+        let c = Comparison {
+            name: "t".into(),
+            command: String::new(),
+            started: String::new(),
+            machine: vec![],
+            plan,
+            params: BTreeMap::new(),
+            summaries: vec![TargetSummary { name: "echo".into(), ..Default::default() }, sa, sk],
+            rounds: [("knot-xdp".to_string(), vec![failed])].into_iter().collect(),
+            commands: BTreeMap::new(),
+            findings: vec![],
+        };
+        let m = dns_section(&c, &a);
+        assert!(!m.contains("| echo |"), "not a DNS target: {m}");
+        assert!(m.contains("| dns-a | 50 | 20.0 / 40.0 | 25.0 / 90.0 ⚠ | 0 / 0 / 0 / 0 / 0 |"), "{m}");
+        assert!(m.contains("| dns-a | 20.0 / 0.00 / 100 / 25 % | 60.0 / 0.00 / 100 / 25 % |"), "{m}");
+        assert!(m.contains("| knot-xdp | did not run: knot-xdp exited without answering: critical: no |"), "{m}");
+    }
+
+    #[test]
+    fn a_failed_start_keeps_the_servers_own_words() {
+        let log = "info: Knot DNS 3.2.6 starting\n29: (85) call bpf_xdp_adjust_meta#54\nprogram of this type cannot \
+                   use helper bpf_xdp_adjust_meta#54\nwarning: failed to initialize XDP interface s@53, queue 0 \
+                   (program not loaded)\ncritical: failed to configure server\n";
+        let k = key_lines(log);
+        assert!(k.starts_with("program of this type cannot use helper bpf_xdp_adjust_meta#54 | "), "{k}");
+        assert!(k.ends_with("critical: failed to configure server"), "{k}");
+        assert_eq!(key_lines("a\nlast words\n"), "last words");
     }
 
     #[test]

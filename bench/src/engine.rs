@@ -5,7 +5,7 @@
 use std::{io, sync::OnceLock, time::Instant};
 
 use crate::{
-    payload::{self, Request, MAX_PAYLOAD},
+    payload::{Request, MAX_PAYLOAD},
     record::Recorder,
     schedule::{Distribution, Schedule},
 };
@@ -124,11 +124,11 @@ pub fn open_loop<T: Transport>(
         let now = t.now();
         if pending > 0 || (seq < p.count && next_at <= now) {
             for b in &mut bufs[..pending] {
-                payload::restamp(b, now);
+                rec.restamp(b, now);
             }
             while pending < batch && seq < p.count && next_at <= now {
                 let req = Request { seq, run_id, intended_ns: next_at, sent_ns: now };
-                lens[pending] = payload::encode(&mut bufs[pending], p.size, &req);
+                lens[pending] = rec.encode(&mut bufs[pending], p.size, &req);
                 flow_ids[pending] = flow_of(seq, p, flows);
                 intended[pending] = next_at;
                 pending += 1;
@@ -202,8 +202,7 @@ pub fn ping_pong<T: Transport>(
         }
         let sent_at = loop {
             let t_send = t.now();
-            len[0] =
-                payload::encode(&mut buf[0], p.size, &Request { seq, run_id, intended_ns: t_send, sent_ns: t_send });
+            len[0] = rec.encode(&mut buf[0], p.size, &Request { seq, run_id, intended_ns: t_send, sent_ns: t_send });
             flow[0] = flow_of(seq, p, t.flows());
             if t.send(&buf, &len, &flow)? == 1 {
                 rec.on_sent(t_send, t_send);

@@ -140,6 +140,11 @@ pub struct LoadArgs {
     /// Sweep: rates, comma-separated (k and M suffixes allowed).
     #[arg(long, value_delimiter = ',', value_parser = parse_rate)]
     pub rates: Option<Vec<f64>>,
+    /// DNS payloads: cycle through the queries of this file (dnsperf's format, `name TYPE` per line), each with a
+    /// fresh ID, and accept a reply only with the ID and question sent, QR set and a consistent NOERROR or
+    /// NXDOMAIN rcode (bench/src/dns.rs); `--size` is ignored.
+    #[arg(long)]
+    pub dns_queries: Option<PathBuf>,
 }
 
 /// Parses `250000`, `250k` or `1.5M`.
@@ -191,7 +196,8 @@ impl LoadArgs {
                 reply_timeout_ms,
                 late_threshold_us,
                 seed,
-                rates
+                rates,
+                dns_queries
             );
         }
         Ok(self)
@@ -237,6 +243,8 @@ pub struct Resolved {
     pub seed: Option<u64>,
     /// Notes about caps applied.
     pub notes: Vec<String>,
+    /// DNS queries to send instead of shunt-bench's payload.
+    pub dns: Option<std::sync::Arc<crate::dns::Queries>>,
 }
 
 /// Applies defaults and the hard caps.
@@ -261,8 +269,12 @@ pub fn resolve(a: &LoadArgs, ping_pong: bool) -> anyhow::Result<Resolved> {
         warmup = warmup.min(MAX_RUN_SECONDS / 10.0);
         duration = MAX_RUN_SECONDS - warmup;
     }
-    let size = a.size.unwrap_or(64);
-    if !(crate::payload::MIN_PAYLOAD..=crate::payload::MAX_PAYLOAD).contains(&size) {
+    let dns = a.dns_queries.as_deref().map(crate::dns::Queries::load).transpose()?;
+    let size = match &dns {
+        Some(q) => q.max_len(),
+        None => a.size.unwrap_or(64),
+    };
+    if dns.is_none() && !(crate::payload::MIN_PAYLOAD..=crate::payload::MAX_PAYLOAD).contains(&size) {
         bail!("--size must be {}..={} bytes", crate::payload::MIN_PAYLOAD, crate::payload::MAX_PAYLOAD);
     }
     let drain = a.drain_ms.unwrap_or(500);
@@ -298,6 +310,7 @@ pub fn resolve(a: &LoadArgs, ping_pong: bool) -> anyhow::Result<Resolved> {
         policy: BehindPolicy { late_threshold_ns: a.late_threshold_us.unwrap_or(100) * 1000, ..Default::default() },
         seed: a.seed,
         notes,
+        dns,
     })
 }
 
@@ -554,6 +567,9 @@ pub fn run_one(
                     let run_id = crate::schedule::Rng::new(base_id ^ i as u64).next_u64();
                     let count_i = count_of_thread(count, n, i);
                     let mut rec = Recorder::new(run_id, count_i, start, start + warmup_ns, r.policy.late_threshold_ns);
+                    if let Some(q) = &r.dns {
+                        rec = rec.with_dns(q.clone());
+                    }
                     let p = LoadParams {
                         rate: thread_rate,
                         distribution: r.distribution,
@@ -765,25 +781,37 @@ pub fn plot_run(path: &std::path::Path, r: &RunReport) -> anyhow::Result<()> {
 }
 
 /// Sends sockperf-format requests until one is answered or `timeout` passes.
-pub fn probe(target: SocketAddr, timeout: Duration) -> anyhow::Result<Duration> {
+/// Waits until `target` answers a request (shunt-bench's payload, or with `dns` its first query, answered with
+/// NOERROR or NXDOMAIN).
+pub fn probe(
+    target: SocketAddr,
+    timeout: Duration,
+    dns: Option<std::sync::Arc<crate::dns::Queries>>,
+) -> anyhow::Result<Duration> {
     let mut t = KernelTransport::new(target, 1, 0, 1)?;
     let run_id = new_run_id();
     let t0 = std::time::Instant::now();
-    let mut buf = vec![vec![0u8; 64]];
+    let mut buf = vec![vec![0u8; 512]];
     let mut seq = 0u64;
+    let mut dns = dns.map(crate::dns::DnsState::new);
     while t0.elapsed() < timeout {
         let now = t.now();
-        let len = crate::payload::encode(
-            &mut buf[0],
-            64,
-            &crate::payload::Request { seq, run_id, intended_ns: now, sent_ns: now },
-        );
+        let req = crate::payload::Request { seq, run_id, intended_ns: now, sent_ns: now };
+        let len = match &mut dns {
+            Some(d) => d.encode(&mut buf[0], 0, now, now),
+            None => crate::payload::encode(&mut buf[0], 64, &req),
+        };
         seq += 1;
         let _ = t.send(&buf, &[len], &[0]);
         let until = std::time::Instant::now() + Duration::from_millis(100);
         while std::time::Instant::now() < until {
             let mut ok = false;
-            t.recv(&mut |p, _| ok |= crate::payload::decode(p, run_id).is_ok())?;
+            t.recv(&mut |p, _| {
+                ok |= match &mut dns {
+                    Some(d) => matches!(d.check(p), crate::dns::Verdict::Answer { .. }),
+                    None => crate::payload::decode(p, run_id).is_ok(),
+                }
+            })?;
             if ok {
                 return Ok(t0.elapsed());
             }

@@ -4,6 +4,7 @@
 
 mod afxdp;
 mod compare;
+mod dns;
 mod engine;
 mod kernel;
 mod load;
@@ -86,7 +87,7 @@ enum Command {
         #[arg(long)]
         generic: bool,
     },
-    /// Wait until a server answers a sockperf-format request (exit 1 if it does not within --timeout).
+    /// Wait until a server answers a sockperf-format request, or a DNS query (exit 1 if it does not within --timeout).
     Probe {
         /// Server address.
         #[arg(long)]
@@ -94,6 +95,9 @@ enum Command {
         /// Seconds to keep trying.
         #[arg(long, default_value_t = 20.0)]
         timeout: f64,
+        /// Ask the first query of this DNS query file instead (a NOERROR or NXDOMAIN answer counts).
+        #[arg(long)]
+        dns_queries: Option<PathBuf>,
     },
     /// Compare servers in a lab as described by a plan file (see bench/plans/lab.toml); `make bench` runs this.
     Compare(compare::CompareArgs),
@@ -170,8 +174,9 @@ fn real_main() -> anyhow::Result<ExitCode> {
             reflector::run(&interface, port, sockperf, generic)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Probe { target, timeout } => {
-            match load::probe(target, Duration::from_secs_f64(timeout.clamp(0.1, 120.0))) {
+        Command::Probe { target, timeout, dns_queries } => {
+            let dns = dns_queries.as_deref().map(dns::Queries::load).transpose()?;
+            match load::probe(target, Duration::from_secs_f64(timeout.clamp(0.1, 120.0)), dns) {
                 Ok(d) => {
                     println!("{target} answered after {:.1} s", d.as_secs_f64());
                     Ok(ExitCode::SUCCESS)

@@ -159,6 +159,48 @@ pub fn load_sweep(path: &Path, title: &str, latency: &[Series], loss: &[Series])
     Ok(())
 }
 
+/// CPU per reply (ns, log) against offered load (kpps): one curve per target (`series` points are (kpps, ns)).
+/// A server that spins falls as 1/load; one that sleeps when idle stays flat until it saturates.
+pub fn cost_over_load(path: &Path, title: &str, series: &[Series]) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (960, 640)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let xmax = series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).fold(1.0f64, f64::max) * 1.1;
+    let (ylo, yhi) = y_range(series);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..xmax, (ylo..yhi).log_scale())
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("offered load (kpps)")
+        .y_desc("server CPU per reply (ns, log)")
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .draw()
+        .map_err(err)?;
+    for (i, s) in series.iter().enumerate() {
+        let c = color(i);
+        let pts: Vec<(f64, f64)> = s.points.iter().filter(|p| p.1 > 0.0).copied().collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
+            .map_err(err)?
+            .label(s.name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled()))).map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
 /// One target on the cost/latency plane: its name, CPU per reply (ns) and ping-pong p50 and p99 (µs).
 #[derive(Debug, Clone)]
 pub struct CostPoint {
@@ -273,6 +315,14 @@ mod tests {
         cost_latency(&c, "cost title", "CPU ns per reply", &pts).unwrap();
         let svg = std::fs::read_to_string(&c).unwrap();
         assert!(svg.contains("spinner") && svg.contains("sleeper") && !svg.contains("nothing measured"));
+        let k = dir.join("cost-load.svg");
+        let curves = vec![
+            Series { name: "spinner".into(), points: vec![(20.0, 50_000.0), (100.0, 10_000.0), (180.0, 5_500.0)] },
+            Series { name: "sleeper".into(), points: vec![(20.0, 3_000.0), (100.0, 2_500.0)] },
+        ];
+        cost_over_load(&k, "load title", &curves).unwrap();
+        let svg = std::fs::read_to_string(&k).unwrap();
+        assert!(svg.contains("load title") && svg.contains("spinner") && svg.contains("offered load (kpps)"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

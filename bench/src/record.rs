@@ -4,7 +4,10 @@
 
 use hdrhistogram::Histogram;
 
-use crate::payload::{self, Foreign};
+use crate::{
+    dns::{DnsCounts, DnsState, Verdict},
+    payload::{self, Foreign, Request},
+};
 
 /// Highest latency tracked (60 s); larger values are recorded as this.
 pub const HIGHEST_NS: u64 = 60_000_000_000;
@@ -91,6 +94,8 @@ pub struct Recorder {
     current: Histogram<u64>,
     current_start_ns: u64,
     intervals: Vec<Interval>,
+    /// DNS payloads (`--dns-queries`): the ID table and the replies' validation.
+    dns: Option<DnsState>,
 }
 
 impl Recorder {
@@ -123,6 +128,35 @@ impl Recorder {
             current: new_hist(),
             current_start_ns: start_ns,
             intervals: Vec::new(),
+            dns: None,
+        }
+    }
+
+    /// Sends DNS queries from `queries` instead of shunt-bench's payload (see bench/src/dns.rs).
+    pub fn with_dns(mut self, queries: std::sync::Arc<crate::dns::Queries>) -> Recorder {
+        self.dns = Some(DnsState::new(queries));
+        self
+    }
+
+    /// The DNS validation counts (None: not a DNS run).
+    pub fn dns_counts(&self) -> Option<&DnsCounts> {
+        self.dns.as_ref().map(|d| &d.counts)
+    }
+
+    /// Writes request `req` into `buf` (shunt-bench's payload of `size` bytes, or the next DNS query); returns
+    /// the length.
+    pub fn encode(&mut self, buf: &mut [u8], size: usize, req: &Request) -> usize {
+        match &mut self.dns {
+            Some(d) => d.encode(buf, req.seq, req.intended_ns, req.sent_ns),
+            None => payload::encode(buf, size, req),
+        }
+    }
+
+    /// Moves the send time of the request encoded in `buf` (a retry after a partial send).
+    pub fn restamp(&mut self, buf: &mut [u8], sent_ns: u64) {
+        match &mut self.dns {
+            Some(d) => d.restamp(buf, sent_ns),
+            None => payload::restamp(buf, sent_ns),
         }
     }
 
@@ -151,6 +185,20 @@ impl Recorder {
 
     /// Accounts a received payload at `rx_ns`. Returns the decoded sequence number if it is a reply of this run.
     pub fn on_payload(&mut self, payload: &[u8], rx_ns: u64) -> Option<u64> {
+        if let Some(d) = &mut self.dns {
+            return match d.check(payload) {
+                Verdict::Answer { seq, intended_ns, sent_ns } => {
+                    self.on_reply(seq, intended_ns, sent_ns, rx_ns, true);
+                    Some(seq)
+                }
+                // Answered, wrongly: not counted as received (a ping-pong goes on to the next request).
+                Verdict::BadRcode { seq } => Some(seq),
+                Verdict::Foreign => {
+                    self.foreign += 1;
+                    None
+                }
+            };
+        }
         match payload::decode(payload, self.run_id) {
             Ok(reply) => {
                 let r = reply.request;
@@ -255,6 +303,9 @@ impl Recorder {
         self.foreign += o.foreign;
         self.client_cleared += o.client_cleared;
         self.sent_late += o.sent_late;
+        if let (Some(mine), Some(theirs)) = (&mut self.dns, &o.dns) {
+            mine.counts.add(&theirs.counts);
+        }
         for (mine, theirs) in [
             (&mut self.from_intended, &o.from_intended),
             (&mut self.from_sent, &o.from_sent),

@@ -72,6 +72,9 @@ pub struct RunReport {
     pub hit_deadline: bool,
     /// (percentile, ns) of `latency_ns`, for plots.
     pub spectrum: Vec<(f64, u64)>,
+    /// DNS runs (`--dns-queries`): how the replies checked out (bench/src/dns.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<crate::dns::DnsCounts>,
     /// The run id carried in every request.
     pub run_id: u64,
     /// The command line that produced this report.
@@ -256,6 +259,7 @@ pub fn build(meta: &RunMeta, rec: &Recorder, end: &LoopEnd, policy: &BehindPolic
         behind_reasons: reasons,
         hit_deadline: end.hit_deadline,
         spectrum: spectrum(&rec.from_intended),
+        dns: rec.dns_counts().cloned(),
         run_id: rec.run_id(),
         command: meta.command.clone(),
         threads: Vec::new(),
@@ -350,6 +354,12 @@ pub fn print_run(r: &RunReport) {
     );
     if r.duplicates + r.reordered + r.foreign > 0 {
         println!("  duplicates {}, reordered {}, foreign {}", r.duplicates, r.reordered, r.foreign);
+    }
+    if let Some(d) = &r.dns {
+        println!(
+            "  dns: NOERROR {}, NXDOMAIN {}, truncated (TC) {}, wrong rcode {}, wrong ID/question {}",
+            d.noerror, d.nxdomain, d.truncated, d.bad_rcode, d.mismatched
+        );
     }
     print_threads(r);
     if let Some(line) = generator_limit_line(r) {

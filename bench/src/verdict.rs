@@ -36,6 +36,8 @@ pub enum Level {
     Noisy,
     /// The generator, not the server, limited the figure: exit 0, with a warning.
     Limited,
+    /// A target marked `may_fail` (e.g. a peer this kernel cannot load) did not run: its row says why; exit 0.
+    Unavailable,
 }
 
 impl fmt::Display for Level {
@@ -44,6 +46,7 @@ impl fmt::Display for Level {
             Level::Broken => "broken",
             Level::Noisy => "noisy",
             Level::Limited => "limited",
+            Level::Unavailable => "unavailable",
         })
     }
 }
@@ -164,6 +167,11 @@ pub struct Evidence {
     pub errors: Vec<String>,
     /// Counts that contradict each other ("rep N: what"), each a `broken` finding.
     pub contradictions: Vec<String>,
+    /// Other figures the generator limited (a CPU-phase run that fell behind, dnsperf below its rate), each a
+    /// `limited` finding.
+    pub limited: Vec<String>,
+    /// Failures of a target that may fail on this machine (`may_fail`), each an `unavailable` finding.
+    pub unavailable: Vec<String>,
 }
 
 fn pct(x: f64) -> String {
@@ -227,6 +235,12 @@ pub fn findings(targets: &[Evidence], load_at_start: Option<(f64, usize)>) -> Ve
                     NOISY_SPREAD * 100.0
                 ),
             );
+        }
+        for l in &t.limited {
+            push(Level::Limited, format!("{}: {l}", t.name));
+        }
+        for u in &t.unavailable {
+            push(Level::Unavailable, format!("{}: {u}", t.name));
         }
         if !t.behind_rates.is_empty() {
             let rates = t.behind_rates.iter().map(|r| format!("{:.0}k", r / 1e3)).collect::<Vec<_>>().join(", ");

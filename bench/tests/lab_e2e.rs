@@ -394,3 +394,74 @@ fn two_kernel_sender_threads_reach_both_server_queues() {
     // deploy/lab.sh), which on veth is server RX queue i.
     two_threads_two_queues(&["--sender", "kernel"]);
 }
+
+/// The DNS example binary of the same profile, built if missing.
+fn dns_example_bin() -> PathBuf {
+    let profile_dir = Path::new(bench()).parent().unwrap().to_path_buf();
+    let bin = profile_dir.join("examples/dns");
+    if !bin.exists() {
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.current_dir(repo()).args(["build", "-p", "shunt", "--example", "dns"]);
+        if release {
+            cmd.arg("--release");
+        }
+        assert!(cmd.status().unwrap().success(), "building the DNS example");
+    }
+    bin
+}
+
+#[test]
+#[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
+fn dns_runs_check_every_answer() {
+    require_lab();
+    let dns = dns_example_bin();
+    let lab = Lab::new();
+    let data = repo().join("bench/data/dns");
+    let (zone, queries) = (data.join("bench.test.zone"), data.join("queries.txt"));
+    let config = repo().join("config/lab.toml");
+    let sif = lab.server_ns();
+    let _server = start_in(
+        &lab.server_ns(),
+        &[
+            dns.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--interface",
+            &sif,
+            "--port",
+            "53",
+            "--zone",
+            zone.to_str().unwrap(),
+            "--rrl-rate",
+            "0",
+            "--mode",
+            "socket",
+            "--io",
+            "blocking",
+            "--quiet",
+        ],
+    );
+    let target = "198.18.0.1:53";
+    let q = queries.to_str().unwrap();
+    bench_in(&lab, &["probe", "--target", target, "--timeout", "20", "--dns-queries", q]);
+    let dir = std::env::temp_dir().join(format!("shunt-bench-e2e-dns-{}", lab.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (mode, extra) in [("open-loop", vec!["--rate", "5000"]), ("ping-pong", vec!["--ping-pong", "--rate", "2000"])] {
+        let json = dir.join(format!("{mode}.json"));
+        let mut args = vec!["run", "--target", target, "--dns-queries", q, "--duration", "1", "--warmup", "0.2"];
+        args.extend(extra);
+        args.extend(["--quiet", "--json", json.to_str().unwrap()]);
+        bench_in(&lab, &args);
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        check_report(&v, mode);
+        let d = &v["dns"];
+        let u = |k: &str| d[k].as_u64().unwrap_or_else(|| panic!("{mode}: dns.{k} in {v}"));
+        // Warm-up replies are checked and counted too: at least every measured reply.
+        assert!(u("noerror") + u("nxdomain") >= v["received"].as_u64().unwrap(), "{mode}: {d}");
+        assert!(u("nxdomain") > 0 && u("truncated") > 0, "{mode}: the mix has NXDOMAIN and TC answers: {d}");
+        assert_eq!((u("bad_rcode"), u("mismatched")), (0, 0), "{mode}: every answer checks out: {d}");
+        assert_eq!(v["lost"], 0, "{mode}: nothing lost at a light load: {v}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
