@@ -559,6 +559,7 @@ mod tests {
                     Verdict::Drop => {
                         assert!(len < PACKET_LEN || first & 7 != MODE_CLIENT || !VERSIONS.contains(&(first >> 3 & 7)))
                     }
+                    Verdict::Handled => panic!("SNTP answers in place or drops"),
                 }
             }
         }
