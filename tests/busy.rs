@@ -219,6 +219,7 @@ fn paced_load(lab: &Lab, server: &Running) -> Load {
             let total = (RATE * LOAD_FOR.as_secs_f64()) as u64;
             let (mut sent, mut replies) = (0u64, 0u64);
             let busy_before = server.busy_ns();
+            let tx_before = server.shared.stats.snapshot().tx_packets;
             let start = Instant::now();
             while sent < total {
                 let due = ((start.elapsed().as_secs_f64() * RATE) as u64 + 1).min(total);
@@ -240,9 +241,13 @@ fn paced_load(lab: &Lab, server: &Running) -> Load {
                 }
                 std::thread::sleep(Duration::from_micros(200));
             }
-            // The worker publishes after each batch: the last reply's batch is counted by now, or a moment
-            // after its reply left.
-            std::thread::sleep(Duration::from_millis(2));
+            // The worker publishes its counters after each batch, just after the batch's replies leave: wait
+            // until what it has published covers every reply received.
+            let published = |s: &Running| s.shared.stats.snapshot().tx_packets;
+            let target = replies;
+            common::poll_until(Duration::from_secs(1), Duration::from_micros(200), || {
+                (published(server) - tx_before >= target).then_some(())
+            });
             let busy_ns = server.busy_ns() - busy_before;
             Load { sent, replies, window: start.elapsed(), busy_ns }
         })

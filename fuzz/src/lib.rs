@@ -369,6 +369,7 @@ fn run<H: Handler>(handler: &mut H, data: &[u8], verify: bool) -> (Result<Option
         (
             Outcome::Reply(_)
             | Outcome::HandlerDrop
+            | Outcome::Handled
             | Outcome::ReplyTooLarge
             | Outcome::Amplification
             | Outcome::OverMtu,
@@ -403,7 +404,11 @@ pub fn respond_echo(data: &[u8]) {
                 let off = reply_payload_offset(&d);
                 assert_eq!(&buf[off..n], &reply[off..]);
             }
-            Outcome::HandlerDrop | Outcome::ReplyTooLarge | Outcome::Amplification | Outcome::OverMtu => {
+            Outcome::HandlerDrop
+            | Outcome::Handled
+            | Outcome::ReplyTooLarge
+            | Outcome::Amplification
+            | Outcome::OverMtu => {
                 panic!("Echo gave {out:?}")
             }
             Outcome::BadChecksum | Outcome::Malformed(_) | Outcome::NotOurs => {
