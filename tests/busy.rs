@@ -234,12 +234,15 @@ fn paced_load(lab: &Lab, server: &Running) -> Load {
                 }
                 std::thread::sleep(Duration::from_micros(100));
             }
+            // The rest, each receive bounded by what is left of 500 ms.
             let tail = Instant::now() + Duration::from_millis(500);
-            while replies < sent && Instant::now() < tail {
-                while sock.recv_from(&mut buf).is_ok() {
-                    replies += 1;
+            sock.set_nonblocking(false).unwrap();
+            while replies < sent {
+                let left = tail.saturating_duration_since(Instant::now());
+                if left.is_zero() || sock.set_read_timeout(Some(left)).is_err() || sock.recv_from(&mut buf).is_err() {
+                    break;
                 }
-                std::thread::sleep(Duration::from_micros(200));
+                replies += 1;
             }
             // The worker publishes its counters after each batch, just after the batch's replies leave: wait
             // until what it has published covers every reply received.
@@ -266,8 +269,10 @@ fn check(lab: &Lab, name: &str, start: impl FnOnce(Slow) -> Running) {
     let answered = echo_exchange(&warm, 0..20, echo_size, &EchoOpts::default()).expect("warm-up echoes").answered;
     assert_eq!(answered, 20, "{name}: warm-up");
 
-    // Idle: nothing sent for a second.
-    std::thread::sleep(Duration::from_millis(100));
+    // Idle: nothing sent for a second, from the moment the worker has published the warm-up's last reply.
+    common::poll_until(Duration::from_secs(1), Duration::from_millis(1), || {
+        (server.shared.stats.snapshot().tx_packets >= 20).then_some(())
+    });
     let (before, t) = (server.busy_ns(), Instant::now());
     std::thread::sleep(IDLE_FOR);
     let idle = (server.busy_ns() - before) as f64 / t.elapsed().as_nanos() as f64;
