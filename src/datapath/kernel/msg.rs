@@ -201,21 +201,35 @@ pub(super) fn receive_batch(fd: BorrowedFd<'_>, slots: &mut [Slot], b: &mut Batc
 /// sendmmsg(2) of the replies of the slots listed in `b.send_slot[from..]`. Returns how many the kernel took
 /// (at least one), or `Err(errno)` of the first, which was not sent.
 pub(super) fn send_batch(fd: BorrowedFd<'_>, slots: &[Slot], b: &mut Batch, from: usize) -> Result<usize, i32> {
-    let list = b.send_slot.get(from..).unwrap_or_default();
+    let Batch { send, send_iov, send_slot, .. } = b;
+    send_listed(fd, slots, send_slot.get(from..).unwrap_or_default(), send, send_iov, Slot::send_header)
+}
+
+/// sendmmsg(2) of `items[k]` for each `k` of `list` (as many as the header arrays hold), each message's
+/// header made by `header` from the item and its own iovec. Returns how many the kernel took (at least one),
+/// or `Err(errno)` of the first, which was not sent.
+fn send_listed<T>(
+    fd: BorrowedFd<'_>,
+    items: &[T],
+    list: &[usize],
+    headers: &mut [libc::mmsghdr],
+    iovs: &mut [libc::iovec],
+    header: impl Fn(&T, &mut libc::iovec) -> libc::msghdr,
+) -> Result<usize, i32> {
     let mut n = 0;
-    for ((&k, hdr), iov) in list.iter().zip(b.send.iter_mut()).zip(b.send_iov.iter_mut()) {
-        let Some(slot) = slots.get(k) else { break };
-        hdr.msg_hdr = slot.send_header(iov);
+    for ((&k, hdr), iov) in list.iter().zip(headers.iter_mut()).zip(iovs.iter_mut()) {
+        let Some(item) = items.get(k) else { break };
+        hdr.msg_hdr = header(item, iov);
         hdr.msg_len = 0;
         n += 1;
     }
     if n == 0 {
         return Ok(0);
     }
-    // SAFETY: the first `n` headers each point at one slot's reply buffers (and at their own iovec), built just
-    // above from borrows that last until the call returns; sendmmsg only reads through them (it writes
-    // `msg_len` into the headers, which `b` lends exclusively).
-    let sent = unsafe { libc::sendmmsg(fd.as_raw_fd(), b.send.as_mut_ptr(), n as libc::c_uint, 0) };
+    // SAFETY: the first `n` headers each point at one item's buffers (and at their own iovec), built just above
+    // from borrows that last until the call returns; sendmmsg only reads through them (it writes `msg_len`
+    // into the headers, which the caller lends exclusively).
+    let sent = unsafe { libc::sendmmsg(fd.as_raw_fd(), headers.as_mut_ptr(), n as libc::c_uint, 0) };
     if sent < 0 {
         return Err(errno());
     }
@@ -263,21 +277,5 @@ pub(super) fn send_outgoing_batch(
     list: &[usize],
     b: &mut Batch,
 ) -> Result<usize, i32> {
-    let mut n = 0;
-    for ((&k, hdr), iov) in list.iter().zip(b.send.iter_mut()).zip(b.send_iov.iter_mut()) {
-        let Some(out) = slots.get(k) else { break };
-        hdr.msg_hdr = outgoing_header(out, iov);
-        hdr.msg_len = 0;
-        n += 1;
-    }
-    if n == 0 {
-        return Ok(0);
-    }
-    // SAFETY: the first `n` headers each point at one send's buffers (and at their own iovec), built just
-    // above from borrows that last until the call returns; sendmmsg only reads through them.
-    let sent = unsafe { libc::sendmmsg(fd.as_raw_fd(), b.send.as_mut_ptr(), n as libc::c_uint, 0) };
-    if sent < 0 {
-        return Err(errno());
-    }
-    Ok((sent as usize).min(n))
+    send_listed(fd, slots, list, &mut b.send, &mut b.send_iov, outgoing_header)
 }
