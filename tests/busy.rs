@@ -43,9 +43,10 @@ use std::{
 use common::{client_socket, echo_exchange, echo_size, require_lab, EchoOpts, Lab, CLIENT_V4, SERVER_V4};
 use shunt::{
     datapath::{
+        afxdp::{BindMode, QueueSocket, SocketOptions, UmemParams, Worker},
         counters::WorkerShared,
-        kernel::{KernelSocketOptions, KernelWorker, SocketIo},
-        BindMode, QueueSocket, SocketOptions, UmemParams, Worker, WorkerExit,
+        socket::{KernelSocketOptions, KernelWorker, SocketIo},
+        WorkerExit,
     },
     handler::{Handler, Outbox, Request, Verdict},
     steer::{AttachMode, ProgramVariant, StampMethod, XdpProgram},

@@ -23,7 +23,11 @@ use std::{
 
 use common::{Lab, SERVER_V4, SERVER_V6};
 use shunt::{
-    datapath::{counters::WorkerShared, latency, BindMode, QueueSocket, SocketOptions, UmemParams, Worker, WorkerExit},
+    datapath::{
+        afxdp::{BindMode, QueueSocket, SocketOptions, UmemParams, Worker},
+        counters::WorkerShared,
+        histograms, WorkerExit,
+    },
     handler::{Echo, Ecn, Handler, Outbox, Request, RxClock, Verdict},
     steer::{AttachMode, ProgramVariant, StampMethod, XdpCountersReader, XdpProgram},
     sys,
@@ -158,7 +162,7 @@ fn worker_loop_allocates_nothing_and_batches_its_system_calls() {
             let _link = program.attach(&server_if, ifindex, AttachMode::Generic).expect("attach");
             // Histogram swaps every 5 ms, so that many happen during the run; a thread stands in for the
             // reporter, returning each full set emptied.
-            let (worker_side, reporter_side) = latency::hand_off(1_000_000_000, 5_000_000, 2);
+            let (worker_side, reporter_side) = histograms::hand_off(1_000_000_000, 5_000_000, 2);
             let swaps = Arc::new(AtomicU64::new(0));
             let recorded = Arc::new(AtomicU64::new(0));
             let stand_in = {

@@ -1,4 +1,4 @@
-//! The in-kernel server (`shunt::steer::answer`, bpf/answer.bpf.c) in the lab: attached in the server
+//! The in-kernel server (`shunt::in_kernel`, bpf/answer.bpf.c) in the lab: attached in the server
 //! namespace by this process, as a bpf_link, and driven from the client namespace.
 //!
 //! - Echo over IPv4 and IPv6 with kernel UDP sockets, in native and generic mode: every reply byte-identical,
@@ -31,15 +31,13 @@ use std::{
 use common::{Lab, RawPort, Side, CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6};
 use shunt::{
     handler::{respond, Echo, Handler, Outcome, RespondOptions, Sockperf, Time},
+    in_kernel::{InKernelCounters, InKernelCountersReader, InKernelHandler, InKernelServer, MAX_PAYLOAD},
     packet::{
         checksum,
         field::{eth, ipv4, ipv6, udp},
         parse, write_request, FlowSpec, UdpChecksum,
     },
-    steer::{
-        answer::{InKernelCounters, InKernelCountersReader, InKernelHandler, InKernelServer, MAX_PAYLOAD},
-        AttachMode, XdpLink,
-    },
+    steer::{AttachMode, XdpLink},
     sys,
 };
 

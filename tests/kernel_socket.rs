@@ -1,4 +1,4 @@
-//! The kernel-socket datapath (`shunt::datapath::kernel`) in the lab, in every I/O model, driven directly the
+//! The kernel-socket datapath (`shunt::datapath::socket`) in the lab, in every I/O model, driven directly the
 //! way tests/hot_path.rs drives the AF_XDP worker: a `KernelWorker` on a thread in the server namespace,
 //! pinned to a core, with a stand-in reporter taking its latency histograms.
 //!
@@ -30,8 +30,8 @@ use common::{Lab, Side, CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6};
 use shunt::{
     datapath::{
         counters::WorkerShared,
-        kernel::{KernelSocketOptions, KernelWorker, SocketIo},
-        latency::{self, LatencySet},
+        histograms::{self, LatencySet},
+        socket::{KernelSocketOptions, KernelWorker, SocketIo},
         WorkerExit,
     },
     handler::{Budget, Echo, Ecn, Handler, Outbox, Request, RxClock, Sockperf, Verdict},
@@ -84,7 +84,7 @@ impl Server {
         let thread = {
             let stop = stop.clone();
             lab.spawn_in_server(move || {
-                let (worker_side, reporter_side) = latency::hand_off(HIGHEST_NS, SWAP_NS, 2);
+                let (worker_side, reporter_side) = histograms::hand_off(HIGHEST_NS, SWAP_NS, 2);
                 // The stand-in reporter is spawned before the pinning, so it does not share the worker's core.
                 let stand_in = std::thread::spawn(move || {
                     let mut merged = LatencySet::new(HIGHEST_NS);
@@ -367,7 +367,7 @@ fn every_io_model_echoes_ipv4_and_ipv6_from_the_right_address() {
 
 /// Every reply was timed from its pick-up (`service`) and from its kernel receive stamp (`total`): the
 /// server waits at start-up until the kernel stamps datagrams, so none comes unstamped.
-fn assert_timed(name: &str, l: &shunt::datapath::latency::LatencySet, tx: u64) {
+fn assert_timed(name: &str, l: &shunt::datapath::histograms::LatencySet, tx: u64) {
     assert_eq!(l.service.len(), tx, "{name}: every reply timed from its pick-up");
     assert_eq!(l.total.len() + l.unstamped, tx, "{name}: stamped + unstamped");
     assert_eq!(l.unstamped, 0, "{name}: {} of {tx} replies without a kernel receive stamp", l.unstamped);

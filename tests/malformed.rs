@@ -286,7 +286,7 @@ impl XorShift {
 }
 
 /// Whether the XDP program's source filter (limits.filter_sources, on in the lab config with the default
-/// deny_source_ports) drops a request from `src`:`sport` (README "Abuse resistance").
+/// deny_source_ports) drops a request from `src`:`sport` (docs/operations.md, "Protecting the service").
 fn filtered(src: std::net::Ipv4Addr, sport: u16) -> bool {
     let first = src.octets()[0];
     first == 0

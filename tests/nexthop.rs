@@ -12,7 +12,7 @@ use std::{
 
 use common::{poll_until, Lab, Side};
 use shunt::{
-    datapath::nexthop::{Miss, NextHops, Resolver, ResolverParams},
+    datapath::afxdp::nexthop::{Miss, NextHops, Resolver, ResolverParams},
     sys::{
         self,
         route::{NudState, RouteKind, RouteSocket},

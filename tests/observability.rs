@@ -14,7 +14,7 @@ use std::{
 use common::{client_socket, echo_exchange, echo_size, EchoOpts, Lab, Side};
 use hdrhistogram::Histogram;
 use shunt::{
-    datapath::latency::STAGE_NAMES,
+    datapath::histograms::STAGE_NAMES,
     observe::{
         latency::{human_ns, Summary},
         metrics::{drop_reasons, StatsSnapshot, JSON_CONTENT_TYPE, LATENCY_BUCKETS_NS},

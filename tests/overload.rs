@@ -21,7 +21,11 @@ use std::{
 
 use common::{client_socket, echo_exchange, echo_size, require_lab, EchoOpts, Lab, SERVER_V4};
 use shunt::{
-    datapath::{counters::WorkerShared, BindMode, QueueSocket, SocketOptions, UmemParams, Worker, WorkerExit},
+    datapath::{
+        afxdp::{BindMode, QueueSocket, SocketOptions, UmemParams, Worker},
+        counters::WorkerShared,
+        WorkerExit,
+    },
     handler::{Handler, Outbox, Request, Verdict},
     steer::{AttachMode, ProgramVariant, StampMethod, XdpProgram},
     sys,

@@ -28,9 +28,10 @@ use std::{
 use common::{Lab, SERVER_V4, SERVER_V6};
 use shunt::{
     datapath::{
+        afxdp::{BindMode, QueueSocket, SendOptions, SocketOptions, UmemParams, Worker},
         counters::WorkerShared,
-        kernel::{KernelSocketOptions, KernelWorker, SocketIo},
-        BindMode, QueueSocket, SendOptions, SocketOptions, UmemParams, Worker, WorkerExit,
+        socket::{KernelSocketOptions, KernelWorker, SocketIo},
+        WorkerExit,
     },
     handler::{Budget, Ecn, Envelope, Handler, Outbox, Request, Verdict},
     steer::{AttachMode, ProgramVariant, StampMethod, XdpProgram},

@@ -10,7 +10,7 @@ use std::{
 
 use common::{Lab, CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6};
 use shunt::{
-    datapath::{BindMode, QueueSocket, SocketOptions, UmemParams, XskPort},
+    datapath::afxdp::{BindMode, QueueSocket, SocketOptions, UmemParams, XskPort},
     packet::{self, FlowSpec},
     steer::{AttachMode, ProgramVariant, StampMethod, XdpProgram},
     sys,

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{bail, Context};
 use shunt::{
-    datapath::{BindMode, QueueSocket, SocketOptions, UmemParams, XskPort},
+    datapath::afxdp::{BindMode, QueueSocket, SocketOptions, UmemParams, XskPort},
     packet::{self, FlowSpec},
     steer::{AttachMode, ProgramVariant, StampMethod, XdpLink, XdpProgram},
     sys,

@@ -70,7 +70,7 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
-    /// Run shunt's in-kernel server (`shunt::steer::answer`, bpf/answer.bpf.c) on an interface until
+    /// Run shunt's in-kernel server (`shunt::in_kernel`, bpf/answer.bpf.c) on an interface until
     /// SIGINT/SIGTERM: the "server inside the kernel" that the comparison measures shunt against.
     XdpReflector {
         /// Interface to attach to.
@@ -82,7 +82,7 @@ enum Command {
         /// Speak sockperf's protocol (clear CLIENT, answer only PONG_REQUEST messages).
         #[arg(long)]
         sockperf: bool,
-        /// Attach in the generic hook instead of the driver (faster on veth, see README; over veth, native
+        /// Attach in the generic hook instead of the driver (faster on veth for one queue, see docs/performance.md; over veth, native
         /// replies reach the peer only if it has an XDP program attached too).
         #[arg(long)]
         generic: bool,

@@ -1,4 +1,4 @@
-//! `shunt-bench xdp-reflector`: runs shunt's in-kernel server (`shunt::steer::answer`, bpf/answer.bpf.c) on an
+//! `shunt-bench xdp-reflector`: runs shunt's in-kernel server (`shunt::in_kernel`, bpf/answer.bpf.c) on an
 //! interface until SIGINT/SIGTERM, then prints its counters: the "server inside the kernel" that the
 //! comparison measures shunt against. It answers from the XDP hook with XDP_TX, echo or sockperf's protocol,
 //! and writes a full UDP checksum, so the client may keep its TX checksum offload.
@@ -13,10 +13,8 @@ use std::{
 
 use anyhow::{Context, Result};
 use shunt::{
-    steer::{
-        answer::{InKernelHandler, InKernelServer},
-        AttachMode,
-    },
+    in_kernel::{InKernelHandler, InKernelServer},
+    steer::AttachMode,
     sys,
 };
 

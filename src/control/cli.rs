@@ -94,6 +94,19 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// The process's command line, parsed as `shunt serve`'s flags: for a program whose only arguments are
+    /// these. A bad flag, `--help` or `--version` ends the process as clap does (usage on stderr, exit 2). A
+    /// program with flags of its own flattens `ServeArgs` into its own `clap::Parser` instead.
+    pub fn from_env() -> ServeArgs {
+        #[derive(clap::Parser)]
+        #[command(version, about = "A UDP server on shunt (the flags of `shunt serve`)")]
+        struct Command {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        <Command as clap::Parser>::parse().serve
+    }
+
     /// Loads the config file and applies the overrides, then validates the result.
     pub fn load_config(&self) -> Result<Config, ConfigError> {
         let mut config = match &self.config {

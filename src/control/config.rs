@@ -1,13 +1,13 @@
 //! The TOML run configuration: every key, its default, and the checks that can be made without touching the
 //! system. Checks against the machine (interface, queues, cores, privileges) happen in
 //! [`crate::control::server`]. The lower layers never see these types: [`Config`] maps itself onto their
-//! plain parameters ([`crate::datapath::UmemParams`], [`crate::steer::AttachMode`], ...).
+//! plain parameters ([`crate::datapath::afxdp::UmemParams`], [`crate::steer::AttachMode`], ...).
 
 use std::{collections::BTreeSet, fmt, path::Path};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{datapath, handler::RespondOptions, steer};
+use crate::{datapath, handler::RespondOptions, in_kernel, steer};
 
 /// A configuration problem, naming the key it is about.
 #[derive(Debug, thiserror::Error)]
@@ -179,15 +179,15 @@ pub enum SocketIo {
     IoUring,
 }
 
-impl From<SocketIo> for datapath::kernel::SocketIo {
+impl From<SocketIo> for datapath::socket::SocketIo {
     fn from(io: SocketIo) -> Self {
         match io {
-            SocketIo::Blocking => datapath::kernel::SocketIo::Blocking,
-            SocketIo::Nonblocking => datapath::kernel::SocketIo::Nonblocking,
-            SocketIo::Epoll => datapath::kernel::SocketIo::Epoll,
-            SocketIo::Signal => datapath::kernel::SocketIo::Signal,
-            SocketIo::Mmsg => datapath::kernel::SocketIo::Mmsg,
-            SocketIo::IoUring => datapath::kernel::SocketIo::IoUring,
+            SocketIo::Blocking => datapath::socket::SocketIo::Blocking,
+            SocketIo::Nonblocking => datapath::socket::SocketIo::Nonblocking,
+            SocketIo::Epoll => datapath::socket::SocketIo::Epoll,
+            SocketIo::Signal => datapath::socket::SocketIo::Signal,
+            SocketIo::Mmsg => datapath::socket::SocketIo::Mmsg,
+            SocketIo::IoUring => datapath::socket::SocketIo::IoUring,
         }
     }
 }
@@ -234,11 +234,11 @@ impl HandlerKind {
     }
 }
 
-impl From<HandlerKind> for steer::answer::InKernelHandler {
+impl From<HandlerKind> for in_kernel::InKernelHandler {
     fn from(kind: HandlerKind) -> Self {
         match kind {
-            HandlerKind::Echo => steer::answer::InKernelHandler::Echo,
-            HandlerKind::Sockperf => steer::answer::InKernelHandler::Sockperf,
+            HandlerKind::Echo => in_kernel::InKernelHandler::Echo,
+            HandlerKind::Sockperf => in_kernel::InKernelHandler::Sockperf,
         }
     }
 }
@@ -253,12 +253,12 @@ impl From<AttachMode> for steer::AttachMode {
     }
 }
 
-impl From<BindMode> for datapath::BindMode {
+impl From<BindMode> for datapath::afxdp::BindMode {
     fn from(m: BindMode) -> Self {
         match m {
-            BindMode::Zerocopy => datapath::BindMode::Zerocopy,
-            BindMode::Copy => datapath::BindMode::Copy,
-            BindMode::Auto => datapath::BindMode::Auto,
+            BindMode::Zerocopy => datapath::afxdp::BindMode::Zerocopy,
+            BindMode::Copy => datapath::afxdp::BindMode::Copy,
+            BindMode::Auto => datapath::afxdp::BindMode::Auto,
         }
     }
 }
@@ -362,19 +362,19 @@ pub struct WorkersConfig {
 
 impl WorkersConfig {
     /// The datapath's view of `tx_kick_batch` and `tx_kick_delay_us`.
-    pub fn kick_policy(&self) -> datapath::KickPolicy {
-        datapath::KickPolicy { batch: self.tx_kick_batch, delay_ns: u64::from(self.tx_kick_delay_us) * 1_000 }
+    pub fn kick_policy(&self) -> datapath::afxdp::KickPolicy {
+        datapath::afxdp::KickPolicy { batch: self.tx_kick_batch, delay_ns: u64::from(self.tx_kick_delay_us) * 1_000 }
     }
 
     /// The datapath's view of `poll_mode`, `spin_us` and `batch_size`.
-    pub fn poll_mode(&self) -> datapath::PollMode {
+    pub fn poll_mode(&self) -> datapath::afxdp::PollMode {
         match self.poll_mode {
-            PollMode::Spin => datapath::PollMode::Spin,
-            PollMode::Wakeup => datapath::PollMode::Wakeup,
+            PollMode::Spin => datapath::afxdp::PollMode::Spin,
+            PollMode::Wakeup => datapath::afxdp::PollMode::Wakeup,
             PollMode::Adaptive => {
-                datapath::PollMode::Adaptive { spin: std::time::Duration::from_micros(self.spin_us.into()) }
+                datapath::afxdp::PollMode::Adaptive { spin: std::time::Duration::from_micros(self.spin_us.into()) }
             }
-            PollMode::BusyPoll => datapath::PollMode::BusyPoll {
+            PollMode::BusyPoll => datapath::afxdp::PollMode::BusyPoll {
                 usecs: self.spin_us,
                 budget: u16::try_from(self.batch_size).unwrap_or(u16::MAX),
             },
@@ -458,7 +458,7 @@ pub struct UmemConfig {
 
 impl Default for UmemConfig {
     fn default() -> Self {
-        let p = datapath::UmemParams::default();
+        let p = datapath::afxdp::UmemParams::default();
         UmemConfig {
             frame_count: p.frame_count,
             frame_size: p.frame_size,
@@ -472,8 +472,8 @@ impl Default for UmemConfig {
 
 impl UmemConfig {
     /// The datapath's view of these sizes.
-    pub fn params(&self) -> datapath::UmemParams {
-        datapath::UmemParams {
+    pub fn params(&self) -> datapath::afxdp::UmemParams {
+        datapath::afxdp::UmemParams {
             frame_count: self.frame_count,
             frame_size: self.frame_size,
             fill_ring: self.fill_ring,

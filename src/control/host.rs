@@ -4,7 +4,7 @@
 
 use super::config::{Config, Mode};
 use crate::{
-    datapath::kernel::probe_io_uring,
+    datapath::socket::probe_io_uring,
     observe::host::{Finding, HostReport},
     steer::{
         probe::{self as bpf, Probed, HELPERS},

@@ -29,13 +29,17 @@ use std::{
 use super::config::{self, AttachMode, Config, Mode, SocketIo};
 use crate::{
     datapath::{
+        afxdp::{
+            nexthop::{Resolver, ResolverParams},
+            BindMode, DatapathError, NextHop, PollMode, QueueSocket, SendOptions, SocketOptions, Worker,
+        },
         counters::{WorkerShared, WorkerStats},
-        kernel::{KernelSocketError, KernelSocketOptions, KernelWorker},
-        latency::{self, LatencySet},
-        nexthop::{Resolver, ResolverParams},
-        BindMode, DatapathError, NextHop, PollMode, QueueSocket, SendOptions, SocketOptions, Worker, WorkerExit,
+        histograms::{self, LatencySet},
+        socket::{KernelSocketError, KernelSocketOptions, KernelWorker},
+        WorkerExit,
     },
     handler::Handler,
+    in_kernel::InKernelServer,
     observe::host::HostReport,
     observe::{
         cpu::{self, CpuReport, SystemCpu, WorkerCpu},
@@ -45,7 +49,7 @@ use crate::{
         reporter::{self, ReporterExit, ReporterOptions, WatchedWorker},
         LatencySnapshot,
     },
-    steer::{answer::InKernelServer, ProgramVariant, StampMethod, XdpCounters, XdpError, XdpLink, XdpProgram},
+    steer::{ProgramVariant, StampMethod, XdpCounters, XdpError, XdpLink, XdpProgram},
     sys,
 };
 
@@ -680,7 +684,7 @@ impl RunningServer {
             let core = server.config.workers.cores[i];
             let queue = socket.queue;
             let (worker_side, reporter_side) = if measure {
-                let (w, r) = latency::hand_off(highest_ns, interval.as_nanos() as u64, SPARE_LATENCY_SETS);
+                let (w, r) = histograms::hand_off(highest_ns, interval.as_nanos() as u64, SPARE_LATENCY_SETS);
                 (Some(w), Some(r))
             } else {
                 (None, None)
@@ -783,7 +787,7 @@ impl RunningServer {
             let shared = Arc::new(WorkerShared::default());
             let mut worker_latency = None;
             if measure {
-                let (w, r) = latency::hand_off(highest_ns, interval.as_nanos() as u64, SPARE_LATENCY_SETS);
+                let (w, r) = histograms::hand_off(highest_ns, interval.as_nanos() as u64, SPARE_LATENCY_SETS);
                 worker_latency = Some(w);
                 watched.push(WatchedWorker { queue, shared: shared.clone(), latency: r });
             }

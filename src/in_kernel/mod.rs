@@ -38,7 +38,7 @@ use libbpf_rs::{
     MapCore, MapFlags, MapHandle,
 };
 
-use super::{map_handle, route_libbpf_logs, AttachMode, ServedAddresses, XdpError, XdpLink};
+use crate::steer::{map_handle, route_libbpf_logs, AttachMode, ServedAddresses, XdpError, XdpLink};
 use crate::sys::{
     self,
     answer_skel::{
@@ -123,7 +123,7 @@ impl InKernelCounters {
 }
 
 /// The loaded (not yet attached) in-kernel server and handles on its maps. Like
-/// [`XdpProgram`](super::XdpProgram), it holds its own file descriptors of the program and the maps; the
+/// [`XdpProgram`](crate::steer::XdpProgram), it holds its own file descriptors of the program and the maps; the
 /// skeleton and libbpf's object are gone once [`InKernelServer::load`] returns.
 pub struct InKernelServer {
     program: OwnedFd,
@@ -243,7 +243,7 @@ impl InKernelServer {
             };
             XdpError::Attach { interface: interface.to_string(), mode: mode.name(), source, hint }
         })?;
-        Ok(XdpLink { _fd: fd, ifindex, mode })
+        Ok(XdpLink::new(fd, ifindex, mode))
     }
 
     /// Reads the program's counters, summed over CPUs.
@@ -312,7 +312,7 @@ mod tests {
         let mut storage = MaybeUninit::uninit();
         let open = AnswerSkelBuilder::default().open(&mut storage).expect("open the embedded BPF object");
         assert_eq!(open.maps.answer_counters.max_entries(), answer_counter::ANSWER_COUNTER_MAX.0);
-        assert_eq!(open.maps.answer_served.max_entries() as usize, super::super::MAX_SERVED_ADDRESSES);
+        assert_eq!(open.maps.answer_served.max_entries() as usize, crate::steer::MAX_SERVED_ADDRESSES);
     }
 
     #[test]

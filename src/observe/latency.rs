@@ -1,10 +1,10 @@
 //! Latency summaries for reports, logs and metrics: percentiles of the histograms the workers record
-//! ([`crate::datapath::latency::LatencySet`]), computed off the hot path.
+//! ([`crate::datapath::histograms::LatencySet`]), computed off the hot path.
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::datapath::latency::{LatencySet, STAGE_NAMES};
+use crate::datapath::histograms::{LatencySet, STAGE_NAMES};
 
 /// Count, extremes, mean and percentiles of one histogram (shared with shunt-bench's reports).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]

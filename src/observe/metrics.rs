@@ -126,13 +126,13 @@ pub struct QueueLatency {
     pub queue: u32,
     /// Percentile summaries of every histogram.
     pub report: LatencyReport,
-    /// Buckets of each stage, named and ordered as [`STAGE_NAMES`](crate::datapath::latency::STAGE_NAMES).
+    /// Buckets of each stage, named and ordered as [`STAGE_NAMES`](crate::datapath::histograms::STAGE_NAMES).
     pub stages: [(&'static str, LatencyBuckets); 4],
 }
 
 impl QueueLatency {
     /// Summaries and buckets of one worker's run-total histograms (call it off the hot path).
-    pub fn of(queue: u32, set: &crate::datapath::latency::LatencySet) -> QueueLatency {
+    pub fn of(queue: u32, set: &crate::datapath::histograms::LatencySet) -> QueueLatency {
         QueueLatency {
             queue,
             report: LatencyReport::of(set),
@@ -504,7 +504,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::datapath::{latency::LatencySet, meta::Stamp};
+    use crate::datapath::{histograms::LatencySet, meta::Stamp};
 
     /// One sample line: name, labels (in any order), value.
     type Sample = (String, BTreeMap<String, String>, f64);

@@ -11,10 +11,11 @@ use super::{
 };
 use crate::{
     datapath::{
+        afxdp::BindMode,
         counters::{FrameAccount, KernelSocketStats, WorkerStats},
-        BindMode,
     },
-    steer::{answer::InKernelCounters, AttachMode, XdpCounters},
+    in_kernel::InKernelCounters,
+    steer::{AttachMode, XdpCounters},
     sys::CpuTimes,
 };
 

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::datapath::{
     counters::{busy_fraction, WorkerShared, WorkerStats},
-    latency::{LatencySet, ReporterLatency},
+    histograms::{LatencySet, ReporterLatency},
 };
 
 /// What the reporter watches for one worker.

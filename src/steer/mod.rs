@@ -10,7 +10,6 @@
 //! bpf/shunt.bpf.c (`sys::skel`): a map or program renamed in the C file is a compile error here, not a
 //! failed lookup at start-up.
 
-pub mod answer;
 pub mod probe;
 
 use std::{
@@ -266,7 +265,7 @@ impl std::fmt::Debug for XdpProgram {
     }
 }
 
-fn route_libbpf_logs() {
+pub(crate) fn route_libbpf_logs() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let print: libbpf_rs::PrintCallback = |_level, message| {
@@ -277,7 +276,7 @@ fn route_libbpf_logs() {
 }
 
 /// A handle of its own (a duplicated fd) on one of the skeleton's maps; `name` is for the error only.
-fn map_handle(map: &MapMut<'_>, name: &'static str) -> Result<MapHandle, XdpError> {
+pub(crate) fn map_handle(map: &MapMut<'_>, name: &'static str) -> Result<MapHandle, XdpError> {
     MapHandle::try_from(map).map_err(|source| XdpError::Map { map: name, source })
 }
 
@@ -487,7 +486,7 @@ pub struct ServedAddresses {
 }
 
 impl ServedAddresses {
-    fn of(map: &MapHandle, name: &'static str) -> Result<ServedAddresses, XdpError> {
+    pub(crate) fn of(map: &MapHandle, name: &'static str) -> Result<ServedAddresses, XdpError> {
         let map = MapHandle::try_from(map).map_err(|source| XdpError::Map { map: name, source })?;
         Ok(ServedAddresses { map, name, current: Default::default() })
     }
@@ -539,6 +538,13 @@ pub struct XdpLink {
     pub ifindex: u32,
     /// The mode it was attached in.
     pub mode: AttachMode,
+}
+
+impl XdpLink {
+    /// Wraps the link `fd` of a program attached to `ifindex` in `mode`: the link detaches when dropped.
+    pub(crate) fn new(fd: OwnedFd, ifindex: u32, mode: AttachMode) -> XdpLink {
+        XdpLink { _fd: fd, ifindex, mode }
+    }
 }
 
 #[cfg(test)]

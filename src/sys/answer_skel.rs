@@ -4,7 +4,7 @@
 //! counter slots; `types::answer_handler`; `types::answer_settings`).
 //!
 //! Like `skel`, the generated code contains `unsafe` blocks (libbpf's skeleton calls) without `// SAFETY:`
-//! comments, so it lives here, in the one OS module; `steer::answer` uses only its safe API.
+//! comments, so it lives here, in the one OS module; `in_kernel` uses only its safe API.
 #![allow(unsafe_code, clippy::undocumented_unsafe_blocks, missing_docs, unreachable_pub)]
 
 include!(concat!(env!("OUT_DIR"), "/answer.skel.rs"));

@@ -333,7 +333,7 @@ pub fn memlock_limit() -> io::Result<Option<u64>> {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Kernel-socket datapath (crate::datapath::kernel): the socket options and the signal-driven I/O calls that
+// Kernel-socket datapath (crate::datapath::socket): the socket options and the signal-driven I/O calls that
 // neither socket2 nor rustix wraps.
 // ---------------------------------------------------------------------------------------------------------
 

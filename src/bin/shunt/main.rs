@@ -20,7 +20,7 @@ use shunt::control::{
 AF_XDP sockets served by pinned workers; everything else goes to the kernel.",
     after_help = "Your own handler: a crate that depends on shunt implements shunt::Handler and calls \
 shunt::control::cli::run(args, name, |worker| MyHandler::new()), which takes exactly the flags of \
-`shunt serve` (see examples/sntp.rs and the README's \"Writing a handler\")."
+`shunt serve` (see examples/sntp.rs and docs/handlers.md)."
 )]
 struct Cli {
     #[command(subcommand)]

@@ -35,7 +35,7 @@
 //! Wiring, for the control plane (a sketch: the worker loop owns its `NextHops`):
 //!
 //! ```no_run
-//! use shunt::datapath::nexthop::{Miss, Resolver, ResolverParams};
+//! use shunt::datapath::afxdp::nexthop::{Miss, Resolver, ResolverParams};
 //! # fn main() -> std::io::Result<()> {
 //! let ifindex = shunt::sys::interface_index("eth0")?;
 //! let (resolver, mut caches) = Resolver::start(ResolverParams::new(ifindex, 2))?;

@@ -11,8 +11,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use xsk_rs::{FrameDesc, Umem};
 
-use super::counters::WorkerStats;
 use crate::{
+    datapath::counters::WorkerStats,
     handler::{Envelope, Request, SendError, Transmit},
     packet::{self, field, FlowSpec, ReplyHeaders},
 };

@@ -21,13 +21,15 @@ use std::{
 use xsk_rs::FrameDesc;
 
 use super::{
-    counters::{FrameAccount, KernelSocketStats, WorkerShared, WorkerStats},
-    latency::WorkerLatency,
-    meta,
     send::{NextHop, Path, SendOptions, Sending, XskSink},
     KickPolicy, PollMode, QueueSocket,
 };
 use crate::{
+    datapath::{
+        counters::{FrameAccount, KernelSocketStats, WorkerShared, WorkerStats},
+        histograms::WorkerLatency,
+        meta, WorkerExit,
+    },
     handler::{fire_timeout, respond_with, Arrival, Handler, Outcome, RespondOptions, Time},
     sys,
 };
@@ -67,19 +69,6 @@ pub struct Worker<H> {
     kernel: KernelSocketStats,
     /// The handler's sends: their queue, where they may come from, next hops.
     sending: Sending,
-}
-
-/// What a worker hands back when it stops.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct WorkerExit {
-    /// Final counters.
-    pub stats: WorkerStats,
-    /// Final kernel statistics of the socket.
-    pub kernel: KernelSocketStats,
-    /// Where the UMEM's frames were when it stopped (`None` from a worker that did not stop cleanly).
-    pub frames: Option<FrameAccount>,
-    /// The CPU time of the thread that ran the loop, read as it stopped (the thread's whole life so far).
-    pub cpu: Option<sys::CpuTimes>,
 }
 
 /// Longest sleep of a waking worker in one poll(2): bounds how long it takes to see the stop flag and to

@@ -7,10 +7,8 @@ use xsk_rs::{
     CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem,
 };
 
-use super::{
-    counters::{FrameAccount, KernelSocketStats},
-    BindMode, UmemParams,
-};
+use super::{BindMode, UmemParams};
+use crate::datapath::counters::{FrameAccount, KernelSocketStats};
 
 /// Why a queue's socket could not be set up.
 #[derive(Debug, thiserror::Error)]

@@ -70,7 +70,7 @@
 //! With [`KernelSocketOptions::timestamps`] on, each socket has SO_TIMESTAMPING with
 //! SOF_TIMESTAMPING_RX_SOFTWARE: the kernel stamps every datagram (CLOCK_REALTIME) as it enters the network
 //! stack, and the worker converts the stamp to CLOCK_MONOTONIC (subtracting the realtime − monotonic offset
-//! it reads with the clock, below) so that [`WorkerLatency`](super::latency::WorkerLatency) records the same stages
+//! it reads with the clock, below) so that [`WorkerLatency`](crate::datapath::histograms::WorkerLatency) records the same stages
 //! as for AF_XDP: `ring_dwell` = kernel receive → the worker has the datagram, `service` = that → the reply's
 //! send call returned, `total` = both. Without timestamps only `service` is recorded (the replies count as
 //! `unstamped`). The kernel starts stamping a while after the first socket asks (its global switch is flipped
@@ -86,8 +86,8 @@
 
 mod cmsg;
 mod msg;
+mod open;
 mod send;
-mod socket;
 mod uring;
 pub use uring::{probe as probe_io_uring, UringProbe};
 mod worker;
@@ -153,7 +153,7 @@ impl SocketIo {
 }
 
 /// Longest `batch` (datagrams per recvmmsg): the kernel caps `vlen` at UIO_MAXIOV (1024), and so does the
-/// RX batch histogram ([`crate::datapath::latency::MAX_BATCH`]).
+/// RX batch histogram ([`crate::datapath::histograms::MAX_BATCH`]).
 pub const MAX_BATCH: u32 = 1024;
 
 /// Bytes of payload each receive buffer holds: the largest UDP payload, so no datagram is ever truncated,

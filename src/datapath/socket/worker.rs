@@ -25,15 +25,15 @@ use rustix::event::epoll;
 use super::{
     cmsg,
     msg::{self, Batch, Slot},
+    open::{self, PortSocket},
     send::{Outgoings, SocketSink},
-    socket::{self, PortSocket},
     uring::{Completion, Uring},
     KernelSocketError, KernelSocketOptions, SocketIo, IO_SIGNAL_OFFSET, MAX_BATCH,
 };
 use crate::{
     datapath::{
         counters::{KernelSocketStats, WorkerShared, WorkerStats},
-        latency::WorkerLatency,
+        histograms::WorkerLatency,
         meta::Stamp,
         WorkerExit,
     },
@@ -138,12 +138,12 @@ impl<H: Handler> KernelWorker<H> {
         let batch = options.batch.max(1) as usize;
         let ifindex = sys::interface_index(&options.interface)
             .map_err(|source| KernelSocketError::Interface { interface: options.interface.clone(), source })?;
-        let sockets = socket::open_all(&options)?;
-        if options.timestamps && !socket::await_rx_stamping(socket::STAMPING_DEADLINE) {
+        let sockets = open::open_all(&options)?;
+        if options.timestamps && !open::await_rx_stamping(open::STAMPING_DEADLINE) {
             tracing::warn!(
                 "the kernel did not start stamping received datagrams within {:?} (or no loopback to check it \
                  on): the first requests may count as unstamped",
-                socket::STAMPING_DEADLINE
+                open::STAMPING_DEADLINE
             );
         }
 
@@ -271,11 +271,11 @@ impl<H: Handler> KernelWorker<H> {
         let core = &mut self.core;
         // The receive timeout in force: the 100 ms the socket was opened with, shortened while the handler's
         // timer is due sooner (whole milliseconds, so at most one setsockopt per millisecond).
-        let mut timeout = socket::BLOCKING_TIMEOUT;
+        let mut timeout = open::BLOCKING_TIMEOUT;
         while !stop.load(Relaxed) {
-            let wanted = core.deadline.map_or(socket::BLOCKING_TIMEOUT, |due| {
+            let wanted = core.deadline.map_or(open::BLOCKING_TIMEOUT, |due| {
                 let ms = due.saturating_sub(sys::monotonic_ns()).div_ceil(1_000_000).max(1);
-                Duration::from_millis(ms).min(socket::BLOCKING_TIMEOUT)
+                Duration::from_millis(ms).min(open::BLOCKING_TIMEOUT)
             });
             if wanted != timeout && ps.socket.set_read_timeout(Some(wanted)).is_ok() {
                 timeout = wanted;
