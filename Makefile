@@ -32,7 +32,7 @@ OTHER_TESTS := $(filter-out $(LAB_TESTS),$(basename $(notdir $(wildcard tests/*.
 # A shell condition: true when CI is set to anything but "", 0, false or no (as tests/common reads it).
 IN_CI = [[ -n "$${CI:-}" && ! "$${CI,,}" =~ ^(0|false|no)$$ ]]
 
-.PHONY: deps build test fmt-check clippy unit-test e2e fuzz-smoke fuzz-run demo clean-lab
+.PHONY: deps build test fmt-check clippy doc-check unit-test e2e fuzz-smoke fuzz-run demo clean-lab
 
 deps:
 	@missing=""; \
@@ -69,6 +69,10 @@ fmt-check:
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The API reference: every public item documented (`#![deny(missing_docs)]`) and no broken intra-doc link.
+doc-check:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc -p shunt --no-deps
 
 # Unit and property tests (everything but the e2e suite). An ignored test outside the lab files would never
 # run anywhere: refused.
@@ -136,6 +140,7 @@ fuzz-run:
 test: deps
 	$(MAKE) --no-print-directory fmt-check
 	$(MAKE) --no-print-directory clippy
+	$(MAKE) --no-print-directory doc-check
 	$(MAKE) --no-print-directory unit-test
 	$(MAKE) --no-print-directory deb
 	$(MAKE) --no-print-directory e2e

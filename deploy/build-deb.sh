@@ -41,9 +41,11 @@ the systemd unit (Type=notify; capabilities CAP_NET_ADMIN CAP_NET_RAW CAP_BPF CA
 .I /usr/sbin/shunt-tune-nic
 NIC tuning: channels, IRQ affinity, flow steering (run it with --help)
 [EXIT STATUS]
-0 on a clean stop; 2 for a configuration or privilege error (nothing was attached).
+0 on a clean stop (SIGINT, SIGTERM); 1 when the report could not be written; 2 for a configuration, host or
+privilege error (nothing was attached); 3 when a worker died (its handler panicked): detached and stopped.
 [SEE ALSO]
-/usr/share/doc/shunt/README.md, /usr/share/doc/shunt/deploying.md, /usr/share/doc/shunt/fleet.md
+/usr/share/doc/shunt/README.md, /usr/share/doc/shunt/docs/ (handlers, configuration, operations,
+performance, internals, requirements), /usr/share/doc/shunt/deploying.md, /usr/share/doc/shunt/fleet.md
 H2M
 } >"$OUT/shunt.h2m"
 help2man --no-info --no-discard-stderr --section 1 \

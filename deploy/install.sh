@@ -29,6 +29,7 @@ deploy/check-host.sh || die "the host is missing something shunt needs (see abov
 install -Dm755 target/release/shunt "$prefix/bin/shunt"
 install -Dm755 target/release/shunt-bench "$prefix/bin/shunt-bench" 2>/dev/null || true
 install -Dm644 README.md "$prefix/share/doc/shunt/README.md"
+install -Dm644 -t "$prefix/share/doc/shunt/docs" docs/*.md
 install -Dm644 config/example.toml "$prefix/share/doc/shunt/example.toml"
 if [[ ! -e $etc/shunt.toml ]]; then
   install -Dm644 config/example.toml "$etc/shunt.toml"
