@@ -7,6 +7,7 @@ use std::{
     io,
     net::{IpAddr, SocketAddr},
     process::Command,
+    sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError},
     time::{Duration, Instant},
 };
 
@@ -18,7 +19,7 @@ use shunt::{
     sys,
 };
 
-use crate::engine::Transport;
+use crate::{engine::Transport, payload::MAX_PAYLOAD};
 
 /// Most frames per TX kick in copy mode (the kernel sends at most 32 per `sendto`).
 const TX_BATCH: usize = 32;
@@ -63,13 +64,52 @@ pub struct AfXdpShared {
     _program: XdpProgram,
 }
 
-/// One thread's AF_XDP sockets: replies come back on the queue the request left from (on veth the peer's
-/// receive queue is the sender's transmit queue, and the server answers on the queue it received on), so each
-/// thread receives exactly its own replies.
+/// Replies one thread may hold for another before handing one over fails (and that reply counts as lost).
+const CROSSING_CAPACITY: usize = 4096;
+
+/// A reply that arrived on another thread's socket, on its way to the thread that sent the request.
+struct Crossing {
+    /// When the receiving thread read it off its RX ring.
+    rx_ns: u64,
+    len: usize,
+    payload: [u8; MAX_PAYLOAD],
+}
+
+/// One thread's AF_XDP sockets.
+///
+/// A reply comes back on the queue the server sent it on. shunt answers on the queue a request came in on (on
+/// veth the peer's receive queue is the sender's transmit queue), so a thread gets its own replies; a kernel-socket
+/// server does not: SO_REUSEPORT picks the worker by a hash of the flow, and that worker's core picks the transmit
+/// queue, so a reply may land on another thread's socket (an AF_XDP socket receives only from its own queue, so
+/// the steering program cannot send it home). The thread that finds a reply for a port it does not own hands it to
+/// the owner over a bounded channel, allocation-free after set-up; the owner accounts it with the receive time it
+/// was read at. Without the hand-off such replies were lost (a two-thread generator lost replies against every
+/// kernel-socket server).
 pub struct AfXdpTransport {
     ports: Vec<XskPort>,
     flows: Vec<FlowSpec>,
     src_ports: Vec<u16>,
+    /// Source port of flow 0 of thread 0, and each global flow's owner thread: who a reply is for.
+    port_base: u16,
+    owners: Vec<usize>,
+    /// This thread's index, the other threads' inboxes (indexed by thread; `None` for this one) and its own.
+    index: usize,
+    outboxes: Vec<Option<SyncSender<Crossing>>>,
+    inbox: Receiver<Crossing>,
+    /// Replies handed to another thread, and those that found its inbox full (lost).
+    handed_over: u64,
+    hand_over_failed: u64,
+}
+
+impl Drop for AfXdpTransport {
+    fn drop(&mut self) {
+        if self.hand_over_failed > 0 {
+            eprintln!(
+                "shunt-bench: sender thread {}: {} of {} replies for other threads were lost (inbox full)",
+                self.index, self.hand_over_failed, self.handed_over
+            );
+        }
+    }
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
@@ -208,9 +248,13 @@ impl AfXdpTransport {
         let program =
             XdpProgram::load(ProgramVariant::Plain, StampMethod::None).context("loading shunt's XDP program")?;
         program.set_ports(&all_ports).context("steering the client's source ports")?;
+        let owners: Vec<usize> =
+            o.threads.iter().enumerate().flat_map(|(i, t)| std::iter::repeat_n(i, t.flows.max(1))).collect();
+        let (senders, mut inboxes): (Vec<_>, Vec<_>) =
+            o.threads.iter().map(|_| sync_channel::<Crossing>(CROSSING_CAPACITY)).map(|(s, r)| (s, Some(r))).unzip();
         let mut transports = Vec::new();
         let mut next_port = 0usize;
-        for t in &o.threads {
+        for (index, t) in o.threads.iter().enumerate() {
             let mut ports = Vec::new();
             for &q in &t.queues {
                 let socket = QueueSocket::open(&SocketOptions {
@@ -239,7 +283,24 @@ impl AfXdpTransport {
                 .iter()
                 .map(|&p| FlowSpec { src_mac, dst_mac, vlan_tci: None, src: SocketAddr::new(src_ip, p), dst: o.target })
                 .collect();
-            transports.push(AfXdpTransport { ports, flows, src_ports });
+            let outboxes = senders
+                .iter()
+                .enumerate()
+                .map(|(j, s)| (j != index && o.threads.len() > 1).then(|| s.clone()))
+                .collect();
+            let inbox = inboxes[index].take().context("one inbox per thread")?;
+            transports.push(AfXdpTransport {
+                ports,
+                flows,
+                src_ports,
+                port_base: o.src_port_base,
+                owners: owners.clone(),
+                index,
+                outboxes,
+                inbox,
+                handed_over: 0,
+                hand_over_failed: 0,
+            });
         }
         let ifindex = sys::interface_index(&o.interface).with_context(|| format!("interface {}", o.interface))?;
         let link = program.attach(&o.interface, ifindex, o.attach_mode)?;
@@ -289,16 +350,39 @@ impl Transport for AfXdpTransport {
         let mut total = 0;
         let rx = self.now();
         let (base, count) = (self.src_ports[0], self.src_ports.len());
+        let (port_base, owners, outboxes) = (self.port_base, &self.owners, &self.outboxes);
+        let (mut handed, mut failed) = (0u64, 0u64);
         for port in &mut self.ports {
             total += port.receive(|frame| {
-                if let Ok(Some(d)) = packet::parse(frame) {
-                    let p = d.dst().port();
-                    if p >= base && usize::from(p - base) < count {
-                        on(d.payload(), rx);
-                    }
+                let Ok(Some(d)) = packet::parse(frame) else { return };
+                let p = d.dst().port();
+                if p >= base && usize::from(p - base) < count {
+                    on(d.payload(), rx);
+                    return;
+                }
+                // Another thread's reply: hand it over (see the type's docs).
+                let owner = p.checked_sub(port_base).and_then(|k| owners.get(usize::from(k)));
+                let Some(outbox) = owner.and_then(|&o| outboxes.get(o)).and_then(Option::as_ref) else { return };
+                let payload = d.payload();
+                // Its own clock reading: `rx` was read before this batch, possibly before the owner stamped the
+                // request's send time (on veth the server's reply can arrive while the owner is still in sendto).
+                let now = crate::engine::clock_ns();
+                let mut crossing =
+                    Crossing { rx_ns: now, len: payload.len().min(MAX_PAYLOAD), payload: [0; MAX_PAYLOAD] };
+                crossing.payload[..crossing.len].copy_from_slice(&payload[..crossing.len]);
+                handed += 1;
+                if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = outbox.try_send(crossing) {
+                    failed += 1;
                 }
             });
             port.service();
+        }
+        self.handed_over += handed;
+        self.hand_over_failed += failed;
+        // Replies other threads found for this one.
+        while let Ok(c) = self.inbox.try_recv() {
+            on(&c.payload[..c.len], c.rx_ns);
+            total += 1;
         }
         Ok(total)
     }
