@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::anyhow;
-use plotters::prelude::*;
+use plotters::{coord::types::RangedCoordf64, prelude::*};
 
 /// One named line of (x, y) points.
 #[derive(Debug, Clone)]
@@ -60,6 +60,54 @@ fn y_range(series: &[Series]) -> (f64, f64) {
     }
 }
 
+/// The charts here: a linear x axis and a log y axis.
+type LogYChart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, LogCoord<f64>>>;
+
+/// A captioned chart on `area` with a linear x axis over `0..xmax` and a log y axis over `y`.
+fn log_y_chart<'a, 'b>(
+    area: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    title: &str,
+    xmax: f64,
+    (ylo, yhi): (f64, f64),
+    x_label_area: u32,
+) -> anyhow::Result<LogYChart<'a, 'b>> {
+    ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(x_label_area)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..xmax, (ylo..yhi).log_scale())
+        .map_err(err)
+}
+
+/// Draws each of `series` as a line with dots of `radius` through its `curves` entry (its points mapped into the
+/// chart's range), labelled with the series' name, then the legend at `legend`.
+fn draw_curves<'a, 'b: 'a>(
+    chart: &mut LogYChart<'a, 'b>,
+    series: &[Series],
+    curves: Vec<Vec<(f64, f64)>>,
+    radius: i32,
+    legend: SeriesLabelPosition,
+) -> anyhow::Result<()> {
+    for (i, (s, pts)) in series.iter().zip(curves).enumerate() {
+        let c = color(i);
+        chart
+            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
+            .map_err(err)?
+            .label(s.name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        chart.draw_series(pts.iter().map(|&p| Circle::new(p, radius, c.filled()))).map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(legend)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}
+
 /// Latency (µs, log) against percentile on the 1/(1-p) axis. `series` points are (percentile, µs).
 pub fn percentile_spectrum(path: &Path, title: &str, series: &[Series]) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (960, 560)).into_drawing_area();
@@ -67,13 +115,7 @@ pub fn percentile_spectrum(path: &Path, title: &str, series: &[Series]) -> anyho
     let xmax =
         series.iter().flat_map(|s| s.points.iter().map(|p| percentile_x(p.0))).fold(2.0f64, f64::max).ceil().min(7.0);
     let (ylo, yhi) = y_range(series);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..xmax, (ylo..yhi).log_scale())
-        .map_err(err)?;
+    let mut chart = log_y_chart(&root, title, xmax, (ylo, yhi), 45)?;
     chart
         .configure_mesh()
         .x_desc("percentile")
@@ -83,23 +125,11 @@ pub fn percentile_spectrum(path: &Path, title: &str, series: &[Series]) -> anyho
         .y_label_formatter(&|y| format!("{y:.1}"))
         .draw()
         .map_err(err)?;
-    for (i, s) in series.iter().enumerate() {
-        let c = color(i);
-        let pts: Vec<(f64, f64)> = s.points.iter().map(|&(p, y)| (percentile_x(p).min(xmax), y.max(ylo))).collect();
-        chart
-            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
-            .map_err(err)?
-            .label(s.name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 2, c.filled()))).map_err(err)?;
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
+    let curves = series
+        .iter()
+        .map(|s| s.points.iter().map(|&(p, y)| (percentile_x(p).min(xmax), y.max(ylo))).collect())
+        .collect();
+    draw_curves(&mut chart, series, curves, 2, SeriesLabelPosition::UpperLeft)?;
     root.present().map_err(err)?;
     Ok(())
 }
@@ -111,13 +141,7 @@ pub fn load_sweep(path: &Path, title: &str, latency: &[Series], loss: &[Series])
     let (top, bottom) = root.split_vertically(470);
     let xmax = latency.iter().chain(loss).flat_map(|s| s.points.iter().map(|p| p.0)).fold(1.0f64, f64::max) * 1.05;
     let (ylo, yhi) = y_range(latency);
-    let mut chart = ChartBuilder::on(&top)
-        .caption(title, ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..xmax, (ylo..yhi).log_scale())
-        .map_err(err)?;
+    let mut chart = log_y_chart(&top, title, xmax, (ylo, yhi), 40)?;
     chart
         .configure_mesh()
         .x_desc("offered load (kpps)")
@@ -125,23 +149,8 @@ pub fn load_sweep(path: &Path, title: &str, latency: &[Series], loss: &[Series])
         .y_label_formatter(&|y| format!("{y:.1}"))
         .draw()
         .map_err(err)?;
-    for (i, s) in latency.iter().enumerate() {
-        let c = color(i);
-        let pts: Vec<(f64, f64)> = s.points.iter().map(|&(x, y)| (x, y.max(ylo))).collect();
-        chart
-            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
-            .map_err(err)?
-            .label(s.name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled()))).map_err(err)?;
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
+    let curves = latency.iter().map(|s| s.points.iter().map(|&(x, y)| (x, y.max(ylo))).collect()).collect();
+    draw_curves(&mut chart, latency, curves, 3, SeriesLabelPosition::UpperLeft)?;
     let lmax = loss.iter().flat_map(|s| s.points.iter().map(|p| p.1)).fold(0.1f64, f64::max) * 1.2;
     let mut chart = ChartBuilder::on(&bottom)
         .margin(15)
@@ -166,13 +175,7 @@ pub fn cost_over_load(path: &Path, title: &str, series: &[Series]) -> anyhow::Re
     root.fill(&WHITE).map_err(err)?;
     let xmax = series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).fold(1.0f64, f64::max) * 1.1;
     let (ylo, yhi) = y_range(series);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..xmax, (ylo..yhi).log_scale())
-        .map_err(err)?;
+    let mut chart = log_y_chart(&root, title, xmax, (ylo, yhi), 45)?;
     chart
         .configure_mesh()
         .x_desc("offered load (kpps)")
@@ -180,23 +183,8 @@ pub fn cost_over_load(path: &Path, title: &str, series: &[Series]) -> anyhow::Re
         .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()
         .map_err(err)?;
-    for (i, s) in series.iter().enumerate() {
-        let c = color(i);
-        let pts: Vec<(f64, f64)> = s.points.iter().filter(|p| p.1 > 0.0).copied().collect();
-        chart
-            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
-            .map_err(err)?
-            .label(s.name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled()))).map_err(err)?;
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
+    let curves = series.iter().map(|s| s.points.iter().filter(|p| p.1 > 0.0).copied().collect()).collect();
+    draw_curves(&mut chart, series, curves, 4, SeriesLabelPosition::UpperRight)?;
     root.present().map_err(err)?;
     Ok(())
 }
