@@ -126,9 +126,15 @@ impl ResolverParams {
 const RETRY_AFTER_LOOKUPS: u16 = 4096;
 /// The longest a probe sequence in a cache grows before a full neighbourhood evicts: bounds a lookup's cost.
 const MAX_PROBE: usize = 16;
-/// How long the resolver waits for notifications when it has nothing else to do: the latency of its answer
-/// to a request (workers cannot wake it: that would be a system call).
-const IDLE_WAIT: Duration = Duration::from_millis(2);
+/// How long the resolver waits for notifications (which wake it at once) before it looks for workers' requests
+/// again, while requests are coming: the latency of its answer to one (workers cannot wake it: that would be a
+/// system call on their side).
+const ACTIVE_WAIT: Duration = Duration::from_millis(2);
+/// The longest wait once requests have stopped coming: each quiet turn doubles the wait from [`ACTIVE_WAIT`] up
+/// to this, so an idle resolver wakes ~30 times a second instead of 500, and the first request after a quiet
+/// spell waits at most this long for its answer (the sends to a new destination are dropped and counted as
+/// unresolved meanwhile, as they are while the kernel resolves the neighbour).
+const QUIET_WAIT: Duration = Duration::from_millis(32);
 /// The least time between two resolutions the resolver asks of the kernel for one next hop: a destination
 /// that stays unresolvable is asked about again and again by every worker. A request while the entry is
 /// INCOMPLETE costs the kernel nothing (its own retransmit timer paces the solicitations), but one on a FAILED
@@ -561,17 +567,21 @@ impl Core {
         stop: &AtomicBool,
     ) {
         let mut batch = Vec::new();
+        let mut wait = ACTIVE_WAIT;
         while !stop.load(Ordering::Relaxed) {
+            let mut asked = false;
             while let Ok(request) = requests.try_recv() {
                 self.request(tables, request);
+                asked = true;
             }
             self.flush();
+            wait = if asked { ACTIVE_WAIT } else { (wait * 2).min(QUIET_WAIT) };
             batch.clear();
-            if let Err(e) = events.wait(IDLE_WAIT, &mut batch) {
+            if let Err(e) = events.wait(wait, &mut batch) {
                 tracing::warn!("next-hop resolver: reading route notifications: {e}");
                 // Whatever was missed, resolve again; and do not spin on a broken socket.
                 batch.push(RouteEvent::Lost);
-                std::thread::sleep(IDLE_WAIT);
+                std::thread::sleep(wait);
             }
             self.events(tables, &batch);
         }
