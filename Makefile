@@ -245,3 +245,11 @@ bench-send-api: deps
 bench-attach-mode: deps
 	$(CARGO) build --release -p shunt -p shunt-bench
 	target/release/shunt-bench compare --plan bench/plans/attach-mode.toml --name attach-mode $(BENCH_FLAGS)
+
+# The performance tables of README.md and docs/ from the result files in bench/results/ (between
+# `<!-- shunt-bench tables: NAME KIND -->` markers; bench/README.md). No root, no lab: it only reads JSON. The
+# shunt-bench unit tests fail when a table no longer matches its result file; run this after a bench run.
+.PHONY: results-tables
+results-tables:
+	$(CARGO) build --release -p shunt-bench
+	target/release/shunt-bench tables README.md docs/*.md

@@ -150,12 +150,12 @@ pub fn parse_cpu_load(s: &str) -> Result<CpuLoad, String> {
 }
 
 /// The loads actually measured (0 dropped).
-fn cpu_loads(loads: &[CpuLoad]) -> Vec<CpuLoad> {
+pub(crate) fn cpu_loads(loads: &[CpuLoad]) -> Vec<CpuLoad> {
     loads.iter().copied().filter(|l| *l != CpuLoad::Rate(0.0)).collect()
 }
 
 /// `20k`, `1.5M`.
-fn rate_label(r: f64) -> String {
+pub(crate) fn rate_label(r: f64) -> String {
     if r >= 1e6 {
         format!("{:.1}M", r / 1e6)
     } else {
@@ -272,7 +272,7 @@ pub struct Target {
 
 impl Target {
     /// Its DNS query file, its own or the plan's (None: not a DNS server).
-    fn dns_queries<'a>(&'a self, plan: &'a Plan) -> Option<&'a str> {
+    pub(crate) fn dns_queries<'a>(&'a self, plan: &'a Plan) -> Option<&'a str> {
         self.dns_queries.as_deref().or(plan.dns_queries.as_deref())
     }
 }
@@ -1667,7 +1667,7 @@ fn write_page(cmp: &Comparison, a: &CompareArgs) -> anyhow::Result<String> {
 
 /// The CPU loads a result file was measured at: `cpu_rates` (`20000,100000,max`), or the one `cpu_rate` of
 /// files written before several loads existed.
-fn loads_of(params: &BTreeMap<String, String>) -> Vec<CpuLoad> {
+pub(crate) fn loads_of(params: &BTreeMap<String, String>) -> Vec<CpuLoad> {
     let list = params.get("cpu_rates").or_else(|| params.get("cpu_rate")).map(String::as_str).unwrap_or("0");
     cpu_loads(&list.split(',').filter_map(|x| parse_cpu_load(x).ok()).collect::<Vec<_>>())
 }
@@ -1693,7 +1693,7 @@ fn replot(mut a: CompareArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// A figure of `s` at CPU load `i` (`key`): `name@key`, or the plain name for the first load (older files).
-fn cpu_fig(s: &TargetSummary, name: &str, load: &CpuLoad, i: usize) -> Option<f64> {
+pub(crate) fn cpu_fig(s: &TargetSummary, name: &str, load: &CpuLoad, i: usize) -> Option<f64> {
     s.figures
         .get(&format!("{name}@{}", load.key()))
         .or_else(|| (i == 0).then(|| s.figures.get(name)).flatten())
@@ -1810,7 +1810,9 @@ fn write_plots(c: &Comparison, pp_svg: &Path, sweep_svg: &Path) -> anyhow::Resul
     .map_err(|e| anyhow!("{e}"))
 }
 
-fn fmt_fig(v: Option<f64>, base: Option<f64>, unit: &str) -> String {
+/// A figure as the page shows it (`us`: 2 decimals, `ns`: none, `kpps`: thousands), with its ratio to the
+/// baseline's when there is one; `–` when missing.
+pub(crate) fn fmt_fig(v: Option<f64>, base: Option<f64>, unit: &str) -> String {
     match v {
         None => "–".into(),
         Some(v) => {
@@ -1828,7 +1830,7 @@ fn fmt_fig(v: Option<f64>, base: Option<f64>, unit: &str) -> String {
 }
 
 /// The first error of a target's rounds (first line), or "?".
-fn first_error(c: &Comparison, name: &str) -> String {
+pub(crate) fn first_error(c: &Comparison, name: &str) -> String {
     c.rounds
         .get(name)
         .into_iter()
@@ -1872,12 +1874,7 @@ fn dns_section(c: &Comparison, a: &CompareArgs) -> String {
         }
         m += &format!("| {} | {} |", s.name, fmt_fig(s.figures.get("max_rate_loss_lt_0.1pct").copied(), None, "kpps"));
         for r in &a.rates {
-            let f = |k: &str| s.figures.get(&format!("{k}@{r:.0}")).copied();
-            let mark = if s.generator_behind_at.contains(r) { " ⚠" } else { "" };
-            match (f("sweep_p50_us"), f("sweep_p99_us")) {
-                (Some(p50), Some(p99)) => m += &format!(" {p50:.1} / {p99:.1}{mark} |"),
-                _ => m += " – |",
-            }
+            m += &format!(" {} |", sweep_latency_cell(s, *r));
         }
         let mut sum = crate::dns::DnsCounts::default();
         for r in c.rounds.get(&s.name).into_iter().flatten() {
@@ -1908,21 +1905,72 @@ fn dns_section(c: &Comparison, a: &CompareArgs) -> String {
         for s in c.summaries.iter().filter(|s| is_dns(&s.name)) {
             m += &format!("| {} |", s.name);
             for l in &dp {
-                let k = l.key();
-                let f = |n: &str| s.figures.get(&format!("{n}@{k}")).copied();
-                let mark = if f("dnsperf_limited").is_some() { " ⚠" } else { "" };
-                let cpu = f("dnsperf_server_cpu").map_or("–".into(), |c| format!("{c:.0} %"));
-                match (f("dnsperf_qps"), f("dnsperf_loss_pct"), f("dnsperf_avg_us")) {
-                    (Some(q), Some(l), Some(avg)) => {
-                        m += &format!(" {:.1} / {l:.2} / {avg:.0} / {cpu}{mark} |", q / 1e3)
-                    }
-                    _ => m += " – |",
-                }
+                m += &format!(" {} |", dnsperf_cell(s, l));
             }
             m += "\n";
         }
     }
     m += "\n";
+    m
+}
+
+/// `p50 / p99` µs of the sweep at offered rate `r` (` ⚠`: the generator fell behind there), or `–`.
+pub(crate) fn sweep_latency_cell(s: &TargetSummary, r: f64) -> String {
+    let f = |k: &str| s.figures.get(&format!("{k}@{r:.0}")).copied();
+    let mark = if s.generator_behind_at.contains(&r) { " ⚠" } else { "" };
+    match (f("sweep_p50_us"), f("sweep_p99_us")) {
+        (Some(p50), Some(p99)) => format!("{p50:.1} / {p99:.1}{mark}"),
+        _ => "–".into(),
+    }
+}
+
+/// dnsperf at load `l`: kqps completed / lost % / average µs / server CPU % (` ⚠`: dnsperf was the limit), or `–`.
+pub(crate) fn dnsperf_cell(s: &TargetSummary, l: &CpuLoad) -> String {
+    let k = l.key();
+    let f = |n: &str| s.figures.get(&format!("{n}@{k}")).copied();
+    let mark = if f("dnsperf_limited").is_some() { " ⚠" } else { "" };
+    let cpu = f("dnsperf_server_cpu").map_or("–".into(), |c| format!("{c:.0} %"));
+    match (f("dnsperf_qps"), f("dnsperf_loss_pct"), f("dnsperf_avg_us")) {
+        (Some(q), Some(l), Some(avg)) => format!("{:.1} / {l:.2} / {avg:.0} / {cpu}{mark}", q / 1e3),
+        _ => "–".into(),
+    }
+}
+
+/// One cell of the CPU table: server CPU ns per reply at load `l` (the `i`th; ratio to `base`'s) / every core's,
+/// `@ rate` for `max`, ` ⚠` where the generator fell behind in that run; `–` when not measured.
+pub(crate) fn cpu_cell(s: &TargetSummary, l: &CpuLoad, i: usize, base: Option<&TargetSummary>) -> String {
+    let server = cpu_fig(s, "cpu_server_ns", l, i);
+    let b = base.and_then(|b| cpu_fig(b, "cpu_server_ns", l, i));
+    match server {
+        None => "–".into(),
+        Some(_) => {
+            let all = cpu_fig(s, "cpu_all_cores_ns", l, i).map_or("–".into(), |v| format!("{v:.0}"));
+            let at = match (l, cpu_fig(s, "cpu_rate", l, usize::MAX)) {
+                (CpuLoad::Max, Some(r)) => format!(" @ {}", rate_label(r)),
+                _ => String::new(),
+            };
+            let warn = if s.figures.contains_key(&format!("cpu_generator_behind@{}", l.key())) { " ⚠" } else { "" };
+            format!("{} / {all}{at}{warn}", fmt_fig(server, b, "ns"))
+        }
+    }
+}
+
+/// The CPU table itself (heading row, rule, a row per target), without the page's prose.
+pub(crate) fn cpu_grid(c: &Comparison, loads: &[CpuLoad], base: Option<&TargetSummary>) -> String {
+    let mut m = String::from("| target |");
+    for l in loads {
+        m += &format!(" {} |", l.label());
+    }
+    m += "\n|---|";
+    m += &"---|".repeat(loads.len());
+    m += "\n";
+    for s in &c.summaries {
+        m += &format!("| {} |", s.name);
+        for (i, l) in loads.iter().enumerate() {
+            m += &format!(" {} |", cpu_cell(s, l, i, base));
+        }
+        m += "\n";
+    }
     m
 }
 
@@ -1933,35 +1981,9 @@ fn cpu_table(c: &Comparison, loads: &[CpuLoad], base: Option<&TargetSummary>) ->
          repetitions, at each offered load of the CPU phase (ratio of the server figure to the baseline's in \
          parentheses; `max` also gives the rate it was for that target). ⚠: the generator fell behind in that \
          run, so the load was the generator's. A spinning server costs a core whatever the load: its figure \
-         falls as the load rises.\n\n| target |",
+         falls as the load rises.\n\n",
     );
-    for l in loads {
-        m += &format!(" {} |", l.label());
-    }
-    m += "\n|---|";
-    m += &"---|".repeat(loads.len());
-    m += "\n";
-    for s in &c.summaries {
-        m += &format!("| {} |", s.name);
-        for (i, l) in loads.iter().enumerate() {
-            let server = cpu_fig(s, "cpu_server_ns", l, i);
-            let b = base.and_then(|b| cpu_fig(b, "cpu_server_ns", l, i));
-            match server {
-                None => m += " – |",
-                Some(_) => {
-                    let all = cpu_fig(s, "cpu_all_cores_ns", l, i).map_or("–".into(), |v| format!("{v:.0}"));
-                    let at = match (l, cpu_fig(s, "cpu_rate", l, usize::MAX)) {
-                        (CpuLoad::Max, Some(r)) => format!(" @ {}", rate_label(r)),
-                        _ => String::new(),
-                    };
-                    let warn =
-                        if s.figures.contains_key(&format!("cpu_generator_behind@{}", l.key())) { " ⚠" } else { "" };
-                    m += &format!(" {} / {all}{at}{warn} |", fmt_fig(server, b, "ns"));
-                }
-            }
-        }
-        m += "\n";
-    }
+    m += &cpu_grid(c, loads, base);
     m += "\n";
     m
 }

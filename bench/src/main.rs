@@ -1,5 +1,6 @@
 //! shunt-bench: an open-loop and ping-pong UDP load generator (kernel sockets or AF_XDP), and `compare`, which
-//! runs the same loads against several UDP echo servers in a lab and writes a side-by-side report.
+//! runs the same loads against several UDP echo servers in a lab and writes a side-by-side report, and `tables`,
+//! which writes the tables of README.md and docs/ from its result files.
 //! See bench/README.md.
 
 mod afxdp;
@@ -14,6 +15,7 @@ mod record;
 mod reflector;
 mod report;
 mod schedule;
+mod tables;
 mod verdict;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -101,6 +103,8 @@ enum Command {
     },
     /// Compare servers in a lab as described by a plan file (see bench/plans/lab.toml); `make bench` runs this.
     Compare(compare::CompareArgs),
+    /// Rewrite the marked tables in Markdown files from result files (`--check`: exit 1 if any is stale).
+    Tables(tables::TablesArgs),
 }
 
 fn command_line() -> String {
@@ -188,5 +192,6 @@ fn real_main() -> anyhow::Result<ExitCode> {
             }
         }
         Command::Compare(args) => compare::run(args).context("compare"),
+        Command::Tables(args) => tables::run(args).context("tables"),
     }
 }

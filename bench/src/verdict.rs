@@ -67,6 +67,30 @@ impl Finding {
     }
 }
 
+/// The verdict in a few words for a line under a table: `ok`, or each level found, worst first, with what it means
+/// for the figures (`limited (generator-limited figures marked ⚠)`); the findings themselves are on the page.
+pub fn summary(findings: &[Finding]) -> String {
+    let mut levels: Vec<Level> = findings.iter().map(|f| f.level).collect();
+    levels.sort();
+    levels.dedup();
+    if levels.is_empty() {
+        return "ok".into();
+    }
+    let count = |l: Level| findings.iter().filter(|f| f.level == l).count();
+    levels
+        .iter()
+        .map(|&l| match l {
+            Level::Broken | Level::Noisy => {
+                let n = count(l);
+                format!("{l} ({n} finding{} on the page)", if n == 1 { "" } else { "s" })
+            }
+            Level::Limited => "limited (generator-limited figures marked ⚠)".into(),
+            Level::Unavailable => "unavailable (targets that did not run say why)".into(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// What the cross-check concluded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -276,6 +300,19 @@ pub fn exit_code(findings: &[Finding]) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summary_names_each_level_worst_first() {
+        assert_eq!(summary(&[]), "ok");
+        let f = |level, text: &str| Finding { level, text: text.into() };
+        let found = [f(Level::Limited, "a"), f(Level::Noisy, "b"), f(Level::Limited, "c"), f(Level::Unavailable, "d")];
+        assert_eq!(
+            summary(&found),
+            "noisy (1 finding on the page), limited (generator-limited figures marked ⚠), unavailable (targets that \
+             did not run say why)"
+        );
+        assert_eq!(summary(&[f(Level::Broken, "x"), f(Level::Broken, "y")]), "broken (2 findings on the page)");
+    }
 
     #[test]
     fn spreads() {
