@@ -85,6 +85,9 @@ pub struct HandlerGuideDoctests;
 /// The other pages of docs/, included so that any Rust block added to them is compiled too.
 #[cfg(doctest)]
 pub mod docs_pages {
+    /// docs/configuration.md.
+    #[doc = include_str!("../docs/configuration.md")]
+    pub struct Configuration;
     /// docs/operations.md.
     #[doc = include_str!("../docs/operations.md")]
     pub struct Operations;
