@@ -268,6 +268,12 @@ pub struct Target {
     /// on its DNS targets only).
     #[serde(default)]
     pub dns_queries: Option<String>,
+    /// A shunt server's metrics endpoint in the server's namespace (placeholders expanded; `{metrics}` is the
+    /// one the plans use, with `--metrics {metrics}` in `start`): the CPU phase reads its workers' busy time
+    /// there (`shunt stats --json`) before and after each run, for busy ns per reply beside the whole-core cost.
+    /// Empty: not read.
+    #[serde(default)]
+    pub stats: String,
 }
 
 impl Target {
@@ -704,6 +710,10 @@ pub struct CpuCost {
     pub server_core_ns: u64,
     /// Busy time of every core, the generator's included, ns.
     pub all_cores_ns: u64,
+    /// The server's workers' busy time over the run (`busy_ns`, DPDK's lcore busyness: turns that found work),
+    /// ns, read from its metrics endpoint; None for targets without one (`Target::stats`).
+    #[serde(default)]
+    pub busy_ns: Option<u64>,
 }
 
 /// CPU time (ns on CPU, every thread) of process `pid` and its descendants, from schedstat.
@@ -790,6 +800,11 @@ fn summarize(t: &Target, rounds: &[Round], rates: &[f64], loads: &[CpuLoad], dns
             if i == 0 {
                 put(name, per(f));
             }
+        }
+        let busy: Vec<f64> = cpu.iter().filter_map(|c| c.busy_ns.map(|b| b as f64 / c.replies as f64)).collect();
+        put(&format!("cpu_busy_ns@{key}"), busy.clone());
+        if i == 0 {
+            put("cpu_busy_ns", busy);
         }
         put(&format!("cpu_rate@{key}"), cpu.iter().map(|c| c.rate).collect());
         if cpu.iter().any(|c| c.generator_behind) {
@@ -1119,6 +1134,8 @@ pub fn run(a: CompareArgs) -> anyhow::Result<ExitCode> {
     }
     vars.insert("bench".into(), bench.display().to_string());
     vars.insert("server_core".into(), plan.lab.server_core.to_string());
+    // shunt targets' metrics endpoint, inside the server's namespace (or on a static lab's server: keep it local).
+    vars.insert("metrics".into(), "127.0.0.1:19464".into());
     vars.insert("client_core".into(), plan.lab.client_core.to_string());
     vars.insert("server_exec".into(), shown(&server_exec));
     vars.insert("client_exec".into(), shown(&client_exec));
@@ -1283,6 +1300,18 @@ fn round_inner(
         v
     };
     let b = bench.display().to_string();
+    // The workers' busy time, summed, from the server's own endpoint (in its namespace), when the target has one.
+    let stats_addr = subst(&t.stats, vars);
+    let busy_ns = || -> Option<u64> {
+        if stats_addr.is_empty() {
+            return None;
+        }
+        let mut argv = server_exec.to_vec();
+        argv.extend([vars["shunt"].clone(), "stats".into(), "--metrics".into(), stats_addr.clone(), "--json".into()]);
+        let out = run_bounded(&argv, Duration::from_secs(5)).ok().filter(|o| o.ok)?;
+        let snapshot: shunt::observe::metrics::StatsSnapshot = serde_json::from_str(out.stdout.trim()).ok()?;
+        Some(snapshot.workers.iter().map(|w| w.stats.busy_ns).sum())
+    };
     // DNS plans: every shunt-bench run sends the query file's messages and checks the answers.
     let dns: Vec<String> = vars.get("dns_queries").map(|q| vec!["--dns-queries".into(), q.clone()]).unwrap_or_default();
     let mut probe = client(vec![
@@ -1464,7 +1493,9 @@ fn round_inner(
                 _ => continue, // no loss-free rate: nothing to measure at "max"
             },
         };
-        if let Some(c) = cpu_cost(a, vars, &target, &server, &client, &b, work, &tag, cmds, round, load, rate)? {
+        if let Some(c) =
+            cpu_cost(a, vars, &target, &server, &client, &b, work, &tag, cmds, round, load, rate, &busy_ns)?
+        {
             round.cpu.push(c);
         }
     }
@@ -1575,6 +1606,7 @@ fn cpu_cost(
     round: &mut Round,
     load: CpuLoad,
     rate: f64,
+    busy_ns: &dyn Fn() -> Option<u64>,
 ) -> anyhow::Result<Option<CpuCost>> {
     let Some(pid) = server.pid() else { return Ok(None) };
     let json = work.join(format!("{tag}-cpu-{}.json", load.key()));
@@ -1613,9 +1645,11 @@ fn cpu_cost(
         ));
     }
     let server_core: usize = vars["server_core"].parse().unwrap_or(usize::MAX);
+    let busy0 = busy_ns();
     let (cores0, proc0, t0) = (core_busy_ns(), process_tree_cpu_ns(pid), Instant::now());
     let out = run_bounded(&argv, Duration::from_secs_f64(a.cpu_duration + 30.0))?;
     let (cores1, proc1, wall) = (core_busy_ns(), process_tree_cpu_ns(pid), t0.elapsed());
+    let busy1 = busy_ns();
     if !out.ok {
         round.errors.push(format!("CPU-cost run at {} failed ({}): {}", load.label(), out.status, out.stderr.trim()));
         return Ok(None);
@@ -1631,6 +1665,7 @@ fn cpu_cost(
         server_ns: proc1.saturating_sub(proc0),
         server_core_ns: delta(&server_core),
         all_cores_ns: cores1.keys().map(delta).sum(),
+        busy_ns: busy0.zip(busy1).map(|(b0, b1)| b1.saturating_sub(b0)),
     }))
 }
 
@@ -1950,7 +1985,8 @@ pub(crate) fn cpu_cell(s: &TargetSummary, l: &CpuLoad, i: usize, base: Option<&T
                 _ => String::new(),
             };
             let warn = if s.figures.contains_key(&format!("cpu_generator_behind@{}", l.key())) { " ⚠" } else { "" };
-            format!("{} / {all}{at}{warn}", fmt_fig(server, b, "ns"))
+            let busy = cpu_fig(s, "cpu_busy_ns", l, i).map_or(String::new(), |v| format!(" (busy {v:.0})"));
+            format!("{}{busy} / {all}{at}{warn}", fmt_fig(server, b, "ns"))
         }
     }
 }
@@ -1979,9 +2015,11 @@ fn cpu_table(c: &Comparison, loads: &[CpuLoad], base: Option<&TargetSummary>) ->
     let mut m = String::from(
         "### CPU per reply at each load\n\nServer CPU ns per reply / all cores ns per reply, median over \
          repetitions, at each offered load of the CPU phase (ratio of the server figure to the baseline's in \
-         parentheses; `max` also gives the rate it was for that target). ⚠: the generator fell behind in that \
-         run, so the load was the generator's. A spinning server costs a core whatever the load: its figure \
-         falls as the load rises.\n\n",
+         parentheses; `max` also gives the rate it was for that target). (busy N): a shunt server's workers' busy \
+         time per reply, read from its own counters (turns that found work; DPDK's lcore busyness), where the \
+         target serves metrics. ⚠: the generator fell behind in that run, so the load was the generator's. A \
+         spinning server costs a core whatever the load: its figure falls as the load rises, while its busy \
+         time per reply is what the work costs.\n\n",
     );
     m += &cpu_grid(c, loads, base);
     m += "\n";
@@ -2347,6 +2385,7 @@ sockperf: ---> <MIN> observation =    9.866
             server_core_ns: server_ns,
             wall_s: 3.0,
             generator_behind: false,
+            busy_ns: None,
         }
     }
 
@@ -2361,7 +2400,8 @@ sockperf: ---> <MIN> observation =    9.866
         let spin = |max: f64| Round {
             rep: 1,
             cpu: vec![
-                cost("20000", 20e3, 60_000, 3_000_000_000, 3_100_000_000),
+                // Its workers were busy 1 µs per reply at 20k (read from its metrics endpoint).
+                CpuCost { busy_ns: Some(60_000_000), ..cost("20000", 20e3, 60_000, 3_000_000_000, 3_100_000_000) },
                 cost("100000", 100e3, 300_000, 3_000_000_000, 3_500_000_000),
                 cost("max", max, (max * 3.0) as u64, 3_000_000_000, 3_900_000_000),
             ],
@@ -2372,6 +2412,8 @@ sockperf: ---> <MIN> observation =    9.866
         assert_eq!(s.figures["cpu_server_ns"], 50_000.0, "the first load by its plain name");
         assert_eq!(s.figures["cpu_server_ns@100000"], 10_000.0);
         assert_eq!(s.figures["cpu_rate@max"], 160e3);
+        assert_eq!(s.figures["cpu_busy_ns@20000"], 1_000.0, "busy time per reply beside the whole core");
+        assert!(!s.figures.contains_key("cpu_busy_ns@100000"), "no reading, no figure");
         // The in-kernel server: no process time; left off the curves.
         let kern = Round { rep: 1, cpu: vec![cost("20000", 20e3, 60_000, 0, 900_000_000)], ..Default::default() };
         let k = summarize(&target("kernel"), &[kern], &[], &loads, &[]);
@@ -2404,7 +2446,9 @@ sockperf: ---> <MIN> observation =    9.866
         let t = cpu_table(&c, &loads, c.summaries.first());
         assert!(t.contains("| target | 20k | 100k | max |"), "{t}");
         assert!(
-            t.contains("| spin | 50000 (1.00x) / 51667 | 10000 (1.00x) / 11667 | 6275 (1.00x) / 8157 @ 160k |"),
+            t.contains(
+                "| spin | 50000 (1.00x) (busy 1000) / 51667 | 10000 (1.00x) / 11667 | 6275 (1.00x) / 8157 @ 160k |"
+            ),
             "{t}"
         );
         assert!(t.contains("| old | 2000 (0.04x) / 5000 | – | – |"), "{t}");

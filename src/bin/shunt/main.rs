@@ -71,6 +71,10 @@ enum Command {
         /// Tables to print before exiting (0: until the server goes away).
         #[arg(long, default_value_t = 0)]
         count: u64,
+        /// Print one snapshot of the endpoint's /stats.json (every counter of every worker, busy time included)
+        /// as one line of JSON and exit, instead of tables: for scripts and benchmarks.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -92,7 +96,23 @@ fn main() -> ExitCode {
             cli::run_builtin(args, handler)
         }
         Command::CheckHost { interface, json } => check_host(interface.as_deref(), json),
-        Command::Stats { metrics, interval, count } => {
+        Command::Stats { metrics, json: true, .. } => match stats::fetch(metrics, Duration::from_secs(2)) {
+            Ok(snapshot) => match serde_json::to_string(&snapshot) {
+                Ok(line) => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("shunt stats: {metrics}: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+            Err(e) => {
+                eprintln!("shunt stats: {metrics}: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Stats { metrics, interval, count, json: false } => {
             match stats::watch(metrics, Duration::from_secs_f64(interval.max(0.05)), count) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
