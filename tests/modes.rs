@@ -14,7 +14,7 @@ const IOS: [&str; 6] = ["blocking", "nonblocking", "epoll", "signal", "mmsg", "i
 
 /// `--mode` and `--io` arguments of every combination.
 fn combinations() -> Vec<(&'static str, Option<&'static str>)> {
-    let mut v = vec![("afxdp", None), ("xdp", None)];
+    let mut v = vec![("afxdp", None), ("in-kernel", None)];
     v.extend(IOS.iter().map(|io| ("socket", Some(*io))));
     v
 }
@@ -49,11 +49,11 @@ fn ten_thousand_echoes_over_ipv4_and_ipv6_in_every_mode_and_io_model() {
             assert_eq!(r["io"].as_str(), Some(io), "{}", fin.describe());
         }
         assert!(fin.report_u64("tx_packets") >= 20_000, "{mode}/{io:?}: {}", fin.describe());
-        if mode == "xdp" {
+        if mode == "in-kernel" {
             // The server inside the kernel: no workers, no in-server latency; its own counters and the
             // machine's CPU per reply.
             assert!(fin.report_u64("in_kernel.answered") >= 20_000, "{}", fin.describe());
-            assert!(r["cpu"]["system_ns_per_packet"].as_f64().is_some_and(|v| v > 0.0), "xdp: no CPU figure");
+            assert!(r["cpu"]["system_ns_per_packet"].as_f64().is_some_and(|v| v > 0.0), "in-kernel: no CPU figure");
             lab.assert_no_xdp_within(Duration::from_secs(5));
             continue;
         }

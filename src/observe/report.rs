@@ -70,7 +70,7 @@ pub struct Report {
     pub tx_packets: u64,
     /// The XDP program's counters.
     pub xdp: XdpCounters,
-    /// The in-kernel server's counters (`mode = "xdp"`).
+    /// The in-kernel server's counters (`mode = "in-kernel"`).
     pub in_kernel: Option<InKernelCounters>,
     /// UMEM frames in no ring and not in the free pool at stop, over all workers (must be 0); absent when a
     /// worker did not stop cleanly.
