@@ -39,11 +39,12 @@ pub const EXIT_WORKER_DIED: u8 = 3;
 /// it warns at start-up and goes in the next release).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ModeFlag {
-    /// `mode = "afxdp"`.
+    /// XDP steers the ports into AF_XDP sockets served by pinned workers: the kernel's stack is skipped.
     Afxdp,
-    /// `mode = "socket"`.
+    /// Kernel UDP sockets with the I/O model `socket.io` (`--io`): the classic server, for comparison.
     Socket,
-    /// `mode = "in-kernel"`.
+    /// The server inside the kernel: the XDP program answers the ports itself (XDP_TX). Built-in handlers
+    /// only.
     #[value(name = "in-kernel")]
     InKernel,
     /// The deprecated spelling of `in-kernel`.
