@@ -44,7 +44,7 @@
 //! | [`datapath`] | the workers: [`datapath::afxdp`] (UMEM, rings, the pinned worker loop) and [`datapath::socket`] (kernel sockets, one loop per I/O model) |
 //! | [`steer`] | the steering XDP program: load, fill its maps, attach as a bpf_link, read its counters |
 //! | [`in_kernel`] | the in-kernel XDP_TX server, the floor the others are measured against |
-//! | `client` | `client::XskPort`: an AF_XDP socket driven from outside, for load generators and tests |
+//! | [`client`] | [`client::XskPort`]: an AF_XDP socket driven from outside, for load generators and tests |
 //! | [`observe`] | latency summaries, the reporter thread, the final report, the metrics endpoint |
 //! | [`control`] | the TOML [`Config`], start-up checks and wiring, [`control::serve`] and the command line |
 //!
@@ -60,6 +60,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(missing_docs)]
 
+pub mod client;
 pub mod control;
 pub mod datapath;
 pub mod handler;

@@ -12,6 +12,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("datapath", &["packet", "handler", "sys"]),
     ("steer", &["sys"]),
     ("in_kernel", &["sys", "steer"]),
+    // The client side (XskPort): drives the datapath's socket from outside; no server layer names it.
+    ("client", &["datapath"]),
     ("observe", &["packet", "handler", "sys", "datapath", "steer", "in_kernel"]),
     ("control", &["packet", "handler", "sys", "datapath", "steer", "in_kernel", "observe"]),
 ];

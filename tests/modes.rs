@@ -1,6 +1,6 @@
 //! Every datapath and I/O model serves the same handlers, through the real binary in the lab: the
 //! 10,000-datagram echo over IPv4 and IPv6 (byte for byte) and `sockperf ping-pong` against the sockperf
-//! handler, for `--mode afxdp` (each poll mode is covered by tests/poll_modes.rs), `--mode xdp` (the server
+//! handler, for `--mode afxdp` (each poll mode is covered by tests/poll_modes.rs), `--mode in-kernel` (the server
 //! inside the kernel) and `--mode socket` with each `--io` model. The report names the mode and I/O model and carries CPU per packet in all of them.
 //! A socket whose receive buffer overflows has its kernel drops counted (sent = received + dropped).
 
@@ -14,7 +14,7 @@ const IOS: [&str; 6] = ["blocking", "nonblocking", "epoll", "signal", "mmsg", "i
 
 /// `--mode` and `--io` arguments of every combination.
 fn combinations() -> Vec<(&'static str, Option<&'static str>)> {
-    let mut v = vec![("afxdp", None), ("xdp", None)];
+    let mut v = vec![("afxdp", None), ("in-kernel", None)];
     v.extend(IOS.iter().map(|io| ("socket", Some(*io))));
     v
 }
@@ -49,11 +49,11 @@ fn ten_thousand_echoes_over_ipv4_and_ipv6_in_every_mode_and_io_model() {
             assert_eq!(r["io"].as_str(), Some(io), "{}", fin.describe());
         }
         assert!(fin.report_u64("tx_packets") >= 20_000, "{mode}/{io:?}: {}", fin.describe());
-        if mode == "xdp" {
+        if mode == "in-kernel" {
             // The server inside the kernel: no workers, no in-server latency; its own counters and the
             // machine's CPU per reply.
             assert!(fin.report_u64("in_kernel.answered") >= 20_000, "{}", fin.describe());
-            assert!(r["cpu"]["system_ns_per_packet"].as_f64().is_some_and(|v| v > 0.0), "xdp: no CPU figure");
+            assert!(r["cpu"]["system_ns_per_packet"].as_f64().is_some_and(|v| v > 0.0), "in-kernel: no CPU figure");
             lab.assert_no_xdp_within(Duration::from_secs(5));
             continue;
         }
@@ -72,6 +72,29 @@ fn ten_thousand_echoes_over_ipv4_and_ipv6_in_every_mode_and_io_model() {
             lab.assert_no_xdp_within(Duration::from_secs(5));
         }
     }
+}
+
+/// `--mode xdp`, the old name of `in-kernel`, still serves for one release: it warns at start-up, saying what
+/// to write instead, and the report names the mode `in-kernel`.
+#[test]
+#[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
+fn the_old_in_kernel_mode_name_still_serves_with_a_deprecation_warning() {
+    require_lab();
+    let lab = Lab::new(1);
+    let srv = lab.spawn_server(&lab.serve_args(&mode_args("xdp", None)));
+    let sock = client_socket(&lab, false, 9000);
+    let st = echo_exchange(&sock, 0..100, echo_size, &EchoOpts::default())
+        .unwrap_or_else(|e| panic!("--mode xdp: {e}\n{}", srv.describe()));
+    assert_eq!(st.answered, 100, "--mode xdp");
+    let fin = srv.stop();
+    fin.assert_clean_exit();
+    assert!(
+        fin.stderr.contains("deprecated") && fin.stderr.contains("--mode \"in-kernel\""),
+        "no deprecation warning\n{}",
+        fin.describe()
+    );
+    assert_eq!(fin.report()["mode"].as_str(), Some("in-kernel"), "{}", fin.describe());
+    lab.assert_no_xdp_within(Duration::from_secs(5));
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //!
 //! - `--mode afxdp` with `packet.reply_ttl = 17`, `packet.reply_dscp = 10`, and a reply longer than the MTU the
 //!   server read at start-up dropped and counted (`dropped_over_mtu`), never sent;
-//! - `--mode xdp` (the server inside the kernel): the same rules with its fixed TTL 64 and DSCP 0; and its
+//! - `--mode in-kernel` (the server inside the kernel): the same rules with its fixed TTL 64 and DSCP 0; and its
 //!   refusal of any other `packet.reply_ttl`.
 
 mod common;
@@ -314,17 +314,18 @@ fn the_in_kernel_server_writes_the_same_header_and_refuses_other_settings() {
     let lab = Lab::new(1);
     let sockets = absorbers(&lab);
 
-    // mode = "xdp" writes TTL 64 and DSCP 0 only: another value is refused before anything is loaded,
+    // mode = "in-kernel" writes TTL 64 and DSCP 0 only: another value is refused before anything is loaded,
     // naming the key (mode afxdp takes it).
     let bad = config_with_packet(&lab, "xdp-reply-ttl", "reply_ttl = 17");
     let checked = run_cmd(&[shunt_bin(), "check-config", &bad], T);
     assert_eq!(checked.code(), Some(0), "mode afxdp takes reply_ttl = 17:\n{}", checked.combined());
     let server_if = lab.server_if();
-    let refused = run_cmd(&[shunt_bin(), "serve", "--config", &bad, "--interface", &server_if, "--mode", "xdp"], T);
-    assert_ne!(refused.code(), Some(0), "mode xdp started with reply_ttl = 17:\n{}", refused.combined());
+    let refused =
+        run_cmd(&[shunt_bin(), "serve", "--config", &bad, "--interface", &server_if, "--mode", "in-kernel"], T);
+    assert_ne!(refused.code(), Some(0), "mode in-kernel started with reply_ttl = 17:\n{}", refused.combined());
     assert!(refused.combined().contains("packet.reply_ttl"), "the refusal names the key:\n{}", refused.combined());
 
-    let srv = lab.spawn_server(&lab.serve_args(&["--mode", "xdp", "--quiet"]));
+    let srv = lab.spawn_server(&lab.serve_args(&["--mode", "in-kernel", "--quiet"]));
     let port = RawPort::open(&lab, Side::Client);
     exchange_and_check(&lab, &port, &sockets, Expect { ttl: 64, dscp: 0 });
     let fin = srv.stop();

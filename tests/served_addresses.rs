@@ -144,7 +144,7 @@ fn a_served_port_at_an_address_the_server_does_not_have_is_left_to_the_kernel() 
     let lab = Lab::new(1);
     let client = Client::new(&lab);
     let unserved = [ip(OTHER_V4), ip(OTHER_V6)];
-    for mode in ["afxdp", "xdp"] {
+    for mode in ["afxdp", "in-kernel"] {
         let srv = lab.spawn_server(&lab.serve_args(&["--quiet", "--mode", mode]));
         assert!(
             srv.stderr_text().contains("followed as they change"),
@@ -155,7 +155,7 @@ fn a_served_port_at_an_address_the_server_does_not_have_is_left_to_the_kernel() 
         let fin = srv.stop();
         fin.assert_clean_exit();
         let not_served = (UNSERVED * unserved.len()) as u64;
-        if mode == "xdp" {
+        if mode == "in-kernel" {
             assert_eq!(fin.report_u64("in_kernel.other_address"), not_served, "{}", fin.describe());
             assert_eq!(fin.report_u64("in_kernel.answered"), 2, "{}", fin.describe());
         } else {

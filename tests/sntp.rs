@@ -287,7 +287,7 @@ fn sntp_receive_field_is_the_packets_stamp_in_every_datapath() {
     lab.assert_no_xdp_within(Duration::from_secs(5));
 }
 
-/// A custom handler cannot run inside the kernel: `--mode xdp` is refused at start-up with exit 2, naming the
+/// A custom handler cannot run inside the kernel: `--mode in-kernel` is refused at start-up with exit 2, naming the
 /// key, and nothing is attached.
 #[test]
 #[ignore = "lab test: needs root and network namespaces; `make test` runs it (--include-ignored)"]
@@ -312,7 +312,7 @@ fn a_custom_handler_is_refused_the_in_kernel_mode() {
             "--port",
             "123",
             "--mode",
-            "xdp",
+            "in-kernel",
         ],
         Duration::from_secs(30),
     );

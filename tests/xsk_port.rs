@@ -10,7 +10,8 @@ use std::{
 
 use common::{Lab, CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6};
 use shunt::{
-    datapath::afxdp::{BindMode, QueueSocket, SocketOptions, UmemParams, XskPort},
+    client::XskPort,
+    datapath::afxdp::{BindMode, QueueSocket, SocketOptions, UmemParams},
     packet::{self, FlowSpec},
     steer::{AttachMode, ProgramVariant, StampMethod, XdpProgram},
     sys,

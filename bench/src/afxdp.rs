@@ -13,7 +13,8 @@ use std::{
 
 use anyhow::{bail, Context};
 use shunt::{
-    datapath::afxdp::{BindMode, QueueSocket, SocketOptions, UmemParams, XskPort},
+    client::XskPort,
+    datapath::afxdp::{BindMode, QueueSocket, SocketOptions, UmemParams},
     packet::{self, FlowSpec},
     steer::{AttachMode, ProgramVariant, StampMethod, XdpLink, XdpProgram},
     sys,

@@ -35,6 +35,34 @@ pub const EXIT_SETUP: u8 = 2;
 /// serving, in the report as `workers[].died`). A supervisor may restart the process.
 pub const EXIT_WORKER_DIED: u8 = 3;
 
+/// `--mode`'s values: [`Mode`]'s, and `xdp`, the deprecated spelling of `in-kernel` (hidden from the help;
+/// it warns at start-up and goes in the next release).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeFlag {
+    /// XDP steers the ports into AF_XDP sockets served by pinned workers: the kernel's stack is skipped.
+    Afxdp,
+    /// Kernel UDP sockets with the I/O model `socket.io` (`--io`): the classic server, for comparison.
+    Socket,
+    /// The server inside the kernel: the XDP program answers the ports itself (XDP_TX). Built-in handlers
+    /// only.
+    #[value(name = "in-kernel")]
+    InKernel,
+    /// The deprecated spelling of `in-kernel`.
+    #[value(hide = true)]
+    Xdp,
+}
+
+impl ModeFlag {
+    /// The mode this flag value selects.
+    pub fn mode(self) -> Mode {
+        match self {
+            ModeFlag::Afxdp => Mode::Afxdp,
+            ModeFlag::Socket => Mode::Socket,
+            ModeFlag::InKernel | ModeFlag::Xdp => Mode::InKernel,
+        }
+    }
+}
+
 /// The flags of `shunt serve`: a config file and overrides of its keys.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
@@ -54,9 +82,10 @@ pub struct ServeArgs {
     /// Override `xdp.attach_mode`.
     #[arg(long, value_enum)]
     pub attach_mode: Option<AttachMode>,
-    /// Override `mode`: afxdp (kernel bypass) or socket (kernel UDP sockets, for comparison).
+    /// Override `mode`: afxdp (kernel bypass), socket (kernel UDP sockets, for comparison) or in-kernel (the
+    /// XDP program answers itself; built-in handlers only).
     #[arg(long, value_enum)]
-    pub mode: Option<Mode>,
+    pub mode: Option<ModeFlag>,
     /// Override `socket.io` (with `--mode socket`).
     #[arg(long, value_enum)]
     pub io: Option<SocketIo>,
@@ -132,7 +161,10 @@ impl ServeArgs {
             config.workers.queues = q.clone();
         }
         if let Some(m) = self.mode {
-            config.mode = m;
+            config.mode = m.mode();
+            if m == ModeFlag::Xdp {
+                config.deprecate_in_kernel_spelling("--mode");
+            }
         }
         if let Some(io) = self.io {
             config.socket.io = io;
@@ -235,7 +267,7 @@ where
 }
 
 /// `shunt serve` with a built-in handler (`handler`, else the config's `handler` key): on the configured
-/// datapath, or inside the kernel when `mode` is `"xdp"` (which only the built-in handlers can do). Logging
+/// datapath, or inside the kernel when `mode` is `"in-kernel"` (which only the built-in handlers can do). Logging
 /// must be set up.
 pub fn run_builtin(args: ServeArgs, handler: Option<HandlerKind>) -> ExitCode {
     let config = match effective_config(&args, handler) {
@@ -243,7 +275,7 @@ pub fn run_builtin(args: ServeArgs, handler: Option<HandlerKind>) -> ExitCode {
         Err(code) => return code,
     };
     let kind = config.handler;
-    if config.mode == Mode::Xdp {
+    if config.mode == Mode::InKernel {
         let json_path = config.report.json.clone();
         let options = StartOptions { print_intervals: !args.quiet };
         return conclude(super::serve_in_kernel(config, options, kind), args.quiet, json_path);
@@ -292,5 +324,37 @@ fn conclude(result: Result<Report, ServeError>, quiet: bool, json_path: Option<S
             ExitCode::from(EXIT_WORKER_DIED)
         }
         None => ExitCode::SUCCESS,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn load(flags: &[&str]) -> Config {
+        let args = Command::try_parse_from([&["shunt", "--interface", "eth0", "--port", "9000"], flags].concat())
+            .unwrap_or_else(|e| panic!("{flags:?}: {e}"));
+        args.serve.load_config().unwrap_or_else(|e| panic!("{flags:?}: {e}"))
+    }
+
+    #[test]
+    fn the_old_in_kernel_mode_flag_still_works_with_a_deprecation() {
+        let old = load(&["--mode", "xdp"]);
+        assert_eq!(old.mode, Mode::InKernel);
+        assert_eq!(old.deprecated.len(), 1, "{:?}", old.deprecated);
+        assert!(old.deprecated[0].contains("--mode \"in-kernel\""), "{}", old.deprecated[0]);
+        let new = load(&["--mode", "in-kernel"]);
+        assert_eq!(new.mode, Mode::InKernel);
+        assert!(new.deprecated.is_empty(), "{:?}", new.deprecated);
+        assert!(new.to_toml().contains("mode = \"in-kernel\""), "{}", new.to_toml());
+        assert_eq!(load(&["--mode", "socket"]).mode, Mode::Socket);
     }
 }

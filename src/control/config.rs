@@ -109,7 +109,7 @@ pub enum PollMode {
 }
 
 /// Which datapath serves the ports (`mode`, `--mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// XDP steers the ports into AF_XDP sockets served by pinned workers: the kernel's stack is skipped.
@@ -118,8 +118,21 @@ pub enum Mode {
     /// the classic server, for comparison, with the same handlers.
     Socket,
     /// The server inside the kernel: the XDP program answers the ports itself (XDP_TX). Built-in handlers
-    /// only (echo, sockperf), written in C; a custom Rust handler cannot run there.
-    Xdp,
+    /// only (echo, sockperf), written in C; a custom Rust handler cannot run there. `"xdp"`, its old
+    /// name, is still read (with a deprecation warning, see [`Config::deprecated`]) until the next release.
+    #[serde(rename = "in-kernel", alias = "xdp")]
+    InKernel,
+}
+
+/// The deprecated spelling of `mode = "in-kernel"` (file and `--mode`), accepted for one more release.
+pub const DEPRECATED_IN_KERNEL_MODE: &str = "xdp";
+
+/// Says that `mode = "xdp"` was read, what it means and what to write instead.
+fn in_kernel_mode_deprecation(key: &str) -> String {
+    format!(
+        "{key} \"{DEPRECATED_IN_KERNEL_MODE}\" is deprecated and will be removed in the next release: it means the \
+         in-kernel XDP_TX server, not the AF_XDP datapath that [xdp] configures; write {key} \"in-kernel\" instead"
+    )
 }
 
 impl SocketIo {
@@ -154,7 +167,7 @@ impl Mode {
         match self {
             Mode::Afxdp => "afxdp",
             Mode::Socket => "socket",
-            Mode::Xdp => "xdp",
+            Mode::InKernel => "in-kernel",
         }
     }
 }
@@ -307,6 +320,11 @@ pub struct Config {
     /// What handlers may send besides in-place replies.
     #[serde(default)]
     pub sends: SendsConfig,
+    /// Deprecated spellings this configuration was written with, one message each (what to write
+    /// instead). Not a key: [`Config::parse`] and the command line's overrides fill it, the server logs each
+    /// at start-up and `shunt check-config` prints them.
+    #[serde(skip)]
+    pub deprecated: Vec<String>,
 }
 
 fn default_mode() -> Mode {
@@ -329,7 +347,7 @@ pub struct XdpConfig {
     /// (traffic the host forwards, to a pod or a VM, say) is left to the kernel and counted as
     /// `xdp.other_address`. Absent: the interface's own addresses, IPv6 link-local ones included, read at
     /// start-up and followed as they change (rtnetlink). A list is served as given, and only it. Applies to
-    /// `mode = "afxdp"` and `"xdp"`; kernel sockets (`"socket"`) get only what the kernel routes to them.
+    /// `mode = "afxdp"` and `"in-kernel"`; kernel sockets (`"socket"`) get only what the kernel routes to them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub addresses: Option<Vec<std::net::IpAddr>>,
 }
@@ -635,10 +653,30 @@ impl Config {
 
     /// Parses and validates config text; `origin` names it in messages.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: origin.to_string(), message: e.to_string().trim().to_string() })?;
+        let parse_error = |e: toml::de::Error| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string().trim().to_string(),
+        };
+        let mut config: Config = toml::from_str(text).map_err(parse_error)?;
+        // serde's alias forgets which spelling it read: look at the raw value to tell the user.
+        let table: toml::Table = toml::from_str(text).map_err(parse_error)?;
+        if table.get("mode").and_then(toml::Value::as_str) == Some(DEPRECATED_IN_KERNEL_MODE) {
+            config.deprecate_in_kernel_spelling("mode =");
+        }
         config.validate()?;
         Ok(config)
+    }
+
+    /// Notes that `mode` was given as `"xdp"` (`key` names where: the file's key or the flag).
+    pub fn deprecate_in_kernel_spelling(&mut self, key: &str) {
+        self.deprecated.push(in_kernel_mode_deprecation(key));
+    }
+
+    /// Logs each deprecated spelling this configuration was written with (`tracing::warn!`).
+    pub fn warn_deprecated(&self) {
+        for message in &self.deprecated {
+            tracing::warn!("{message}");
+        }
     }
 
     /// Checks every value that can be checked without looking at the machine.
@@ -803,7 +841,7 @@ impl Config {
             return Err(invalid("packet.reply_dscp", "must be between 0 and 63 (a DSCP; ECN is always not-ECT)"));
         }
         // The other datapaths write their own reply headers: the kernel's stack (mode = "socket") takes its
-        // TTL and TOS from sysctls and socket options, the in-kernel server (mode = "xdp") writes TTL 64 and
+        // TTL and TOS from sysctls and socket options, the in-kernel server (mode = "in-kernel") writes TTL 64 and
         // DSCP 0. Refuse rather than silently ignore a setting they would not honour.
         let default = PacketConfig::default();
         if self.mode != Mode::Afxdp && (p.reply_ttl != default.reply_ttl || p.reply_dscp != default.reply_dscp) {
@@ -846,6 +884,32 @@ mod tests {
         assert_eq!(c.umem, UmemConfig::default());
         assert_eq!(c.xdp.attach_mode, AttachMode::Native);
         assert_eq!(c.xdp.addresses, None, "by default the interface's own addresses are served");
+    }
+
+    #[test]
+    fn the_old_in_kernel_mode_name_still_parses_with_a_deprecation() {
+        let old = parse(&format!("mode = \"xdp\"\n{MINIMAL}")).unwrap();
+        assert_eq!(old.mode, Mode::InKernel);
+        assert_eq!(old.deprecated.len(), 1, "{:?}", old.deprecated);
+        let message = &old.deprecated[0];
+        assert!(message.contains("removed") && message.contains("mode = \"in-kernel\""), "{message}");
+        let new = parse(&format!("mode = \"in-kernel\"\n{MINIMAL}")).unwrap();
+        assert_eq!(new.mode, Mode::InKernel);
+        assert!(new.deprecated.is_empty(), "{:?}", new.deprecated);
+        // A port or interface called "xdp" is no deprecated mode.
+        let other = parse("interface = \"xdp\"\nports = [9000]\n").unwrap();
+        assert!(other.deprecated.is_empty(), "{:?}", other.deprecated);
+    }
+
+    #[test]
+    fn the_in_kernel_mode_round_trips_through_the_printed_config() {
+        let old = parse(&format!("mode = \"xdp\"\n{MINIMAL}")).unwrap();
+        let printed = old.to_toml();
+        assert!(printed.contains("mode = \"in-kernel\""), "{printed}");
+        let again = parse(&printed).unwrap();
+        assert_eq!(again.mode, Mode::InKernel);
+        assert!(again.deprecated.is_empty(), "the printed config uses the new name: {:?}", again.deprecated);
+        assert_eq!(Mode::InKernel.name(), "in-kernel");
     }
 
     #[test]

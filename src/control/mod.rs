@@ -57,7 +57,7 @@ fn supervise(server: RunningServer, signalled: &AtomicBool) -> Result<Report, Se
     }
 }
 
-/// Runs the server inside the kernel (`mode = "xdp"`) with the built-in handler `kind` until SIGINT or
+/// Runs the server inside the kernel (`mode = "in-kernel"`) with the built-in handler `kind` until SIGINT or
 /// SIGTERM, then detaches it and returns the final report. (No workers here, so none can die.)
 pub fn serve_in_kernel(config: Config, options: StartOptions, kind: config::HandlerKind) -> Result<Report, ServeError> {
     let signalled = Arc::new(AtomicBool::new(false));

@@ -212,7 +212,7 @@ pub enum StartError {
     /// A kernel socket could not be opened.
     #[error("mode \"socket\": {0}")]
     KernelSocket(#[from] KernelSocketError),
-    /// `mode = "xdp"` was asked of a custom handler.
+    /// `mode = "in-kernel"` was asked of a custom handler.
     #[error(
         "config key `mode`: \"xdp\" answers inside the kernel with the built-in echo or sockperf handler, written \
          in C; the custom handler {0} cannot run there (use mode \"afxdp\")"
@@ -288,7 +288,7 @@ pub struct RunningServer {
     handler_name: &'static str,
     /// The steering program (AF_XDP mode only).
     program: Option<XdpProgram>,
-    /// The in-kernel server (`mode = "xdp"` only).
+    /// The in-kernel server (`mode = "in-kernel"` only).
     in_kernel: Option<InKernelServer>,
     link: Option<XdpLink>,
     workers: Vec<WorkerSlot>,
@@ -518,9 +518,10 @@ impl RunningServer {
         F: FnMut(WorkerInfo) -> H,
     {
         config.validate()?;
+        config.warn_deprecated();
         match config.mode {
             Mode::Socket => return Self::start_sockets(config, options, handler_name, make_handler),
-            Mode::Xdp => return Err(StartError::InKernelCustomHandler(handler_name)),
+            Mode::InKernel => return Err(StartError::InKernelCustomHandler(handler_name)),
             Mode::Afxdp => {}
         }
         let umem_bytes =
@@ -713,7 +714,7 @@ impl RunningServer {
         server.finish_start(ready_tx, ready_rx, watched, &options)
     }
 
-    /// Starts the server inside the kernel (`mode = "xdp"`): the XDP program answers the ports itself with
+    /// Starts the server inside the kernel (`mode = "in-kernel"`): the XDP program answers the ports itself with
     /// the built-in handler `kind`; there are no workers, and no in-server latency to record.
     pub fn start_in_kernel(
         config: Config,
@@ -721,6 +722,7 @@ impl RunningServer {
         kind: super::config::HandlerKind,
     ) -> Result<RunningServer, StartError> {
         config.validate()?;
+        config.warn_deprecated();
         check_privileges(0)?;
         let ifindex = check_machine(&config)?;
         let mut server = InKernelServer::load(kind.into())?;
@@ -741,7 +743,7 @@ impl RunningServer {
         tracing::info!(
             interface = %running.config.interface,
             ports = ?running.config.ports,
-            mode = "xdp",
+            mode = "in-kernel",
             handler = running.handler_name,
             "ready: serving"
         );
@@ -1096,7 +1098,7 @@ impl RunningServer {
         let replies = workers.iter().map(|w| w.stats.tx_packets).sum::<u64>() + in_kernel.map_or(0, |k| k.answered);
         let c = &self.config;
         let note = match (c.mode, c.socket.io, c.workers.poll_mode) {
-            (Mode::Xdp, _, _) => cpu::IN_KERNEL_NOTE,
+            (Mode::InKernel, _, _) => cpu::IN_KERNEL_NOTE,
             (Mode::Socket, SocketIo::Nonblocking, _) | (Mode::Afxdp, _, config::PollMode::Spin) => cpu::SPIN_NOTE,
             _ => cpu::WAIT_NOTE,
         };
@@ -1126,7 +1128,7 @@ impl RunningServer {
         report.io = match c.mode {
             Mode::Socket => self.config.socket.io.name(),
             Mode::Afxdp => c.workers.poll_mode.name(),
-            Mode::Xdp => "xdp_tx",
+            Mode::InKernel => "xdp_tx",
         };
         report
     }

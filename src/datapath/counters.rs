@@ -10,12 +10,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::handler::SendError;
 
-/// A snapshot of one worker's counters.
+/// A snapshot of one worker's counters: the same struct for the AF_XDP and the kernel-socket workers, and
+/// a counter means one thing in both. Each says which datapaths count it; one that only the other
+/// datapath has stays 0 (see the [`socket`](super::socket) module docs for the socket worker's system
+/// calls).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerStats {
-    /// Frames taken off the RX ring.
+    /// Requests received: frames taken off the RX ring (AF_XDP), datagrams received (kernel sockets).
     pub rx_packets: u64,
-    /// Replies put on the TX ring.
+    /// Replies and sends sent: put on the TX ring (AF_XDP), accepted by the kernel (kernel sockets).
     pub tx_packets: u64,
     /// Frames whose headers did not hold together.
     pub dropped_malformed: u64,
@@ -31,27 +34,57 @@ pub struct WorkerStats {
     pub dropped_not_ours: u64,
     /// Requests the handler chose not to answer, or answered with a reply too large for the frame.
     pub dropped_by_handler: u64,
-    /// Replies dropped because the TX ring was full.
+    /// Replies and sends dropped for want of room: a full TX ring (AF_XDP); a send the kernel refused with
+    /// EAGAIN/ENOBUFS, or SO_SNDTIMEO passing (kernel sockets).
     pub tx_ring_full: u64,
-    /// TX wake-up system calls.
+    /// TX wake-up system calls (AF_XDP); send system calls (kernel sockets: sendmsg, sendmmsg, and the
+    /// io_uring_enter calls that submitted sends).
     pub tx_kicks: u64,
-    /// TX wake-ups that failed with an unexpected error (not EAGAIN/EBUSY/ENOBUFS/ENETDOWN).
+    /// AF_XDP only: TX wake-ups that failed with an unexpected error (not EAGAIN/EBUSY/ENOBUFS/ENETDOWN).
+    /// Kernel sockets count their failed sends in `tx_errors`.
     pub tx_kick_errors: u64,
-    /// Turns on which RX was not looked at because the TX ring had no free slot (requests wait in the RX
-    /// ring instead of being answered into a full TX ring and dropped).
+    /// AF_XDP only: turns on which RX was not looked at because the TX ring had no free slot (requests wait
+    /// in the RX ring instead of being answered into a full TX ring and dropped).
     pub tx_backpressure: u64,
-    /// Fill-ring wake-up system calls.
+    /// AF_XDP only: fill-ring wake-up system calls.
     pub fill_kicks: u64,
-    /// RX batches that carried at least one frame.
+    /// Receive batches that carried at least one request: RX batches (AF_XDP); the datagrams of one
+    /// wake-up, one recvmmsg call or one io_uring turn (kernel sockets).
     pub rx_batches: u64,
-    /// Times a waking worker (poll mode wakeup or adaptive) went to sleep in poll(2) on an empty ring.
+    /// Waits for packets: a waking AF_XDP worker (poll mode wakeup or adaptive) going to sleep in poll(2) on
+    /// an empty ring; a kernel-socket worker's wait calls (epoll_wait, sigtimedwait, io_uring_enter with
+    /// nothing to submit) and the blocking model's receives that timed out.
     pub sleeps: u64,
-    /// Busy-poll system calls made on an empty ring (poll mode busy_poll).
+    /// AF_XDP only: busy-poll system calls made on an empty ring (poll mode busy_poll). Kernel sockets count
+    /// their receives that found nothing in `empty_receives`.
     pub busy_polls: u64,
-    /// Waits for packets (poll(2) on the socket) and fill-ring wake-ups that failed, other than by a signal
-    /// (EINTR): the loop goes on either way, but a rising count says the socket is in trouble.
+    /// Waits for packets that failed, other than by a signal (EINTR): the loop goes on either way, but a
+    /// rising count says the socket is in trouble. AF_XDP: poll(2) on the socket and fill-ring wake-ups;
+    /// kernel sockets: epoll_wait, sigtimedwait (and the signal model's set-up of its signals), and
+    /// io_uring_enter.
     #[serde(default)]
     pub wait_errors: u64,
+    /// Kernel sockets only: receive calls (recvmsg, recvmmsg, io_uring receive completions) that failed
+    /// with an unexpected error (not EAGAIN/EINTR, and not io_uring's ENOBUFS, see `rx_no_buffer`). 0 on
+    /// AF_XDP. Absent from reports of servers older than the counter, hence the default (as for every
+    /// counter below).
+    #[serde(default)]
+    pub rx_errors: u64,
+    /// Kernel sockets only: send calls (sendmsg, sendmmsg, io_uring send completions) that failed with an
+    /// unexpected error (a reply from an address that cannot be a source, a route gone...); no room (EAGAIN,
+    /// ENOBUFS) counts in `tx_ring_full` instead. 0 on AF_XDP, whose failed TX wake-ups are `tx_kick_errors`.
+    #[serde(default)]
+    pub tx_errors: u64,
+    /// Kernel sockets only: receive calls that found the socket empty (EAGAIN): the spins of the
+    /// non-blocking model, the call that ends each drain in the others (a signal whose socket had already
+    /// been drained shows as one of these alone). 0 on AF_XDP, whose empty busy polls are `busy_polls`.
+    #[serde(default)]
+    pub empty_receives: u64,
+    /// Kernel sockets with io_uring only: multishot receives that ended with ENOBUFS, every provided buffer
+    /// being held by a request or a reply in flight (the datagrams waited in the socket until buffers came
+    /// back and the receive was armed again). 0 elsewhere.
+    #[serde(default)]
+    pub rx_no_buffer: u64,
     /// Datagrams handlers sent through their outbox (`Outbox::send`), besides in-place replies; once queued
     /// they count in `tx_packets` too, or in `tx_ring_full` if the TX ring / socket had no room.
     #[serde(default)]
@@ -112,6 +145,17 @@ pub fn busy_fraction(busy_ns: u64, wall_ns: u64) -> Option<f64> {
 }
 
 impl WorkerStats {
+    /// The calls that failed unexpectedly, by counter name: each datapath's own (AF_XDP: `tx_kick_errors`;
+    /// kernel sockets: `rx_errors`, `tx_errors`) and the failed waits both have (`wait_errors`).
+    pub fn errors(&self) -> [(&'static str, u64); 4] {
+        [
+            ("rx_errors", self.rx_errors),
+            ("tx_errors", self.tx_errors),
+            ("wait_errors", self.wait_errors),
+            ("tx_kick_errors", self.tx_kick_errors),
+        ]
+    }
+
     /// Counts a handler's send refused with `e` under its counter (see [`SendError`]).
     #[inline]
     pub fn count_refused_send(&mut self, e: SendError) {
@@ -206,6 +250,10 @@ published!(
         sleeps,
         busy_polls,
         wait_errors,
+        rx_errors,
+        tx_errors,
+        empty_receives,
+        rx_no_buffer,
         sends,
         send_pool_empty,
         send_batch_limit,
@@ -280,5 +328,40 @@ mod tests {
         )
         .unwrap();
         assert_eq!(old.busy_ns, 0);
+    }
+
+    #[test]
+    fn errors_name_each_counter_once() {
+        let s = WorkerStats { rx_errors: 1, tx_errors: 2, wait_errors: 3, tx_kick_errors: 4, ..Default::default() };
+        assert_eq!(s.errors(), [("rx_errors", 1), ("tx_errors", 2), ("wait_errors", 3), ("tx_kick_errors", 4)]);
+    }
+
+    #[test]
+    fn published_counters_come_back_in_their_own_fields() {
+        let s = WorkerStats {
+            tx_kick_errors: 1,
+            tx_backpressure: 2,
+            busy_polls: 3,
+            wait_errors: 4,
+            rx_errors: 5,
+            tx_errors: 6,
+            empty_receives: 7,
+            rx_no_buffer: 8,
+            ..Default::default()
+        };
+        let published = PublishedWorkerStats::default();
+        published.publish(&s);
+        assert_eq!(published.snapshot(), s);
+    }
+
+    #[test]
+    fn a_report_without_the_socket_counters_still_reads() {
+        let mut old = serde_json::to_value(WorkerStats { rx_packets: 5, ..Default::default() }).expect("json");
+        let fields = old.as_object_mut().expect("an object");
+        for key in ["rx_errors", "tx_errors", "empty_receives", "rx_no_buffer"] {
+            assert!(fields.remove(key).is_some(), "{key} is serialized");
+        }
+        let read: WorkerStats = serde_json::from_value(old).expect("an older report's counters");
+        assert_eq!(read, WorkerStats { rx_packets: 5, ..Default::default() });
     }
 }

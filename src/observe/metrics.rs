@@ -275,22 +275,45 @@ struct Scrape {
 /// A counter family read from each worker: name (without `_total`), help text, reader.
 type PerQueue = (&'static str, &'static str, fn(&WorkerSnapshot) -> u64);
 
-const PER_QUEUE: [PerQueue; 18] = [
-    ("shunt_rx_packets", "Frames taken off the AF_XDP RX ring.", |w| w.stats.rx_packets),
-    ("shunt_tx_packets", "Replies and sends put on the AF_XDP TX ring.", |w| w.stats.tx_packets),
+const PER_QUEUE: [PerQueue; 22] = [
+    ("shunt_rx_packets", "Requests received: AF_XDP RX frames, kernel-socket datagrams.", |w| w.stats.rx_packets),
+    ("shunt_tx_packets", "Replies and sends sent: on the AF_XDP TX ring, accepted by the kernel socket.", |w| {
+        w.stats.tx_packets
+    }),
     ("shunt_sends", "Datagrams handlers sent through their outbox, besides in-place replies.", |w| w.stats.sends),
     ("shunt_timeouts", "Calls of the handler's handle_timeout.", |w| w.stats.timeouts),
-    ("shunt_rx_batches", "Non-empty RX batches.", |w| w.stats.rx_batches),
-    ("shunt_tx_kicks", "TX wake-up system calls.", |w| w.stats.tx_kicks),
-    ("shunt_tx_kick_errors", "TX wake-ups that failed with an unexpected error.", |w| w.stats.tx_kick_errors),
-    ("shunt_tx_backpressure", "Turns on which RX waited because the TX ring had no free slot.", |w| {
+    ("shunt_rx_batches", "Non-empty receive batches (AF_XDP RX batches, kernel-socket wake-ups or calls).", |w| {
+        w.stats.rx_batches
+    }),
+    ("shunt_tx_kicks", "AF_XDP: TX wake-up system calls; kernel sockets: send system calls.", |w| w.stats.tx_kicks),
+    ("shunt_tx_kick_errors", "AF_XDP only: TX wake-ups that failed with an unexpected error.", |w| {
+        w.stats.tx_kick_errors
+    }),
+    ("shunt_tx_backpressure", "AF_XDP only: turns on which RX waited because the TX ring had no free slot.", |w| {
         w.stats.tx_backpressure
     }),
-    ("shunt_fill_kicks", "Fill-ring wake-up system calls.", |w| w.stats.fill_kicks),
-    ("shunt_sleeps", "Times a waking worker went to sleep in poll(2) on an empty ring.", |w| w.stats.sleeps),
-    ("shunt_busy_polls", "Busy-poll system calls made on an empty ring.", |w| w.stats.busy_polls),
-    ("shunt_wait_errors", "Waits for packets and fill-ring wake-ups that failed (other than EINTR).", |w| {
-        w.stats.wait_errors
+    ("shunt_fill_kicks", "AF_XDP only: fill-ring wake-up system calls.", |w| w.stats.fill_kicks),
+    ("shunt_sleeps", "Waits for packets: AF_XDP poll(2) on an empty ring; kernel-socket wait calls.", |w| {
+        w.stats.sleeps
+    }),
+    ("shunt_busy_polls", "AF_XDP only: busy-poll system calls made on an empty ring.", |w| w.stats.busy_polls),
+    (
+        "shunt_wait_errors",
+        "Waits for packets that failed (not EINTR): AF_XDP poll and fill wake-ups; kernel-socket \
+      epoll_wait, sigtimedwait, io_uring_enter.",
+        |w| w.stats.wait_errors,
+    ),
+    ("shunt_rx_errors", "Kernel sockets only: receive calls that failed with an unexpected error.", |w| {
+        w.stats.rx_errors
+    }),
+    ("shunt_tx_errors", "Kernel sockets only: send calls that failed with an error other than no room.", |w| {
+        w.stats.tx_errors
+    }),
+    ("shunt_empty_receives", "Kernel sockets only: receive calls that found the socket empty (EAGAIN).", |w| {
+        w.stats.empty_receives
+    }),
+    ("shunt_rx_no_buffer", "Kernel sockets, io_uring only: receives that ended with no provided buffer left.", |w| {
+        w.stats.rx_no_buffer
     }),
     ("shunt_xsk_rx_dropped", "AF_XDP socket: RX drops.", |w| w.kernel.rx_dropped),
     ("shunt_xsk_rx_invalid_descs", "AF_XDP socket: invalid RX descriptors.", |w| w.kernel.rx_invalid_descs),
@@ -501,7 +524,7 @@ impl Drop for MetricsServer {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
 
     use super::*;
     use crate::datapath::{histograms::LatencySet, meta::Stamp};
@@ -655,6 +678,47 @@ mod tests {
         assert_eq!(value(&text, "shunt_latency_seconds_count", &[("queue", "3"), ("stage", "tx_kick")]), 1.0);
         // The second worker has no latency published: no histogram for it.
         assert!(samples(&text).iter().all(|(n, l, _)| !n.starts_with("shunt_latency") || l["queue"] == "3"));
+    }
+
+    #[test]
+    fn each_worker_counter_has_its_own_metric() {
+        let stats = WorkerStats {
+            tx_kicks: 1,
+            tx_kick_errors: 2,
+            tx_backpressure: 3,
+            fill_kicks: 4,
+            sleeps: 5,
+            busy_polls: 6,
+            wait_errors: 7,
+            rx_errors: 8,
+            tx_errors: 9,
+            empty_receives: 10,
+            rx_no_buffer: 11,
+            ..WorkerStats::default()
+        };
+        let snapshot = StatsSnapshot {
+            workers: vec![WorkerSnapshot { queue: 2, stats, ..WorkerSnapshot::default() }],
+            ..StatsSnapshot::default()
+        };
+        let text = render(&snapshot, &LatencySnapshot::default());
+        let expected = [
+            ("shunt_tx_kicks_total", 1.0),
+            ("shunt_tx_kick_errors_total", 2.0),
+            ("shunt_tx_backpressure_total", 3.0),
+            ("shunt_fill_kicks_total", 4.0),
+            ("shunt_sleeps_total", 5.0),
+            ("shunt_busy_polls_total", 6.0),
+            ("shunt_wait_errors_total", 7.0),
+            ("shunt_rx_errors_total", 8.0),
+            ("shunt_tx_errors_total", 9.0),
+            ("shunt_empty_receives_total", 10.0),
+            ("shunt_rx_no_buffer_total", 11.0),
+        ];
+        for (name, v) in expected {
+            assert_eq!(value(&text, name, &[("queue", "2")]), v, "{name}\n{text}");
+        }
+        let names: BTreeSet<&str> = PER_QUEUE.iter().map(|(name, _, _)| *name).collect();
+        assert_eq!(names.len(), PER_QUEUE.len(), "a metric name twice");
     }
 
     #[test]

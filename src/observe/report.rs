@@ -70,7 +70,7 @@ pub struct Report {
     pub tx_packets: u64,
     /// The XDP program's counters.
     pub xdp: XdpCounters,
-    /// The in-kernel server's counters (`mode = "xdp"`).
+    /// The in-kernel server's counters (`mode = "in-kernel"`).
     pub in_kernel: Option<InKernelCounters>,
     /// UMEM frames in no ring and not in the free pool at stop, over all workers (must be 0); absent when a
     /// worker did not stop cleanly.
@@ -202,6 +202,13 @@ impl Report {
                 s.rx_packets as f64 / s.rx_batches.max(1) as f64
             );
         }
+        for w in &self.workers {
+            let errors = w.stats.errors();
+            if errors.iter().any(|&(_, n)| n > 0) {
+                let listed: Vec<String> = errors.iter().map(|(name, n)| format!("{name} {n}")).collect();
+                let _ = writeln!(out, "  queue {} failed calls: {}", w.queue, listed.join(" "));
+            }
+        }
         for w in self.workers.iter().filter(|w| w.died.is_some()) {
             let _ = writeln!(out, "  queue {} worker DIED: {}", w.queue, w.died.as_deref().unwrap_or(""));
         }
@@ -237,8 +244,9 @@ impl Report {
                 None => {
                     let _ = writeln!(
                         out,
-                        "  queue {} sockets: {} datagrams dropped by the kernel (receive buffer full)",
-                        w.queue, w.kernel.rx_dropped
+                        "  queue {} sockets: {} datagrams dropped by the kernel (receive buffer full); {} receives \
+                         found nothing; {} io_uring receives had no buffer",
+                        w.queue, w.kernel.rx_dropped, w.stats.empty_receives, w.stats.rx_no_buffer
                     );
                 }
             }

@@ -1,6 +1,11 @@
 //! The one OS module: the raw system calls the datapath, the XDP steering and the control plane need, each
 //! behind a safe function (bpf_link creation, rlimits, clocks, CPU affinity, interface and ethtool queries;
 //! the kernel's routing and neighbour tables over rtnetlink in [`route`], which needs no `unsafe` at all).
+//! The kernel-socket datapath's UDP message calls (recvmsg, sendmsg, recvmmsg, sendmmsg) are here too, in
+//! `msg`, as `unsafe fn`s: the headers they take point into the datapath's buffers, which only the datapath
+//! can vouch for, so it builds them and states why they are valid at each call. The datapath makes no raw
+//! system call of its own; what it still calls directly goes through safe crates (io_uring, xsk-rs, rustix's
+//! epoll).
 //! Where `rustix` has a safe wrapper it is used; what is left (bpf_link_create, if_nametoindex, the ethtool
 //! ioctl) is `unsafe` here and nowhere else outside the datapath. The XDP program's generated libbpf-rs
 //! skeleton (`skel`), whose generated code has `unsafe` blocks of its own, is included here for that reason.
@@ -12,6 +17,7 @@ use std::{
 };
 
 pub(crate) mod answer_skel;
+pub(crate) mod msg;
 pub mod netlink;
 pub mod probe;
 pub mod route;

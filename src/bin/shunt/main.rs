@@ -44,7 +44,8 @@ enum Command {
         #[arg(long, value_enum)]
         handler: Option<HandlerKind>,
     },
-    /// Validate a config file without touching the system (exit 0 if valid, 2 if not).
+    /// Validate a config file without touching the system (exit 0 if valid, 2 if not). Deprecated spellings
+    /// (`mode = "xdp"`) are valid but get a warning on stderr.
     CheckConfig {
         /// The TOML file.
         file: PathBuf,
@@ -82,7 +83,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => match Config::load(&file) {
-            Ok(_) => {
+            Ok(config) => {
+                for message in &config.deprecated {
+                    eprintln!("shunt: warning: {}: {message}", file.display());
+                }
                 println!("{}: ok", file.display());
                 ExitCode::SUCCESS
             }

@@ -82,6 +82,19 @@ pub fn table(prev: &StatsSnapshot, now: &StatsSnapshot) -> String {
         row(&mut out, &w.queue.to_string(), r, latency_columns(w.latency.as_ref()));
     }
     row(&mut out, "all", all, latency_columns(now.latency.as_ref()));
+    // Failed calls, summed over queues, only when some failed in the interval: a line that is usually absent
+    // draws the eye when it appears.
+    let mut failed = WorkerStats::default().errors().map(|(name, _)| (name, 0.0));
+    for w in &now.workers {
+        let before = prev.workers.iter().find(|p| p.queue == w.queue).map(|p| p.stats).unwrap_or_default();
+        for ((_, sum), ((_, n), (_, b))) in failed.iter_mut().zip(w.stats.errors().into_iter().zip(before.errors())) {
+            *sum += per_sec(n, b);
+        }
+    }
+    if failed.iter().any(|&(_, rate)| rate > 0.0) {
+        let listed: Vec<String> = failed.iter().map(|(name, rate)| format!("{name} {rate:.0}/s")).collect();
+        let _ = writeln!(out, "failed calls: {}", listed.join(" "));
+    }
     match (&prev.xdp, &now.xdp) {
         (Some(p), Some(n)) => {
             let _ = writeln!(
@@ -179,6 +192,25 @@ mod tests {
         assert_eq!(cells(&t, "all"), ["all", "1300", "1100", "7", "1.2us", "8.0us", "39.0us", "12.0ms"], "\n{t}");
         assert!(t.contains("rates over the last 2.0 s"), "{t}");
         assert!(t.contains("xdp: counters unavailable"), "{t}");
+        assert!(!t.contains("failed calls"), "no call failed: {t}");
+    }
+
+    #[test]
+    fn failed_calls_show_as_rates_under_their_own_names() {
+        let prev = StatsSnapshot {
+            uptime_ns: 0,
+            workers: vec![worker(0, WorkerStats { rx_errors: 4, ..Default::default() }, None)],
+            ..Default::default()
+        };
+        let q0 = WorkerStats { rx_errors: 6, tx_errors: 1, wait_errors: 3, ..Default::default() };
+        let q1 = WorkerStats { tx_errors: 1, tx_kick_errors: 2, ..Default::default() };
+        let now = StatsSnapshot {
+            uptime_ns: 1_000_000_000,
+            workers: vec![worker(0, q0, None), worker(1, q1, None)],
+            ..Default::default()
+        };
+        let t = table(&prev, &now);
+        assert!(t.contains("failed calls: rx_errors 2/s tx_errors 2/s wait_errors 3/s tx_kick_errors 2/s"), "{t}");
     }
 
     #[test]

@@ -1,15 +1,13 @@
 //! The AF_XDP datapath: per-queue UMEM and AF_XDP socket ([`QueueSocket`]), the worker loop that serves it
 //! ([`Worker`]), handlers' sends from the worker's free frames ([`SendOptions`], [`NextHop`]), next-hop MACs
-//! from the kernel's tables ([`nexthop`]), and a port for clients that send and receive whole frames
-//! ([`XskPort`]).
+//! from the kernel's tables ([`nexthop`]). A client that drives a socket from outside (the load generator's
+//! port) lives in the `client` module, above this one, and uses the socket's crate-visible frame calls.
 
 pub mod nexthop;
-mod port;
 mod send;
 mod worker;
 mod xsk;
 
-pub use port::XskPort;
 pub use send::{NextHop, SendOptions};
 pub use worker::Worker;
 pub use xsk::{DatapathError, QueueSocket, SocketOptions, BUSY_QUEUE_WAIT};

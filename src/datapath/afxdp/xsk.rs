@@ -256,7 +256,7 @@ impl QueueSocket {
     /// Moves frames whose transmission completed into `free`, using `scratch` (as long as the TX ring) to
     /// receive their descriptors. `free` has capacity for every frame, so this never allocates.
     #[inline]
-    pub(super) fn reclaim(&mut self, scratch: &mut [FrameDesc], free: &mut Vec<FrameDesc>) {
+    pub(crate) fn reclaim(&mut self, scratch: &mut [FrameDesc], free: &mut Vec<FrameDesc>) {
         // SAFETY: `scratch` only receives descriptors of this socket's UMEM, filled in by the kernel; the frames
         // are ours again once they come off the completion ring.
         let done = unsafe { self.completion.consume(scratch) };
@@ -265,7 +265,7 @@ impl QueueSocket {
 
     /// Gives as many frames from `free` to the fill ring as it has room for.
     #[inline]
-    pub(super) fn refill(&mut self, free: &mut Vec<FrameDesc>) {
+    pub(crate) fn refill(&mut self, free: &mut Vec<FrameDesc>) {
         if free.is_empty() {
             return;
         }
@@ -283,7 +283,7 @@ impl QueueSocket {
     /// Wakes the driver to fill the RX ring, if it asked to be woken (never in copy mode). Returns the number
     /// of system calls made (0 or 1).
     #[inline]
-    pub(super) fn wake_fill(&mut self) -> u64 {
+    pub(crate) fn wake_fill(&mut self) -> u64 {
         if !self.fill.needs_wakeup() {
             return 0;
         }
@@ -297,7 +297,7 @@ impl QueueSocket {
 
     /// Puts as many of `frames` on the TX ring as fit and returns how many did; the rest stay the caller's.
     #[inline]
-    pub(super) fn transmit(&mut self, frames: &[FrameDesc]) -> usize {
+    pub(crate) fn transmit(&mut self, frames: &[FrameDesc]) -> usize {
         let room = self.tx.nb_free(frames.len() as u32) as usize;
         let send = room.min(frames.len());
         if send == 0 {
@@ -316,7 +316,7 @@ impl QueueSocket {
 
     /// Descriptors on the TX ring the kernel has not taken yet.
     #[inline]
-    pub(super) fn tx_pending(&mut self) -> u32 {
+    pub(crate) fn tx_pending(&mut self) -> u32 {
         self.tx_ring_size - self.tx.nb_free_exact()
     }
 
@@ -324,7 +324,7 @@ impl QueueSocket {
     /// system calls made. Copy mode sends at most 32 descriptors per wake-up (TX_BATCH_SIZE in xsk.c), so a
     /// larger batch takes several; zero-copy drivers drain the ring on one.
     #[inline]
-    pub(super) fn kick_tx(&mut self) -> u64 {
+    pub(crate) fn kick_tx(&mut self) -> u64 {
         let pending = self.tx_pending();
         let most = if self.bind_mode == BindMode::Copy { pending.div_ceil(COPY_MODE_TX_PER_KICK) } else { 1 };
         let mut kicks = 0;
@@ -338,6 +338,64 @@ impl QueueSocket {
             kicks += 1;
         }
         kicks
+    }
+
+    /// Frames in the UMEM.
+    pub(crate) fn frame_count(&self) -> usize {
+        self.frame_count
+    }
+
+    /// Slots of the TX ring (the most descriptors [`QueueSocket::reclaim`] can take back at once).
+    pub(crate) fn tx_ring_size(&self) -> u32 {
+        self.tx_ring_size
+    }
+
+    /// Moves the frames the socket has not stocked the fill ring with (on no ring, never written) into
+    /// `free`: from now on they are the caller's to write and send.
+    pub(crate) fn take_frames(&mut self, free: &mut Vec<FrameDesc>) {
+        free.append(&mut self.frames);
+    }
+
+    /// Runs `build` over the whole buffer of frame `desc`, which must be one this side owns: from its free
+    /// pool (taken with [`QueueSocket::take_frames`], back from [`QueueSocket::reclaim`] or
+    /// [`QueueSocket::receive_frames`]) and on no ring. `build` returns the frame's length; a length of 0 or
+    /// beyond the buffer, or `None`, leaves the frame unsent and gives `None`. Returns the length set.
+    ///
+    /// For a socket driven from outside (a client); the worker writes its frames in place with its own loop.
+    pub(crate) fn write_frame(
+        &mut self,
+        desc: &mut FrameDesc,
+        build: impl FnOnce(&mut [u8]) -> Option<usize>,
+    ) -> Option<usize> {
+        // SAFETY: the contract above: `desc` is a frame of this UMEM from the caller's free pool, on no ring,
+        // so neither the kernel nor another descriptor touches its buffer while it is borrowed here. The
+        // crate's one caller (the client's port) only passes descriptors from its pool, which holds exactly
+        // the frames handed back by take_frames, reclaim and receive_frames.
+        let mut data = unsafe { self.umem.data_mut(desc) };
+        let capacity = data.cursor().buf_len();
+        data.cursor().set_pos(capacity);
+        match build(data.contents_mut()) {
+            Some(len) if len > 0 && len <= capacity => {
+                data.cursor().set_pos(len);
+                Some(len)
+            }
+            _ => None,
+        }
+    }
+
+    /// Takes up to `batch.len()` received frames off the RX ring into `batch` and shows each frame's bytes to
+    /// `seen`. Returns how many: the first that many descriptors of `batch` are the caller's from now on (to
+    /// give back to the fill ring with [`QueueSocket::refill`], or to write and send).
+    pub(crate) fn receive_frames(&mut self, batch: &mut [FrameDesc], mut seen: impl FnMut(&[u8])) -> usize {
+        // SAFETY: `batch` only receives descriptors of this socket's UMEM, filled in by the kernel.
+        let received = unsafe { self.rx.consume(batch) };
+        for desc in batch.iter().take(received) {
+            // SAFETY: the frame came off the RX ring just now, so it is ours and no ring holds it until the
+            // caller gives it back; only shared access, for the length the kernel wrote.
+            let data = unsafe { self.umem.data(desc) };
+            seen(data.contents());
+        }
+        received
     }
 
     /// Counts the frames in each place, given how many are in the caller's free pool (exact ring counts: this

@@ -32,8 +32,10 @@
 //!
 //! # Counters
 //!
-//! The worker publishes the AF_XDP worker's [`WorkerStats`](super::counters::WorkerStats), once per batch,
-//! with these meanings where the two datapaths differ:
+//! The worker publishes the AF_XDP worker's [`WorkerStats`](super::counters::WorkerStats), once per batch.
+//! A counter means one thing in every datapath: those only sockets have (`rx_errors`, `tx_errors`,
+//! `empty_receives`, `rx_no_buffer`) stay 0 on AF_XDP, and the AF_XDP-only ones (`tx_kick_errors`,
+//! `busy_polls`, `tx_backpressure`, `fill_kicks`) stay 0 here. The socket worker counts:
 //!
 //! - `rx_packets`, `tx_packets`: datagrams received, replies the kernel accepted.
 //! - `rx_batches`: non-empty receive batches: the datagrams taken in one wake-up (one blocking receive, one
@@ -41,9 +43,11 @@
 //! - `tx_kicks`: send system calls (sendmsg, sendmmsg).
 //! - `tx_ring_full`: replies the kernel refused for want of room: EAGAIN/EWOULDBLOCK (a full send buffer, or
 //!   SO_SNDTIMEO passing in the blocking model) or ENOBUFS.
-//! - `tx_kick_errors`: send or receive calls that failed with any other error (a reply from an address that
-//!   cannot be a source, a route gone...).
-//! - `busy_polls`: receive calls that found the socket empty (EAGAIN): the spins of the non-blocking model,
+//! - `tx_errors`: send calls that failed with any other error (a reply from an address that cannot be a
+//!   source, a route gone...); `rx_errors`: receive calls that failed with an error other than EAGAIN and
+//!   EINTR; `wait_errors`: failed epoll_wait, sigtimedwait or io_uring_enter calls (and a signal model that
+//!   could not set up its signals).
+//! - `empty_receives`: receive calls that found the socket empty (EAGAIN): the spins of the non-blocking model,
 //!   the call that ends each drain in the others (a signal whose socket had already been drained shows as
 //!   one of these alone).
 //! - `sleeps`: wait system calls (epoll_wait, sigtimedwait), and in the blocking model the receives that
@@ -52,17 +56,17 @@
 //!   reply over the handler's declared bound). `dropped_over_mtu` stays 0: the kernel writes the reply's headers
 //!   and fragments by path MTU. `dropped_malformed` counts datagrams longer than the 65,535-byte
 //!   buffer (which UDP cannot carry, so it stays 0). The kernel has checked headers and checksums: the
-//!   other drop counters stay 0, and so does `fill_kicks`; `tx_backpressure` is 0 but in
-//!   [`SocketIo::IoUring`], where it counts multishot receives that ended with ENOBUFS: every provided buffer
+//!   other drop counters stay 0.
+//! - `rx_no_buffer`, in [`SocketIo::IoUring`] only: multishot receives that ended with ENOBUFS: every provided buffer
 //!   was held by a request or a reply in flight, and the datagrams waited in the socket until buffers came
 //!   back and the receive was armed again.
 //! - In [`SocketIo::IoUring`]: `rx_batches` counts turns that completed at least one receive, `tx_kicks` the
 //!   io_uring_enter calls that submitted replies (or re-armed receives), `sleeps` those that had nothing to
 //!   submit and only waited, and `tx_ring_full` the sends that completed with EAGAIN/ENOBUFS.
 //!
-//! So the system calls of a run add up from the counters: `rx_packets + busy_polls + sleeps + tx_kicks` for
+//! So the system calls of a run add up from the counters: `rx_packets + empty_receives + sleeps + tx_kicks` for
 //! the per-datagram models (plus the blocking model's timeouts, counted in `sleeps` and not as receives),
-//! `rx_batches + busy_polls + sleeps + tx_kicks` for [`SocketIo::Mmsg`], and `sleeps + tx_kicks` for
+//! `rx_batches + empty_receives + sleeps + tx_kicks` for [`SocketIo::Mmsg`], and `sleeps + tx_kicks` for
 //! [`SocketIo::IoUring`].
 //!
 //! # Latency

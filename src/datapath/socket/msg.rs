@@ -1,11 +1,11 @@
-//! The four message system calls (recvmsg, sendmsg, recvmmsg, sendmmsg) over buffers the worker allocated
-//! once. Each call builds its `msghdr`s from live borrows of those buffers right before the system call, so
-//! no pointer outlives the borrow it came from; nothing here allocates.
+//! The four message system calls (recvmsg, sendmsg, recvmmsg, sendmmsg, made in [`crate::sys`]) over buffers
+//! the worker allocated once. Each call builds its `msghdr`s from live borrows of those buffers right before
+//! the system call, so no pointer outlives the borrow it came from; nothing here allocates.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 
 use super::{cmsg, send::Outgoing, PAYLOAD_ROOM};
-use crate::datapath::meta::Stamp;
+use crate::{datapath::meta::Stamp, sys};
 
 /// One datagram's buffers: what was received (payload, source address, control messages) and, once the
 /// handler has answered, the reply (in `payload`, in place) and the control message that picks its source.
@@ -101,22 +101,14 @@ impl Slot {
     }
 }
 
-/// The errno of the last failed call.
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
-}
-
 /// recvmsg(2) of one datagram into `slot` (blocking or not as the socket is). `Err(errno)` on failure.
 pub(super) fn receive(fd: BorrowedFd<'_>, slot: &mut Slot) -> Result<(), i32> {
     let mut iov = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
     let mut msg = slot.receive_header(&mut iov);
     // SAFETY: every pointer in `msg` refers to a buffer of `slot` (or to `iov`, which points into one) with the
     // length given, all exclusively borrowed for the call; the fd is borrowed, so it stays open.
-    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, 0) };
-    if n < 0 {
-        return Err(errno());
-    }
-    slot.received(&msg, n as usize);
+    let n = unsafe { sys::msg::recvmsg(fd, &mut msg) }?;
+    slot.received(&msg, n);
     Ok(())
 }
 
@@ -126,10 +118,7 @@ pub(super) fn send(fd: BorrowedFd<'_>, slot: &Slot) -> Result<(), i32> {
     let msg = slot.send_header(&mut iov);
     // SAFETY: every pointer in `msg` refers to a buffer of `slot` (or to `iov`, pointing into one) with the
     // length given, all borrowed for the call; sendmsg only reads them.
-    let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, 0) };
-    if n < 0 {
-        return Err(errno());
-    }
+    unsafe { sys::msg::sendmsg(fd, &msg) }?;
     Ok(())
 }
 
@@ -176,22 +165,11 @@ pub(super) fn receive_batch(fd: BorrowedFd<'_>, slots: &mut [Slot], b: &mut Batc
         hdr.msg_hdr = slot.receive_header(iov);
         hdr.msg_len = 0;
     }
+    let headers = b.receive.get_mut(..n).unwrap_or_default();
     // SAFETY: the first `n` headers each point at one slot's buffers (and at their own iovec), built just
     // above from exclusive borrows of `slots` and `b`, which are not touched again until the call returns; the
-    // timeout is null; the fd is borrowed, so it stays open.
-    let got = unsafe {
-        libc::recvmmsg(
-            fd.as_raw_fd(),
-            b.receive.as_mut_ptr(),
-            n as libc::c_uint,
-            libc::MSG_DONTWAIT,
-            std::ptr::null_mut(),
-        )
-    };
-    if got < 0 {
-        return Err(errno());
-    }
-    let got = (got as usize).min(n);
+    // fd is borrowed, so it stays open.
+    let got = unsafe { sys::msg::recvmmsg(fd, headers) }?;
     for (slot, hdr) in slots.iter_mut().zip(b.receive.iter()).take(got) {
         slot.received(&hdr.msg_hdr, hdr.msg_len as usize);
     }
@@ -226,14 +204,11 @@ fn send_listed<T>(
     if n == 0 {
         return Ok(0);
     }
+    let headers = headers.get_mut(..n).unwrap_or_default();
     // SAFETY: the first `n` headers each point at one item's buffers (and at their own iovec), built just above
     // from borrows that last until the call returns; sendmmsg only reads through them (it writes `msg_len`
     // into the headers, which the caller lends exclusively).
-    let sent = unsafe { libc::sendmmsg(fd.as_raw_fd(), headers.as_mut_ptr(), n as libc::c_uint, 0) };
-    if sent < 0 {
-        return Err(errno());
-    }
-    Ok((sent as usize).min(n))
+    unsafe { sys::msg::sendmmsg(fd, headers) }
 }
 
 /// A msghdr sending `out`'s payload to its destination with its control messages, through `iov`. The kernel
@@ -261,10 +236,7 @@ pub(super) fn send_outgoing(fd: BorrowedFd<'_>, out: &Outgoing) -> Result<(), i3
     let msg = outgoing_header(out, &mut iov);
     // SAFETY: every pointer in `msg` refers to a buffer of `out` (or to `iov`, pointing into one) with the
     // length given, all borrowed for the call; sendmsg only reads them.
-    let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, 0) };
-    if n < 0 {
-        return Err(errno());
-    }
+    unsafe { sys::msg::sendmsg(fd, &msg) }?;
     Ok(())
 }
 
@@ -278,4 +250,74 @@ pub(super) fn send_outgoing_batch(
     b: &mut Batch,
 ) -> Result<usize, i32> {
     send_listed(fd, slots, list, &mut b.send, &mut b.send_iov, outgoing_header)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::{Ipv4Addr, UdpSocket},
+        os::fd::AsFd,
+        time::Duration,
+    };
+
+    use super::*;
+
+    /// A dual-stack socket on an ephemeral port (as the worker's are: AF_INET6, IPv4 senders v4-mapped) and a
+    /// client on 127.0.0.1.
+    fn pair() -> (UdpSocket, UdpSocket, u16) {
+        let server = UdpSocket::bind("[::]:0").expect("a dual-stack socket");
+        let port = server.local_addr().expect("its address").port();
+        let client = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("a client socket");
+        client.set_read_timeout(Some(Duration::from_secs(5))).expect("a timeout");
+        (server, client, port)
+    }
+
+    /// Echoes the request in `slot`: the reply is the request, sent back to its sender.
+    fn echo(slot: &mut Slot) {
+        slot.reply_len = slot.len;
+    }
+
+    #[test]
+    fn one_datagram_is_received_and_answered_through_sys() {
+        let (server, client, port) = pair();
+        client.send_to(b"ping", (Ipv4Addr::LOCALHOST, port)).expect("send");
+        let mut slot = Slot::new();
+        receive(server.as_fd(), &mut slot).expect("recvmsg");
+        assert_eq!(slot.payload.get(..slot.len), Some(&b"ping"[..]));
+        assert_eq!(slot.flags & libc::MSG_TRUNC, 0);
+        echo(&mut slot);
+        send(server.as_fd(), &slot).expect("sendmsg");
+        let mut buf = [0u8; 16];
+        let (n, from) = client.recv_from(&mut buf).expect("the echo");
+        assert_eq!((&buf[..n], from.port()), (&b"ping"[..], port));
+    }
+
+    #[test]
+    fn a_batch_is_received_and_answered_in_one_call_each() {
+        let (server, client, port) = pair();
+        server.set_nonblocking(true).expect("non-blocking");
+        let mut slots: Vec<Slot> = (0..4).map(|_| Slot::new()).collect();
+        let mut b = Batch::new(4);
+        assert_eq!(receive_batch(server.as_fd(), &mut slots, &mut b), Err(libc::EAGAIN), "nothing sent yet");
+        for m in [&b"one"[..], b"two", b"three"] {
+            client.send_to(m, (Ipv4Addr::LOCALHOST, port)).expect("send");
+        }
+        let got = receive_batch(server.as_fd(), &mut slots, &mut b).expect("recvmmsg");
+        assert_eq!(got, 3);
+        let received: Vec<&[u8]> = slots.iter().take(got).map(|s| s.payload.get(..s.len).unwrap_or_default()).collect();
+        assert_eq!(received, [&b"one"[..], b"two", b"three"]);
+        for slot in slots.iter_mut().take(got) {
+            echo(slot);
+        }
+        b.send_slot.clear();
+        b.send_slot.extend([2, 0]);
+        assert_eq!(send_batch(server.as_fd(), &slots, &mut b, 0), Ok(2), "sendmmsg of the listed replies");
+        let mut buf = [0u8; 16];
+        let mut echoes = Vec::new();
+        for _ in 0..2 {
+            let n = client.recv(&mut buf).expect("an echo");
+            echoes.push(buf[..n].to_vec());
+        }
+        assert_eq!(echoes, [b"three".to_vec(), b"one".to_vec()]);
+    }
 }

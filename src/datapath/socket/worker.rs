@@ -292,7 +292,7 @@ impl<H: Handler> KernelWorker<H> {
                 }
                 Err(libc::EINTR) => continue,
                 Err(_) => {
-                    core.stats.tx_kick_errors += 1;
+                    core.stats.rx_errors += 1;
                     core.idle();
                     continue;
                 }
@@ -356,14 +356,14 @@ impl<H: Handler> KernelWorker<H> {
         // Block the signals before any can be raised: an unblocked real-time signal (or SIGIO) would kill the
         // process. They stay blocked after the loop (see SocketIo::Signal).
         if sys::block_signals(&sig.set).is_err() {
-            core.stats.tx_kick_errors += 1;
+            core.stats.wait_errors += 1;
             return;
         }
         let tid = sys::thread_id();
         for ps in sockets {
             let fd = ps.socket.as_fd();
             if sys::set_io_signal(fd, sig.signal, tid).and_then(|()| sys::set_async(fd, true)).is_err() {
-                core.stats.tx_kick_errors += 1;
+                core.stats.wait_errors += 1;
                 disarm(sockets, sig);
                 return;
             }
@@ -385,7 +385,7 @@ impl<H: Handler> KernelWorker<H> {
                     continue;
                 }
                 Err(_) => {
-                    core.stats.tx_kick_errors += 1;
+                    core.stats.wait_errors += 1;
                     core.idle();
                     continue;
                 }
@@ -426,7 +426,7 @@ impl<H: Handler> KernelWorker<H> {
                 loop {
                     match msg::receive_batch(ps.socket.as_fd(), &mut self.core.slots, &mut self.batch_headers) {
                         Ok(0) => {
-                            self.core.stats.busy_polls += 1;
+                            self.core.stats.empty_receives += 1;
                             break;
                         }
                         Ok(got) => {
@@ -436,12 +436,12 @@ impl<H: Handler> KernelWorker<H> {
                             }
                         }
                         Err(e) if would_block(e) => {
-                            self.core.stats.busy_polls += 1;
+                            self.core.stats.empty_receives += 1;
                             break;
                         }
                         Err(libc::EINTR) => {}
                         Err(_) => {
-                            self.core.stats.tx_kick_errors += 1;
+                            self.core.stats.rx_errors += 1;
                             break;
                         }
                     }
@@ -466,7 +466,7 @@ impl<H: Handler> KernelWorker<H> {
             }
             let timeout = io_uring::types::Timespec::from(core.wait_time());
             if u.enter(&timeout).is_err() {
-                core.stats.tx_kick_errors += 1;
+                core.stats.wait_errors += 1;
             }
             // Completions are copied out of the ring first and the clock read after: a completion posted in
             // between (task work run on the way back from an interrupt) would otherwise carry a kernel stamp
@@ -501,8 +501,8 @@ impl<H: Handler> KernelWorker<H> {
                             None => u.give_back(bid),
                         }
                     }
-                    Completion::Received { result: Err(libc::ENOBUFS), .. } => core.stats.tx_backpressure += 1,
-                    Completion::Received { result: Err(_), .. } => core.stats.tx_kick_errors += 1,
+                    Completion::Received { result: Err(libc::ENOBUFS), .. } => core.stats.rx_no_buffer += 1,
+                    Completion::Received { result: Err(_), .. } => core.stats.rx_errors += 1,
                     Completion::Sent { bid, result } => {
                         match result {
                             Ok(()) => {
@@ -590,7 +590,7 @@ impl<H: Handler> Core<H> {
             Ok(n) => n,
             Err(rustix::io::Errno::INTR) => 0,
             Err(_) => {
-                self.stats.tx_kick_errors += 1;
+                self.stats.wait_errors += 1;
                 0
             }
         }
@@ -683,12 +683,12 @@ impl<H: Handler> Core<H> {
             match msg::receive(ps.socket.as_fd(), slot) {
                 Ok(()) => {}
                 Err(e) if would_block(e) => {
-                    self.stats.busy_polls += 1;
+                    self.stats.empty_receives += 1;
                     return;
                 }
                 Err(libc::EINTR) => continue,
                 Err(_) => {
-                    self.stats.tx_kick_errors += 1;
+                    self.stats.rx_errors += 1;
                     return;
                 }
             }
@@ -958,12 +958,12 @@ fn would_block(errno: i32) -> bool {
 }
 
 /// A refused reply: no room (send buffer full, SO_SNDTIMEO, no memory) counts as `tx_ring_full`, anything
-/// else as `tx_kick_errors`.
+/// else as `tx_errors`.
 fn count_send_error(errno: i32, stats: &mut WorkerStats) {
     if would_block(errno) || errno == libc::ENOBUFS {
         stats.tx_ring_full += 1;
     } else {
-        stats.tx_kick_errors += 1;
+        stats.tx_errors += 1;
     }
 }
 

@@ -4,7 +4,7 @@
 
 use xsk_rs::FrameDesc;
 
-use super::QueueSocket;
+use crate::datapath::afxdp::QueueSocket;
 
 /// A [`QueueSocket`] with its frame pool, for sending and receiving whole frames.
 pub struct XskPort {
@@ -23,10 +23,10 @@ impl XskPort {
     /// Wraps `socket`; `batch` bounds the frames sent or received per call.
     pub fn new(mut socket: QueueSocket, batch: usize) -> XskPort {
         let batch = batch.max(1);
-        let mut free = Vec::with_capacity(socket.frame_count);
-        free.append(&mut socket.frames);
+        let mut free = Vec::with_capacity(socket.frame_count());
+        socket.take_frames(&mut free);
         XskPort {
-            completed: vec![FrameDesc::default(); socket.tx_ring_size as usize],
+            completed: vec![FrameDesc::default(); socket.tx_ring_size() as usize],
             rx_batch: vec![FrameDesc::default(); batch],
             tx_batch: Vec::with_capacity(batch),
             free,
@@ -60,19 +60,12 @@ impl XskPort {
         let n = n.min(self.tx_batch.capacity()).min(self.free.len());
         for i in 0..n {
             let Some(mut desc) = self.free.pop() else { break };
-            // SAFETY: `desc` came from the free pool: a frame of this UMEM on no ring, so nothing else touches it.
-            let mut data = unsafe { self.socket.umem.data_mut(&mut desc) };
-            let capacity = data.cursor().buf_len();
-            data.cursor().set_pos(capacity);
-            match build(i, data.contents_mut()) {
-                Some(len) if len > 0 && len <= capacity => {
-                    data.cursor().set_pos(len);
-                    self.tx_batch.push(desc);
-                }
-                _ => {
-                    self.free.push(desc);
-                    break;
-                }
+            // `desc` comes from the free pool: a frame of this UMEM on no ring, as write_frame requires.
+            if self.socket.write_frame(&mut desc, |buffer| build(i, buffer)).is_some() {
+                self.tx_batch.push(desc);
+            } else {
+                self.free.push(desc);
+                break;
             }
         }
         let sent = self.socket.transmit(&self.tx_batch);
@@ -83,14 +76,8 @@ impl XskPort {
     }
 
     /// Takes up to one batch of received frames, shows each to `seen` and recycles them. Returns how many.
-    pub fn receive(&mut self, mut seen: impl FnMut(&[u8])) -> usize {
-        // SAFETY: `rx_batch` receives descriptors of frames the kernel filled and handed to us.
-        let received = unsafe { self.socket.rx.consume(&mut self.rx_batch) };
-        for desc in &self.rx_batch[..received] {
-            // SAFETY: the frame came off the RX ring, so it is ours and no ring holds it until we recycle it.
-            let data = unsafe { self.socket.umem.data(desc) };
-            seen(data.contents());
-        }
+    pub fn receive(&mut self, seen: impl FnMut(&[u8])) -> usize {
+        let received = self.socket.receive_frames(&mut self.rx_batch, seen);
         self.free.extend_from_slice(&self.rx_batch[..received]);
         self.socket.refill(&mut self.free);
         received
