@@ -2026,14 +2026,35 @@ fn cpu_table(c: &Comparison, loads: &[CpuLoad], base: Option<&TargetSummary>) ->
     m
 }
 
+/// The Makefile target that runs the plan named in `command` (`--plan bench/plans/NAME.toml`), if one does.
+/// `makefile_targets_run_their_plans` keeps this list and the Makefile in step.
+fn make_target(command: &str) -> Option<&'static str> {
+    const TARGETS: [(&str, &str); 7] = [
+        ("lab", "bench"),
+        ("dns", "bench-dns"),
+        ("many-core", "bench-many-core"),
+        ("latency-overhead", "bench-overhead"),
+        ("loop-design", "bench-loop-design"),
+        ("send-api", "bench-send-api"),
+        ("attach-mode", "bench-attach-mode"),
+    ];
+    let plan = command.split_whitespace().skip_while(|w| *w != "--plan").nth(1)?;
+    let stem = Path::new(plan).file_stem()?.to_str()?;
+    TARGETS.iter().find(|(p, _)| *p == stem).map(|(_, t)| *t)
+}
+
 fn markdown(c: &Comparison, a: &CompareArgs, pp_svg: &Path, sweep_svg: &Path, cost_svgs: &[&Path]) -> String {
     let mut m = String::new();
     let base = c.summaries.iter().find(|s| s.name == c.plan.baseline);
     let p = &c.params;
     m += &format!("# shunt-bench comparison: {}\n\n", c.name);
     m += &format!("Produced {} by\n\n```\n{}\n```\n\n", c.started, c.command);
-    m += "(`make bench` runs `target/release/shunt-bench compare --plan bench/plans/lab.toml --name lab-veth`; flags \
-          change durations, rates and repetitions.)\n\n";
+    if let Some(target) = make_target(&c.command) {
+        m += &format!(
+            "(`make {target}` runs this plan with the Makefile's flags, `BENCH_FLAGS` added; flags change durations, \
+             rates and repetitions.)\n\n"
+        );
+    }
     m += &format!(
         "Each target was started, measured and stopped in turn, {} repetitions interleaved (A B C … A B C …); within \
          a repetition (one server start) the two ping-pong clients ran {} times each, alternately. Every figure is the \
@@ -2373,6 +2394,30 @@ sockperf: ---> <MIN> observation =    9.866
         assert!(absent.cpu.is_empty());
         let back: Round = serde_json::from_str(&serde_json::to_string(&one).unwrap()).unwrap();
         assert_eq!(back.cpu.len(), 1);
+    }
+
+    #[test]
+    fn makefile_targets_run_their_plans() {
+        let makefile = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Makefile")).unwrap();
+        let mut target = String::new();
+        let mut seen = 0;
+        let default_plan = makefile.lines().find_map(|l| l.strip_prefix("BENCH_PLAN ?= ")).unwrap().trim();
+        for line in makefile.lines() {
+            let line = &line.replace("$(BENCH_PLAN)", default_plan);
+            if let Some((name, _)) = line.split_once(':').filter(|_| !line.starts_with(['\t', ' ', '#', '.'])) {
+                target = name.trim().to_string();
+            }
+            if let Some(at) = line.find("compare --plan ") {
+                let command = &line[at..];
+                let plan = command.split_whitespace().nth(2).unwrap();
+                if plan.starts_with("bench/plans/") {
+                    assert_eq!(make_target(command), Some(target.as_str()), "{line}");
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen >= 7, "only {seen} compare runs found in the Makefile");
+        assert_eq!(make_target("shunt-bench compare --plan /tmp/mine.toml"), None);
     }
 
     fn cost(load: &str, rate: f64, replies: u64, server_ns: u64, all: u64) -> CpuCost {
