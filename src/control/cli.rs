@@ -198,14 +198,20 @@ impl ServeArgs {
     }
 }
 
-/// Sends `tracing` output to stderr, filtered by `SHUNT_LOG` (default `info`). Call once, first thing.
+/// The log filter without `SHUNT_LOG`: shunt's own messages from `info` up. netlink-packet-route warns whenever the
+/// kernel sends a newer attribute layout than the crate knows (on kernel 6.18: "IFLA_INET6_CONF ... expecting 236,
+/// got 240", at every start); the attributes shunt reads are parsed regardless, so only its errors are shown.
+const DEFAULT_LOG_FILTER: &str = "info,netlink_packet_route=error";
+
+/// Sends `tracing` output to stderr, filtered by `SHUNT_LOG` (an `EnvFilter` directive; default `info`, the
+/// netlink parser's warnings left out). Call once, first thing.
 pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SHUNT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
         )
         .init();
 }
