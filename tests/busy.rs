@@ -233,6 +233,8 @@ fn paced_load(lab: &Lab, server: &Running) -> Load {
                 while sock.recv_from(&mut buf).is_ok() {
                     replies += 1;
                 }
+                // Open-loop pacing of the offered load (the send schedule above is fixed by the clock), not a
+                // wait for the server: the sleep only keeps this client from spinning a core the worker needs.
                 std::thread::sleep(Duration::from_micros(100));
             }
             // The rest, each receive bounded by what is left of 500 ms.
@@ -275,6 +277,7 @@ fn check(lab: &Lab, name: &str, start: impl FnOnce(Slow) -> Running) {
         (server.shared.stats.snapshot().tx_packets >= 20).then_some(())
     });
     let (before, t) = (server.busy_ns(), Instant::now());
+    // The idle window is what is measured: a worker with nothing to do for IDLE_FOR must count ~0 busy time.
     std::thread::sleep(IDLE_FOR);
     let idle = (server.busy_ns() - before) as f64 / t.elapsed().as_nanos() as f64;
 

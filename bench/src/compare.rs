@@ -2420,6 +2420,22 @@ sockperf: ---> <MIN> observation =    9.866
         assert_eq!(make_target("shunt-bench compare --plan /tmp/mine.toml"), None);
     }
 
+    /// A comparison named "t" of `plan`'s targets, with nothing but their summaries and rounds.
+    fn comparison(plan: Plan, summaries: Vec<TargetSummary>, rounds: BTreeMap<String, Vec<Round>>) -> Comparison {
+        Comparison {
+            name: "t".into(),
+            command: String::new(),
+            started: String::new(),
+            machine: vec![],
+            plan,
+            params: BTreeMap::new(),
+            summaries,
+            rounds,
+            commands: BTreeMap::new(),
+            findings: vec![],
+        }
+    }
+
     fn cost(load: &str, rate: f64, replies: u64, server_ns: u64, all: u64) -> CpuCost {
         CpuCost {
             load: load.into(),
@@ -2470,18 +2486,7 @@ sockperf: ---> <MIN> observation =    9.866
             "baseline = \"spin\"\n[[target]]\nname = \"spin\"\nstart = \"true\"\n[[target]]\nname = \"kernel\"\nstart = \"true\"",
         )
         .unwrap();
-        let c = Comparison {
-            name: "t".into(),
-            command: String::new(),
-            started: String::new(),
-            machine: vec![],
-            plan,
-            params: BTreeMap::new(),
-            summaries: vec![s, k, o],
-            rounds: BTreeMap::new(),
-            commands: BTreeMap::new(),
-            findings: vec![],
-        };
+        let c = comparison(plan, vec![s, k, o], BTreeMap::new());
         let curves = cost_curves(&c, &loads);
         assert_eq!(curves.len(), 2, "the in-kernel server has no process to measure: {curves:?}");
         assert_eq!(curves[0].name, "spin");
@@ -2575,18 +2580,8 @@ Statistics:
             ..Default::default()
         };
         let sk = summarize(&plan.targets[2], std::slice::from_ref(&failed), &a.rates, &[], &[]);
-        let c = Comparison {
-            name: "t".into(),
-            command: String::new(),
-            started: String::new(),
-            machine: vec![],
-            plan,
-            params: BTreeMap::new(),
-            summaries: vec![TargetSummary { name: "echo".into(), ..Default::default() }, sa, sk],
-            rounds: [("knot-xdp".to_string(), vec![failed])].into_iter().collect(),
-            commands: BTreeMap::new(),
-            findings: vec![],
-        };
+        let summaries = vec![TargetSummary { name: "echo".into(), ..Default::default() }, sa, sk];
+        let c = comparison(plan, summaries, [("knot-xdp".to_string(), vec![failed])].into_iter().collect());
         let m = dns_section(&c, &a);
         assert!(!m.contains("| echo |"), "not a DNS target: {m}");
         assert!(m.contains("| dns-a | 50 | 20.0 / 40.0 | 25.0 / 90.0 ⚠ | 0 / 0 / 0 / 0 / 0 |"), "{m}");
